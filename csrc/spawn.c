@@ -1,0 +1,326 @@
+/* spawn.c: process supervision.
+ *
+ * posix_spawn into a new session (so the child leads its own process
+ * group), stdin from /dev/null, stdout+stderr into one pipe, default signal
+ * dispositions and an empty mask.  One poll loop watches the child's pidfd,
+ * the output pipe and an absolute deadline.  The wait ends when the child
+ * exits, not when its output closes: a background process that inherited
+ * the pipe must not hold us.  On kernels without pidfd a waiter thread
+ * blocks in waitid(WNOWAIT) and signals a pipe: the same loop, the same
+ * semantics.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "compat.h"
+#include "util.h"
+#include "vmsnap.h"
+
+struct exit_waiter {
+    pid_t pid;
+    int fd;
+};
+
+static void *exit_waiter_main(void *arg) {
+    struct exit_waiter *w = arg;
+    siginfo_t si;
+    /* WNOWAIT: the supervising loop reaps, exactly as on the pidfd path */
+    while (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOWAIT) < 0 && errno == EINTR)
+        ;
+    char c = 'x';
+    (void)!write(w->fd, &c, 1);
+    close(w->fd);
+    free(w);
+    return NULL;
+}
+
+static int start_exit_waiter(struct vmsnap_proc *p) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    struct exit_waiter *w = malloc(sizeof *w);
+    if (!w) {
+        close(fds[0]);
+        close(fds[1]);
+        return -ENOMEM;
+    }
+    *w = (struct exit_waiter){.pid = p->pid, .fd = fds[1]};
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_t t;
+    int r = pthread_create(&t, &attr, exit_waiter_main, w);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        free(w);
+        close(fds[0]);
+        close(fds[1]);
+        return -r; /* pthread_create returns a positive errno */
+    }
+    p->exit_fd = fds[0];
+    p->used_fallback = 1;
+    return 0;
+}
+
+int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
+                      const char *cwd, int flags, struct vmsnap_proc *p) {
+    p->pid = -1;
+    p->pidfd = -1;
+    p->out_fd = -1;
+    p->exit_fd = -1;
+    p->exit_code = -1;
+    p->output_total = p->head_len = p->tail_len = p->tail_pos = 0;
+
+    _cleanup_close_ int out_r = -1, out_w = -1;
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    out_r = fds[0];
+    out_w = fds[1];
+
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, out_w, 1);
+    posix_spawn_file_actions_adddup2(&fa, out_w, 2);
+    if (cwd && cwd[0])
+        posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+
+    p->start_ns = now_ns();
+    pid_t pid;
+    /* posix_spawn returns a positive errno, and reports exec failures
+     * (ENOENT, EACCES, ENOEXEC) this way too: glibc waits for the exec. */
+    int r = posix_spawn(&pid, path, &fa, &attr, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (r != 0) {
+        p->spawn_errno = r;
+        p->exit_code = r == ENOENT ? 127 : 126; /* as a shell reports them */
+        p->exited = 1;
+        p->end_ns = p->done_ns = now_ns();
+        return 0;
+    }
+    p->pid = pid;
+    int fl = fcntl(out_r, F_GETFL);
+    fcntl(out_r, F_SETFL, fl | O_NONBLOCK);
+    p->out_fd = TAKE_FD(out_r);
+
+    if (!(flags & VMSNAP_SPAWN_NO_PIDFD))
+        p->pidfd = compat_pidfd_open(pid);
+    if (p->pidfd < 0) {
+        r = start_exit_waiter(p);
+        if (r < 0) {
+            /* cannot supervise: do not leave it running unsupervised */
+            kill(-pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            close(p->out_fd);
+            p->out_fd = -1;
+            return r;
+        }
+    }
+    return 0;
+}
+
+static void store_output(struct vmsnap_proc *p, const char *buf, size_t n) {
+    p->output_total += n;
+    size_t room = (size_t)(p->head_cap - p->head_len);
+    size_t h = n < room ? n : room;
+    if (h) {
+        memcpy(p->head + p->head_len, buf, h);
+        p->head_len += h;
+        buf += h;
+        n -= h;
+    }
+    if (!n || !p->tail_cap)
+        return;
+    size_t cap = (size_t)p->tail_cap;
+    if (n >= cap) {
+        memcpy(p->tail, buf + n - cap, cap);
+        p->tail_pos = 0;
+        p->tail_len = cap;
+        return;
+    }
+    size_t pos = (size_t)p->tail_pos;
+    size_t first = n < cap - pos ? n : cap - pos;
+    memcpy(p->tail + pos, buf, first);
+    memcpy(p->tail, buf + first, n - first);
+    p->tail_pos = (pos + n) % cap;
+    p->tail_len = p->tail_len + n > cap ? cap : p->tail_len + n;
+}
+
+/* Reads what the pipe holds now; closes it at EOF. */
+static void drain_output(struct vmsnap_proc *p) {
+    char buf[65536];
+    while (p->out_fd >= 0) {
+        ssize_t k = read(p->out_fd, buf, sizeof buf);
+        if (k > 0) {
+            store_output(p, buf, (size_t)k);
+            continue;
+        }
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k == 0 || errno != EAGAIN) {
+            close(p->out_fd);
+            p->out_fd = -1;
+        }
+        return;
+    }
+}
+
+static void reap(struct vmsnap_proc *p) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int r;
+    do
+        r = waitid(P_PID, (id_t)p->pid, &si, WEXITED);
+    while (r < 0 && errno == EINTR);
+    p->end_ns = now_ns();
+    p->exited = 1;
+    if (r < 0)
+        return; /* someone else reaped it; nothing more to learn */
+    if (si.si_code == CLD_EXITED) {
+        p->exit_code = si.si_status;
+        p->term_signal = 0;
+    } else {
+        p->exit_code = -1;
+        p->term_signal = si.si_status;
+    }
+}
+
+int vmsnap_group_live_count(int pgid) {
+    if (kill(-pgid, 0) < 0 && errno == ESRCH)
+        return 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -errno;
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        char *q = strrchr(buf, ')');
+        char state;
+        int ppid, pgrp;
+        if (!q || sscanf(q + 1, " %c %d %d", &state, &ppid, &pgrp) != 3)
+            continue;
+        if (pgrp == pgid && state != 'Z' && state != 'X')
+            count++;
+    }
+    closedir(d);
+    return count;
+}
+
+int vmsnap_proc_signal_group(struct vmsnap_proc *p, int sig) {
+    if (p->pid <= 0)
+        return -ESRCH;
+    return kill(-p->pid, sig) < 0 ? -errno : 0;
+}
+
+/* Past the deadline: TERM (and CONT, so a stopped process sees it) to the
+ * whole group; KILL after the grace period. */
+static void enforce_deadline(struct vmsnap_proc *p, int64_t now, int64_t grace_ns) {
+    if (!p->term_sent && p->deadline_ns > 0 && now >= p->deadline_ns && !p->exited) {
+        p->timed_out = 1;
+        p->term_sent = 1;
+        kill(-p->pid, SIGTERM);
+        kill(-p->pid, SIGCONT);
+        p->kill_at_ns = now + (grace_ns > 0 ? grace_ns : 0);
+    }
+    if (p->term_sent && !p->kill_sent && now >= p->kill_at_ns) {
+        p->kill_sent = 1;
+        kill(-p->pid, SIGKILL);
+    }
+}
+
+int vmsnap_proc_wait(struct vmsnap_proc *p, int64_t deadline_ns, int64_t grace_ns) {
+    p->deadline_ns = deadline_ns;
+    if (p->pid <= 0) /* exec failed: nothing ran */
+        return 0;
+    for (;;) {
+        int64_t now = now_ns();
+        enforce_deadline(p, now, grace_ns);
+        if (p->exited) {
+            drain_output(p);
+            if (!p->timed_out)
+                break;
+            /* a timed-out group is done only when no member is left alive */
+            int live = vmsnap_group_live_count(p->pid);
+            if (live <= 0)
+                break;
+            if (p->kill_sent && now - p->kill_at_ns > 2000000000LL) {
+                p->group_alive = live; /* unkillable (D state): report it */
+                break;
+            }
+        }
+        struct pollfd pfd[2];
+        int n = 0, exit_i = -1;
+        if (p->out_fd >= 0)
+            pfd[n++] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};
+        if (!p->exited) {
+            exit_i = n;
+            pfd[n++] = (struct pollfd){.fd = p->pidfd >= 0 ? p->pidfd : p->exit_fd, .events = POLLIN};
+        }
+        int64_t wake;
+        if (p->exited) /* timed out, waiting for the rest of the group */
+            wake = now + 1000000LL;
+        else if (!p->term_sent)
+            wake = p->deadline_ns;
+        else if (!p->kill_sent)
+            wake = p->kill_at_ns;
+        else
+            wake = now + 1000000LL;
+        if (p->term_sent && !p->kill_sent)
+            wake = min_deadline(wake, p->kill_at_ns);
+        int r = poll(pfd, (nfds_t)n, poll_timeout_ms(wake));
+        if (r < 0) {
+            if (errno == EINTR)
+                return -EINTR;
+            return -errno;
+        }
+        if (p->out_fd >= 0 && pfd[0].revents)
+            drain_output(p);
+        if (exit_i >= 0 && pfd[exit_i].revents) {
+            drain_output(p); /* everything written before the exit is in the pipe */
+            reap(p);
+        }
+    }
+    p->done_ns = now_ns();
+    return 0;
+}
+
+void vmsnap_proc_close(struct vmsnap_proc *p) {
+    if (p->out_fd >= 0)
+        close(p->out_fd);
+    if (p->pidfd >= 0)
+        close(p->pidfd);
+    if (p->exit_fd >= 0)
+        close(p->exit_fd);
+    p->out_fd = p->pidfd = p->exit_fd = -1;
+}

@@ -1,0 +1,174 @@
+/* vmsnap.h: the public interface of the vmsnap native core.
+ *
+ * This header is the only source of the cffi declarations: csrc/build_ffi.py
+ * feeds everything between the cdef markers to ffibuilder.cdef(), so the
+ * prototypes the Python side sees are the ones the C compiler checks.
+ * Keep the part between the markers free of preprocessor logic: cffi reads
+ * integer #defines, structs and prototypes, nothing else.
+ *
+ * Conventions: functions return 0 (or a count) on success and -errno on
+ * failure; times are CLOCK_MONOTONIC nanoseconds; deadlines are absolute.
+ */
+#ifndef VMSNAP_H
+#define VMSNAP_H
+
+#include <stdint.h>
+
+/* cffi-cdef-begin */
+
+/* Bumped whenever a struct or prototype below changes; the Python side
+ * refuses a core whose ABI differs from the one it was written for. */
+#define VMSNAP_ABI_VERSION 3
+
+#define VMSNAP_MAX_FS 128
+#define VMSNAP_PATH_MAX 4096
+
+/* Per-filesystem state in a freeze session.  The guardian process writes
+ * these; the controller and the crash record read them. */
+#define VMSNAP_FS_PENDING 0     /* nothing done yet */
+#define VMSNAP_FS_SYNCING 1     /* presync (syncfs) in progress */
+#define VMSNAP_FS_SYNCED 2      /* presync done, waiting for its freeze wave */
+#define VMSNAP_FS_FREEZING 3    /* FIFREEZE issued, not returned */
+#define VMSNAP_FS_FROZEN 4      /* frozen by this session */
+#define VMSNAP_FS_THAWING 5     /* FITHAW issued, not returned */
+#define VMSNAP_FS_THAWED 6      /* frozen and thawed again by this session */
+#define VMSNAP_FS_BUSY 7        /* already frozen by someone else: left alone */
+#define VMSNAP_FS_FAILED 8      /* FIFREEZE failed (freeze_errno) */
+#define VMSNAP_FS_SKIPPED 9     /* never attempted (an earlier wave failed, or abort) */
+#define VMSNAP_FS_THAW_FAILED 10 /* FITHAW failed (thaw_errno): may still be frozen */
+
+struct vmsnap_fs {
+    int32_t fd;              /* directory fd, opened by the controller */
+    int32_t level;           /* freeze wave: level 0 first, thaw in reverse */
+    int32_t state;           /* VMSNAP_FS_* */
+    int32_t sync_errno;
+    int32_t freeze_errno;
+    int32_t thaw_errno;
+    uint64_t dev;            /* st_dev of the mount point, checked before a recorded thaw */
+    int64_t sync_start_ns;
+    int64_t sync_end_ns;
+    int64_t freeze_start_ns;
+    int64_t freeze_end_ns;
+    int64_t thaw_start_ns;
+    int64_t thaw_end_ns;
+    char path[4096];
+};
+
+/* Shared between the controller and the guardian (MAP_SHARED), and written
+ * as the crash record under /run/vmsnap/. */
+#define VMSNAP_RECORD_MAGIC 0x564d534e
+struct vmsnap_shared {
+    uint32_t magic;
+    uint32_t abi;
+    int32_t n;
+    int32_t controller_pid;
+    int32_t guardian_pid;
+    int32_t deadline_hit;    /* the guardian thawed because the deadline passed */
+    int32_t guardian_done;   /* the guardian finished its work and is exiting */
+    int32_t detached;        /* the controller left; the guardian holds the freeze */
+    int32_t thaw_reason;     /* VMSNAP_THAW_* */
+    int32_t record_live;     /* the guardian may rewrite the record during the window */
+    int64_t deadline_ns;
+    uint64_t guardian_starttime; /* /proc/PID/stat field 22, to recognise the guardian */
+    struct vmsnap_fs fs[128];
+};
+
+#define VMSNAP_THAW_NONE 0
+#define VMSNAP_THAW_REQUESTED 1      /* the controller asked */
+#define VMSNAP_THAW_DEADLINE 2       /* the freeze deadline passed */
+#define VMSNAP_THAW_CONTROLLER_DIED 3
+#define VMSNAP_THAW_SIGNAL 4         /* SIGUSR1/SIGTERM/SIGINT/SIGHUP to the guardian */
+#define VMSNAP_THAW_EMERGENCY 5      /* the guardian died; the controller thawed */
+
+const char *vmsnap_core_version(void);
+int vmsnap_core_abi(void);
+int64_t vmsnap_now_ns(void);
+
+/* --- freeze session (freeze.c, guardian.c) --------------------------- */
+
+/* Single ioctls, for the sequential strategy and for recovery. */
+int vmsnap_fifreeze(int fd);
+int vmsnap_fithaw(int fd);
+/* Opens PATH, checks that its st_dev is EXPECT_DEV (0: no check), FITHAW. */
+int vmsnap_thaw_path(const char *path, uint64_t expect_dev);
+
+struct vmsnap_session;
+
+/* Starts a guardian process for the filesystems described in SHARED
+ * (fd, level, dev and path of each of the n entries filled in by the
+ * caller).  The guardian thaws at DEADLINE_NS, when the calling process
+ * dies, on SIGUSR1/SIGTERM, or when asked.  RECORD_FD (or -1) receives the
+ * crash record; RECORD_PATH is unlinked by the guardian once all is thawed. */
+int vmsnap_session_start(const struct vmsnap_shared *init, int record_fd,
+                         const char *record_path, struct vmsnap_session **ret);
+struct vmsnap_shared *vmsnap_session_shared(struct vmsnap_session *s);
+int vmsnap_session_guardian_pid(struct vmsnap_session *s);
+/* Presync (if asked) and freeze in waves.  Returns 0 when the guardian has
+ * finished the freeze (look at the states), -EINTR on a signal (call again
+ * or thaw), -ETIMEDOUT when WAIT_DEADLINE_NS passed, -ECHILD if the
+ * guardian died (everything was thawed by the caller). */
+int vmsnap_session_freeze(struct vmsnap_session *s, int presync, int64_t wait_deadline_ns);
+/* Thaw everything this session froze, in reverse waves. */
+int vmsnap_session_thaw(struct vmsnap_session *s, int64_t wait_deadline_ns);
+/* Leave the guardian holding the freeze until its deadline or SIGUSR1. */
+int vmsnap_session_detach(struct vmsnap_session *s);
+/* Thaws directly from the shared states (used when the guardian is gone). */
+int vmsnap_session_emergency_thaw(struct vmsnap_session *s);
+/* Releases the session; a guardian not detached thaws when it sees this. */
+void vmsnap_session_free(struct vmsnap_session *s);
+/* Whether pid is alive and its /proc start time is STARTTIME. */
+int vmsnap_process_matches(int pid, uint64_t starttime);
+
+/* --- process supervision (spawn.c) ----------------------------------- */
+
+#define VMSNAP_SPAWN_NO_PIDFD 1   /* force the fallback (waiter thread) path */
+
+struct vmsnap_proc {
+    int32_t pid;
+    int32_t pidfd;           /* -1 on the fallback path */
+    int32_t out_fd;          /* read end of the stdout+stderr pipe */
+    int32_t exit_fd;         /* fallback: readable once the child exited */
+    int32_t exited;          /* reaped */
+    int32_t exit_code;       /* -1 when killed by a signal */
+    int32_t term_signal;     /* 0 when it exited */
+    int32_t timed_out;
+    int32_t spawn_errno;     /* exec failed (ENOENT, EACCES, ...): nothing ran */
+    int32_t term_sent;
+    int32_t kill_sent;
+    int32_t used_fallback;
+    int32_t group_alive;     /* live members of the group left when done (timeout path) */
+    int64_t start_ns;
+    int64_t end_ns;          /* child reaped */
+    int64_t done_ns;         /* wait finished (group gone after a timeout) */
+    int64_t deadline_ns;
+    int64_t kill_at_ns;
+    uint64_t output_total;   /* bytes the child wrote */
+    char *head;              /* first head_cap bytes of output */
+    uint64_t head_cap;
+    uint64_t head_len;
+    char *tail;              /* ring of the last tail_cap bytes */
+    uint64_t tail_cap;
+    uint64_t tail_len;
+    uint64_t tail_pos;
+};
+
+/* Spawns PATH with ARGV/ENVP (NULL-terminated) in a new session, stdin from
+ * /dev/null, stdout+stderr into a pipe.  P's head/tail buffers are the
+ * caller's.  Returns 0, or -errno if nothing could be started; an exec
+ * failure is not an error here: it sets spawn_errno and exit_code 127/126. */
+int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
+                      const char *cwd, int flags, struct vmsnap_proc *p);
+/* Waits until the child exits, draining output.  At DEADLINE_NS the whole
+ * group gets SIGTERM+SIGCONT, then SIGKILL GRACE_NS later.  Returns 0 when
+ * done, -EINTR when a signal arrived (call again, or kill and call again). */
+int vmsnap_proc_wait(struct vmsnap_proc *p, int64_t deadline_ns, int64_t grace_ns);
+/* Sends SIG to the child's process group. */
+int vmsnap_proc_signal_group(struct vmsnap_proc *p, int sig);
+/* Closes the fds (the child must have been waited for). */
+void vmsnap_proc_close(struct vmsnap_proc *p);
+/* Live (non-zombie) processes whose process group is PGID. */
+int vmsnap_group_live_count(int pgid);
+
+/* cffi-cdef-end */
+
+#endif /* VMSNAP_H */

@@ -1,0 +1,57 @@
+"""Loads the compiled core and checks that it is the one this package expects.
+
+Everything else imports ``ffi`` and ``lib`` from here; a missing, broken or
+mismatched core raises ``CoreUnavailable`` (``IncorrectPluginhostFile`` in
+the framework), never a bare ImportError from deep inside.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._version import __version__
+from .errors import CoreUnavailable
+
+# The ABI this Python code was written for (VMSNAP_ABI_VERSION in csrc/vmsnap.h).
+EXPECTED_ABI = 3
+
+# Lets tests (and an operator reproducing a report) simulate a broken core.
+_BREAK_ENV = "VMSNAP_SIMULATE_BROKEN_CORE"
+
+
+def _load():
+    if os.environ.get(_BREAK_ENV):
+        raise CoreUnavailable("native core disabled by %s (simulated failure)" % _BREAK_ENV)
+    try:
+        from ._vmsnap_core import ffi, lib
+    except ImportError as exc:
+        raise CoreUnavailable("native core vmsnap_native._vmsnap_core cannot be loaded: %s" % exc) from exc
+    abi = lib.vmsnap_core_abi()
+    version = ffi.string(lib.vmsnap_core_version()).decode()
+    if abi != EXPECTED_ABI or version != __version__:
+        raise CoreUnavailable(
+            "native core mismatch: core is version %s (ABI %d), package is %s (ABI %d)"
+            % (version, abi, __version__, EXPECTED_ABI)
+        )
+    return ffi, lib
+
+
+_loaded = None
+
+
+def core():
+    """Returns (ffi, lib), loading and checking the core on first use."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
+
+def check_errno(ret: int, what: str = "", path: str | None = None) -> int:
+    """Turns the core's -errno convention into OSError."""
+    if ret < 0:
+        err = -ret
+        if path is not None:
+            raise OSError(err, "%s: %s" % (what, os.strerror(err)) if what else os.strerror(err), path)
+        raise OSError(err, "%s: %s" % (what, os.strerror(err)) if what else os.strerror(err))
+    return ret

@@ -1,0 +1,281 @@
+"""Mount discovery: parse /proc/self/mountinfo and choose what to freeze.
+
+Each mount is either eligible (local, writable, block-backed, of a type that
+supports FIFREEZE) or skipped with a reason that ``vmsnap mounts`` shows.
+One superblock is frozen once, however many times it is mounted, and the
+eligible ones get a freeze *level*: level 0 is frozen first (children:
+nested mounts, loop filesystems whose image lives on another eligible
+filesystem), and thawed last.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+
+# Filesystem types that implement freeze (sb->s_op->freeze_fs/freeze_super).
+FREEZABLE_FSTYPES = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "nilfs2",
+    "gfs2", "ocfs2", "bcachefs", "ext4dev",
+})
+# Kernel-internal and memory-backed filesystems: nothing on a disk to protect.
+PSEUDO_FSTYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "ramfs", "cgroup", "cgroup2",
+    "securityfs", "debugfs", "tracefs", "pstore", "bpf", "mqueue", "hugetlbfs",
+    "configfs", "fusectl", "autofs", "binfmt_misc", "efivarfs", "rpc_pipefs", "nsfs",
+    "selinuxfs", "overlay", "aufs", "squashfs", "iso9660", "udf", "zram", "nfsd",
+})
+# Network and user-space filesystems: freezing them is the server's business.
+NETWORK_FSTYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs",
+    "lustre", "gpfs", "virtiofs", "fuse", "fuseblk", "sshfs",
+})
+
+LOOP_MAJOR = 7
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    mount_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    mountpoint: str
+    options: tuple
+    optional: tuple
+    fstype: str
+    source: str
+    super_options: tuple
+
+    @property
+    def device(self) -> str:
+        return "%d:%d" % (self.major, self.minor)
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options or "ro" in self.super_options
+
+
+@dataclass
+class Candidate:
+    """A mount and what vmsnap would do with it."""
+
+    mount: Mount
+    eligible: bool
+    reason: str | None = None
+    level: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "mountpoint": self.mount.mountpoint,
+            "fstype": self.mount.fstype,
+            "device": self.mount.device,
+            "source": self.mount.source,
+            "eligible": self.eligible,
+            "reason": self.reason,
+            "level": self.level if self.eligible else None,
+        }
+
+
+@dataclass
+class Selection:
+    eligible: list = field(default_factory=list)   # Candidates, freeze order
+    skipped: list = field(default_factory=list)    # Candidates, with reasons
+    missing: list = field(default_factory=list)    # requested paths that are no mount point
+
+    def to_dict(self) -> dict:
+        return {
+            "eligible": [c.to_dict() for c in self.eligible],
+            "skipped": [c.to_dict() for c in self.skipped],
+            "missing": list(self.missing),
+        }
+
+
+def unescape(field_text: str) -> str:
+    """Undoes the kernel's octal escapes (\\040 space, \\011 tab, \\012 newline, \\134 backslash)."""
+    if "\\" not in field_text:
+        return field_text
+    raw = field_text.encode("utf-8", "surrogateescape")
+    raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_line(line: str) -> Mount:
+    """Parses one mountinfo line; raises ValueError naming what is wrong."""
+    parts = line.split()
+    try:
+        sep = parts.index("-", 6)
+    except ValueError:
+        raise ValueError("mountinfo line has no ' - ' separator: %r" % line) from None
+    if len(parts) < sep + 3:
+        raise ValueError("mountinfo line is missing fields after ' - ': %r" % line)
+    major, _, minor = parts[2].partition(":")
+    return Mount(
+        mount_id=int(parts[0]),
+        parent_id=int(parts[1]),
+        major=int(major),
+        minor=int(minor),
+        root=unescape(parts[3]),
+        mountpoint=unescape(parts[4]),
+        options=tuple(parts[5].split(",")),
+        optional=tuple(parts[6:sep]),
+        fstype=parts[sep + 1],
+        source=unescape(parts[sep + 2]),
+        super_options=tuple(parts[sep + 3].split(",")) if len(parts) > sep + 3 else (),
+    )
+
+
+def parse_mountinfo(text: str) -> list:
+    return [parse_line(line) for line in text.splitlines() if line.strip()]
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f.read())
+
+
+def _is_under(path: str, top: str) -> bool:
+    if top == "/":
+        return path != "/"
+    return path.startswith(top.rstrip("/") + "/")
+
+
+def _block_backed(m: Mount) -> bool:
+    if m.major != 0:
+        return True
+    # btrfs (and a few others) report an anonymous 0:N device; their source is the disk
+    return m.source.startswith("/dev/") and os.path.exists(m.source)
+
+
+def _loop_backing_file(m: Mount, sysfs: str = "/sys") -> str | None:
+    if m.major != LOOP_MAJOR:
+        return None
+    try:
+        with open("%s/dev/block/%s/loop/backing_file" % (sysfs, m.device), encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _skip_reason(m: Mount) -> str | None:
+    fstype = m.fstype
+    base = fstype.split(".", 1)[0]
+    if fstype in PSEUDO_FSTYPES:
+        return "pseudo filesystem (%s): nothing on disk" % fstype
+    if fstype in NETWORK_FSTYPES or base in NETWORK_FSTYPES:
+        return "network or FUSE filesystem (%s): not ours to freeze" % fstype
+    if m.read_only:
+        return "read-only mount: nothing can change"
+    if not _block_backed(m):
+        return "no block device behind it (%s)" % m.device
+    if fstype not in FREEZABLE_FSTYPES:
+        return "filesystem type %s does not support freezing" % fstype
+    return None
+
+
+def _matches(mountpoint: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(mountpoint, p) or mountpoint == p.rstrip("/") or
+               (p == "/" and mountpoint == "/") for p in patterns)
+
+
+def _normalize(path: str) -> str:
+    path = os.path.normpath(path)
+    return path if path != "//" else "/"
+
+
+def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
+    """Chooses what to freeze.
+
+    only: mount points (globs allowed) to restrict to (``--mount``,
+    ``mountsToFreeze``); skip: mount points (globs) never frozen
+    (``mountsToSkip``).
+    """
+    only = [_normalize(p) if not any(c in p for c in "*?[") else p for p in only] if only else None
+    skip = list(skip or ())
+    sel = Selection()
+    # A mount point mounted over again is hidden: only the last one is reachable.
+    last_at = {}
+    for m in mounts:
+        last_at[m.mountpoint] = m.mount_id
+    first_of_sb = {}
+    chosen = []
+    for m in mounts:
+        reason = None
+        if last_at[m.mountpoint] != m.mount_id:
+            reason = "hidden under a later mount at the same path"
+        elif only is not None and not _matches(m.mountpoint, only):
+            reason = "not selected (--mount / mountsToFreeze)"
+        elif skip and _matches(m.mountpoint, skip):
+            reason = "skipped by mountsToSkip"
+        else:
+            reason = _skip_reason(m)
+        if reason is None:
+            key = m.device
+            if key in first_of_sb:
+                reason = "same filesystem as %s (frozen once)" % first_of_sb[key].mountpoint
+            else:
+                first_of_sb[key] = m
+        if reason:
+            sel.skipped.append(Candidate(m, False, reason))
+        else:
+            chosen.append(Candidate(m, True))
+    if only is not None:
+        for p in only:
+            if not any(c in p for c in "*?[") and p not in last_at:
+                sel.missing.append(p)
+    assign_levels(chosen, sysfs=sysfs)
+    # freeze order: level 0 first; within a level, deepest mount point first
+    chosen.sort(key=lambda c: (c.level, -c.mount.mountpoint.count("/"), c.mount.mountpoint))
+    sel.eligible = chosen
+    return sel
+
+
+def assign_levels(cands: list, sysfs: str = "/sys") -> None:
+    """Level 0 for filesystems nothing else depends on; a parent gets one more
+    than its deepest child.  A child is a mount below the parent's mount
+    point, or a loop filesystem whose image file lives on the parent."""
+    parents = {id(c): set() for c in cands}
+    for c in cands:
+        backing = _loop_backing_file(c.mount, sysfs)
+        for p in cands:
+            if p is c:
+                continue
+            if _is_under(c.mount.mountpoint, p.mount.mountpoint):
+                parents[id(c)].add(id(p))
+            elif backing and _contains(p, backing, cands):
+                parents[id(c)].add(id(p))
+    by_id = {id(c): c for c in cands}
+    for c in cands:
+        c.level = 0
+    # longest-path relaxation; the graph is small and acyclic (cycles cannot mount)
+    for _ in range(len(cands)):
+        changed = False
+        for c in cands:
+            for pid in parents[id(c)]:
+                p = by_id[pid]
+                if p.level < c.level + 1:
+                    p.level = c.level + 1
+                    changed = True
+        if not changed:
+            break
+
+
+def _contains(p: Candidate, path: str, cands: list) -> bool:
+    """Whether PATH lives on P's filesystem: P is the deepest candidate mount above it."""
+    best = None
+    for c in cands:
+        mp = c.mount.mountpoint
+        if path == mp or _is_under(path, mp):
+            if best is None or len(mp) > len(best.mount.mountpoint):
+                best = c
+    return best is p
+
+
+def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo") -> Selection:
+    return select(read_mountinfo(mountinfo_path), only=only, skip=skip)
