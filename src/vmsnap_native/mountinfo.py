@@ -203,6 +203,8 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
     last_at = {}
     for m in mounts:
         last_at[m.mountpoint] = m.mount_id
+    # skipping a mount point skips its filesystem wherever else it is mounted
+    skipped_sb = {m.device: m.mountpoint for m in mounts if skip and _matches(m.mountpoint, skip)}
     first_of_sb = {}
     chosen = []
     for m in mounts:
@@ -213,6 +215,8 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
             reason = "not selected (--mount / mountsToFreeze)"
         elif skip and _matches(m.mountpoint, skip):
             reason = "skipped by mountsToSkip"
+        elif m.device in skipped_sb:
+            reason = "same filesystem as %s, skipped by mountsToSkip" % skipped_sb[m.device]
         else:
             reason = _skip_reason(m)
         if reason is None:
