@@ -9,12 +9,15 @@ Public API (SPEC §7):
 """
 
 from ._version import __version__
+from .config import Config
+from .cycle import run
 from .errors import BusyError, ConfigError, CoreUnavailable, FreezeError, VmsnapError
 from .freeze import FreezeSession, MountResult, freeze_filesystems, thaw_recorded
 from .process import ProcessResult, run_process
+from .result import Result
 
 __all__ = [
     "__version__", "BusyError", "ConfigError", "CoreUnavailable", "FreezeError", "VmsnapError",
     "FreezeSession", "MountResult", "freeze_filesystems", "thaw_recorded",
-    "ProcessResult", "run_process",
+    "ProcessResult", "run_process", "run", "Result", "Config",
 ]

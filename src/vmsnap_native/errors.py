@@ -64,6 +64,10 @@ _TABLE = [
     ErrorCode("SnapshotFailed", 400,
               "the snapshot step failed",
               "see its output"),
+    # vmsnap's own, numbered after SnapshotFailed
+    ErrorCode("AnotherRunInProgress", 401,
+              "another vmsnap run holds the machine, or an earlier `vmsnap freeze` still holds filesystems frozen",
+              "wait for the other run to finish, or run `vmsnap thaw` to end a `vmsnap freeze`"),
 ]
 
 CODES: dict[str, ErrorCode] = {e.code: e for e in _TABLE}

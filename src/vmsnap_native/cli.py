@@ -1,0 +1,316 @@
+"""The ``vmsnap`` command (SPEC §7).
+
+Exit statuses: run: 0 success, 3 degraded, 1 failed, 2 usage; check: 0 all
+good, 1 problems; freeze/thaw/demo/bench: 0 or 1.  ``--json`` prints one
+JSON object on stdout and nothing else there; human text goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import cycle, policy
+from ._version import __version__
+from .config import DEFAULT_CONFIG_PATH
+from .errors import BusyError, CoreUnavailable, FreezeError, error_code
+from .logbook import DEFAULT_LOG_FILE
+
+EXIT_USAGE = 2
+
+
+def err(*lines):
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def emit_json(obj):
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+# -- run ------------------------------------------------------------------------
+
+def summarize(res) -> list:
+    """A short human report: what happened, consistency, window, actions."""
+    lines = []
+    cons = res.consistency or "no snapshot"
+    window = res.freeze.window_ms
+    frozen = sum(1 for m in res.freeze.mounts if m.get("frozen"))
+    head = "vmsnap: %s, %s" % (res.status, cons if res.consistency is None
+                               else cons + "-consistent")
+    if window is not None:
+        head += "; freeze window %.1f ms (%d filesystem%s)" % (window, frozen,
+                                                               "" if frozen == 1 else "s")
+    elif not res.freeze.enabled:
+        head += "; freeze disabled"
+    lines.append(head + "; %.0f ms in all" % res.duration_ms)
+    for label, sr in (("pre-script", res.pre_script), ("post-script", res.post_script)):
+        if sr is None:
+            continue
+        if not sr.ran:
+            lines.append("  %-12s %s: not run" % (label, sr.path))
+        else:
+            state = "ok" if sr.ok else ("timed out" if sr.timed_out else
+                                        "failed (exit %s, signal %s)" % (sr.exit_code, sr.signal))
+            lines.append("  %-12s %s: %s in %.0f ms, %d attempt%s" % (
+                label, sr.path, state, sr.duration_ms, sr.attempts, "" if sr.attempts == 1 else "s"))
+    if res.snapshot is not None and res.snapshot.argv:
+        lines.append("  %-12s %s: exit %s in %.0f ms" % ("snapshot", " ".join(res.snapshot.argv)[:60],
+                                                         res.snapshot.exit_code, res.snapshot.duration_ms))
+    for w in res.warnings:
+        lines.append("  warning: %s" % w)
+    for e in res.errors:
+        lines.append("  error %s (%d): %s" % (e.code, e.number, e.message))
+        lines.append("        -> %s" % e.action)
+    return lines
+
+
+def cmd_run(args, snapshot_argv) -> int:
+    log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
+    res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
+                    freeze_timeout=args.freeze_timeout, log_file=log_file or None,
+                    dry_run=args.dry_run)
+    if args.json:
+        emit_json(res.to_dict())
+    err(*summarize(res))
+    return res.exit_status
+
+
+# -- check ----------------------------------------------------------------------
+
+def _problem(code, message):
+    e = error_code(code)
+    return {"code": e.code, "number": e.number, "message": message, "action": e.action}
+
+
+def cmd_check(args) -> int:
+    plan = cycle.make_plan(args.config)
+    problems = []
+    if plan.config_problem:
+        problems.append(_problem(*plan.config_problem))
+    for chk in (plan.pre_check, plan.post_check):
+        if chk is not None and not chk.ok:
+            problems.append(_problem(chk.problem.code, chk.problem.message))
+    for h in plan.hooks:
+        chk = policy.check_script(h.path, "pre")
+        if not chk.ok:
+            problems.append(_problem(chk.problem.code, "hook %s: %s" % (h.name, chk.problem.message)))
+    for p in plan.selection.missing:
+        problems.append(_problem("UnableToOpenMount", "%s: not a mount point" % p))
+    report = {
+        "ok": not problems,
+        "config": plan.config_path,
+        "config_found": plan.config is not None or plan.config_problem is not None,
+        "problems": problems,
+        "warnings": plan.warnings,
+        "scripts": {
+            "pre": plan.pre_check.path if plan.pre_check else None,
+            "post": plan.post_check.path if plan.post_check else None,
+            "pre_runs_as": list(plan.pre_check.argv_prefix) if plan.pre_check and plan.pre_check.ok else None,
+            "post_runs_as": list(plan.post_check.argv_prefix) if plan.post_check and plan.post_check.ok else None,
+        },
+        "hooks": [h.name for h in plan.hooks],
+    }
+    if args.json:
+        emit_json(report)
+    lines = ["vmsnap check: configuration %s" % plan.config_path]
+    for w in plan.warnings:
+        lines.append("  warning: %s" % w)
+    if plan.pre_check and plan.pre_check.ok:
+        lines.append("  pre-script  runs as: %s" % " ".join(plan.pre_check.argv_prefix))
+    if plan.post_check and plan.post_check.ok:
+        lines.append("  post-script runs as: %s" % " ".join(plan.post_check.argv_prefix))
+    for h in plan.hooks:
+        lines.append("  hook %s" % h.name)
+    for p in problems:
+        lines.append("  %s (%d): %s" % (p["code"], p["number"], p["message"]))
+        lines.append("        -> %s" % p["action"])
+    lines.append("  all good" if not problems else "  %d problem%s found" % (
+        len(problems), "" if len(problems) == 1 else "s"))
+    err(*lines)
+    return 0 if not problems else 1
+
+
+# -- mounts ---------------------------------------------------------------------
+
+def cmd_mounts(args) -> int:
+    plan = cycle.make_plan(args.config, mounts=args.mount or None)
+    sel = plan.selection
+    from .disks import disks_of
+    if args.json:
+        d = sel.to_dict()
+        d["one_disk"] = plan.one_disk
+        d["disks"] = sorted(disks_of([c.mount for c in sel.eligible]))
+        emit_json(d)
+        return 0
+    out = sys.stdout
+    out.write("would freeze (level 0 first, thawed in reverse):\n")
+    for c in sel.eligible:
+        out.write("  %-30s %-8s %-8s level %d\n" % (c.mount.mountpoint, c.mount.fstype,
+                                                    c.mount.device, c.level))
+    if not sel.eligible:
+        out.write("  (nothing)\n")
+    out.write("left out:\n")
+    for c in sel.skipped:
+        out.write("  %-30s %-10s %s\n" % (c.mount.mountpoint, c.mount.fstype, c.reason))
+    for p in sel.missing:
+        out.write("  %-30s %-10s %s\n" % (p, "-", "not a mount point"))
+    out.write("one disk: %s\n" % ("yes" if plan.one_disk else "no"))
+    return 0
+
+
+# -- freeze / thaw --------------------------------------------------------------
+
+def cmd_freeze(args) -> int:
+    from .freeze import FreezeSession
+    from .lock import RunLock
+    from .logbook import Logbook
+    report = {"status": "failed", "guardian_pid": None, "timeout": args.timeout, "record": None,
+              "mounts": [], "errors": []}
+    try:
+        with RunLock():
+            cycle.recover_stale(Logbook(None))
+            plan = cycle.make_plan(args.config, mounts=args.mount or None)
+            if plan.selection.missing:
+                raise FreezeError("not a mount point: %s" % ", ".join(plan.selection.missing))
+            if not plan.selection.eligible:
+                raise FreezeError("no filesystem to freeze")
+            s = FreezeSession(plan.selection.eligible, timeout=args.timeout)
+            s.freeze()
+            report["mounts"] = [m.to_dict() for m in s.mounts]
+            if not s.all_frozen:
+                s.thaw()
+                report["mounts"] = [m.to_dict() for m in s.mounts]
+                report["errors"] = ["%s: %s" % (m.mountpoint, m.error) for m in s.failures]
+            else:
+                report.update(status="frozen", guardian_pid=s.guardian_pid, record=s.record_path)
+                s.detach()
+    except (BusyError, FreezeError, CoreUnavailable) as exc:
+        report["errors"].append(str(exc))
+    except OSError as exc:
+        report["errors"].append("%s: %s" % (exc.filename, exc.strerror))
+    if args.json:
+        emit_json(report)
+    if report["status"] == "frozen":
+        err("vmsnap: %d filesystem(s) frozen; the guardian (pid %d) thaws them at `vmsnap thaw` "
+            "or in %gs" % (len(report["mounts"]), report["guardian_pid"], args.timeout))
+        return 0
+    err("vmsnap: freeze failed, nothing left frozen", *("  %s" % e for e in report["errors"]))
+    return 1
+
+
+def cmd_thaw(args) -> int:
+    from .freeze import thaw_recorded
+    try:
+        results = thaw_recorded()
+    except CoreUnavailable as exc:
+        err("vmsnap: %s" % exc)
+        return 1
+    failed = [r for r in results if r.outcome.startswith("failed")]
+    if args.json:
+        emit_json({"status": "failed" if failed else ("thawed" if results else "nothing"),
+                   "filesystems": [{"mountpoint": r.mountpoint, "outcome": r.outcome}
+                                   for r in results]})
+    if not results:
+        err("vmsnap: nothing recorded as frozen")
+    for r in results:
+        err("  %s: %s" % (r.mountpoint, r.outcome))
+    return 1 if failed else 0
+
+
+# -- demo / bench ---------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    from . import demo
+    return demo.main(keep=args.keep, json_out=args.json)
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes)
+
+
+# -- parser -----------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmsnap", description=(
+        "Application-consistent snapshots: pre-script, parallel filesystem freeze with a "
+        "guaranteed thaw, snapshot step, thaw, post-script."))
+    p.add_argument("--version", action="version", version="vmsnap %s" % __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp, config=True, mount=True):
+        if config:
+            sp.add_argument("--config", metavar="F", help="configuration file (default: "
+                            "$VMSNAP_CONFIG or %s)" % DEFAULT_CONFIG_PATH)
+        if mount:
+            sp.add_argument("--mount", metavar="M", action="append",
+                            help="freeze only this mount point (repeatable)")
+        sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    r = sub.add_parser("run", help="the whole cycle; SNAPSHOT_CMD after -- runs while frozen")
+    common(r)
+    r.add_argument("--freeze-timeout", type=_positive, metavar="S",
+                   help="hard cap on the freeze, seconds (default: config or 60)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check and plan; run no script, freeze nothing")
+    r.add_argument("--log-file", metavar="F", help="log file (default %s; '' for none)"
+                   % DEFAULT_LOG_FILE)
+    c = sub.add_parser("check", help="validate configuration, permissions and scripts")
+    common(c, mount=False)
+    m = sub.add_parser("mounts", help="what a run would freeze, and what it leaves out and why")
+    common(m)
+    f = sub.add_parser("freeze", help="freeze and return; the guardian holds until thaw/timeout")
+    common(f)
+    f.add_argument("--timeout", type=_positive, required=True, metavar="S",
+                   help="the guardian thaws after S seconds at the latest")
+    t = sub.add_parser("thaw", help="thaw what `vmsnap freeze` or a crashed run left frozen")
+    t.add_argument("--json", action="store_true")
+    d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
+    d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
+    d.add_argument("--json", action="store_true")
+    b = sub.add_parser("bench", help="measure the freeze window, sequential vs parallel")
+    b.add_argument("--mount", metavar="M", action="append")
+    b.add_argument("--rounds", type=int, default=20)
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--yes", action="store_true", help="agree to freeze / if it is selected")
+    return p
+
+
+def _positive(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number > 0, not %r" % text)
+    return v
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    snapshot_argv = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, snapshot_argv = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    if snapshot_argv and args.command != "run":
+        err("vmsnap: only `run` takes a snapshot command after --")
+        return EXIT_USAGE
+    handlers = {"check": cmd_check, "mounts": cmd_mounts, "freeze": cmd_freeze,
+                "thaw": cmd_thaw, "demo": cmd_demo, "bench": cmd_bench}
+    try:
+        if args.command == "run":
+            return cmd_run(args, snapshot_argv)
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        err("vmsnap: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The one-disk rule: do all selected filesystems live on one top-level disk?
+
+Each filesystem's device is followed through sysfs to the disk(s) under it:
+a partition to its disk, device-mapper and md devices through their slaves.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _sys_node(major: int, minor: int, sysfs: str) -> str | None:
+    p = "%s/dev/block/%d:%d" % (sysfs, major, minor)
+    return os.path.realpath(p) if os.path.exists(p) else None
+
+
+def _dev_of(node: str) -> tuple | None:
+    try:
+        with open(os.path.join(node, "dev")) as f:
+            major, minor = f.read().strip().split(":")
+        return int(major), int(minor)
+    except (OSError, ValueError):
+        return None
+
+
+def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> set:
+    node = _sys_node(major, minor, sysfs)
+    if node is None or _depth > 16:
+        return {"%d:%d" % (major, minor)}
+    if os.path.exists(os.path.join(node, "partition")):
+        node = os.path.dirname(node)
+    slaves_dir = os.path.join(node, "slaves")
+    slaves = sorted(os.listdir(slaves_dir)) if os.path.isdir(slaves_dir) else []
+    if slaves:
+        out = set()
+        for s in slaves:
+            dev = _dev_of(os.path.realpath(os.path.join(slaves_dir, s)))
+            if dev:
+                out |= top_disks(dev[0], dev[1], sysfs, _depth + 1)
+        if out:
+            return out
+    return {os.path.basename(node)}
+
+
+def mount_disks(mount, sysfs: str = "/sys") -> set:
+    major, minor = mount.major, mount.minor
+    if major == 0 and mount.source.startswith("/dev/"):
+        # btrfs and friends: an anonymous device number; the source names the disk
+        try:
+            rdev = os.stat(mount.source).st_rdev
+            major, minor = os.major(rdev), os.minor(rdev)
+        except OSError:
+            pass
+    return top_disks(major, minor, sysfs)
+
+
+def disks_of(mounts, sysfs: str = "/sys") -> set:
+    out = set()
+    for m in mounts:
+        out |= mount_disks(m, sysfs)
+    return out
+
+
+def single_disk(mounts, sysfs: str = "/sys") -> bool:
+    """True when every mount resolves to the same one disk."""
+    return len(disks_of(mounts, sysfs)) == 1

@@ -1,0 +1,80 @@
+"""Per-application hooks: several applications on one machine.
+
+Every executable in the hooks directory (default /etc/vmsnap/hooks.d) is
+called with ``freeze`` before the freeze, in name order, and with ``thaw``
+after the thaw, in reverse order; each under the same permission policy,
+retries and timeout as the pre-/post-script.  Editor and package-manager
+leftovers are ignored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from dataclasses import dataclass
+
+from . import policy
+from .result import ScriptResult
+from .scripts import run_script
+
+IGNORED_PATTERNS = ("*~", "*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*.sample",
+                    "*.swp", "*.bak", ".*", "#*#")
+
+
+@dataclass
+class Hook:
+    name: str
+    path: str
+
+
+@dataclass
+class HookRun:
+    hook: Hook
+    action: str
+    result: ScriptResult
+    problem: policy.Problem | None = None
+    last: object = None
+    all_timed_out: bool = False
+
+    def to_dict(self) -> dict:
+        d = {"hook": self.hook.name, "action": self.action, **self.result.__dict__}
+        d["error"] = self.problem.message if self.problem else None
+        return d
+
+
+def ignored(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in IGNORED_PATTERNS)
+
+
+def discover(directory: str) -> list:
+    """The hooks in DIRECTORY in name order ([] if there is no directory)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if ignored(name):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            out.append(Hook(name, path))
+    return out
+
+
+def run_hook(hook: Hook, action: str, retries: int, timeout: float, log=None) -> HookRun:
+    role = "pre" if action == "freeze" else "post"
+    chk = policy.check_script(hook.path, role)
+    if not chk.ok:
+        problem = policy.Problem(chk.problem.code, "hook %s: %s" % (hook.name, chk.problem.message))
+        return HookRun(hook, action, ScriptResult(path=hook.path, ran=False), problem=problem)
+    res, last, all_timed_out = run_script(chk, [action], retries, timeout, log=log,
+                                          name="hook %s %s" % (hook.name, action))
+    return HookRun(hook, action, res, last=last, all_timed_out=all_timed_out)

@@ -1,0 +1,88 @@
+"""The result of a run: data that prints as the JSON object of SPEC §7."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .errors import error_code
+
+
+@dataclass
+class ErrorEntry:
+    code: str
+    number: int
+    message: str
+    action: str
+
+
+def make_error(code: str, message: str) -> ErrorEntry:
+    e = error_code(code)
+    return ErrorEntry(code=e.code, number=e.number, message=message, action=e.action)
+
+
+@dataclass
+class ScriptResult:
+    path: str
+    ran: bool = False
+    attempts: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    duration_ms: float = 0.0
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.ran and self.exit_code == 0 and not self.timed_out
+
+
+@dataclass
+class FreezeResult:
+    enabled: bool = True
+    window_ms: float | None = None
+    deadline_hit: bool = False
+    mounts: list = field(default_factory=list)   # dicts, see MountResult.to_dict
+
+
+@dataclass
+class SnapshotResult:
+    argv: list
+    exit_code: int | None = None
+    duration_ms: float = 0.0
+    output: str = ""
+    signal: int | None = None
+    timed_out: bool = False
+
+
+@dataclass
+class Result:
+    status: str = "failed"
+    consistency: str | None = None
+    errors: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    pre_script: ScriptResult | None = None
+    post_script: ScriptResult | None = None
+    freeze: FreezeResult = field(default_factory=FreezeResult)
+    snapshot: SnapshotResult | None = None
+    duration_ms: float = 0.0
+    hooks: list = field(default_factory=list)    # per-hook ScriptResults (hooksDirectory)
+    phases: list = field(default_factory=list)   # (name, start_ms, duration_ms) timeline
+
+    def error(self, code: str, message: str) -> ErrorEntry:
+        e = make_error(code, message)
+        self.errors.append(e)
+        return e
+
+    def has_error(self, *codes) -> bool:
+        return any(e.code in codes for e in self.errors)
+
+    @property
+    def exit_status(self) -> int:
+        return {"success": 0, "degraded": 3}.get(self.status, 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
