@@ -51,7 +51,7 @@ def vmsnap(*args, timeout=120, env=None, input=None):
 
 def run_json(tmp_path, config, mounts, snapshot=(), extra=(), env=None, timeout=120):
     """`vmsnap run --json` with an explicit mount list; returns (exit status, result dict, proc)."""
-    args = ["run", "--json", "--log-file", str(tmp_path / "vmsnap.log")]
+    args = ["run", "--json", "--log-file", os.path.join(str(tmp_path), "vmsnap.log")]
     if config is not None:
         args += ["--config", str(config)]
     for m in mounts:

@@ -211,14 +211,16 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
         reason = None
         if last_at[m.mountpoint] != m.mount_id:
             reason = "hidden under a later mount at the same path"
+        else:
+            reason = _skip_reason(m)
+        if reason is not None:
+            pass
         elif only is not None and not _matches(m.mountpoint, only):
             reason = "not selected (--mount / mountsToFreeze)"
         elif skip and _matches(m.mountpoint, skip):
             reason = "skipped by mountsToSkip"
         elif m.device in skipped_sb:
             reason = "same filesystem as %s, skipped by mountsToSkip" % skipped_sb[m.device]
-        else:
-            reason = _skip_reason(m)
         if reason is None:
             key = m.device
             if key in first_of_sb:

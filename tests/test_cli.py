@@ -1,0 +1,219 @@
+"""The other commands (check, mounts, freeze, thaw), the run lock, crash
+recovery, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import vmsnap_native as vmsnap
+from vmsnap_native import cycle
+
+from .conftest import frozen_state, root_only
+from .helpers import codes, run_json, setup_scripts, vmsnap as cli, write_config
+
+pytestmark = root_only
+
+
+def test_check_reports_every_problem_with_action(tmp_path):
+    cfg = setup_scripts(tmp_path)
+    p = cli("check", "--config", cfg, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"] is True
+    assert "all good" in p.stderr
+    os.chmod(tmp_path / "etc" / "pre.sh", 0o777)
+    os.unlink(tmp_path / "etc" / "post.sh")
+    p = cli("check", "--config", cfg, "--json")
+    report = json.loads(p.stdout)
+    assert p.returncode == 1
+    assert [x["code"] for x in report["problems"]] == ["InsufficientPermissionforPre-Script",
+                                                       "Post-ScriptNotFound"]
+    assert all(x["action"] for x in report["problems"])
+    assert "chmod 700" in p.stderr and "-> put the script at the configured path" in p.stderr
+
+
+def test_check_without_config_is_fine_and_bad_config_is_not(tmp_path):
+    p = cli("check", "--config", str(tmp_path / "absent.json"))
+    assert p.returncode == 0 and "no configuration file" in p.stderr
+    bad = write_config(tmp_path / "bad.json", mode=0o644, preScriptLocation="/x",
+                       postScriptLocation="/y")
+    p = cli("check", "--config", bad, "--json")
+    assert p.returncode == 1
+    assert json.loads(p.stdout)["problems"][0]["number"] == 317
+
+
+def test_mounts_lists_reasons(loopfs):
+    (m,) = loopfs.make(1)
+    p = cli("mounts", "--json", "--mount", m)
+    d = json.loads(p.stdout)
+    assert p.returncode == 0
+    assert [c["mountpoint"] for c in d["eligible"]] == [m]
+    reasons = {c["mountpoint"]: c["reason"] for c in d["skipped"]}
+    assert "pseudo" in reasons["/proc"]
+    p = cli("mounts")
+    assert "would freeze" in p.stdout and "left out" in p.stdout and "/proc" in p.stdout
+
+
+def test_freeze_then_thaw(loopfs):
+    mounts = loopfs.make(2)
+    args = ["freeze", "--timeout", "30", "--json"]
+    for m in mounts:
+        args += ["--mount", m]
+    t0 = time.monotonic()
+    p = cli(*args)
+    assert time.monotonic() - t0 < 10, "vmsnap freeze did not return once frozen"
+    report = json.loads(p.stdout)
+    assert p.returncode == 0 and report["status"] == "frozen", p.stderr
+    assert all(frozen_state(m) for m in mounts)
+    # while held, a run is refused
+    rc, res, _ = run_json(loopfs.base, None, mounts)
+    assert rc == 1 and codes(res) == ["AnotherRunInProgress"]
+    assert "vmsnap thaw" in res["errors"][0]["message"]
+    p = cli("thaw", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["status"] == "thawed"
+    assert not any(frozen_state(m) for m in mounts)
+    p = cli("thaw", "--json")
+    assert json.loads(p.stdout)["status"] == "nothing"
+
+
+def test_freeze_then_nothing_thaws_at_timeout(loopfs):
+    (m,) = loopfs.make(1)
+    p = cli("freeze", "--timeout", "1", "--mount", m)
+    assert p.returncode == 0
+    assert frozen_state(m)
+    time.sleep(1.5)
+    assert not frozen_state(m)
+
+
+def test_freeze_refuses_a_non_mount(tmp_path):
+    p = cli("freeze", "--timeout", "5", "--mount", str(tmp_path), "--json")
+    assert p.returncode == 1 and "not a mount point" in json.loads(p.stdout)["errors"][0]
+
+
+def test_run_killed_during_snapshot_is_thawed_and_next_run_works(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "run", "--config", cfg,
+                             "--mount", m, "--log-file", str(tmp_path / "log"), "--",
+                             "sh", "-c", "touch %s/in-snapshot; sleep 60" % tmp_path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if (tmp_path / "in-snapshot").exists():
+            break
+        time.sleep(0.05)
+    assert frozen_state(m)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.1)
+    assert not frozen_state(m)
+    rc, res, _ = run_json(tmp_path, cfg, [m])
+    assert rc == 0 and res["consistency"] == "application"
+
+
+def test_second_run_is_refused_first_unharmed(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, pre="touch %s/first-pre; sleep 2" % tmp_path)
+    first = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "run", "--json", "--config",
+                              cfg, "--mount", m, "--log-file", ""], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    for _ in range(100):
+        if (tmp_path / "first-pre").exists():
+            break
+        time.sleep(0.05)
+    rc, res, _ = run_json(tmp_path, None, [m])
+    assert rc == 1 and codes(res) == ["AnotherRunInProgress"]
+    assert "pid %d" % first.pid in res["errors"][0]["message"]
+    out, _ = first.communicate(timeout=60)
+    assert json.loads(out)["status"] == "success"
+
+
+def test_stale_lock_and_record_are_recovered(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    # a run killed in the window along with its guardian leaves a record and a frozen fs
+    code = ("import sys, time, os, signal, vmsnap_native as v\n"
+            "from vmsnap_native.lock import RunLock\n"
+            "RunLock().acquire()\n"
+            "s = v.freeze_filesystems([sys.argv[1]], timeout=60); s.freeze()\n"
+            "os.kill(s.guardian_pid, signal.SIGKILL); time.sleep(0.2)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    # SIGKILL the guardian then ourselves before noticing: both gone
+    subprocess.run([sys.executable, "-c", code, m])
+    assert frozen_state(m), "the test set-up should leave the fs frozen"
+    rc, res, _ = run_json(tmp_path, None, [m])
+    assert rc == 0, res
+    assert any("recovered" in w and m in w for w in res["warnings"])
+    assert not frozen_state(m)
+
+
+def test_python_m_works_like_vmsnap():
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native", "--version"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and p.stdout.startswith("vmsnap ")
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native", "run", "--bogus"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+
+
+# -- the Python API ----------------------------------------------------------------
+
+def test_api_run_with_callable_snapshot_while_frozen(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    seen = {}
+
+    def snapshot():
+        seen["frozen"] = frozen_state(m)
+        return "snap-id-42"
+
+    res = vmsnap.run(config=cfg, snapshot=snapshot, mounts=[m], freeze_timeout=10)
+    assert isinstance(res, vmsnap.Result)
+    assert res.status == "success" and res.consistency == "application"
+    assert seen["frozen"] is True and res.snapshot.output == "snap-id-42"
+    d = json.loads(res.to_json())
+    assert d["snapshot"]["argv"][0].startswith("python:")
+
+
+def test_api_callable_that_hangs_is_cut_at_the_deadline(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    res = vmsnap.run(config=str(tmp_path / "absent"), snapshot=lambda: time.sleep(5),
+                     mounts=[m], freeze_timeout=0.5)
+    assert res.status == "failed" and "FsFreezeTimeout" in [e.code for e in res.errors]
+    assert not frozen_state(m)
+
+
+def test_api_callable_that_raises_is_snapshot_failed(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+
+    def boom():
+        raise RuntimeError("disk API said no")
+
+    res = vmsnap.run(config=str(tmp_path / "absent"), snapshot=boom, mounts=[m])
+    assert res.status == "failed" and res.errors[0].code == "SnapshotFailed"
+    assert "disk API said no" in res.errors[0].message
+
+
+def test_no_module_imported_and_nothing_printed_in_the_window(tmp_path, loopfs, capfd):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    imported = []
+
+    def hook(event, args):
+        if event == "import" and cycle.in_window:
+            imported.append(args[0])
+
+    sys.addaudithook(hook)
+    seen = {}
+
+    def snapshot():
+        seen["in_window"] = cycle.in_window
+        seen["out"] = capfd.readouterr()
+
+    res = vmsnap.run(config=cfg, snapshot=snapshot, mounts=[m], log_file=str(tmp_path / "l"))
+    assert res.status == "success" and seen["in_window"] is True
+    assert imported == []
+    assert seen["out"].out == "" and seen["out"].err == ""
