@@ -348,3 +348,40 @@ def test_json_stdout_is_only_the_result(tmp_path, loopfs):
     assert set(res) >= {"status", "consistency", "errors", "warnings", "pre_script",
                         "post_script", "freeze", "snapshot", "duration_ms"}
     assert "to-stdout" in res["pre_script"]["output"]
+
+
+def shut_down(mountpoint):
+    """Puts an ext4/xfs filesystem in the shut-down state: FIFREEZE then fails with EIO."""
+    import shutil
+    if shutil.which("xfs_io") is None:
+        pytest.skip("xfs_io (xfsprogs) is not installed")
+    subprocess.run(["xfs_io", "-x", "-c", "shutdown", mountpoint], check=True)
+
+
+def test_freeze_failure_is_121_everything_thawed_crash_consistent(tmp_path, loopfs):
+    good, bad = loopfs.make(2)
+    shut_down(bad)
+    cfg = setup_scripts(tmp_path)
+    rc, res, _ = run_json(tmp_path, cfg, [good, bad], snapshot=["touch", str(tmp_path / "snap")])
+    assert codes(res) == ["FsFreezeFailed"] and bad in res["errors"][0]["message"]
+    assert "EIO" in res["errors"][0]["message"]
+    assert res["consistency"] == "crash" and res["status"] == "degraded" and rc == 3
+    assert (tmp_path / "snap").exists()
+    assert not frozen_state(good)
+    check_errors(res)
+
+
+def test_freeze_failure_continue_false_several_disks_fails(tmp_path, loopfs):
+    good, bad = loopfs.make(2)
+    shut_down(bad)
+    cfg = setup_scripts(tmp_path, continueBackupOnFailure=False, post=marker(tmp_path, "post"))
+    rc, res, _ = run_json(tmp_path, cfg, [good, bad], snapshot=["touch", str(tmp_path / "snap")])
+    assert rc == 1 and res["status"] == "failed" and not (tmp_path / "snap").exists()
+    assert (tmp_path / "post").exists() and not frozen_state(good)
+
+
+def test_every_error_code_has_number_message_and_action():
+    from vmsnap_native.errors import CODES
+    for code, number in ERROR_NUMBERS.items():
+        e = CODES[code]
+        assert e.number == number and e.summary and e.action
