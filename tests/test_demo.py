@@ -1,0 +1,62 @@
+"""`vmsnap demo`: the newcomer's first command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import root_only
+
+
+@root_only
+def test_demo_proves_the_restored_copy(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native", "demo", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["ok"] is True
+    v = report["verify"]
+    assert v["integrity"] == "ok" and v["rows"] == v["paused_rows"] > 0
+    assert report["result"]["consistency"] == "application"
+    assert [ph["phase"] for ph in report["result"]["phases"]] == [
+        "pre-script", "freeze", "snapshot", "thaw", "post-script"]
+    assert "freeze window" in p.stderr and "integrity_check ok" in p.stderr
+    assert not os.path.exists(report["sandbox"]), "the sandbox was not cleaned up"
+
+
+@root_only
+def test_demo_keep_leaves_the_sandbox(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native", "demo", "--keep", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    report = json.loads(p.stdout)
+    try:
+        assert p.returncode == 0
+        assert os.path.exists(os.path.join(report["sandbox"], "snapshot.img"))
+        assert os.path.exists(os.path.join(report["sandbox"], "vmsnap.log"))
+        mounts = open("/proc/self/mountinfo").read()
+        assert report["sandbox"] not in mounts, "--keep keeps files, not mounts"
+    finally:
+        shutil.rmtree(report["sandbox"], ignore_errors=True)
+
+
+def test_demo_without_root_says_what_is_needed():
+    if os.geteuid() != 0:
+        p = subprocess.run([sys.executable, "-m", "vmsnap_native", "demo"], capture_output=True,
+                           text=True, timeout=60)
+    else:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is not installed")
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-c",
+                            "import sys; sys.path[:0] = %r; from vmsnap_native.cli import main; "
+                            "sys.exit(main(['demo']))" % sys.path], capture_output=True, text=True,
+                           timeout=60)
+        if "Permission denied" in p.stderr or "ModuleNotFoundError" in p.stderr:
+            pytest.skip("the test environment is not readable by an unprivileged user")
+    assert p.returncode == 1
+    assert "needs root" in p.stderr
