@@ -25,6 +25,10 @@ from .result import FreezeResult, Result, ScriptResult, SnapshotResult
 from .scripts import run_script
 
 SNAPSHOT_GRACE = 1.0
+# A post-script (or a hook's thaw) exits with this status to say the
+# application's quiesce did not hold until the snapshot was taken (a lock
+# session died, say): the snapshot is then not application-consistent.
+QUIESCE_LOST_EXIT = 10
 SNAPSHOT_OUTPUT_LIMIT = 256 * 1024
 
 # True while filesystems may be frozen; tests watch it (no imports, no writes).
@@ -115,6 +119,7 @@ class Cycle:
         self.freeze_failed = False
         self.snapshot_ok = False
         self.hook_runs = []
+        self.quiesce_lost = False
 
     # -- helpers -------------------------------------------------------------
     def phase(self, name, start_ns):
@@ -167,7 +172,8 @@ class Cycle:
         if action == "freeze":
             for h in self.plan.hooks:
                 run = hooks.run_hook(h, "freeze", s.pre_retries, s.timeout, self.log)
-                self.hook_runs.append((h, run))
+                if run.problem is None:   # attempted: it will get its thaw
+                    self.hook_runs.append((h, run))
                 ok = self._hook_outcome(h, run, "Pre") and ok
         else:
             # every hook whose freeze was attempted gets its thaw, in reverse order
@@ -184,6 +190,12 @@ class Cycle:
             return False
         if run.result.ok:
             return True
+        if tag == "Post" and run.result.exit_code == QUIESCE_LOST_EXIT:
+            self.quiesce_lost = True
+            self.error("Post-ScriptExecutionFailed", "hook %s reports that the application's "
+                       "quiesce was lost before the snapshot finished: not application-consistent"
+                       % h.name)
+            return False
         if run.all_timed_out:
             self.error("%s-ScriptTimeout" % tag, "hook %s %s: every attempt exceeded %gs"
                        % (h.name, run.action, self.plan.settings.timeout))
@@ -365,6 +377,12 @@ class Cycle:
         self.res.post_script = sr
         if sr.ok:
             return True
+        if sr.exit_code == QUIESCE_LOST_EXIT:
+            self.quiesce_lost = True
+            self.error("Post-ScriptExecutionFailed", "%s reports that the application's quiesce "
+                       "was lost before the snapshot finished (exit %d): not "
+                       "application-consistent" % (chk.path, QUIESCE_LOST_EXIT))
+            return False
         if all_timed_out:
             self.error("Post-ScriptTimeout", "%s: every attempt (%d) exceeded %gs"
                        % (chk.path, sr.attempts, cfg.timeout))
@@ -412,6 +430,8 @@ class Cycle:
                 res.consistency = "crash"
             else:  # freeze disabled, or nothing to freeze
                 res.consistency = "application" if quiesced else "crash"
+            if self.quiesce_lost and res.consistency == "application":
+                res.consistency = "filesystem" if self.freeze_ok else "crash"
             if not post_ok and not s.continue_on_failure:
                 res.status = "failed"
             else:
