@@ -67,6 +67,17 @@ class LoopFilesystems:
             out.append(mnt)
         return out
 
+    def image_of(self, mountpoint):
+        return dict(self.mounts)[mountpoint]
+
+    def attach(self, img, options="loop"):
+        """Mounts an image (a snapshot copy) and registers it for teardown."""
+        mnt = img + ".mnt"
+        os.makedirs(mnt, exist_ok=True)
+        _run("mount", "-o", options, img, mnt)
+        self.mounts.append((mnt, img))
+        return mnt
+
     def teardown(self):
         # thaw everything first (a frozen fs cannot be unmounted), innermost last made first
         for mnt, _ in reversed(self.mounts):
