@@ -198,7 +198,7 @@ static enum event wait_event(struct guardian *g, predicate pred, int arg) {
             pid_i = n;
             pfd[n++] = (struct pollfd){.fd = g->ctl_pidfd, .events = POLLIN};
         }
-        int r = poll(pfd, (nfds_t)n, poll_timeout_ms(g->sh->deadline_ns));
+        int r = poll_until(pfd, (nfds_t)n, g->sh->deadline_ns);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -315,15 +315,36 @@ static void thaw_all(struct guardian *g, int reason) {
     }
 }
 
-/* Runs the freeze command; EV_PRED when done, or the event that cut it short. */
-static enum event do_freeze(struct guardian *g, int presync) {
-    if (presync) {
-        g->presync = 1;
-        set_phase(g, &g->sync_go, 1);
-        enum event ev = wait_event(g, all_synced, 0);
-        if (ev != EV_PRED)
-            return ev;
+/* FIFREEZE takes the superblock's percpu rwsems for writing, and each
+ * percpu_down_write() waits for an RCU grace period unless a recent writer
+ * left the fast path disabled: some 20 ms per filesystem, most of an idle
+ * freeze.  Expedited grace periods take microseconds.  We switch them on
+ * for the freeze waves only and restore the previous setting at once. */
+#define RCU_EXPEDITED "/sys/kernel/rcu_expedited"
+
+static int rcu_expedite_begin(void) {
+    int fd = open(RCU_EXPEDITED, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char old = 0;
+    int changed = -1;
+    if (pread(fd, &old, 1, 0) == 1 && old == '0' && pwrite(fd, "1", 1, 0) == 1)
+        changed = 0;
+    close(fd);
+    return changed; /* the value to restore, or -1: nothing to restore */
+}
+
+static void rcu_expedite_end(int prev) {
+    if (prev < 0)
+        return;
+    int fd = open(RCU_EXPEDITED, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)!pwrite(fd, prev ? "1" : "0", 1, 0);
+        close(fd);
     }
+}
+
+static enum event do_freeze_waves(struct guardian *g) {
     for (int level = 0; level <= g->max_level; level++) {
         set_phase(g, &g->freeze_level, level);
         enum event ev = wait_event(g, level_settled, level);
@@ -333,6 +354,22 @@ static enum event do_freeze(struct guardian *g, int presync) {
             break; /* the controller thaws; deeper waves would only add to undo */
     }
     return EV_PRED;
+}
+
+/* Runs the freeze command; EV_PRED when done, or the event that cut it short. */
+static enum event do_freeze(struct guardian *g, int presync) {
+    if (presync) {
+        g->presync = 1;
+        set_phase(g, &g->sync_go, 1);
+        enum event ev = wait_event(g, all_synced, 0);
+        if (ev != EV_PRED)
+            return ev;
+    }
+    int prev = g->sh->expedite_rcu ? rcu_expedite_begin() : -1;
+    g->sh->rcu_expedited = prev >= 0;
+    enum event ev = do_freeze_waves(g);
+    rcu_expedite_end(prev);
+    return ev;
 }
 
 static void reply(struct guardian *g, char c) {
@@ -508,7 +545,7 @@ struct vmsnap_session {
 static int await_reply(struct vmsnap_session *s, char want, int64_t deadline) {
     for (;;) {
         struct pollfd pfd = {.fd = s->sock, .events = POLLIN};
-        int r = poll(&pfd, 1, poll_timeout_ms(deadline));
+        int r = poll_until(&pfd, 1, deadline);
         if (r < 0)
             return -errno; /* -EINTR goes back to Python so Ctrl-C works */
         if (r == 0)

@@ -79,6 +79,7 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
     p->exit_fd = -1;
     p->exit_code = -1;
     p->output_total = p->head_len = p->tail_len = p->tail_pos = 0;
+    p->n_members = 0;
 
     _cleanup_close_ int out_r = -1, out_w = -1;
     int fds[2];
@@ -204,7 +205,9 @@ static void reap(struct vmsnap_proc *p) {
     }
 }
 
-int vmsnap_group_live_count(int pgid) {
+/* Calls FN(pid, arg) for every live (non-zombie) process in group PGID;
+ * returns how many there are. */
+static int for_each_member(int pgid, void (*fn)(int pid, void *arg), void *arg) {
     if (kill(-pgid, 0) < 0 && errno == ESRCH)
         return 0;
     DIR *d = opendir("/proc");
@@ -230,11 +233,33 @@ int vmsnap_group_live_count(int pgid) {
         int ppid, pgrp;
         if (!q || sscanf(q + 1, " %c %d %d", &state, &ppid, &pgrp) != 3)
             continue;
-        if (pgrp == pgid && state != 'Z' && state != 'X')
+        if (pgrp == pgid && state != 'Z' && state != 'X') {
             count++;
+            if (fn)
+                fn(atoi(e->d_name), arg);
+        }
     }
     closedir(d);
     return count;
+}
+
+int vmsnap_group_live_count(int pgid) {
+    return for_each_member(pgid, NULL, NULL);
+}
+
+static void watch_member(int pid, void *arg) {
+    struct vmsnap_proc *p = arg;
+    if (p->n_members >= 64)
+        return;
+    int fd = compat_pidfd_open(pid);
+    if (fd >= 0)
+        p->member_fds[p->n_members++] = fd;
+}
+
+static void close_members(struct vmsnap_proc *p) {
+    for (int i = 0; i < p->n_members; i++)
+        close(p->member_fds[i]);
+    p->n_members = 0;
 }
 
 int vmsnap_proc_signal_group(struct vmsnap_proc *p, int sig) {
@@ -270,45 +295,68 @@ int vmsnap_proc_wait(struct vmsnap_proc *p, int64_t deadline_ns, int64_t grace_n
             drain_output(p);
             if (!p->timed_out)
                 break;
-            /* a timed-out group is done only when no member is left alive */
-            int live = vmsnap_group_live_count(p->pid);
-            if (live <= 0)
-                break;
-            if (p->kill_sent && now - p->kill_at_ns > 2000000000LL) {
-                p->group_alive = live; /* unkillable (D state): report it */
+            /* A timed-out group is done only when no member is left alive.
+             * Scan once, then watch the survivors' pidfds; scan again when
+             * they are all gone, in case one forked before the SIGKILL. */
+            if (p->n_members == 0) {
+                int live = for_each_member(p->pid, watch_member, p);
+                if (live <= 0)
+                    break;
+                if (p->kill_sent && now - p->kill_at_ns > 2000000000LL) {
+                    p->group_alive = live; /* unkillable (D state): report it */
+                    close_members(p);
+                    break;
+                }
+            } else if (p->kill_sent && now - p->kill_at_ns > 2000000000LL) {
+                p->group_alive = p->n_members;
+                close_members(p);
                 break;
             }
         }
-        struct pollfd pfd[2];
-        int n = 0, exit_i = -1;
-        if (p->out_fd >= 0)
+        struct pollfd pfd[2 + 64];
+        int n = 0, exit_i = -1, out_i = -1, members_i = -1;
+        if (p->out_fd >= 0) {
+            out_i = n;
             pfd[n++] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};
+        }
         if (!p->exited) {
             exit_i = n;
             pfd[n++] = (struct pollfd){.fd = p->pidfd >= 0 ? p->pidfd : p->exit_fd, .events = POLLIN};
+        } else {
+            members_i = n;
+            for (int i = 0; i < p->n_members; i++)
+                pfd[n++] = (struct pollfd){.fd = p->member_fds[i], .events = POLLIN};
         }
         int64_t wake;
-        if (p->exited) /* timed out, waiting for the rest of the group */
-            wake = now + 1000000LL;
-        else if (!p->term_sent)
+        if (!p->term_sent)
             wake = p->deadline_ns;
         else if (!p->kill_sent)
             wake = p->kill_at_ns;
+        else if (p->exited && p->n_members == 0)
+            wake = now + 1000000LL; /* no pidfds for the survivors: poll the group */
         else
-            wake = now + 1000000LL;
-        if (p->term_sent && !p->kill_sent)
-            wake = min_deadline(wake, p->kill_at_ns);
-        int r = poll(pfd, (nfds_t)n, poll_timeout_ms(wake));
+            wake = p->kill_at_ns + 2000000000LL;
+        int r = poll_until(pfd, (nfds_t)n, wake);
         if (r < 0) {
             if (errno == EINTR)
                 return -EINTR;
             return -errno;
         }
-        if (p->out_fd >= 0 && pfd[0].revents)
+        if (out_i >= 0 && pfd[out_i].revents)
             drain_output(p);
         if (exit_i >= 0 && pfd[exit_i].revents) {
             drain_output(p); /* everything written before the exit is in the pipe */
             reap(p);
+        }
+        if (members_i >= 0) {
+            int kept = 0;
+            for (int i = 0; i < p->n_members; i++) {
+                if (pfd[members_i + i].revents)
+                    close(p->member_fds[i]);
+                else
+                    p->member_fds[kept++] = p->member_fds[i];
+            }
+            p->n_members = kept;
         }
     }
     p->done_ns = now_ns();
@@ -316,6 +364,7 @@ int vmsnap_proc_wait(struct vmsnap_proc *p, int64_t deadline_ns, int64_t grace_n
 }
 
 void vmsnap_proc_close(struct vmsnap_proc *p) {
+    close_members(p);
     if (p->out_fd >= 0)
         close(p->out_fd);
     if (p->pidfd >= 0)

@@ -3,6 +3,7 @@
 #define VMSNAP_UTIL_H
 
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -33,16 +34,17 @@ static inline int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Milliseconds until DEADLINE for poll(), rounded up so we never wake early;
- * -1 (forever) when DEADLINE is 0 or negative. */
-static inline int poll_timeout_ms(int64_t deadline) {
+/* ppoll() until the absolute monotonic DEADLINE (0: forever), with
+ * nanosecond precision: poll()'s milliseconds would add up to 1 ms to every
+ * timeout.  Returns what ppoll returns. */
+static inline int poll_until(struct pollfd *fds, nfds_t n, int64_t deadline) {
     if (deadline <= 0)
-        return -1;
+        return ppoll(fds, n, NULL, NULL);
     int64_t left = deadline - now_ns();
-    if (left <= 0)
-        return 0;
-    int64_t ms = (left + 999999) / 1000000;
-    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+    if (left < 0)
+        left = 0;
+    struct timespec ts = {.tv_sec = left / 1000000000LL, .tv_nsec = left % 1000000000LL};
+    return ppoll(fds, n, &ts, NULL);
 }
 
 static inline int64_t min_deadline(int64_t a, int64_t b) {

@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 3
+#define VMSNAP_ABI_VERSION 5
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -68,6 +68,8 @@ struct vmsnap_shared {
     int32_t detached;        /* the controller left; the guardian holds the freeze */
     int32_t thaw_reason;     /* VMSNAP_THAW_* */
     int32_t record_live;     /* the guardian may rewrite the record during the window */
+    int32_t expedite_rcu;    /* asked: expedite RCU grace periods during the freeze */
+    int32_t rcu_expedited;   /* done: we set /sys/kernel/rcu_expedited for the freeze waves */
     int64_t deadline_ns;
     uint64_t guardian_starttime; /* /proc/PID/stat field 22, to recognise the guardian */
     struct vmsnap_fs fs[128];
@@ -150,6 +152,10 @@ struct vmsnap_proc {
     uint64_t tail_cap;
     uint64_t tail_len;
     uint64_t tail_pos;
+    /* after a timeout: pidfds of the group's other live members, so their
+     * deaths are seen at once instead of by rescanning /proc */
+    int32_t n_members;
+    int32_t member_fds[64];
 };
 
 /* Spawns PATH with ARGV/ENVP (NULL-terminated) in a new session, stdin from

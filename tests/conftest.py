@@ -10,9 +10,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 
 import pytest
+
+from vmsnap_native import loopfs as loopfs_mod
 
 IS_ROOT = os.geteuid() == 0
 HAVE_LOOP = os.path.exists("/dev/loop-control") and shutil.which("losetup") is not None
@@ -20,79 +21,19 @@ HAVE_LOOP = os.path.exists("/dev/loop-control") and shutil.which("losetup") is n
 root_only = pytest.mark.skipif(not (IS_ROOT and HAVE_LOOP),
                                reason="needs root and loop devices")
 
-MKFS = {
-    # lazy init off: a fresh ext4 otherwise keeps writing in the background
-    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
-    "xfs": ["mkfs.xfs", "-q", "-f"],
-    "btrfs": ["mkfs.btrfs", "-q", "-f"],
-}
-MIN_SIZE_MB = {"ext4": 16, "xfs": 300, "btrfs": 128}
-
-
 def pytest_configure(config):
     # keep the suite's crash records apart from a real /run/vmsnap
     if "VMSNAP_RUNTIME_DIR" not in os.environ:
         os.environ["VMSNAP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vmsnap-test-run-")
-    config.addinivalue_line("markers", "root: needs root and loop devices")
 
 
-def _run(*argv, check=True):
-    return subprocess.run(argv, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=120)
-
-
-class LoopFilesystems:
-    """Makes loop-mounted filesystems under a temporary directory."""
-
-    def __init__(self, base):
-        self.base = base
-        self.mounts = []   # (mountpoint, image)
+class LoopFilesystems(loopfs_mod.LoopFilesystems):
+    """The package's helper; a missing mkfs skips the test."""
 
     def make(self, n=1, fstype="ext4", size_mb=None, parent=None):
-        if shutil.which(MKFS[fstype][0]) is None:
-            pytest.skip("%s is not installed" % MKFS[fstype][0])
-        size_mb = max(size_mb or 0, MIN_SIZE_MB[fstype])
-        out = []
-        for _ in range(n):
-            i = len(self.mounts)
-            where = parent or self.base
-            img = os.path.join(where, "fs%d.img" % i)
-            mnt = os.path.join(where, "fs%d" % i)
-            with open(img, "wb") as f:
-                f.truncate(size_mb * 1024 * 1024)
-            _run(*MKFS[fstype], img)
-            os.makedirs(mnt, exist_ok=True)
-            _run("mount", "-o", "loop", img, mnt)
-            self.mounts.append((mnt, img))
-            out.append(mnt)
-        return out
-
-    def image_of(self, mountpoint):
-        return dict(self.mounts)[mountpoint]
-
-    def attach(self, img, options="loop"):
-        """Mounts an image (a snapshot copy) and registers it for teardown."""
-        mnt = img + ".mnt"
-        os.makedirs(mnt, exist_ok=True)
-        _run("mount", "-o", options, img, mnt)
-        self.mounts.append((mnt, img))
-        return mnt
-
-    def teardown(self):
-        # thaw everything first (a frozen fs cannot be unmounted), innermost last made first
-        for mnt, _ in reversed(self.mounts):
-            _run("fsfreeze", "-u", mnt, check=False)
-        for mnt, img in reversed(self.mounts):
-            for _ in range(50):
-                r = _run("umount", mnt, check=False)
-                if r.returncode == 0 or "not mounted" in r.stdout:
-                    break
-                time.sleep(0.1)
-            else:
-                _run("umount", "-l", mnt, check=False)
-            loops = _run("losetup", "-j", img, check=False).stdout
-            for line in loops.splitlines():
-                _run("losetup", "-d", line.split(":", 1)[0], check=False)
+        if shutil.which(loopfs_mod.MKFS[fstype][0]) is None:
+            pytest.skip("%s is not installed" % loopfs_mod.MKFS[fstype][0])
+        return super().make(n, fstype=fstype, size_mb=size_mb, parent=parent)
 
 
 @pytest.fixture

@@ -239,3 +239,37 @@ def test_detach_holds_until_thaw_recorded(loopfs):
     results = vmsnap.thaw_recorded()
     assert results and results[0].outcome == "thawed by its guardian"
     assert not frozen_state(mnt)
+
+
+RCU = "/sys/kernel/rcu_expedited"
+
+
+@pytest.mark.skipif(not os.path.exists(RCU), reason="kernel without rcu_expedited")
+def test_rcu_expedited_only_for_the_freeze_and_restored(loopfs):
+    (mnt,) = loopfs.make(1)
+    before = open(RCU).read().strip()
+    if before != "0":
+        pytest.skip("rcu_expedited is already on here")
+    with vmsnap.freeze_filesystems([mnt], timeout=10) as s:
+        assert open(RCU).read().strip() == "0", "still expedited after the freeze waves"
+    assert s.rcu_expedited is True
+    with vmsnap.freeze_filesystems([mnt], timeout=10, expedite_rcu=False) as s2:
+        pass
+    assert s2.rcu_expedited is False
+    assert open(RCU).read().strip() == "0"
+
+
+@pytest.mark.skipif(not os.path.exists(RCU), reason="kernel without rcu_expedited")
+def test_expedited_freeze_of_idle_filesystems_is_fast(loopfs):
+    # an idle ext4 freeze is mostly RCU grace periods (~20 ms each); expedited,
+    # well under that.  Generous bound: a loaded CI machine must not flake.
+    mounts = loopfs.make(4)
+    with vmsnap.freeze_filesystems(mounts, timeout=10):
+        pass   # the first freeze of a fresh ext4 writes out what mkfs left
+    windows = []
+    for _ in range(5):
+        time.sleep(0.1)   # long enough for the percpu rwsems to return to the fast path
+        with vmsnap.freeze_filesystems(mounts, timeout=10) as s:
+            pass
+        windows.append(s.window_ms)
+    assert sorted(windows)[2] < 15, windows

@@ -39,6 +39,7 @@ class Config:
     mounts_to_skip: list = field(default_factory=list)
     mounts_to_freeze: list | None = None
     hooks_directory: str = DEFAULT_HOOKS_DIRECTORY
+    expedite_rcu: bool = True
     warnings: list = field(default_factory=list)
 
     @property
@@ -83,6 +84,7 @@ FIELDS = {
     "mountsToSkip": ("mounts_to_skip", _string_list, "a list of strings", False),
     "mountsToFreeze": ("mounts_to_freeze", _string_list, "a list of strings", False),
     "hooksDirectory": ("hooks_directory", _string, "a string", False),
+    "expediteRcu": ("expedite_rcu", _boolean, "true or false", False),
 }
 
 

@@ -213,7 +213,8 @@ class Cycle:
         if self.freeze_failed:
             return
         try:
-            self.session = FreezeSession(plan.selection.eligible, timeout=plan.freeze_timeout)
+            self.session = FreezeSession(plan.selection.eligible, timeout=plan.freeze_timeout,
+                                         expedite_rcu=plan.settings.expedite_rcu)
             self.session.start()
         except OSError as exc:
             self.session = None
@@ -350,6 +351,7 @@ class Cycle:
             return
         fr.window_ms = s.window_ms
         fr.deadline_hit = s.deadline_hit
+        fr.rcu_expedited = s.rcu_expedited
         fr.mounts = [m.to_dict() for m in s.mounts]
         if s.deadline_hit and self.freeze_ok and not self.res.has_error("FsFreezeTimeout"):
             self.error("FsFreezeTimeout", "the guardian thawed at the freeze deadline (%gs)"

@@ -21,6 +21,7 @@ import tempfile
 import time
 
 from .cycle import run
+from .loopfs import LoopError, LoopFilesystems
 
 IMAGE_MB = 64
 
@@ -83,23 +84,17 @@ class Sandbox:
         self.keep = keep
         self.dir = tempfile.mkdtemp(prefix="vmsnap-demo-")
         os.chmod(self.dir, 0o700)
-        self.image = os.path.join(self.dir, "disk.img")
         self.copy = os.path.join(self.dir, "snapshot.img")
-        self.data = os.path.join(self.dir, "data")
-        self.restored = os.path.join(self.dir, "restored")
         self.ctl = os.path.join(self.dir, "control")
         self.etc = os.path.join(self.dir, "etc")
-        self.mounted = []
+        self.fs = LoopFilesystems(self.dir)
         self.app = None
 
     def build(self):
-        for d in (self.data, self.restored, self.ctl, self.etc):
+        for d in (self.ctl, self.etc):
             os.makedirs(d, mode=0o700)
-        with open(self.image, "wb") as f:
-            f.truncate(IMAGE_MB << 20)
-        _sh("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", self.image)
-        _sh("mount", "-o", "loop", self.image, self.data)
-        self.mounted.append(self.data)
+        (self.data,) = self.fs.make(1, size_mb=IMAGE_MB)
+        self.image = self.fs.image_of(self.data)
         self.loopdev = _sh("findmnt", "-n", "-o", "SOURCE", self.data).strip() \
             if shutil.which("findmnt") else "loop"
 
@@ -139,8 +134,7 @@ class Sandbox:
             return f.read().strip()
 
     def verify(self, paused_rows: int) -> dict:
-        _sh("mount", "-o", "ro,loop,noload", self.copy, self.restored)
-        self.mounted.append(self.restored)
+        self.restored = self.fs.attach(self.copy, "ro,loop,noload")
         uri = "file:%s?mode=ro&immutable=1" % os.path.join(self.restored, "app.db")
         conn = sqlite3.connect(uri, uri=True)
         try:
@@ -159,11 +153,7 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 self.app.kill()
                 self.app.wait()
-        for m in reversed(self.mounted):
-            subprocess.run(["fsfreeze", "-u", m], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-            subprocess.run(["umount", m], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.mounted = []
+        self.fs.teardown()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -229,7 +219,7 @@ def main(keep: bool = False, json_out: bool = False) -> int:
         time.sleep(0.2)
         say("  [app]     still running after the snapshot: %s rows" % box.app_status().split()[1])
         report["ok"] = check["ok"] and res.consistency == "application"
-    except (DemoError, OSError, sqlite3.Error) as exc:
+    except (DemoError, LoopError, OSError, sqlite3.Error) as exc:
         say("vmsnap demo: %s" % exc)
         report["error"] = str(exc)
     finally:

@@ -9,6 +9,7 @@ after a crash of both.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_mod
 import glob
 import os
@@ -124,12 +125,18 @@ class FreezeSession:
     thawed by the session.
     """
 
-    def __init__(self, mountpoints, timeout: float, presync: bool = True):
+    def __init__(self, mountpoints, timeout: float, presync: bool = True,
+                 sequential: bool = False, expedite_rcu: bool = True):
         if not timeout or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
         self.timeout = float(timeout)
         self.presync = presync
+        self.expedite_rcu = expedite_rcu
+        self.rcu_expedited = False   # whether the guardian did expedite for this freeze
         self.targets = _targets(list(mountpoints))
+        if sequential:
+            # one filesystem per wave, in the same order: how the peers freeze
+            self.targets = [dataclasses.replace(c, level=i) for i, c in enumerate(self.targets)]
         if not self.targets:
             raise FreezeError("no filesystem to freeze")
         if len(self.targets) > 128:
@@ -142,6 +149,7 @@ class FreezeSession:
         self.guardian_pid = None
         self.record_path = None
         self.window_ms = None
+        self.first_freeze_ns = None   # CLOCK_MONOTONIC of the first FIFREEZE issued
         self.detached = False
         self._fds = []
         self._session = None
@@ -201,6 +209,7 @@ class FreezeSession:
             ffi.memmove(e.path, raw, len(raw))
         record_fd, self.record_path, live = self._open_record(devs)
         init.record_live = 1 if live else 0
+        init.expedite_rcu = 1 if self.expedite_rcu else 0
         ret = ffi.new("struct vmsnap_session **")
         try:
             r = lib.vmsnap_session_start(init, record_fd,
@@ -319,8 +328,10 @@ class FreezeSession:
                 first = e.freeze_start_ns
             last = max(last, e.thaw_end_ns, e.freeze_end_ns if not e.thaw_end_ns else 0)
         self.deadline_hit = bool(sh.deadline_hit)
+        self.rcu_expedited = bool(sh.rcu_expedited)
         self.thaw_reason = THAW_REASONS.get(sh.thaw_reason)
         self.window_ms = _ms(first, last) if first else None
+        self.first_freeze_ns = first or None
 
     # -- reading the outcome ------------------------------------------------
     @property
@@ -347,14 +358,20 @@ class FreezeSession:
                 pass
 
 
-def freeze_filesystems(mountpoints, timeout: float, presync: bool = True) -> FreezeSession:
+def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
+                       sequential: bool = False, expedite_rcu: bool = True) -> FreezeSession:
     """Returns a FreezeSession for MOUNTPOINTS; entering it freezes, leaving it thaws.
 
     The guardian thaws after TIMEOUT seconds whatever happens.  Raises
     OSError (with the path) if a mount point cannot be opened, FreezeError if
     the guardian cannot be started; per-filesystem failures are in ``mounts``.
+    sequential=True freezes one filesystem at a time (for comparisons).
+    expedite_rcu=True (the default) switches /sys/kernel/rcu_expedited on for
+    the few milliseconds of the freeze waves and back: each FIFREEZE waits
+    for RCU grace periods, ~20 ms each otherwise.
     """
-    return FreezeSession(mountpoints, timeout, presync=presync)
+    return FreezeSession(mountpoints, timeout, presync=presync, sequential=sequential,
+                         expedite_rcu=expedite_rcu)
 
 
 # -- crash records ------------------------------------------------------------

@@ -43,6 +43,7 @@ class FreezeResult:
     window_ms: float | None = None
     deadline_hit: bool = False
     mounts: list = field(default_factory=list)   # dicts, see MountResult.to_dict
+    rcu_expedited: bool = False   # RCU grace periods were expedited for the freeze
 
 
 @dataclass

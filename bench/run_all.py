@@ -1,0 +1,114 @@
+"""Runs every comparison benchmark, prints the tables and the targets, and
+writes bench/results.json.  As root:  python bench/run_all.py [--quick]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import end_to_end  # noqa: E402
+import freeze_window  # noqa: E402
+import guardian  # noqa: E402
+import supervision  # noqa: E402
+from common import machine, table  # noqa: E402
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return {}
+
+
+def targets(res) -> list:
+    fw, sup, gd, e2e = res["freeze_window"], res["supervision"], res["guardian"], res["end_to_end"]
+    load4 = find(fw, filesystems=4, backing="disk", load="writers on half",
+                 strategy="vmsnap parallel+presync")
+    idle16 = find(fw, filesystems=16, backing="disk", load="idle",
+                  strategy="vmsnap parallel+presync")
+    idle16t = find(fw, filesystems=16, backing="tmpfs", load="idle",
+                   strategy="vmsnap parallel+presync")
+    spawn = find(sup, tool="vmsnap run_process")
+    over = [r for r in sup if r["tool"].startswith("vmsnap") and "overshoot" in r["benchmark"]][0]
+    out = [
+        ("freeze window, 4 fs under load, ratio to util-linux sequential", "<= 0.5",
+         load4.get("ratio_to_fsfreeze"), (load4.get("ratio_to_fsfreeze") or 9) <= 0.5),
+        ("freeze window, 16 idle fs (images on disk), median ms", "<= 5",
+         idle16.get("window_median_ms"), (idle16.get("window_median_ms") or 99) <= 5),
+        ("freeze window, 16 idle fs (images on tmpfs: no flush cost), median ms", "<= 5",
+         idle16t.get("window_median_ms"), (idle16t.get("window_median_ms") or 99) <= 5),
+        ("spawn-and-wait, ratio to subprocess.run", "<= 0.5", spawn.get("ratio"),
+         (spawn.get("ratio") or 9) <= 0.5),
+        ("timeout overshoot p99 ms (beyond deadline+grace)", "<= 5", over.get("p99_ms"),
+         (over.get("p99_ms") or 99) <= 5),
+        ("guardian thaw after SIGKILL p99 ms", "<= 50", gd[0].get("p99_ms"),
+         (gd[0].get("p99_ms") or 999) <= 50),
+        ("vmsnap run end to end, median ms", "<= 150", e2e[0].get("median_ms"),
+         (e2e[0].get("median_ms") or 999) <= 150),
+    ]
+    return [{"target": t, "goal": g, "measured": m, "met": ok} for t, g, m, ok in out]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (for a smoke run)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run_all.py needs root (it makes and freezes loop filesystems)", file=sys.stderr)
+        return 1
+    # vmsnap's records and lock on tmpfs, as /run is on most machines: here /run
+    # is on the root disk, and a write there right before the freeze would make
+    # the loop device's flush commit the host's journal inside every window
+    rundir = tempfile.mkdtemp(prefix="vmsnap-bench-run-", dir="/dev/shm")
+    os.environ["VMSNAP_RUNTIME_DIR"] = rundir
+    t0 = time.time()
+    res = {"machine": machine(), "quick": args.quick}
+    res["machine"]["runtime_dir"] = "tmpfs (/dev/shm)"
+    for name, mod in (("freeze_window", freeze_window), ("supervision", supervision),
+                      ("guardian", guardian), ("end_to_end", end_to_end)):
+        print("running %s ..." % name, file=sys.stderr, flush=True)
+        res[name] = mod.run(quick=args.quick)
+    res["targets"] = targets(res)
+    micro = os.path.join(os.path.dirname(args.out), "results-micro.json")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    os.path.join(HERE, "test_micro.py"), "--benchmark-json", micro],
+                   check=False, cwd=HERE)
+    try:
+        with open(micro) as f:
+            res["micro"] = [{"name": b["name"], "median_us": round(b["stats"]["median"] * 1e6, 2)}
+                            for b in json.load(f)["benchmarks"]]
+    except (OSError, ValueError, KeyError):
+        res["micro"] = []
+    res["seconds"] = round(time.time() - t0, 1)
+    shutil.rmtree(rundir, ignore_errors=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    m = res["machine"]
+    print("\nmachine: %s cores (%s), kernel %s, root fs %s, %s; %s" % (
+        m["cores"], m["cpu"], m["kernel"], m["root_fs"], m["date"], m["scratch"]))
+    print(table("\nfreeze window (ms) and worst write stall seen by a 1 ms probe:", res["freeze_window"],
+                ["filesystems", "backing", "load", "strategy", "window_min_ms", "window_median_ms", "window_p95_ms",
+                 "stall_max_ms", "ratio_to_fsfreeze"]))
+    print(table("\nprocess supervision:", res["supervision"],
+                ["benchmark", "tool", "median_ms", "p99_ms", "ratio", "survivors"]))
+    print(table("\nguardian:", res["guardian"], ["tool", "median_ms", "p99_ms", "max_ms", "thawed"]))
+    print(table("\nend to end:", res["end_to_end"], ["benchmark", "median_ms", "p95_ms",
+                                                     "window_median_ms"]))
+    print(table("\nmicro-benchmarks:", res["micro"], ["name", "median_us"]))
+    print(table("\ntargets:", res["targets"], ["target", "goal", "measured", "met"]))
+    print("\n%s written in %.0f s" % (args.out, res["seconds"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
