@@ -10,7 +10,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["freeze.c", "guardian.c", "spawn.c"]
+SOURCES = ["freeze.c", "guardian.c", "spawn.c", "reaper.c"]
 
 
 def _version() -> str:

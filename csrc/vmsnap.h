@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 5
+#define VMSNAP_ABI_VERSION 6
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -174,6 +174,15 @@ int vmsnap_proc_signal_group(struct vmsnap_proc *p, int sig);
 void vmsnap_proc_close(struct vmsnap_proc *p);
 /* Live (non-zombie) processes whose process group is PGID. */
 int vmsnap_group_live_count(int pgid);
+
+/* --- the reaper (reaper.c) ------------------------------------------ */
+
+/* Forks the reaper; returns its pid and sets *RET_FD to the socket the
+ * controller registers process groups on, or -errno. */
+int vmsnap_reaper_start(int *ret_fd);
+/* When the controller dies, the reaper SIGKILLs every watched group. */
+int vmsnap_reaper_watch(int fd, int pgid);
+int vmsnap_reaper_unwatch(int fd, int pgid);
 
 /* cffi-cdef-end */
 

@@ -20,7 +20,7 @@ from .errors import BusyError, ConfigError, CoreUnavailable, FreezeError
 from .freeze import FreezeSession, active_records, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
-from .process import Process
+from .process import Process, unwatch_group
 from .result import FreezeResult, Result, ScriptResult, SnapshotResult
 from .scripts import run_script
 
@@ -120,6 +120,7 @@ class Cycle:
         self.snapshot_ok = False
         self.hook_runs = []
         self.quiesce_lost = False
+        self.watched = []   # process groups the scripts left; released at the end
 
     # -- helpers -------------------------------------------------------------
     def phase(self, name, start_ns):
@@ -150,7 +151,7 @@ class Cycle:
             return
         t = time.monotonic_ns()
         sr, last, all_timed_out = run_script(chk, cfg.pre_params, cfg.pre_retries, cfg.timeout,
-                                             log=self.log)
+                                             log=self.log, watched=self.watched)
         self.phase("pre-script", t)
         self.res.pre_script = sr
         self.pre_ran = True
@@ -171,14 +172,14 @@ class Cycle:
         ok = True
         if action == "freeze":
             for h in self.plan.hooks:
-                run = hooks.run_hook(h, "freeze", s.pre_retries, s.timeout, self.log)
+                run = hooks.run_hook(h, "freeze", s.pre_retries, s.timeout, self.log, self.watched)
                 if run.problem is None:   # attempted: it will get its thaw
                     self.hook_runs.append((h, run))
                 ok = self._hook_outcome(h, run, "Pre") and ok
         else:
             # every hook whose freeze was attempted gets its thaw, in reverse order
             for h, _ in reversed(self.hook_runs):
-                run = hooks.run_hook(h, "thaw", s.post_retries, s.timeout, self.log)
+                run = hooks.run_hook(h, "thaw", s.post_retries, s.timeout, self.log, self.watched)
                 ok = self._hook_outcome(h, run, "Post") and ok
         self.phase("hooks %s" % action, t)
         return ok
@@ -374,7 +375,7 @@ class Cycle:
             return False
         t = time.monotonic_ns()
         sr, last, all_timed_out = run_script(chk, cfg.post_params, cfg.post_retries, cfg.timeout,
-                                             log=self.log)
+                                             log=self.log, watched=self.watched)
         self.phase("post-script", t)
         self.res.post_script = sr
         if sr.ok:
@@ -395,6 +396,14 @@ class Cycle:
 
     # -- the whole cycle -------------------------------------------------------
     def run(self) -> Result:
+        try:
+            return self._run()
+        finally:
+            # the run is over: what the scripts left running is theirs now
+            for pgid in self.watched:
+                unwatch_group(pgid)
+
+    def _run(self) -> Result:
         plan, res, s = self.plan, self.res, self.plan.settings
         res.warnings.extend(plan.warnings)
         res.freeze = FreezeResult(enabled=s.fs_freeze_enabled)

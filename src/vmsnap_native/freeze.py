@@ -76,6 +76,18 @@ class MountResult:
         }
 
 
+def fd_mount_id(fd: int):
+    """The id of the mount an open fd is on (/proc/self/fdinfo), or None."""
+    try:
+        with open("/proc/self/fdinfo/%d" % fd) as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _targets(mountpoints) -> list:
     """Candidates for the given mount points (strings or Candidates), levels assigned."""
     cands = [m for m in mountpoints if isinstance(m, mountinfo.Candidate)]
@@ -158,7 +170,10 @@ class FreezeSession:
 
     # -- set-up -----------------------------------------------------------
     def _open_all(self):
-        """Opens every mount point before anything is frozen."""
+        """Opens every mount point before anything is frozen, and checks that
+        each fd is on the mount that was selected: a mount point unmounted
+        since discovery opens the directory underneath, on another filesystem
+        (perhaps /), which must never be frozen in its place."""
         for c in self.targets:
             try:
                 fd = os.open(c.mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -167,6 +182,11 @@ class FreezeSession:
                 raise OSError(exc.errno, "cannot open mount point: %s" % exc.strerror,
                               c.mount.mountpoint) from None
             self._fds.append(fd)
+            got = fd_mount_id(fd)
+            if got is not None and got != c.mount.mount_id:
+                self._close_fds()
+                raise OSError(errno_mod.ESTALE, "the mount changed since it was selected "
+                              "(unmounted or mounted over): not frozen", c.mount.mountpoint)
 
     def _close_fds(self):
         for fd in self._fds:

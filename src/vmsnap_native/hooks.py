@@ -69,12 +69,14 @@ def discover(directory: str) -> list:
     return out
 
 
-def run_hook(hook: Hook, action: str, retries: int, timeout: float, log=None) -> HookRun:
+def run_hook(hook: Hook, action: str, retries: int, timeout: float, log=None,
+             watched: list | None = None) -> HookRun:
     role = "pre" if action == "freeze" else "post"
     chk = policy.check_script(hook.path, role)
     if not chk.ok:
         problem = policy.Problem(chk.problem.code, "hook %s: %s" % (hook.name, chk.problem.message))
         return HookRun(hook, action, ScriptResult(path=hook.path, ran=False), problem=problem)
     res, last, all_timed_out = run_script(chk, [action], retries, timeout, log=log,
-                                          name="hook %s %s" % (hook.name, action))
+                                          name="hook %s %s" % (hook.name, action),
+                                          watched=watched)
     return HookRun(hook, action, res, last=last, all_timed_out=all_timed_out)

@@ -24,6 +24,35 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NO_PIDFD_ENV = "VMSNAP_FORCE_NO_PIDFD"
 
 
+# The reaper: one per controller process, started on first use (csrc/reaper.c).
+_reaper = {"owner": None, "fd": None, "pid": None}
+
+
+def _reaper_fd():
+    """The socket to the reaper of this process, starting it if needed (None
+    if it cannot be started: supervision still works, without that net)."""
+    if _reaper["owner"] != os.getpid():   # first use, or we are a fork's child
+        ffi, lib = core()
+        fdp = ffi.new("int *")
+        pid = lib.vmsnap_reaper_start(fdp)
+        _reaper.update(owner=os.getpid(), fd=fdp[0] if pid > 0 else None,
+                       pid=pid if pid > 0 else None)
+    return _reaper["fd"]
+
+
+def watch_group(pgid: int) -> None:
+    """If this process dies, the reaper SIGKILLs process group PGID."""
+    fd = _reaper_fd()
+    if fd is not None:
+        core()[1].vmsnap_reaper_watch(fd, pgid)
+
+
+def unwatch_group(pgid: int) -> None:
+    fd = _reaper["fd"] if _reaper["owner"] == os.getpid() else None
+    if fd is not None:
+        core()[1].vmsnap_reaper_unwatch(fd, pgid)
+
+
 def clean_environment(extra: dict | None = None) -> dict:
     env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": "/root", "SHELL": "/bin/sh",
            "USER": "root", "LOGNAME": "root"}
@@ -45,6 +74,7 @@ class ProcessResult:
     spawn_error: str | None = None   # exec failed: "not found", "permission denied", ...
     used_fallback: bool = False      # supervised without a pidfd
     survivors: int = 0               # group members that could not be killed (D state)
+    pid: int | None = None           # the child's pid, which is also its process group
 
     @property
     def ok(self) -> bool:
@@ -125,11 +155,15 @@ class Process:
         self._p = p
         self.pid = p.pid if p.pid > 0 else None
         self.result = None
+        if self.pid:
+            watch_group(self.pid)   # killed with the group if we die before it ends
 
     def wait(self, timeout: float | None = None, grace: float = DEFAULT_GRACE,
-             deadline_ns: int | None = None) -> ProcessResult:
+             deadline_ns: int | None = None, keep_watched: bool = False) -> ProcessResult:
         """Waits for the exit; TIMEOUT (seconds) or an absolute monotonic
-        DEADLINE_NS stops the whole group.  Ctrl-C stops the group too."""
+        DEADLINE_NS stops the whole group.  Ctrl-C stops the group too.
+        keep_watched: leave the group registered with the reaper (processes it
+        left behind die with this process; call ``unwatch_group`` to release)."""
         if self.result is not None:
             return self.result
         ffi, lib = core()
@@ -149,6 +183,8 @@ class Process:
             lib.vmsnap_proc_close(p)
             raise
         lib.vmsnap_proc_close(p)
+        if self.pid and not keep_watched:
+            unwatch_group(self.pid)
         if r < 0:
             raise OSError(-r, "supervising %s failed: %s" % (self.argv[0], os.strerror(-r)))
         output, truncated = _output(ffi, p)
@@ -168,6 +204,7 @@ class Process:
             spawn_error=spawn_error,
             used_fallback=bool(p.used_fallback),
             survivors=int(p.group_alive),
+            pid=self.pid,
         )
         return self.result
 
@@ -178,7 +215,8 @@ class Process:
 
 def run_process(argv, timeout: float | None = None, grace: float = DEFAULT_GRACE, env=None,
                 cwd=None, output_limit: int = DEFAULT_OUTPUT_LIMIT, deadline_ns: int | None = None,
-                executable: str | None = None, force_fallback: bool | None = None) -> ProcessResult:
+                executable: str | None = None, force_fallback: bool | None = None,
+                keep_watched: bool = False) -> ProcessResult:
     """Runs ARGV under supervision and returns a ProcessResult.
 
     env: the complete environment (default: a clean one, see
@@ -189,4 +227,5 @@ def run_process(argv, timeout: float | None = None, grace: float = DEFAULT_GRACE
     """
     return Process(argv, env=env, cwd=cwd, output_limit=output_limit, executable=executable,
                    force_fallback=force_fallback).wait(timeout=timeout, grace=grace,
-                                                       deadline_ns=deadline_ns)
+                                                       deadline_ns=deadline_ns,
+                                                       keep_watched=keep_watched)

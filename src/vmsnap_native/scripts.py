@@ -13,11 +13,14 @@ SCRIPT_GRACE = 2.0
 
 
 def run_script(check: ScriptCheck, params, retries: int, timeout: float, log=None,
-               name: str | None = None) -> tuple:
+               name: str | None = None, watched: list | None = None) -> tuple:
     """Runs a checked script until it succeeds or RETRIES retries are used.
 
     Returns (ScriptResult, last ProcessResult, whether every attempt timed
-    out).  Each attempt is a fresh process with its own TIMEOUT.
+    out).  Each attempt is a fresh process with its own TIMEOUT.  With
+    WATCHED (a list), each attempt's process group stays registered with the
+    reaper and its pgid is appended: whatever the script left running (a
+    lock session, say) dies if vmsnap dies before releasing it.
     """
     label = name or "%s-script" % check.role
     res = ScriptResult(path=check.path)
@@ -28,7 +31,9 @@ def run_script(check: ScriptCheck, params, retries: int, timeout: float, log=Non
     env = clean_environment({"VMSNAP_PHASE": check.role})
     for attempt in range(1, retries + 2):
         last = run_process(argv, timeout=timeout, grace=SCRIPT_GRACE, env=env, cwd="/",
-                           output_limit=SCRIPT_OUTPUT_LIMIT)
+                           output_limit=SCRIPT_OUTPUT_LIMIT, keep_watched=watched is not None)
+        if watched is not None and last.pid:
+            watched.append(last.pid)
         total_ms += last.duration_ms
         timeouts += last.timed_out
         res.ran = True

@@ -1,0 +1,116 @@
+/* reaper.c: no supervised process outlives a controller that dies.
+ *
+ * Scripts run in their own session, so nothing reaches them when the
+ * controller is SIGKILLed: a pre-script still sleeping, or the session
+ * holding a database lock until the post-script, would be left behind.
+ * The reaper is a small process forked once per controller.  The
+ * controller registers each process group it starts (and unregisters it
+ * when done with it); when the controller dies (socket EOF, or its pidfd),
+ * the reaper SIGKILLs every group still registered and exits.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include "compat.h"
+#include "util.h"
+#include "vmsnap.h"
+
+#define MAX_GROUPS 1024
+
+__attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd) {
+    setsid();
+    prctl(PR_SET_NAME, "vmsnap-reaper");
+    int devnull = open("/dev/null", O_RDWR);
+    for (int fd = 0; fd <= 2; fd++)
+        if (devnull != fd && sock != fd && ctl_pidfd != fd)
+            dup2(devnull, fd);
+    int lo = sock < ctl_pidfd ? sock : ctl_pidfd, hi = sock < ctl_pidfd ? ctl_pidfd : sock;
+    if (lo < 0)
+        lo = hi;
+    if (lo > 3)
+        compat_close_range(3, (unsigned)lo - 1);
+    if (hi > lo + 1)
+        compat_close_range((unsigned)lo + 1, (unsigned)hi - 1);
+    compat_close_range((unsigned)hi + 1, UINT_MAX);
+    if (chdir("/") < 0) { /* pin no directory */ }
+
+    static int32_t groups[MAX_GROUPS];
+    int n = 0;
+    for (;;) {
+        struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = ctl_pidfd, .events = POLLIN}};
+        if (poll(pfd, ctl_pidfd >= 0 ? 2 : 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (ctl_pidfd >= 0 && pfd[1].revents)
+            break;
+        if (!pfd[0].revents)
+            continue;
+        int32_t msg;
+        ssize_t k = recv(sock, &msg, sizeof msg, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k != (ssize_t)sizeof msg)
+            break; /* EOF: the controller is gone */
+        if (msg > 0 && n < MAX_GROUPS) {
+            groups[n++] = msg;
+        } else if (msg < 0) {
+            for (int i = 0; i < n; i++)
+                if (groups[i] == -msg) {
+                    groups[i] = groups[--n];
+                    break;
+                }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        kill(-groups[i], SIGKILL);
+        kill(-groups[i], SIGCONT);
+    }
+    _exit(0);
+}
+
+int vmsnap_reaper_start(int *ret_fd) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+    int ctl_pidfd = compat_pidfd_open(getpid());
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sv[0]);
+        reaper_main(sv[1], ctl_pidfd);
+    }
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(sv[1]);
+    if (ctl_pidfd >= 0)
+        close(ctl_pidfd);
+    if (pid < 0) {
+        close(sv[0]);
+        return -e;
+    }
+    /* the reaper outlives us on purpose; make sure it is never a zombie of ours
+     * for long: it exits only when we are gone */
+    *ret_fd = sv[0];
+    return pid;
+}
+
+static int reaper_send(int fd, int32_t msg) {
+    if (send(fd, &msg, sizeof msg, MSG_NOSIGNAL) < 0)
+        return -errno;
+    return 0;
+}
+
+int vmsnap_reaper_watch(int fd, int pgid) { return reaper_send(fd, pgid); }
+int vmsnap_reaper_unwatch(int fd, int pgid) { return reaper_send(fd, -pgid); }
