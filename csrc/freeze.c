@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
+#include "compat.h"
 #include "util.h"
 #include "vmsnap.h"
 
@@ -16,6 +17,14 @@ _Static_assert(VMSNAP_PATH_MAX == 4096, "cdef array sizes are literal");
 #ifndef VMSNAP_VERSION
 #define VMSNAP_VERSION "unknown"
 #endif
+
+int vmsnap_compat_disabled = 0;
+
+int vmsnap_compat_disable(int flags) {
+    int old = vmsnap_compat_disabled;
+    vmsnap_compat_disabled = flags;
+    return old;
+}
 
 const char *vmsnap_core_version(void) { return VMSNAP_VERSION; }
 int vmsnap_core_abi(void) { return VMSNAP_ABI_VERSION; }

@@ -111,7 +111,7 @@ static void *worker_main(void *arg) {
     if (do_sync) {
         f->sync_start_ns = now_ns();
         set_state(f, VMSNAP_FS_SYNCING);
-        f->sync_errno = syncfs(f->fd) < 0 ? errno : 0;
+        f->sync_errno = compat_syncfs(f->fd) < 0 ? errno : 0;
         f->sync_end_ns = now_ns();
         set_state(f, VMSNAP_FS_SYNCED);
         notify(g);

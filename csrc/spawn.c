@@ -95,8 +95,36 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, out_w, 1);
     posix_spawn_file_actions_adddup2(&fa, out_w, 2);
-    if (cwd && cwd[0])
-        posix_spawn_file_actions_addchdir_np(&fa, cwd);
+    char **sh_argv = NULL;
+    if (cwd && cwd[0]) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 29))
+        if (!(vmsnap_compat_disabled & VMSNAP_COMPAT_NO_ADDCHDIR))
+            posix_spawn_file_actions_addchdir_np(&fa, cwd);
+        else
+#endif
+        {
+            /* no addchdir in this libc: let a shell change directory, then exec */
+            size_t n = 0;
+            while (argv[n])
+                n++;
+            sh_argv = calloc(n + 6, sizeof *sh_argv);
+            if (!sh_argv) {
+                posix_spawn_file_actions_destroy(&fa);
+                posix_spawnattr_destroy(&attr);
+                return -ENOMEM;
+            }
+            sh_argv[0] = "/bin/sh";
+            sh_argv[1] = "-c";
+            sh_argv[2] = "cd -- \"$1\" && shift && exec \"$@\"";
+            sh_argv[3] = "sh";
+            sh_argv[4] = (char *)cwd;
+            sh_argv[5] = (char *)path;
+            for (size_t i = 1; i < n; i++)
+                sh_argv[5 + i] = argv[i];
+            path = "/bin/sh";
+            argv = sh_argv;
+        }
+    }
     sigset_t all, none;
     sigfillset(&all);
     sigemptyset(&none);
@@ -111,6 +139,7 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
     int r = posix_spawn(&pid, path, &fa, &attr, argv, envp);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
+    free(sh_argv);
     if (r != 0) {
         p->spawn_errno = r;
         p->exit_code = r == ENOENT ? 127 : 126; /* as a shell reports them */

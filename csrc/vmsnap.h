@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 6
+#define VMSNAP_ABI_VERSION 7
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -81,6 +81,14 @@ struct vmsnap_shared {
 #define VMSNAP_THAW_CONTROLLER_DIED 3
 #define VMSNAP_THAW_SIGNAL 4         /* SIGUSR1/SIGTERM/SIGINT/SIGHUP to the guardian */
 #define VMSNAP_THAW_EMERGENCY 5      /* the guardian died; the controller thawed */
+
+/* Switch off newer kernel/libc paths to exercise the fallbacks: */
+#define VMSNAP_COMPAT_NO_PIDFD 1        /* as before Linux 5.3 */
+#define VMSNAP_COMPAT_NO_CLOSE_RANGE 2  /* as before Linux 5.9 */
+#define VMSNAP_COMPAT_NO_SYNCFS 4       /* no syncfs: presync skipped */
+#define VMSNAP_COMPAT_NO_ADDCHDIR 8     /* glibc < 2.29: cwd through /bin/sh */
+/* Sets the switched-off paths; returns the previous set. */
+int vmsnap_compat_disable(int flags);
 
 const char *vmsnap_core_version(void);
 int vmsnap_core_abi(void);

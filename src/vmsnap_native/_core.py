@@ -13,10 +13,27 @@ from ._version import __version__
 from .errors import CoreUnavailable
 
 # The ABI this Python code was written for (VMSNAP_ABI_VERSION in csrc/vmsnap.h).
-EXPECTED_ABI = 6
+EXPECTED_ABI = 7
 
 # Lets tests (and an operator reproducing a report) simulate a broken core.
 _BREAK_ENV = "VMSNAP_SIMULATE_BROKEN_CORE"
+# Switches off newer kernel/libc paths (comma-separated names) to exercise
+# the fallbacks an old machine gets: pidfd, close_range, syncfs, addchdir.
+COMPAT_ENV = "VMSNAP_COMPAT_DISABLE"
+COMPAT_FLAGS = {"pidfd": 1, "close_range": 2, "syncfs": 4, "addchdir": 8}
+
+
+def compat_flags(text: str) -> int:
+    flags = 0
+    for name in filter(None, (t.strip() for t in text.split(","))):
+        if name == "all":
+            flags |= sum(COMPAT_FLAGS.values())
+        elif name in COMPAT_FLAGS:
+            flags |= COMPAT_FLAGS[name]
+        else:
+            raise CoreUnavailable("%s: unknown path %r (known: %s, all)"
+                                  % (COMPAT_ENV, name, ", ".join(COMPAT_FLAGS)))
+    return flags
 
 
 def _load():
@@ -33,6 +50,8 @@ def _load():
             "native core mismatch: core is version %s (ABI %d), package is %s (ABI %d)"
             % (version, abi, __version__, EXPECTED_ABI)
         )
+    if os.environ.get(COMPAT_ENV):
+        lib.vmsnap_compat_disable(compat_flags(os.environ[COMPAT_ENV]))
     return ffi, lib
 
 

@@ -65,6 +65,7 @@ class MountResult:
     errno: int = 0
     error: str | None = None
     sync_ms: float | None = None
+    sync_errno: int = 0           # ENOSYS: no syncfs here, the presync was skipped
     freeze_ms: float | None = None
     thaw_ms: float | None = None
 
@@ -332,6 +333,7 @@ class FreezeSession:
             m.state = STATE_NAMES.get(e.state, str(e.state))
             m.frozen = m.state in ("frozen", "thawing", "thawed", "thaw-failed")
             m.sync_ms = _ms(e.sync_start_ns, e.sync_end_ns)
+            m.sync_errno = e.sync_errno
             m.freeze_ms = _ms(e.freeze_start_ns, e.freeze_end_ns)
             m.thaw_ms = _ms(e.thaw_start_ns, e.thaw_end_ns)
             err = e.freeze_errno or e.thaw_errno
