@@ -5,6 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
+CC ?= cc
+ARCH ?= aarch64
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/vmsnap_native/_version.py)
+CORE_SRC := csrc/freeze.c csrc/guardian.c csrc/spawn.c csrc/reaper.c
+CORE_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Wno-unused-parameter -Icsrc \
+               -DVMSNAP_VERSION='"$(VERSION)"'
+
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -22,6 +29,20 @@ build: $(STAMP) ## set up .venv and build the native core (editable install)
 test: build ## run the whole test suite (needs root for the freeze tests)
 	$(PY) -m pytest -q tests
 
+build/ctest: csrc/*.c csrc/*.h
+	mkdir -p build
+	$(CC) $(CORE_CFLAGS) -o $@ csrc/ctest.c $(CORE_SRC) -lpthread
+
+ctest: build/ctest ## C tests of the core (as root they also freeze a scratch loop filesystem)
+	sh csrc/run-ctest.sh build/ctest
+
+build/$(ARCH)/ctest: csrc/*.c csrc/*.h
+	mkdir -p build/$(ARCH)
+	$(ARCH)-linux-gnu-gcc $(CORE_CFLAGS) -static -o $@ csrc/ctest.c $(CORE_SRC) -lpthread
+
+cross: build/$(ARCH)/ctest ## cross-build the core's C tests for ARCH (aarch64) and run them under qemu-user
+	sh csrc/run-ctest.sh build/$(ARCH)/ctest qemu-$(ARCH)
+
 demo: build ## the built-in demonstration on a sandbox filesystem (root)
 	$(VENV)/bin/vmsnap demo
 
@@ -37,4 +58,4 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test demo bench lint clean
+.PHONY: help build test ctest cross demo bench lint clean

@@ -81,6 +81,17 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
     p->output_total = p->head_len = p->tail_len = p->tail_pos = 0;
     p->n_members = 0;
 
+    /* Not runnable: say so precisely.  posix_spawn reports exec failures
+     * itself on current glibc, but not everywhere (glibc before 2.24, or
+     * under qemu-user, where the child then just exits 127). */
+    if (access(path, X_OK) < 0) {
+        p->spawn_errno = errno;
+        p->exit_code = errno == ENOENT || errno == ENOTDIR ? 127 : 126;
+        p->exited = 1;
+        p->start_ns = p->end_ns = p->done_ns = now_ns();
+        return 0;
+    }
+
     _cleanup_close_ int out_r = -1, out_w = -1;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)

@@ -1,0 +1,213 @@
+/* ctest.c: C tests of the native core, no framework.
+ *
+ *     ctest [MOUNTPOINT]
+ *
+ * Supervision tests always run (on the pidfd path and on the fallback).
+ * Freeze tests run when MOUNTPOINT (a scratch filesystem the caller made
+ * for this) is given.  Where FIFREEZE answers ENOSYS — qemu-user does not
+ * pass these ioctls through — the freeze tests are reported as skipped,
+ * "not supported by the emulator", which is not a failure.  The last line
+ * is "N passed, N failed, N skipped".
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vmsnap.h"
+
+static int passed, failed, skipped;
+extern char **environ;
+
+#define CHECK(cond, ...)                                        \
+    do {                                                        \
+        if (cond) {                                             \
+            passed++;                                           \
+        } else {                                                \
+            failed++;                                           \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);         \
+            printf(__VA_ARGS__);                                \
+            printf("\n");                                       \
+        }                                                       \
+    } while (0)
+
+static int64_t ms_since(int64_t t0) { return (vmsnap_now_ns() - t0) / 1000000; }
+
+/* Runs ARGV under supervision; the caller frees nothing (static buffers). */
+static struct vmsnap_proc run(char *const argv[], int flags, int64_t timeout_ms, int64_t grace_ms) {
+    static char head[2048], tail[2048];
+    struct vmsnap_proc p;
+    memset(&p, 0, sizeof p);
+    p.head = head;
+    p.head_cap = sizeof head;
+    p.tail = tail;
+    p.tail_cap = sizeof tail;
+    int r = vmsnap_proc_spawn(argv[0], argv, environ, NULL, flags, &p);
+    if (r < 0) {
+        printf("FAIL spawn %s: %s\n", argv[0], strerror(-r));
+        failed++;
+        return p;
+    }
+    int64_t deadline = timeout_ms ? p.start_ns + timeout_ms * 1000000 : 0;
+    while (vmsnap_proc_wait(&p, deadline, grace_ms * 1000000) == -EINTR)
+        ;
+    vmsnap_proc_close(&p);
+    return p;
+}
+
+static void test_supervision(int flags) {
+    const char *path = flags ? "fallback" : "pidfd";
+    char *t[] = {"/bin/true", NULL};
+    struct vmsnap_proc p = run(t, flags, 5000, 100);
+    CHECK(p.exit_code == 0 && !p.timed_out, "[%s] /bin/true exit %d", path, p.exit_code);
+    CHECK(p.used_fallback == (flags != 0), "[%s] fallback used: %d", path, p.used_fallback);
+
+    char *e[] = {"/bin/sh", "-c", "echo out; echo err >&2; exit 3", NULL};
+    p = run(e, flags, 5000, 100);
+    CHECK(p.exit_code == 3 && p.head_len == 8 && memcmp(p.head, "out\nerr\n", 8) == 0,
+          "[%s] exit 3 with output: exit %d, %d bytes", path, p.exit_code, (int)p.head_len);
+
+    char *k[] = {"/bin/sh", "-c", "kill -9 $$", NULL};
+    p = run(k, flags, 5000, 100);
+    CHECK(p.exit_code == -1 && p.term_signal == 9, "[%s] killed by 9: signal %d", path, p.term_signal);
+
+    char *nf[] = {"/nonexistent/vmsnap-ctest", NULL};
+    p = run(nf, flags, 5000, 100);
+    CHECK(p.spawn_errno == ENOENT && p.exit_code == 127, "[%s] not found: errno %d exit %d", path,
+          p.spawn_errno, p.exit_code);
+
+    /* a grandchild that ignores SIGTERM: the whole group is gone at the end */
+    char *g[] = {"/bin/sh", "-c", "sh -c \"trap '' TERM; sleep 30\" & sleep 30", NULL};
+    int64_t t0 = vmsnap_now_ns();
+    p = run(g, flags, 200, 100);
+    CHECK(p.timed_out && p.kill_sent && ms_since(t0) < 3000, "[%s] timeout: timed_out %d in %lld ms",
+          path, p.timed_out, (long long)ms_since(t0));
+    CHECK(vmsnap_group_live_count(p.pid) == 0, "[%s] group left alive after the timeout", path);
+
+    /* 1 MB of output, 4 KB kept: bounded, never blocked */
+    char *big[] = {"/bin/sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x; echo END", NULL};
+    p = run(big, flags, 10000, 100);
+    CHECK(p.exit_code == 0 && p.output_total == 1000004 && p.tail_len == 2048 &&
+              p.tail[(p.tail_pos + 2047) % 2048] == '\n',
+          "[%s] big output: exit %d, total %llu", path, p.exit_code, (unsigned long long)p.output_total);
+
+    /* a background child holding the pipe: returns at the child's exit */
+    char *bg[] = {"/bin/sh", "-c", "sleep 3 & echo started", NULL};
+    t0 = vmsnap_now_ns();
+    p = run(bg, flags, 10000, 100);
+    CHECK(p.exit_code == 0 && ms_since(t0) < 1500, "[%s] background holder: %lld ms", path,
+          (long long)ms_since(t0));
+    if (p.pid > 0)
+        kill(-p.pid, SIGKILL);
+}
+
+/* 1: frozen (someone holds a freeze), 0: not frozen.  Probes with FIFREEZE. */
+static int is_frozen(int fd) {
+    int r = vmsnap_fifreeze(fd);
+    if (r == -EBUSY)
+        return 1;
+    if (r == 0)
+        vmsnap_fithaw(fd);
+    return 0;
+}
+
+static int start_session(int fd, const char *mount, int64_t deadline_ms, struct vmsnap_session **s) {
+    static struct vmsnap_shared init;
+    memset(&init, 0, sizeof init);
+    struct stat st;
+    fstat(fd, &st);
+    init.n = 1;
+    init.deadline_ns = vmsnap_now_ns() + deadline_ms * 1000000;
+    init.expedite_rcu = 1;
+    init.fs[0].fd = fd;
+    init.fs[0].dev = st.st_dev;
+    snprintf(init.fs[0].path, sizeof init.fs[0].path, "%s", mount);
+    return vmsnap_session_start(&init, -1, NULL, s);
+}
+
+static void test_freeze(const char *mount) {
+    int fd = open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        printf("FAIL cannot open %s: %s\n", mount, strerror(errno));
+        failed++;
+        return;
+    }
+    int r = vmsnap_fifreeze(fd);
+    if (r == -ENOSYS || r == -ENOTTY) {
+        printf("SKIP freeze tests: FIFREEZE not supported by the emulator (%s)\n", strerror(-r));
+        skipped += 6;
+        close(fd);
+        return;
+    }
+    CHECK(r == 0, "FIFREEZE: %s", strerror(-r));
+    CHECK(vmsnap_fifreeze(fd) == -EBUSY, "a second FIFREEZE must be EBUSY");
+    CHECK(vmsnap_fithaw(fd) == 0, "FITHAW");
+    CHECK(vmsnap_fithaw(fd) == -EINVAL, "FITHAW of a thawed fs must be EINVAL");
+
+    struct vmsnap_session *s;
+    r = start_session(fd, mount, 10000, &s);
+    CHECK(r == 0, "session start: %s", strerror(-r));
+    if (r == 0) {
+        r = vmsnap_session_freeze(s, 1, vmsnap_now_ns() + 10000000000LL);
+        struct vmsnap_shared *sh = vmsnap_session_shared(s);
+        CHECK(r == 0 && sh->fs[0].state == VMSNAP_FS_FROZEN, "session freeze: %d state %d", r,
+              sh->fs[0].state);
+        r = vmsnap_session_thaw(s, vmsnap_now_ns() + 10000000000LL);
+        CHECK(r == 0 && sh->fs[0].state == VMSNAP_FS_THAWED, "session thaw: %d state %d", r,
+              sh->fs[0].state);
+        vmsnap_session_free(s);
+    }
+
+    /* the deadline thaws */
+    r = start_session(fd, mount, 200, &s);
+    if (r == 0) {
+        vmsnap_session_freeze(s, 0, vmsnap_now_ns() + 10000000000LL);
+        struct timespec ts = {0, 400000000};
+        nanosleep(&ts, NULL);
+        struct vmsnap_shared *sh = vmsnap_session_shared(s);
+        CHECK(sh->deadline_hit && sh->fs[0].state == VMSNAP_FS_THAWED && !is_frozen(fd),
+              "deadline: hit %d state %d", sh->deadline_hit, sh->fs[0].state);
+        vmsnap_session_free(s);
+    }
+
+    /* the controller dies: the guardian thaws */
+    pid_t child = fork();
+    if (child == 0) {
+        struct vmsnap_session *cs;
+        if (start_session(fd, mount, 30000, &cs) == 0 &&
+            vmsnap_session_freeze(cs, 0, vmsnap_now_ns() + 10000000000LL) == 0)
+            kill(getpid(), SIGKILL);
+        _exit(1);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    int64_t t0 = vmsnap_now_ns();
+    while (is_frozen(fd) && ms_since(t0) < 2000) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(WIFSIGNALED(status) && !is_frozen(fd), "guardian thaw after SIGKILL: %lld ms",
+          (long long)ms_since(t0));
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    printf("vmsnap core %s (ABI %d) C tests\n", vmsnap_core_version(), vmsnap_core_abi());
+    test_supervision(0);
+    test_supervision(VMSNAP_SPAWN_NO_PIDFD);
+    if (argc > 1) {
+        test_freeze(argv[1]);
+    } else {
+        printf("SKIP freeze tests: no scratch mount point given\n");
+        skipped += 6;
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
