@@ -34,14 +34,17 @@ build/ctest: csrc/*.c csrc/*.h
 	$(CC) $(CORE_CFLAGS) -o $@ csrc/ctest.c $(CORE_SRC) -lpthread
 
 ctest: build/ctest ## C tests of the core (as root they also freeze a scratch loop filesystem)
-	sh csrc/run-ctest.sh build/ctest
+	sh tools/run-ctest.sh build/ctest
 
 build/$(ARCH)/ctest: csrc/*.c csrc/*.h
 	mkdir -p build/$(ARCH)
 	$(ARCH)-linux-gnu-gcc $(CORE_CFLAGS) -static -o $@ csrc/ctest.c $(CORE_SRC) -lpthread
 
 cross: build/$(ARCH)/ctest ## cross-build the core's C tests for ARCH (aarch64) and run them under qemu-user
-	sh csrc/run-ctest.sh build/$(ARCH)/ctest qemu-$(ARCH)
+	sh tools/run-ctest.sh build/$(ARCH)/ctest qemu-$(ARCH)
+
+cross-system: build/$(ARCH)/ctest ## boot Debian's ARCH kernel under qemu-system and run the C tests, freeze included
+	sh tools/cross-system.sh $(ARCH) build/$(ARCH)/ctest
 
 demo: build ## the built-in demonstration on a sandbox filesystem (root)
 	$(VENV)/bin/vmsnap demo
@@ -58,4 +61,4 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test ctest cross demo bench lint clean
+.PHONY: help build test ctest cross cross-system demo bench lint clean
