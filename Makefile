@@ -46,6 +46,11 @@ cross: build/$(ARCH)/ctest ## cross-build the core's C tests for ARCH (aarch64) 
 cross-system: build/$(ARCH)/ctest ## boot Debian's ARCH kernel under qemu-system and run the C tests, freeze included
 	sh tools/cross-system.sh $(ARCH) build/$(ARCH)/ctest
 
+wheel: build ## manylinux wheels: native (suite run against the install) and ARCH (tests under qemu-user)
+	sh tools/wheel.sh $(PY)
+	sh tools/wheel-cross.sh $(ARCH) $(PY)
+	cp build/$(ARCH)/wheel/repaired/*.whl dist/
+
 demo: build ## the built-in demonstration on a sandbox filesystem (root)
 	$(VENV)/bin/vmsnap demo
 
@@ -61,4 +66,4 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test ctest cross cross-system demo bench lint clean
+.PHONY: help build test ctest cross cross-system wheel demo bench lint clean

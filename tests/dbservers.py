@@ -22,6 +22,7 @@ def pg_bin(name: str) -> str:
 def sh(*argv, user=None, check=True, timeout=120, **kw):
     if user:
         argv = ("runuser", "-u", user, "--") + argv
+    kw.setdefault("cwd", "/")   # the server's user may not enter the caller's directory
     p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=timeout, **kw)
     if check and p.returncode != 0:

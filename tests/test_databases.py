@@ -56,7 +56,7 @@ def test_postgresql_under_pgbench_load_restores_clean(tmp_path, loopfs):
         pg.psql("CREATE TABLE marker (v text); INSERT INTO marker VALUES ('before-snapshot')")
         load = subprocess.Popen(["runuser", "-u", "postgres", "--", "pgbench", "-c", "2", "-T", "60",
                                  *pg.conn_args(), "postgres"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, cwd="/")
         time.sleep(2)
         committed = int(pg.psql("SELECT count(*) FROM pgbench_history"))
         assert committed > 0, "pgbench is not writing"
