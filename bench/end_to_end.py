@@ -11,9 +11,9 @@ import sys
 import tempfile
 import time
 
-from vmsnap_native.stats import summary
-
 from common import Scratch
+
+from vmsnap_native.stats import summary
 
 # the installed console script next to this interpreter (what a user runs)
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "vmsnap")

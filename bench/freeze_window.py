@@ -14,11 +14,11 @@ import os
 import subprocess
 import time
 
+from common import Load, Probe, Scratch
+
 from vmsnap_native import freeze_filesystems
 from vmsnap_native._core import core
 from vmsnap_native.stats import ratio, summary
-
-from common import Load, Probe, Scratch
 
 STRATEGIES = ["util-linux fsfreeze", "ioctl loop", "vmsnap parallel", "vmsnap parallel+presync",
               "vmsnap parallel+presync, RCU normal"]

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from vmsnap_native.stats import summary
-
 from common import Scratch
+
+from vmsnap_native.stats import summary
 
 FREEZER = r"""
 import sys, time, vmsnap_native as v

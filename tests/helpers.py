@@ -63,7 +63,8 @@ def run_json(tmp_path, config, mounts, snapshot=(), extra=(), env=None, timeout=
     try:
         res = json.loads(p.stdout)
     except ValueError:
-        raise AssertionError("stdout is not one JSON object:\n%s\nstderr:\n%s" % (p.stdout, p.stderr))
+        raise AssertionError("stdout is not one JSON object:\n%s\nstderr:\n%s"
+                             % (p.stdout, p.stderr)) from None
     return p.returncode, res, p
 
 

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import vmsnap_native as vmsnap
 from vmsnap_native import cycle
 
 from .conftest import frozen_state, root_only
-from .helpers import codes, run_json, setup_scripts, vmsnap as cli, write_config
+from .helpers import codes, run_json, setup_scripts, write_config
+from .helpers import vmsnap as cli
 
 pytestmark = root_only
 

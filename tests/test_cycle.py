@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from .conftest import frozen_state, live_in_group, root_only
+from .conftest import frozen_state, root_only
 from .helpers import codes, run_json, setup_scripts, vmsnap, write_config, write_script
 
 pytestmark = root_only

@@ -75,7 +75,6 @@ def test_arguments_are_separate_with_spaces_intact():
 @BOTH
 def test_timeout_kills_whole_group_including_term_ignoring_grandchild(fallback, tmp_path):
     pidfile = tmp_path / "gc.pid"
-    script = ("(trap '' TERM; echo $$ > %s; exec sleep 60) & sleep 60" % pidfile)
     script = ("sh -c \"trap '' TERM; echo \\$\\$ > %s; while :; do sleep 1; done\" & sleep 60"
               % pidfile)
     t0 = time.monotonic()
@@ -85,10 +84,7 @@ def test_timeout_kills_whole_group_including_term_ignoring_grandchild(fallback, 
     assert 0.5 <= elapsed < 3
     gc = int(pidfile.read_text())
     # the grandchild ignored SIGTERM; SIGKILL after the grace got it
-    assert live_in_group(gc) == [] or gc not in live_in_group(gc)
-    with open("/proc/%d/stat" % gc) if os.path.exists("/proc/%d" % gc) else open(os.devnull) as f:
-        st = f.read()
-    assert st == "" or st.rsplit(")", 1)[1].split()[0] in "ZX"
+    assert gc not in live_in_group(gc) and r.survivors == 0
 
 
 def test_timeout_of_stopped_child():

@@ -100,7 +100,8 @@ def read_config_file(path: str):
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError("%s: cannot open the configuration file: %s" % (path, exc.strerror))
+        raise ConfigError("%s: cannot open the configuration file: %s"
+                          % (path, exc.strerror)) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
