@@ -617,18 +617,12 @@ int vmsnap_session_start(const struct vmsnap_shared *init, int record_fd,
     s->sock = sv[0];
     int ctl_pidfd = compat_pidfd_open(getpid()); /* -1 on old kernels: the socket suffices */
 
-    /* Block every signal across fork so the child never runs a Python
-     * handler; it installs its own signalfd. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid_t pid = fork();
+    pid_t pid = fork_signals_blocked();   /* the guardian sets up its own signalfd */
     if (pid == 0) {
         close(sv[0]);
         guardian_main(sh, sv[1], ctl_pidfd, record_fd, s->record_path);
     }
     int fork_errno = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(sv[1]);
     if (ctl_pidfd >= 0)
         close(ctl_pidfd);

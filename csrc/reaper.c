@@ -83,16 +83,12 @@ int vmsnap_reaper_start(int *ret_fd) {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
     int ctl_pidfd = compat_pidfd_open(getpid());
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid_t pid = fork();
+    pid_t pid = fork_signals_blocked();
     if (pid == 0) {
         close(sv[0]);
         reaper_main(sv[1], ctl_pidfd);
     }
     int e = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(sv[1]);
     if (ctl_pidfd >= 0)
         close(ctl_pidfd);
@@ -100,8 +96,7 @@ int vmsnap_reaper_start(int *ret_fd) {
         close(sv[0]);
         return -e;
     }
-    /* the reaper outlives us on purpose; make sure it is never a zombie of ours
-     * for long: it exits only when we are gone */
+    /* the reaper exits only once we are gone: never a zombie of ours */
     *ret_fd = sv[0];
     return pid;
 }

@@ -157,12 +157,22 @@ class Cycle:
         self.pre_ran = True
         self.pre_ok = sr.ok
         if not sr.ok:
-            if all_timed_out:
-                self.error("Pre-ScriptTimeout", "%s: every attempt (%d) exceeded %gs"
-                           % (chk.path, sr.attempts, cfg.timeout))
-            else:
-                self.error("Pre-ScriptExecutionFailed", "%s %s (attempts: %d)"
-                           % (chk.path, last.describe(), sr.attempts))
+            self.script_failure("Pre", chk.path, sr, last, all_timed_out)
+
+    def script_failure(self, tag, who, sr, last, all_timed_out):
+        """Records why a script or a hook (WHO) failed: its quiesce was lost
+        (a post/thaw exit 10), every attempt timed out, or it failed."""
+        if tag == "Post" and sr.exit_code == QUIESCE_LOST_EXIT:
+            self.quiesce_lost = True
+            self.error("Post-ScriptExecutionFailed", "%s reports that the application's quiesce "
+                       "was lost before the snapshot finished (exit %d): not "
+                       "application-consistent" % (who, QUIESCE_LOST_EXIT))
+        elif all_timed_out:
+            self.error("%s-ScriptTimeout" % tag, "%s: every attempt (%d) exceeded %gs"
+                       % (who, sr.attempts, self.plan.settings.timeout))
+        else:
+            self.error("%s-ScriptExecutionFailed" % tag, "%s %s (attempts: %d)"
+                       % (who, last.describe(), sr.attempts))
 
     def run_hooks(self, action):
         if not self.plan.hooks:
@@ -191,18 +201,8 @@ class Cycle:
             return False
         if run.result.ok:
             return True
-        if tag == "Post" and run.result.exit_code == QUIESCE_LOST_EXIT:
-            self.quiesce_lost = True
-            self.error("Post-ScriptExecutionFailed", "hook %s reports that the application's "
-                       "quiesce was lost before the snapshot finished: not application-consistent"
-                       % h.name)
-            return False
-        if run.all_timed_out:
-            self.error("%s-ScriptTimeout" % tag, "hook %s %s: every attempt exceeded %gs"
-                       % (h.name, run.action, self.plan.settings.timeout))
-        else:
-            self.error("%s-ScriptExecutionFailed" % tag, "hook %s %s %s"
-                       % (h.name, run.action, run.last.describe()))
+        self.script_failure(tag, "hook %s %s" % (h.name, run.action), run.result, run.last,
+                            run.all_timed_out)
         return False
 
     def run_freeze(self):
@@ -380,18 +380,7 @@ class Cycle:
         self.res.post_script = sr
         if sr.ok:
             return True
-        if sr.exit_code == QUIESCE_LOST_EXIT:
-            self.quiesce_lost = True
-            self.error("Post-ScriptExecutionFailed", "%s reports that the application's quiesce "
-                       "was lost before the snapshot finished (exit %d): not "
-                       "application-consistent" % (chk.path, QUIESCE_LOST_EXIT))
-            return False
-        if all_timed_out:
-            self.error("Post-ScriptTimeout", "%s: every attempt (%d) exceeded %gs"
-                       % (chk.path, sr.attempts, cfg.timeout))
-        else:
-            self.error("Post-ScriptExecutionFailed", "%s %s (attempts: %d)"
-                       % (chk.path, last.describe(), sr.attempts))
+        self.script_failure("Post", chk.path, sr, last, all_timed_out)
         return False
 
     # -- the whole cycle -------------------------------------------------------
