@@ -216,3 +216,14 @@ def test_no_module_imported_and_nothing_printed_in_the_window(tmp_path, loopfs, 
     assert res.status == "success" and seen["in_window"] is True
     assert imported == []
     assert seen["out"].out == "" and seen["out"].err == ""
+
+
+def test_freeze_refuses_to_print_into_a_filesystem_it_would_freeze(loopfs):
+    (m,) = loopfs.make(1)
+    out = os.path.join(m, "out.json")
+    p = subprocess.run("%s -m vmsnap_native freeze --timeout 30 --json --mount %s > %s"
+                       % (sys.executable, m, out), shell=True, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 1 and "redirect it elsewhere" in p.stderr
+    assert not frozen_state(m)
+    assert json.load(open(out))["status"] == "failed"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 
 from . import cycle, policy
@@ -163,6 +165,26 @@ def cmd_mounts(args) -> int:
 
 # -- freeze / thaw --------------------------------------------------------------
 
+def _output_on(cands) -> str | None:
+    """A stream of ours that is a file on one of these filesystems: printing
+    to it while they are frozen would block until the thaw."""
+    devs = {}
+    for c in cands:
+        try:
+            devs[os.stat(c.mount.mountpoint).st_dev] = c.mount.mountpoint
+        except OSError:
+            pass
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        try:
+            st = os.fstat(stream.fileno())
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_dev in devs:
+            return "%s is a file on %s, which would be frozen: redirect it elsewhere" % (
+                name, devs[st.st_dev])
+    return None
+
+
 def cmd_freeze(args) -> int:
     from .freeze import FreezeSession
     from .lock import RunLock
@@ -177,6 +199,9 @@ def cmd_freeze(args) -> int:
                 raise FreezeError("not a mount point: %s" % ", ".join(plan.selection.missing))
             if not plan.selection.eligible:
                 raise FreezeError("no filesystem to freeze")
+            problem = _output_on(plan.selection.eligible)
+            if problem:
+                raise FreezeError(problem)
             s = FreezeSession(plan.selection.eligible, timeout=args.timeout)
             s.freeze()
             report["mounts"] = [m.to_dict() for m in s.mounts]
