@@ -5,8 +5,9 @@
  * holding a database lock until the post-script, would be left behind.
  * The reaper is a small process forked once per controller.  The
  * controller registers each process group it starts (and unregisters it
- * when done with it); when the controller dies (socket EOF, or its pidfd),
- * the reaper SIGKILLs every group still registered and exits.
+ * when done with it) in a table they share (MAP_SHARED): a store, no
+ * system call, nothing to wake.  When the controller dies (socket EOF, or
+ * its pidfd), the reaper SIGKILLs every group still in the table and exits.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -25,7 +27,10 @@
 
 #define MAX_GROUPS 1024
 
-__attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd) {
+/* This process's table, shared with its reaper (one reaper per process). */
+static int32_t *reaper_table;
+
+__attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, int32_t *table) {
     setsid();
     prctl(PR_SET_NAME, "vmsnap-reaper");
     int devnull = open("/dev/null", O_RDWR);
@@ -42,8 +47,6 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd) {
     compat_close_range((unsigned)hi + 1, UINT_MAX);
     if (chdir("/") < 0) { /* pin no directory */ }
 
-    static int32_t groups[MAX_GROUPS];
-    int n = 0;
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = ctl_pidfd, .events = POLLIN}};
         if (poll(pfd, ctl_pidfd >= 0 ? 2 : 1, -1) < 0) {
@@ -53,32 +56,28 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd) {
         }
         if (ctl_pidfd >= 0 && pfd[1].revents)
             break;
-        if (!pfd[0].revents)
-            continue;
-        int32_t msg;
-        ssize_t k = recv(sock, &msg, sizeof msg, 0);
+        char c;
+        ssize_t k = recv(sock, &c, 1, 0);
         if (k < 0 && errno == EINTR)
             continue;
-        if (k != (ssize_t)sizeof msg)
+        if (k <= 0)
             break; /* EOF: the controller is gone */
-        if (msg > 0 && n < MAX_GROUPS) {
-            groups[n++] = msg;
-        } else if (msg < 0) {
-            for (int i = 0; i < n; i++)
-                if (groups[i] == -msg) {
-                    groups[i] = groups[--n];
-                    break;
-                }
-        }
     }
-    for (int i = 0; i < n; i++) {
-        kill(-groups[i], SIGKILL);
-        kill(-groups[i], SIGCONT);
+    for (int i = 0; i < MAX_GROUPS; i++) {
+        int32_t pgid = __atomic_load_n(&table[i], __ATOMIC_ACQUIRE);
+        if (pgid > 0) {
+            kill(-pgid, SIGKILL);
+            kill(-pgid, SIGCONT);
+        }
     }
     _exit(0);
 }
 
 int vmsnap_reaper_start(int *ret_fd) {
+    int32_t *table = mmap(NULL, MAX_GROUPS * sizeof *table, PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (table == MAP_FAILED)
+        return -errno;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
@@ -86,7 +85,7 @@ int vmsnap_reaper_start(int *ret_fd) {
     pid_t pid = fork_signals_blocked();
     if (pid == 0) {
         close(sv[0]);
-        reaper_main(sv[1], ctl_pidfd);
+        reaper_main(sv[1], ctl_pidfd, table);
     }
     int e = errno;
     close(sv[1]);
@@ -94,18 +93,37 @@ int vmsnap_reaper_start(int *ret_fd) {
         close(ctl_pidfd);
     if (pid < 0) {
         close(sv[0]);
+        munmap(table, MAX_GROUPS * sizeof *table);
         return -e;
     }
+    reaper_table = table;
     /* the reaper exits only once we are gone: never a zombie of ours */
     *ret_fd = sv[0];
     return pid;
 }
 
-static int reaper_send(int fd, int32_t msg) {
-    if (send(fd, &msg, sizeof msg, MSG_NOSIGNAL) < 0)
-        return -errno;
-    return 0;
+int vmsnap_reaper_watch(int fd, int pgid) {
+    (void)fd;
+    if (!reaper_table || pgid <= 0)
+        return -EINVAL;
+    for (int i = 0; i < MAX_GROUPS; i++) {
+        int32_t expected = 0;
+        if (__atomic_compare_exchange_n(&reaper_table[i], &expected, pgid, 0, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED))
+            return 0;
+    }
+    return -ENOSPC;
 }
 
-int vmsnap_reaper_watch(int fd, int pgid) { return reaper_send(fd, pgid); }
-int vmsnap_reaper_unwatch(int fd, int pgid) { return reaper_send(fd, -pgid); }
+int vmsnap_reaper_unwatch(int fd, int pgid) {
+    (void)fd;
+    if (!reaper_table || pgid <= 0)
+        return -EINVAL;
+    for (int i = 0; i < MAX_GROUPS; i++) {
+        int32_t expected = pgid;
+        if (__atomic_compare_exchange_n(&reaper_table[i], &expected, 0, 0, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED))
+            return 0;
+    }
+    return -ENOENT;
+}
