@@ -21,10 +21,19 @@ HAVE_LOOP = os.path.exists("/dev/loop-control") and shutil.which("losetup") is n
 root_only = pytest.mark.skipif(not (IS_ROOT and HAVE_LOOP),
                                reason="needs root and loop devices")
 
+_RUNTIME_DIR = None
+
+
 def pytest_configure(config):
     # keep the suite's crash records apart from a real /run/vmsnap
+    global _RUNTIME_DIR
     if "VMSNAP_RUNTIME_DIR" not in os.environ:
-        os.environ["VMSNAP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vmsnap-test-run-")
+        _RUNTIME_DIR = os.environ["VMSNAP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vmsnap-test-run-")
+
+
+def pytest_unconfigure(config):
+    if _RUNTIME_DIR:
+        shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 
 
 class LoopFilesystems(loopfs_mod.LoopFilesystems):
