@@ -60,3 +60,18 @@ def test_demo_without_root_says_what_is_needed():
             pytest.skip("the test environment is not readable by an unprivileged user")
     assert p.returncode == 1
     assert "needs root" in p.stderr
+
+
+def test_run_without_root_says_so_without_a_traceback():
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is not installed")
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                "-c", "import sys; sys.path[:0] = %r; from vmsnap_native.cli import main; "
+                "sys.exit(main(['run', '--mount', '/nonexistent']))" % sys.path]
+    else:
+        argv = [sys.executable, "-m", "vmsnap_native", "run", "--mount", "/nonexistent"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if "Permission denied" in p.stderr and "vmsnap_native" not in p.stderr:
+        pytest.skip("the test environment is not readable by an unprivileged user")
+    assert p.returncode == 1 and "needs root" in p.stderr and "Traceback" not in p.stderr

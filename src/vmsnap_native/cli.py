@@ -20,6 +20,7 @@ from .errors import BusyError, CoreUnavailable, FreezeError, error_code
 from .logbook import DEFAULT_LOG_FILE
 
 EXIT_USAGE = 2
+NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}
 
 
 def err(*lines):
@@ -327,6 +328,10 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     handlers = {"check": cmd_check, "mounts": cmd_mounts, "freeze": cmd_freeze,
                 "thaw": cmd_thaw, "demo": cmd_demo, "bench": cmd_bench}
+    if args.command in NEEDS_ROOT and os.geteuid() != 0 and not getattr(args, "dry_run", False):
+        err("vmsnap %s needs root: it freezes filesystems and runs root's scripts "
+            "(try: sudo vmsnap %s)" % (args.command, args.command))
+        return 1
     try:
         if args.command == "run":
             return cmd_run(args, snapshot_argv)
