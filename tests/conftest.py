@@ -94,6 +94,19 @@ def frozen_state(mountpoint: str) -> bool:
         os.close(fd)
 
 
+def thawed_soon(mounts, timeout: float = 3.0) -> bool:
+    """True once none of MOUNTS is frozen (polled: a freeze that was in
+    progress when its controller died must return before it is thawed)."""
+    import time
+    end = time.monotonic() + timeout
+    while True:
+        if not any(frozen_state(m) for m in mounts):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+
+
 def live_in_group(pgid: int) -> list:
     """PIDs of live (non-zombie) processes in process group PGID."""
     out = []

@@ -13,7 +13,7 @@ import time
 import vmsnap_native as vmsnap
 from vmsnap_native import cycle
 
-from .conftest import frozen_state, root_only
+from .conftest import frozen_state, root_only, thawed_soon
 from .helpers import codes, run_json, setup_scripts, write_config
 from .helpers import vmsnap as cli
 
@@ -108,8 +108,7 @@ def test_run_killed_during_snapshot_is_thawed_and_next_run_works(tmp_path, loopf
     assert frozen_state(m)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.1)
-    assert not frozen_state(m)
+    assert thawed_soon([m])
     rc, res, _ = run_json(tmp_path, cfg, [m])
     assert rc == 0 and res["consistency"] == "application"
 
