@@ -44,34 +44,29 @@ def test_demo_keep_leaves_the_sandbox(tmp_path):
         shutil.rmtree(report["sandbox"], ignore_errors=True)
 
 
-def test_demo_without_root_says_what_is_needed():
+def run_unprivileged(cli_args):
+    """Runs the CLI with CLI_ARGS as an unprivileged user (nobody); skips
+    where that user cannot read the test environment."""
     if os.geteuid() != 0:
-        p = subprocess.run([sys.executable, "-m", "vmsnap_native", "demo"], capture_output=True,
-                           text=True, timeout=60)
-    else:
-        if shutil.which("setpriv") is None:
-            pytest.skip("setpriv is not installed")
-        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                            sys.executable, "-c",
-                            "import sys; sys.path[:0] = %r; from vmsnap_native.cli import main; "
-                            "sys.exit(main(['demo']))" % sys.path], capture_output=True, text=True,
-                           timeout=60)
-        if "Permission denied" in p.stderr or "ModuleNotFoundError" in p.stderr:
-            pytest.skip("the test environment is not readable by an unprivileged user")
-    assert p.returncode == 1
-    assert "needs root" in p.stderr
+        return subprocess.run([sys.executable, "-m", "vmsnap_native", *cli_args],
+                              capture_output=True, text=True, timeout=60)
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c",
+                        "import sys; sys.path[:0] = %r; from vmsnap_native.cli import main; "
+                        "sys.exit(main(%r))" % (sys.path, list(cli_args))],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    if "ModuleNotFoundError" in p.stderr or "Permission denied" in p.stderr:
+        pytest.skip("the test environment is not readable by an unprivileged user")
+    return p
+
+
+def test_demo_without_root_says_what_is_needed():
+    p = run_unprivileged(["demo"])
+    assert p.returncode == 1 and "needs root" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_run_without_root_says_so_without_a_traceback():
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("setpriv is not installed")
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                "-c", "import sys; sys.path[:0] = %r; from vmsnap_native.cli import main; "
-                "sys.exit(main(['run', '--mount', '/nonexistent']))" % sys.path]
-    else:
-        argv = [sys.executable, "-m", "vmsnap_native", "run", "--mount", "/nonexistent"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if "Permission denied" in p.stderr and "vmsnap_native" not in p.stderr:
-        pytest.skip("the test environment is not readable by an unprivileged user")
+    p = run_unprivileged(["run", "--mount", "/nonexistent"])
     assert p.returncode == 1 and "needs root" in p.stderr and "Traceback" not in p.stderr
