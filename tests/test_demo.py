@@ -70,3 +70,10 @@ def test_demo_without_root_says_what_is_needed():
 def test_run_without_root_says_so_without_a_traceback():
     p = run_unprivileged(["run", "--mount", "/nonexistent"])
     assert p.returncode == 1 and "needs root" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dry_run_check_and_mounts_work_without_root(tmp_path):
+    for args in (["run", "--dry-run", "--json", "--log-file", "", "--config", "/nonexistent"],
+                 ["check", "--config", "/nonexistent"], ["mounts", "--json"]):
+        p = run_unprivileged(args)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (args, p.stderr)

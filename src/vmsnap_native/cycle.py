@@ -485,7 +485,8 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
             return _failed("IncorrectPluginhostFile", str(exc), t0)
         lock = RunLock()
         try:
-            lock.acquire()
+            if not dry_run:   # a dry run freezes and runs nothing: no lock, no root
+                lock.acquire()
         except BusyError as exc:
             log.error("%s", exc)
             return _failed("AnotherRunInProgress", str(exc), t0)
