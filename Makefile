@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 ARCH ?= aarch64
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/vmsnap_native/_version.py)
-CORE_SRC := csrc/freeze.c csrc/guardian.c csrc/spawn.c csrc/reaper.c
+# the core: every C file in csrc/ but the C tests (as in csrc/build_ffi.py)
+CORE_SRC := $(filter-out csrc/ctest.c,$(wildcard csrc/*.c))
 CORE_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Wno-unused-parameter -Icsrc \
                -DVMSNAP_VERSION='"$(VERSION)"'
 

@@ -1,4 +1,4 @@
-/* freeze.c: the FIFREEZE/FITHAW primitives and the core's identity. */
+/* freeze.c: the FIFREEZE/FITHAW primitives, the core's identity and its compat switches. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -50,46 +50,4 @@ int vmsnap_thaw_path(const char *path, uint64_t expect_dev) {
     if (expect_dev && (uint64_t)st.st_dev != expect_dev)
         return -ESTALE;
     return vmsnap_fithaw(fd);
-}
-
-/* Field 22 of /proc/PID/stat: start time in clock ticks since boot. */
-static int read_starttime(int pid, uint64_t *ret) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    if (n <= 0)
-        return -EIO;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the comm field may hold spaces */
-    if (!p)
-        return -EIO;
-    p++;
-    /* after ')' come fields 3..: state is field 3, start time field 22 */
-    int field = 2;
-    char *save = NULL;
-    for (char *tok = strtok_r(p, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-        field++;
-        if (field == 3 && tok[0] == 'Z')
-            return -ESRCH; /* a zombie has finished */
-        if (field == 22) {
-            *ret = strtoull(tok, NULL, 10);
-            return 0;
-        }
-    }
-    return -EIO;
-}
-
-int vmsnap_process_start_time(int pid, uint64_t *ret);
-int vmsnap_process_start_time(int pid, uint64_t *ret) { return read_starttime(pid, ret); }
-
-int vmsnap_process_matches(int pid, uint64_t starttime) {
-    uint64_t st;
-    if (pid <= 0)
-        return 0;
-    if (read_starttime(pid, &st) < 0)
-        return 0;
-    return st == starttime;
 }

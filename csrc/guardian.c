@@ -25,16 +25,15 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
 #include "compat.h"
+#include "helper.h"
+#include "procfs.h"
 #include "util.h"
 #include "vmsnap.h"
-
-int vmsnap_process_start_time(int pid, uint64_t *ret);
 
 /* Bytes of the shared block that describe N filesystems: what the record holds. */
 static size_t record_size(int n) {
@@ -416,37 +415,6 @@ static void guardian_loop(struct guardian *g) {
     wait_workers(g, all_final, 0);
 }
 
-/* Moves the fds we keep out of 0..2 and closes every other fd. */
-static void keep_only(int **fds, int n) {
-    for (int i = 0; i < n; i++)
-        if (*fds[i] >= 0 && *fds[i] <= 2)
-            *fds[i] = fcntl(*fds[i], F_DUPFD_CLOEXEC, 3);
-    int devnull = open("/dev/null", O_RDWR);
-    for (int fd = 0; fd <= 2; fd++)
-        if (devnull != fd)
-            dup2(devnull, fd);
-    if (devnull > 2)
-        close(devnull);
-    /* close 3.. except the kept ones: walk the sorted list */
-    int sorted[VMSNAP_MAX_FS + 8], m = 0;
-    for (int i = 0; i < n; i++)
-        if (*fds[i] >= 3)
-            sorted[m++] = *fds[i];
-    for (int i = 1; i < m; i++)
-        for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
-            int t = sorted[j];
-            sorted[j] = sorted[j - 1];
-            sorted[j - 1] = t;
-        }
-    unsigned next = 3;
-    for (int i = 0; i < m; i++) {
-        if ((unsigned)sorted[i] > next)
-            compat_close_range(next, (unsigned)sorted[i] - 1);
-        next = (unsigned)sorted[i] + 1;
-    }
-    compat_close_range(next, UINT_MAX);
-}
-
 static void oom_protect(void) {
     int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
     if (fd >= 0) {
@@ -461,10 +429,6 @@ __attribute__((noreturn)) static void guardian_main(struct vmsnap_shared *sh, in
         .sh = sh, .sock = sock, .ctl_pidfd = ctl_pidfd, .record_fd = record_fd,
         .record_path = record_path, .freeze_level = -1, .thaw_level = INT_MAX,
     };
-    setsid(); /* no terminal signal reaches us with the controller's group */
-    prctl(PR_SET_NAME, "vmsnap-guardian");
-    oom_protect();
-
     int *keep[VMSNAP_MAX_FS + 3];
     int nkeep = 0;
     keep[nkeep++] = &g.sock;
@@ -472,8 +436,8 @@ __attribute__((noreturn)) static void guardian_main(struct vmsnap_shared *sh, in
     keep[nkeep++] = &g.record_fd;
     for (int i = 0; i < sh->n; i++)
         keep[nkeep++] = &sh->fs[i].fd;
-    keep_only(keep, nkeep);
-    if (chdir("/") < 0) { /* only so that we pin no directory */ }
+    helper_detach("vmsnap-guardian", keep, nkeep);
+    oom_protect();
 
     sigset_t all, watched;
     sigfillset(&all);
@@ -522,7 +486,10 @@ __attribute__((noreturn)) static void guardian_main(struct vmsnap_shared *sh, in
                 clean = 0;
         if (clean && record_path && record_path[0])
             unlink(record_path);
-        else
+        else if (sh->record_live)
+            /* a thaw failed: leave the final word for `vmsnap thaw`, unless the
+             * record lives on a filesystem we froze (it may still be frozen;
+             * the record written before the freeze says enough) */
             record_write(record_fd, sh);
     }
     __atomic_store_n(&sh->guardian_done, 1, __ATOMIC_RELEASE);
@@ -617,7 +584,7 @@ int vmsnap_session_start(const struct vmsnap_shared *init, int record_fd,
     s->sock = sv[0];
     int ctl_pidfd = compat_pidfd_open(getpid()); /* -1 on old kernels: the socket suffices */
 
-    pid_t pid = fork_signals_blocked();   /* the guardian sets up its own signalfd */
+    pid_t pid = helper_fork();   /* the guardian sets up its own signalfd */
     if (pid == 0) {
         close(sv[0]);
         guardian_main(sh, sv[1], ctl_pidfd, record_fd, s->record_path);
@@ -633,7 +600,7 @@ int vmsnap_session_start(const struct vmsnap_shared *init, int record_fd,
     s->guardian_pid = pid;
     s->guardian_pidfd = compat_pidfd_open(pid);
     sh->guardian_pid = pid;
-    vmsnap_process_start_time(pid, &sh->guardian_starttime);
+    procfs_start_time(pid, &sh->guardian_starttime);
     record_write(record_fd, sh);
 
     int r = await_reply(s, 'R', now_ns() + 10LL * 1000000000LL);

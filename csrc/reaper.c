@@ -10,18 +10,13 @@
  * its pidfd), the reaper SIGKILLs every group still in the table and exits.
  */
 #define _GNU_SOURCE
-#include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 
 #include "compat.h"
+#include "helper.h"
 #include "util.h"
 #include "vmsnap.h"
 
@@ -31,21 +26,8 @@
 static int32_t *reaper_table;
 
 __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, int32_t *table) {
-    setsid();
-    prctl(PR_SET_NAME, "vmsnap-reaper");
-    int devnull = open("/dev/null", O_RDWR);
-    for (int fd = 0; fd <= 2; fd++)
-        if (devnull != fd && sock != fd && ctl_pidfd != fd)
-            dup2(devnull, fd);
-    int lo = sock < ctl_pidfd ? sock : ctl_pidfd, hi = sock < ctl_pidfd ? ctl_pidfd : sock;
-    if (lo < 0)
-        lo = hi;
-    if (lo > 3)
-        compat_close_range(3, (unsigned)lo - 1);
-    if (hi > lo + 1)
-        compat_close_range((unsigned)lo + 1, (unsigned)hi - 1);
-    compat_close_range((unsigned)hi + 1, UINT_MAX);
-    if (chdir("/") < 0) { /* pin no directory */ }
+    int *keep[] = {&sock, &ctl_pidfd};
+    helper_detach("vmsnap-reaper", keep, 2);
 
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = ctl_pidfd, .events = POLLIN}};
@@ -82,7 +64,7 @@ int vmsnap_reaper_start(int *ret_fd) {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return -errno;
     int ctl_pidfd = compat_pidfd_open(getpid());
-    pid_t pid = fork_signals_blocked();
+    pid_t pid = helper_fork();
     if (pid == 0) {
         close(sv[0]);
         reaper_main(sv[1], ctl_pidfd, table);
@@ -102,28 +84,25 @@ int vmsnap_reaper_start(int *ret_fd) {
     return pid;
 }
 
-int vmsnap_reaper_watch(int fd, int pgid) {
-    (void)fd;
-    if (!reaper_table || pgid <= 0)
-        return -EINVAL;
+/* Replaces the first FROM in the table with TO; 0, or -1 if there is none. */
+static int table_replace(int32_t from, int32_t to) {
     for (int i = 0; i < MAX_GROUPS; i++) {
-        int32_t expected = 0;
-        if (__atomic_compare_exchange_n(&reaper_table[i], &expected, pgid, 0, __ATOMIC_RELEASE,
+        int32_t expected = from;
+        if (__atomic_compare_exchange_n(&reaper_table[i], &expected, to, 0, __ATOMIC_RELEASE,
                                         __ATOMIC_RELAXED))
             return 0;
     }
-    return -ENOSPC;
+    return -1;
 }
 
-int vmsnap_reaper_unwatch(int fd, int pgid) {
-    (void)fd;
+int vmsnap_reaper_watch(int pgid) {
     if (!reaper_table || pgid <= 0)
         return -EINVAL;
-    for (int i = 0; i < MAX_GROUPS; i++) {
-        int32_t expected = pgid;
-        if (__atomic_compare_exchange_n(&reaper_table[i], &expected, 0, 0, __ATOMIC_RELEASE,
-                                        __ATOMIC_RELAXED))
-            return 0;
-    }
-    return -ENOENT;
+    return table_replace(0, pgid) < 0 ? -ENOSPC : 0;
+}
+
+int vmsnap_reaper_unwatch(int pgid) {
+    if (!reaper_table || pgid <= 0)
+        return -EINVAL;
+    return table_replace(pgid, 0) < 0 ? -ENOENT : 0;
 }

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 
 #include "compat.h"
+#include "procfs.h"
 #include "util.h"
 #include "vmsnap.h"
 
@@ -258,25 +259,16 @@ static int for_each_member(int pgid, void (*fn)(int pid, void *arg), void *arg) 
     while ((e = readdir(d))) {
         if (e->d_name[0] < '1' || e->d_name[0] > '9')
             continue;
-        char path[300], buf[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        buf[n] = 0;
-        char *q = strrchr(buf, ')');
-        char state;
+        int pid = atoi(e->d_name);
+        char buf[512], state;
+        char *rest = procfs_stat(pid, buf, sizeof buf);
         int ppid, pgrp;
-        if (!q || sscanf(q + 1, " %c %d %d", &state, &ppid, &pgrp) != 3)
+        if (!rest || sscanf(rest, " %c %d %d", &state, &ppid, &pgrp) != 3)
             continue;
         if (pgrp == pgid && state != 'Z' && state != 'X') {
             count++;
             if (fn)
-                fn(atoi(e->d_name), arg);
+                fn(pid, arg);
         }
     }
     closedir(d);

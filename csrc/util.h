@@ -4,8 +4,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -55,22 +53,6 @@ static inline int64_t min_deadline(int64_t a, int64_t b) {
     if (b <= 0)
         return a;
     return a < b ? a : b;
-}
-
-/* fork() with every signal blocked across it: the child (guardian, reaper)
- * must never run a handler of the parent's (Python's); it starts with all
- * signals blocked and sets up its own.  The parent's mask is restored. */
-static inline pid_t fork_signals_blocked(void) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid_t pid = fork();
-    if (pid != 0) {
-        int saved = errno;
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        errno = saved;
-    }
-    return pid;
 }
 
 #endif

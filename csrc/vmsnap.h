@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 7
+#define VMSNAP_ABI_VERSION 8
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -185,12 +185,14 @@ int vmsnap_group_live_count(int pgid);
 
 /* --- the reaper (reaper.c) ------------------------------------------ */
 
-/* Forks the reaper; returns its pid and sets *RET_FD to the socket the
- * controller registers process groups on, or -errno. */
+/* Forks this process's reaper; returns its pid, or -errno.  *RET_FD is the
+ * controller's end of a socket whose closing (our death) wakes the reaper:
+ * keep it open for the life of the process. */
 int vmsnap_reaper_start(int *ret_fd);
-/* When the controller dies, the reaper SIGKILLs every watched group. */
-int vmsnap_reaper_watch(int fd, int pgid);
-int vmsnap_reaper_unwatch(int fd, int pgid);
+/* Registers (unregisters) a process group: when this process dies, the
+ * reaper SIGKILLs every group still registered. */
+int vmsnap_reaper_watch(int pgid);
+int vmsnap_reaper_unwatch(int pgid);
 
 /* cffi-cdef-end */
 

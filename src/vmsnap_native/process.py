@@ -25,32 +25,30 @@ NO_PIDFD_ENV = "VMSNAP_FORCE_NO_PIDFD"
 
 
 # The reaper: one per controller process, started on first use (csrc/reaper.c).
-_reaper = {"owner": None, "fd": None, "pid": None}
+# The fd is our end of the socket whose closing wakes it: held for our lifetime.
+_reaper = {"owner": None, "fd": None}
 
 
-def _reaper_fd():
-    """The socket to the reaper of this process, starting it if needed (None
-    if it cannot be started: supervision still works, without that net)."""
+def _reaper_started() -> bool:
+    """Starts this process's reaper if needed; False if it cannot be started
+    (supervision still works, without that net)."""
     if _reaper["owner"] != os.getpid():   # first use, or we are a fork's child
         ffi, lib = core()
         fdp = ffi.new("int *")
-        pid = lib.vmsnap_reaper_start(fdp)
-        _reaper.update(owner=os.getpid(), fd=fdp[0] if pid > 0 else None,
-                       pid=pid if pid > 0 else None)
-    return _reaper["fd"]
+        started = lib.vmsnap_reaper_start(fdp) > 0
+        _reaper.update(owner=os.getpid(), fd=fdp[0] if started else None)
+    return _reaper["fd"] is not None
 
 
 def watch_group(pgid: int) -> None:
     """If this process dies, the reaper SIGKILLs process group PGID."""
-    fd = _reaper_fd()
-    if fd is not None:
-        core()[1].vmsnap_reaper_watch(fd, pgid)
+    if _reaper_started():
+        core()[1].vmsnap_reaper_watch(pgid)
 
 
 def unwatch_group(pgid: int) -> None:
-    fd = _reaper["fd"] if _reaper["owner"] == os.getpid() else None
-    if fd is not None:
-        core()[1].vmsnap_reaper_unwatch(fd, pgid)
+    if _reaper["owner"] == os.getpid() and _reaper["fd"] is not None:
+        core()[1].vmsnap_reaper_unwatch(pgid)
 
 
 def clean_environment(extra: dict | None = None) -> dict:
