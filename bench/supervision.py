@@ -59,20 +59,6 @@ def spawn_wait(rounds: int) -> list:
     ]
 
 
-def live_in_group(pgid: int) -> int:
-    n = 0
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open("/proc/%s/stat" % d) as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(rest[2]) == pgid and rest[0] not in "ZX":
-                n += 1
-    return n
-
-
 def overshoot(rounds: int) -> list:
     ours, plain, captured = [], [], []
     survivors_plain = 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 
 import pytest
@@ -56,22 +55,6 @@ def loopfs():
     finally:
         fs.teardown()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def is_frozen(mountpoint: str) -> bool:
-    """True if writes to MOUNTPOINT block (probe: a write in a child, 0.3 s)."""
-    probe = subprocess.Popen(["sh", "-c", "echo x > '%s/.probe' && rm -f '%s/.probe'"
-                              % (mountpoint, mountpoint)])
-    try:
-        probe.wait(timeout=0.3)
-        return False
-    except subprocess.TimeoutExpired:
-        # it will finish after the thaw; reap it then
-        return True
-    finally:
-        if probe.poll() is None:
-            import threading
-            threading.Thread(target=probe.wait, daemon=True).start()
 
 
 def frozen_state(mountpoint: str) -> bool:

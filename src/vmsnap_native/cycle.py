@@ -476,8 +476,6 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
     t0 = time.monotonic_ns()
     log = Logbook(log_file)
     try:
-        if log.open_error:
-            pass
         try:
             core()
         except CoreUnavailable as exc:

@@ -61,13 +61,17 @@ class MountResult:
     device: str
     level: int
     state: str = "pending"
-    frozen: bool = False          # this session froze it (and so thawed it)
     errno: int = 0
     error: str | None = None
     sync_ms: float | None = None
     sync_errno: int = 0           # ENOSYS: no syncfs here, the presync was skipped
     freeze_ms: float | None = None
     thaw_ms: float | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """This session froze it (and so thaws it)."""
+        return self.state in ("frozen", "thawing", "thawed", "thaw-failed")
 
     def to_dict(self) -> dict:
         return {
@@ -94,21 +98,14 @@ def _targets(mountpoints) -> list:
     cands = [m for m in mountpoints if isinstance(m, mountinfo.Candidate)]
     paths = [m for m in mountpoints if not isinstance(m, mountinfo.Candidate)]
     if paths:
-        mounts = mountinfo.read_mountinfo()
-        last = {}
-        for m in mounts:
-            last[m.mountpoint] = m
+        mounts = mountinfo.visible(mountinfo.read_mountinfo())
         seen = {c.mount.device for c in cands}
         for p in paths:
             p = os.path.abspath(os.fspath(p))
             if not os.path.isdir(p):
                 err = errno_mod.ENOTDIR if os.path.exists(p) else errno_mod.ENOENT
                 raise OSError(err, "cannot open mount point: %s" % os.strerror(err), p)
-            m = last.get(p)
-            if m is None:  # a directory inside a filesystem: the deepest mount holding it
-                holders = [x for x in last.values() if p == x.mountpoint or p.startswith(
-                    x.mountpoint.rstrip("/") + "/")]
-                m = max(holders, key=lambda x: len(x.mountpoint)) if holders else None
+            m = mountinfo.holder(mounts, p)   # a directory inside one: the mount holding it
             if m is None:
                 raise FreezeError("%s: no mounted filesystem holds this path" % p)
             if m.device in seen:
@@ -331,7 +328,6 @@ class FreezeSession:
         for i, m in enumerate(self.mounts):
             e = sh.fs[i]
             m.state = STATE_NAMES.get(e.state, str(e.state))
-            m.frozen = m.state in ("frozen", "thawing", "thawed", "thaw-failed")
             m.sync_ms = _ms(e.sync_start_ns, e.sync_end_ns)
             m.sync_errno = e.sync_errno
             m.freeze_ms = _ms(e.freeze_start_ns, e.freeze_end_ns)

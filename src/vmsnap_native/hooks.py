@@ -51,9 +51,7 @@ def discover(directory: str) -> list:
     """The hooks in DIRECTORY in name order ([] if there is no directory)."""
     try:
         names = sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError:
+    except OSError:   # no directory (the default one need not exist)
         return []
     out = []
     for name in names:

@@ -13,7 +13,6 @@ DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
 class Logbook:
     def __init__(self, path: str | None = None):
         self.path = path
-        self.lines = []          # every formatted line of this run
         self._held = []
         self._holding = False
         self._fd = None
@@ -38,7 +37,6 @@ class Logbook:
         ts, level, msg = record
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % (ts % 1 * 1000)
         line = "%s vmsnap[%d] %s %s\n" % (stamp, os.getpid(), level, msg)
-        self.lines.append(line)
         if self._fd is not None:
             try:
                 os.write(self._fd, line.encode("utf-8", "replace"))

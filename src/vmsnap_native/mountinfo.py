@@ -200,16 +200,15 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
     skip = list(skip or ())
     sel = Selection()
     # A mount point mounted over again is hidden: only the last one is reachable.
-    last_at = {}
-    for m in mounts:
-        last_at[m.mountpoint] = m.mount_id
+    shown = {id(m) for m in visible(mounts)}
+    paths = {m.mountpoint for m in mounts}
     # skipping a mount point skips its filesystem wherever else it is mounted
     skipped_sb = {m.device: m.mountpoint for m in mounts if skip and _matches(m.mountpoint, skip)}
     first_of_sb = {}
     chosen = []
     for m in mounts:
         reason = None
-        if last_at[m.mountpoint] != m.mount_id:
+        if id(m) not in shown:
             reason = "hidden under a later mount at the same path"
         else:
             reason = _skip_reason(m)
@@ -233,7 +232,7 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
             chosen.append(Candidate(m, True))
     if only is not None:
         for p in only:
-            if not any(c in p for c in "*?[") and p not in last_at:
+            if not any(c in p for c in "*?[") and p not in paths:
                 sel.missing.append(p)
     assign_levels(chosen, sysfs=sysfs)
     # freeze order: level 0 first; within a level, deepest mount point first
@@ -272,15 +271,25 @@ def assign_levels(cands: list, sysfs: str = "/sys") -> None:
             break
 
 
+def holder(mounts, path: str):
+    """The deepest of MOUNTS at or above PATH (None if none is)."""
+    best = None
+    for m in mounts:
+        if (path == m.mountpoint or _is_under(path, m.mountpoint)) and \
+                (best is None or len(m.mountpoint) > len(best.mountpoint)):
+            best = m
+    return best
+
+
+def visible(mounts: list) -> list:
+    """MOUNTS without those hidden under a later mount at the same path."""
+    last = {m.mountpoint: m for m in mounts}
+    return [m for m in mounts if last[m.mountpoint] is m]
+
+
 def _contains(p: Candidate, path: str, cands: list) -> bool:
     """Whether PATH lives on P's filesystem: P is the deepest candidate mount above it."""
-    best = None
-    for c in cands:
-        mp = c.mount.mountpoint
-        if path == mp or _is_under(path, mp):
-            if best is None or len(mp) > len(best.mount.mountpoint):
-                best = c
-    return best is p
+    return holder([c.mount for c in cands], path) is p.mount
 
 
 def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo") -> Selection:

@@ -206,10 +206,6 @@ class Process:
         )
         return self.result
 
-    def signal_group(self, sig: int) -> None:
-        _, lib = core()
-        lib.vmsnap_proc_signal_group(self._p, sig)
-
 
 def run_process(argv, timeout: float | None = None, grace: float = DEFAULT_GRACE, env=None,
                 cwd=None, output_limit: int = DEFAULT_OUTPUT_LIMIT, deadline_ns: int | None = None,
