@@ -95,8 +95,7 @@ def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
     plan.selection = mountinfo.discover(only=only, skip=settings.mounts_to_skip)
     if mounts:
         for c in plan.selection.skipped:
-            if c.mount.mountpoint in {os.path.normpath(m) for m in mounts} \
-                    and not c.reason.startswith("not selected"):
+            if c.mount.mountpoint in {os.path.normpath(m) for m in mounts}:
                 warnings.append("%s not frozen: %s" % (c.mount.mountpoint, c.reason))
     plan.one_disk = disks.single_disk([c.mount for c in plan.selection.eligible]) \
         if plan.selection.eligible else True

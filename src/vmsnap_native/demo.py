@@ -22,6 +22,7 @@ import time
 
 from .cycle import run
 from .loopfs import LoopError, LoopFilesystems
+from .loopfs import available as loopfs_available
 
 IMAGE_MB = 64
 
@@ -69,14 +70,8 @@ def _sh(*argv):
 
 def requirements() -> str | None:
     """What is missing to run the demo here, or None."""
-    if os.geteuid() != 0:
-        return "vmsnap demo needs root (it makes and freezes a loop filesystem): run it with sudo"
-    if not os.path.exists("/dev/loop-control"):
-        return "vmsnap demo needs loop devices (/dev/loop-control is missing: modprobe loop)"
-    for tool in ("mkfs.ext4", "mount", "umount", "cp"):
-        if shutil.which(tool) is None:
-            return "vmsnap demo needs %s (install e2fsprogs / util-linux)" % tool
-    return None
+    why = loopfs_available("ext4")
+    return "vmsnap demo %s" % why if why else None
 
 
 class Sandbox:

@@ -114,7 +114,7 @@ def _targets(mountpoints) -> list:
             if m.mountpoint != p:
                 m = mountinfo.Mount(**{**m.__dict__, "mountpoint": p})
             cands.append(mountinfo.Candidate(m, True))
-    mountinfo.assign_levels(cands)
+        mountinfo.assign_levels(cands)   # candidates from select() come with theirs
     cands.sort(key=lambda c: (c.level, c.mount.mountpoint))
     return cands
 

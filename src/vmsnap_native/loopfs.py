@@ -35,11 +35,12 @@ def _run(*argv, check=True):
 def available(fstype: str = "ext4") -> str | None:
     """Why loop filesystems of FSTYPE cannot be made here, or None."""
     if os.geteuid() != 0:
-        return "needs root"
+        return "needs root (it makes and freezes loop filesystems): run it with sudo"
     if not os.path.exists("/dev/loop-control"):
-        return "needs loop devices (/dev/loop-control)"
-    if shutil.which(MKFS[fstype][0]) is None:
-        return "needs %s" % MKFS[fstype][0]
+        return "needs loop devices (/dev/loop-control is missing: modprobe loop)"
+    for tool in (MKFS[fstype][0], "mount", "umount", "losetup"):
+        if shutil.which(tool) is None:
+            return "needs %s (install e2fsprogs, xfsprogs or btrfs-progs, util-linux)" % tool
     return None
 
 
