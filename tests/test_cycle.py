@@ -54,7 +54,7 @@ def test_success_is_application_consistent(tmp_path, loopfs):
     assert all(m["frozen"] for m in res["freeze"]["mounts"])
     assert res["pre_script"]["ran"] and res["pre_script"]["attempts"] == 1
     assert res["snapshot"] == {"argv": [], "exit_code": 0, "duration_ms": 0.0, "output": "",
-                               "signal": None, "timed_out": False}
+                               "signal": None, "timed_out": False, "containment": None}
     assert "application-consistent" in p.stderr and "freeze window" in p.stderr
     assert not any(frozen_state(m) for m in mounts)
 
@@ -207,7 +207,9 @@ def test_script_permission_errors_306_307(tmp_path, loopfs):
     os.chown(tmp_path / "etc" / "post.sh", 65534, 65534)
     rc, res, _ = run_json(tmp_path, cfg, [m])
     assert codes(res) == ["InsufficientPermissionforPost-Script"]
-    assert res["consistency"] == "application" and rc == 3
+    # the post-script cannot run, so the pre-script did not either (issue 11 item 3)
+    assert not (tmp_path / "pre-ran").exists()
+    assert res["consistency"] == "filesystem" and rc == 3
     check_errors(res)
 
 

@@ -13,10 +13,10 @@ import os
 import stat
 import sys
 
-from . import cycle, policy
+from . import cycle
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
-from .errors import BusyError, CoreUnavailable, FreezeError, error_code
+from .errors import BusyError, CoreUnavailable, FreezeError
 from .logbook import DEFAULT_LOG_FILE
 
 EXIT_USAGE = 2
@@ -70,6 +70,43 @@ def summarize(res) -> list:
     return lines
 
 
+def plan_lines(plan: dict) -> list:
+    """A dry run's plan in words: what a run would do, in order."""
+    lines = ["  plan (configuration %s):" % plan["config"]]
+
+    def script(label, d):
+        if d is None:
+            lines.append("    %s: none configured" % label)
+        elif not d["runs"]:
+            lines.append("    %s %s: not run: %s" % (label, d["path"], d["why_not"]))
+        else:
+            lines.append("    %s: %s (up to %d attempt%s, %gs each)" % (
+                label, " ".join(d["runs_as"]), d["attempts"], "" if d["attempts"] == 1 else "s",
+                d["timeout_s"]))
+
+    script("1. pre-script", plan["pre_script"])
+    for h in plan["hooks"]:
+        lines.append("    2. hook %s freeze%s" % (h["path"], "" if h["runs"] else
+                                                  ": not run: %s" % h["why_not"]))
+    fr = plan["freeze"]
+    if not fr["enabled"]:
+        lines.append("    3. freeze: disabled (fsFreezeEnabled: false)")
+    elif fr["mounts"]:
+        lines.append("    3. freeze, children before parents, at most %gs: %s"
+                     % (fr["timeout_s"], ", ".join(fr["mounts"])))
+    else:
+        lines.append("    3. freeze: nothing")
+    lines.append("    4. snapshot step: %s" % ("runs" if plan["snapshot"] else
+                                              "NOT run (continueBackupOnFailure: false, "
+                                              "several disks)"))
+    for h in reversed(plan["hooks"]):
+        if h["runs"]:
+            lines.append("    5. hook %s thaw" % h["path"])
+    script("6. post-script", plan["post_script"])
+    lines.append("  expected consistency: %s" % (plan["expected_consistency"] or "no snapshot"))
+    return lines
+
+
 def cmd_run(args, snapshot_argv) -> int:
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
@@ -77,31 +114,17 @@ def cmd_run(args, snapshot_argv) -> int:
                     dry_run=args.dry_run)
     if args.json:
         emit_json(res.to_dict())
+    if res.plan is not None:
+        err(*plan_lines(res.plan))
     err(*summarize(res))
     return res.exit_status
 
 
 # -- check ----------------------------------------------------------------------
 
-def _problem(code, message):
-    e = error_code(code)
-    return {"code": e.code, "number": e.number, "message": message, "action": e.action}
-
-
 def cmd_check(args) -> int:
     plan = cycle.make_plan(args.config)
-    problems = []
-    if plan.config_problem:
-        problems.append(_problem(*plan.config_problem))
-    for chk in (plan.pre_check, plan.post_check):
-        if chk is not None and not chk.ok:
-            problems.append(_problem(chk.problem.code, chk.problem.message))
-    for h in plan.hooks:
-        chk = policy.check_script(h.path, "pre")
-        if not chk.ok:
-            problems.append(_problem(chk.problem.code, "hook %s: %s" % (h.name, chk.problem.message)))
-    for p in plan.selection.missing:
-        problems.append(_problem("UnableToOpenMount", "%s: not a mount point" % p))
+    problems = [e.to_dict() for e in plan.problems()]
     report = {
         "ok": not problems,
         "config": plan.config_path,
