@@ -10,6 +10,7 @@ without root (tests/test_decide.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import errors
 from .errors import SCRIPT_CODES, Error
@@ -96,11 +97,10 @@ class Settings:
     script_timeout: float = 30.0
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     status: str                 # "success" | "degraded" | "failed"
     consistency: str | None     # "application" | "filesystem" | "crash" | None
-    errors: tuple
+    errors: tuple               # Errors, in the order they arose
 
 
 def scripts_failed(o: Outcome) -> bool:
@@ -183,9 +183,9 @@ def consistency(o: Outcome) -> str:
     lost = any(f.state == QUIESCE_LOST for f in [*o.hook_thaw, o.post])
     if o.freeze == FROZEN:
         return "application" if quiesced and not lost else "filesystem"
-    if o.freeze == FREEZE_FAILED:
-        return "crash"
-    return "application" if quiesced and not lost else "crash"   # no freeze: disabled, nothing
+    if o.freeze in (DISABLED, NOTHING):   # no freeze asked for, or nothing to freeze
+        return "application" if quiesced and not lost else "crash"
+    return "crash"   # the freeze failed
 
 
 def decide(o: Outcome, s: Settings) -> Verdict:
