@@ -160,7 +160,8 @@ def guardian_pid(runtime_dir):
     end = time.monotonic() + 10
     while time.monotonic() < end:
         for path in glob.glob(os.path.join(runtime_dir, "freeze-*.rec")):
-            return _read_record(path)[1].guardian_pid
+            buf, record = _read_record(path)   # RECORD points into BUF: both held here
+            return int(record.guardian_pid)
         time.sleep(0.02)
     raise AssertionError("no freeze record in %s" % runtime_dir)
 
