@@ -17,10 +17,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 
-from . import decide, policy, process
+from . import decide, policy, process, step
 from ._core import core
 from .decide import Outcome, StepFact
 from .errors import (
@@ -40,69 +39,22 @@ from .lock import RunLock
 from .logbook import Logbook
 from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
     Plan,
-    describe_plan,
-    expected_outcome,
+    dry_run_result,
     make_plan,
     missing_mount_errors,
     problem_error,
     script_facts,
     withheld_warning,
 )
-from .process import Process, unwatch_group
-from .result import FreezeResult, Result, ScriptResult, SnapshotResult
+from .process import unwatch_group
+from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
+from .stop import Interrupted, StopSignals
 
-SNAPSHOT_GRACE = 1.0
 QUIESCE_LOST_EXIT = decide.QUIESCE_LOST_EXIT
-SNAPSHOT_OUTPUT_LIMIT = 256 * 1024
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # True while filesystems may be frozen; tests watch it (no imports, no writes).
 in_window = False
-
-
-class Interrupted(BaseException):
-    """A stop signal, raised once where the run is (not an Exception: nothing
-    on the way may swallow it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.name = signal.Signals(signum).name
-
-
-class StopSignals:
-    """SIGINT/SIGTERM/SIGHUP while the cycle runs.  Armed, the first one
-    raises Interrupted (which stops the phase that runs); disarmed (the
-    clean-up: thaw, thaw hooks, post-script), a signal is only noted, so the
-    clean-up runs to its end.  A signal the caller ignores (nohup) stays
-    ignored; off the main thread (an embedding agent's) nothing is installed."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self.armed = True
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-            if self.armed:
-                self.armed = False
-                raise Interrupted(signum)
-
-    def disarm(self):
-        self.armed = False
 
 
 def _script_fact(role, who, sr, last, all_timed_out) -> StepFact:
@@ -325,16 +277,14 @@ class Cycle:
         deadline = self.session.deadline_ns if frozen else \
             time.monotonic_ns() + int(self.plan.freeze_timeout * 1e9)
         t = time.monotonic_ns()
-        snap = self.snapshot
         self.out.snapshot = decide.INTERRUPTED   # until the step says otherwise
         try:
-            if snap is None:
-                self.res.snapshot = SnapshotResult(argv=[], exit_code=0)
-                self.out.snapshot = decide.TAKEN
-            elif callable(snap):
-                self._snapshot_callable(snap, deadline)
-            else:
-                self._snapshot_argv(list(snap), deadline)
+            self.res.snapshot = step.result_for(self.snapshot)
+            state, failure = step.run_step(self.snapshot, self.res.snapshot, deadline,
+                                           self._snapshot_env(), self.log)
+            self.out.snapshot = state
+            if failure:
+                self.out.snapshot_error = self.note(SNAPSHOT_FAILED.error(failure))
         finally:
             self.phase("snapshot", t)
             if frozen:   # before the thaw is asked for: did the freeze hold throughout?
@@ -346,64 +296,6 @@ class Cycle:
         env["VMSNAP_FROZEN_MOUNTS"] = "\n".join(
             m.mountpoint for m in (self.session.mounts if self.session else []) if m.frozen)
         return env
-
-    def _snapshot_argv(self, argv, deadline):
-        self.res.snapshot = SnapshotResult(argv=argv, exit_code=None)
-        try:
-            proc = Process(argv, env=self._snapshot_env(), output_limit=SNAPSHOT_OUTPUT_LIMIT)
-            pr = proc.wait(deadline_ns=deadline, grace=SNAPSHOT_GRACE)
-        except OSError as exc:
-            self._snapshot_failed("%s: %s" % (argv[0], exc))
-            return
-        self.res.snapshot = SnapshotResult(argv=argv, exit_code=pr.exit_code,
-                                           duration_ms=pr.duration_ms, output=pr.output,
-                                           signal=pr.signal, timed_out=pr.timed_out,
-                                           containment=getattr(pr, "containment", None))
-        self.log.info("snapshot step %s: %s", " ".join(argv), pr.describe())
-        if pr.output:
-            self.log.info("snapshot output:\n%s", pr.output.rstrip("\n"))
-        if pr.timed_out:
-            self.out.snapshot = decide.PAST_DEADLINE
-        elif not pr.ok:
-            self._snapshot_failed("snapshot step %s %s" % (argv[0], pr.describe()))
-        else:
-            self.out.snapshot = decide.TAKEN
-
-    def _snapshot_failed(self, message):
-        self.out.snapshot = decide.STEP_FAILED
-        self.out.snapshot_error = self.note(SNAPSHOT_FAILED.error(message))
-
-    def _snapshot_callable(self, fn, deadline):
-        box = {}
-
-        def target():
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # reported, not raised in a thread nobody joins
-                box["error"] = exc
-
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        t = time.monotonic_ns()
-        th = threading.Thread(target=target, name="vmsnap-snapshot", daemon=True)
-        th.start()
-        try:
-            th.join(max(0.0, (deadline - time.monotonic_ns()) / 1e9))
-        finally:
-            dur = round((time.monotonic_ns() - t) / 1e6, 3)
-            self.res.snapshot = SnapshotResult(argv=["python:%s" % name], duration_ms=dur)
-        snap = self.res.snapshot
-        if th.is_alive():
-            snap.timed_out = True
-            self.out.snapshot = decide.PAST_DEADLINE
-        elif "error" in box:
-            snap.exit_code = 1
-            snap.output = "%s: %s" % (type(box["error"]).__name__, box["error"])
-            self._snapshot_failed("snapshot callable %s raised %s" % (name, snap.output))
-        else:
-            snap.exit_code = 0
-            value = box.get("value")
-            snap.output = "" if value is None else str(value)[:SNAPSHOT_OUTPUT_LIMIT]
-            self.out.snapshot = decide.TAKEN
 
     def finish_freeze(self):
         self.end_window()
@@ -593,21 +485,3 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
             lock.release()
     finally:
         log.close()
-
-
-def dry_run_result(plan: Plan) -> Result:
-    """What a run would do, without running scripts, freezing or snapshotting:
-    the verdict a run would reach if every script and the snapshot step worked
-    (so continueBackupOnFailure: false fails it as the run would), and the plan."""
-    outcome = expected_outcome(plan)
-    verdict = decide.decide(outcome, plan.decision_settings)
-    res = Result(status=verdict.status, errors=list(verdict.errors))
-    res.warnings.extend(plan.warnings)
-    if outcome.pre.state == decide.WITHHELD:
-        res.warnings.append(withheld_warning(plan))
-    res.plan = describe_plan(plan, outcome, verdict)
-    res.freeze = FreezeResult(enabled=plan.settings.fs_freeze_enabled, mounts=[
-        {"mountpoint": c.mount.mountpoint, "fstype": c.mount.fstype, "device": c.mount.device,
-         "frozen": False, "freeze_ms": None, "thaw_ms": None, "error": None}
-        for c in plan.selection.eligible])
-    return res

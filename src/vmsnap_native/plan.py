@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from . import decide, disks, hooks, mountinfo, policy
 from .config import Config, config_path, parse_config, read_config_file
 from .errors import UNABLE_TO_OPEN_MOUNT, ConfigError, Error
+from .result import FreezeResult, Result
 
 
 @dataclass
@@ -200,3 +201,21 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
         "continue_on_failure": plan.settings.continue_on_failure,
         "expected_consistency": verdict.consistency,
     }
+
+
+def dry_run_result(plan: Plan) -> Result:
+    """What a run would do, without running scripts, freezing or snapshotting:
+    the verdict a run would reach if every script and the snapshot step worked
+    (so continueBackupOnFailure: false fails it as the run would), and the plan."""
+    outcome = expected_outcome(plan)
+    verdict = decide.decide(outcome, plan.decision_settings)
+    res = Result(status=verdict.status, errors=list(verdict.errors))
+    res.warnings.extend(plan.warnings)
+    if outcome.pre.state == decide.WITHHELD:
+        res.warnings.append(withheld_warning(plan))
+    res.plan = describe_plan(plan, outcome, verdict)
+    res.freeze = FreezeResult(enabled=plan.settings.fs_freeze_enabled, mounts=[
+        {"mountpoint": c.mount.mountpoint, "fstype": c.mount.fstype, "device": c.mount.device,
+         "frozen": False, "freeze_ms": None, "thaw_ms": None, "error": None}
+        for c in plan.selection.eligible])
+    return res
