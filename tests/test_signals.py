@@ -125,6 +125,25 @@ def test_signal_during_the_pre_script_stops_it_and_runs_the_post_script(tmp_path
     assert not frozen_state(m)
 
 
+def test_signal_during_a_hooks_freeze_call_still_gives_it_its_thaw(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    calls = tmp_path / "hook-calls"
+    d = tmp_path / "hooks"
+    d.mkdir(mode=0o755)
+    write_script(d / "10-app", 'echo "$1" >> %s; [ "$1" = thaw ] || { %s; }'
+                 % (calls, wait_in_step(tmp_path, "hook-freezing")))
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"),
+                        hooksDirectory=str(d))
+    proc = start_run(tmp_path, cfg, [m])
+    wait_for(tmp_path / "hook-freezing")
+    proc.send_signal(signal.SIGHUP)
+    rc, res, err = finish(proc)
+    assert rc == 1 and codes(res) == ["Interrupted"], err
+    assert calls.read_text().split() == ["freeze", "thaw"]
+    assert (tmp_path / "post-ran").exists()
+    assert res["freeze"]["mounts"] == [] and not frozen_state(m)
+
+
 def test_signal_during_the_post_script_lets_it_finish(tmp_path, loopfs):
     (m,) = loopfs.make(1)
     cfg = setup_scripts(tmp_path, post="touch %s; sleep 1; touch %s"
