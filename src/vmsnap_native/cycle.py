@@ -344,11 +344,12 @@ class Cycle:
             self.finish_freeze()           # thaw at once (if not done yet)
             self.run_hooks("thaw")
             self.run_post()
+            # the application is resumed: what the scripts left running is theirs now
+            # (still under our handlers: a signal now must not leave the resume registered)
+            self._clear_resume()
+            for pgid in self.watched:
+                unwatch_group(pgid)
             self.out.interrupted = stop.received
-        # the application is resumed: what the scripts left running is theirs now
-        self._clear_resume()
-        for pgid in self.watched:
-            unwatch_group(pgid)
         if failure is not None:
             raise failure
         return self.verdict()
@@ -398,7 +399,10 @@ def _thawed_early(session) -> str | None:
     controller has thawed), else the cause."""
     ask = getattr(session, "thawed_early", None)
     if ask is not None:
-        return ask()
+        cause = ask()
+        # the guardian says which thaw was the deadline's; 122, not 124
+        deadline = session._shared is not None and session._shared.deadline_hit
+        return decide.DEADLINE if cause is not None and deadline else cause
     # Until the freeze branch's FreezeSession.thawed_early() lands (to be removed at the merge):
     sh = session._shared
     if sh is None:
