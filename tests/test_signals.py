@@ -244,3 +244,31 @@ def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, l
     assert thawed_soon([m], timeout=10)
     wait_for(tmp_path / "post-ran", timeout=30)
     assert "resume: post-script done" in (tmp_path / "vmsnap.log").read_text()
+
+
+def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, monkeypatch):
+    """What the run hands the reaper (the containment branch's
+    process.set_resume_command), seen from inside; the command it registers
+    resumes the application when run as the reaper would run it."""
+    (m,) = loopfs.make(1)
+    calls = []
+    pre_ran = tmp_path / "pre-ran"
+
+    def set_resume_command(argv, env=None, wait_for=()):
+        calls.append("cleared" if argv is None else
+                     (list(argv), dict(env), list(wait_for), pre_ran.exists()))
+
+    monkeypatch.setattr(process, "set_resume_command", set_resume_command, raising=False)
+    cfg = setup_scripts(tmp_path, pre="touch %s" % pre_ran,
+                        post="touch %s" % (tmp_path / "post-ran"))
+    res = vmsnap_native.run(config=cfg, mounts=[m], log_file=str(tmp_path / "log"))
+    assert res.status == "success"
+    (argv, env, wait_for, pre_had_run), (argv2, _, wait_for2, _), last = calls
+    assert not pre_had_run, "registered only after the pre-script ran"
+    assert argv[:3] == [sys.executable, "-m", "vmsnap_native._resume"] and "--post" in argv
+    assert wait_for == [] and len(wait_for2) == 1 and wait_for2[0][0] > 0   # the guardian
+    assert last == "cleared"
+    os.unlink(tmp_path / "post-ran")
+    p = subprocess.run(argv2, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "post-ran").exists()

@@ -154,11 +154,7 @@ class Cycle:
     def _clear_resume(self):
         if not self.resume_registered:
             return
-        clear = getattr(process, "clear_resume_command", None)
-        if clear is not None:
-            clear()
-        else:
-            process.set_resume_command(None, None, wait_for=[])
+        process.set_resume_command(None)   # the run ended: nothing left for the reaper to do
         self.resume_registered = False
 
     # -- phases --------------------------------------------------------------
