@@ -151,9 +151,8 @@ def window_errors(o: Outcome, s: Settings) -> list:
             "the guardian thawed at the freeze deadline (%gs)" % s.freeze_timeout))
     elif frozen and o.thawed_early and o.thawed_early != DEADLINE:
         out.append(errors.FS_THAWED_EARLY.error(
-            "the filesystems were thawed before the snapshot step ended: %s (cause: %s); "
-            "the snapshot is not trusted"
-            % (_CAUSES.get(o.thawed_early, o.thawed_early), o.thawed_early)))
+            "the filesystems were thawed before the snapshot step ended (%s): the snapshot "
+            "is not trusted" % _CAUSES.get(o.thawed_early, o.thawed_early)))
     return out
 
 
