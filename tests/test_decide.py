@@ -108,10 +108,11 @@ def test_deadline_during_the_snapshot_is_122_failed():
 
 
 def test_an_early_thaw_for_another_cause_is_124_with_the_cause():
-    for cause in ("signal", "requested", "guardian-died", "whatever the guardian says"):
+    for cause, said in (("signal", "signal"), ("guardian-died", "guardian died"),
+                        ("vmsnap thaw --force from another shell", "vmsnap thaw --force")):
         v = decide.decide(ran(thawed_early=cause), KEEP_GOING)
         assert (v.status, v.consistency, codes(v)) == ("failed", None, ["FsThawedEarly"])
-        assert cause in v.errors[0].message and v.errors[0].number == 124
+        assert said in v.errors[0].message and v.errors[0].number == 124
 
 
 def test_post_script_refused_withholds_the_pre_script_filesystem_degraded():
