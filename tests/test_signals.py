@@ -205,6 +205,27 @@ def test_a_signal_to_the_guardian_during_the_snapshot_is_124_and_post_runs(tmp_p
     assert (tmp_path / "post-ran").exists()
 
 
+def test_vmsnap_thaw_from_another_shell_during_the_snapshot_is_124(tmp_path, loopfs):
+    from .helpers import vmsnap
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
+    go = tmp_path / "go"
+    step = "touch %s; while [ ! -e %s ]; do sleep 0.05; done" % (tmp_path / "snap", go)
+    proc = start_run(tmp_path, cfg, [m], snapshot=["timeout", "30", "sh", "-c", step])
+    env = {"VMSNAP_RUNTIME_DIR": str(tmp_path / "run")}
+    force = ["--force"] if "--force" in vmsnap("thaw", "--help").stdout else []
+    try:
+        wait_for(tmp_path / "snap")
+        p = vmsnap("thaw", *force, env=env, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert thawed_soon([m], timeout=10)
+    finally:
+        go.touch()
+    rc, res, err = finish(proc)
+    assert rc == 1 and res["status"] == "failed" and codes(res) == ["FsThawedEarly"], err
+    assert (tmp_path / "post-ran").exists()
+
+
 # -- a SIGKILL: the reaper resumes the application -----------------------------------
 
 def test_resume_command_runs_thaw_hooks_and_the_post_script(tmp_path):
