@@ -23,8 +23,6 @@ from . import decide, policy, process, step
 from ._core import core
 from .decide import Outcome, StepFact
 from .errors import (
-    ANOTHER_RUN,
-    CORE_UNAVAILABLE,
     FS_FREEZE_FAILED,
     FS_FREEZE_TIMEOUT,
     SNAPSHOT_FAILED,
@@ -414,9 +412,11 @@ def _thawed_early(session) -> str | None:
     return None
 
 
-def _failed(code, message, t0) -> Result:
+def _failed(error: Error, log: Logbook, t0: int) -> Result:
+    """A run that could not start: failed, with ERROR (an exception's, converted once)."""
+    log.error("%s: %s", error.code, error.message)
     res = Result(status="failed")
-    res.add_error(code.error(message))
+    res.add_error(error)
     res.duration_ms = round((time.monotonic_ns() - t0) / 1e6, 3)
     return res
 
@@ -453,20 +453,18 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
         try:
             core()
         except CoreUnavailable as exc:
-            log.error("IncorrectPluginhostFile: %s", exc)
-            return _failed(CORE_UNAVAILABLE, str(exc), t0)
+            return _failed(exc.error(), log, t0)
         lock = RunLock()
         try:
             if not dry_run:   # a dry run freezes and runs nothing: no lock, no root
                 lock.acquire()
         except BusyError as exc:
-            log.error("%s", exc)
-            return _failed(ANOTHER_RUN, str(exc), t0)
+            return _failed(exc.error(), log, t0)
         try:
             try:
                 notes = [] if dry_run else recover_stale(log)
             except BusyError as exc:
-                return _failed(ANOTHER_RUN, str(exc), t0)
+                return _failed(exc.error(), log, t0)
             plan = make_plan(config, mounts, freeze_timeout)
             log.info("run: config %s, %d filesystem(s) to freeze, one disk: %s",
                      plan.config_path, len(plan.selection.eligible), plan.one_disk)
