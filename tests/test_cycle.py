@@ -24,7 +24,7 @@ ERROR_NUMBERS = {
     "InsufficientPermissionforPost-Script": 307, "Pre-ScriptTimeout": 308,
     "Post-ScriptTimeout": 309, "InsufficientPermissionforJSONConfigFile": 317,
     "FsFreezeFailed": 121, "FsFreezeTimeout": 122, "UnableToOpenMount": 123,
-    "SnapshotFailed": 400,
+    "FsThawedEarly": 124, "SnapshotFailed": 400, "AnotherRunInProgress": 401, "Interrupted": 402,
 }
 
 
@@ -383,6 +383,7 @@ def test_freeze_failure_continue_false_several_disks_fails(tmp_path, loopfs):
 
 def test_every_error_code_has_number_message_and_action():
     from vmsnap_native.errors import CODES
+    assert set(CODES) == set(ERROR_NUMBERS)   # SPEC §5's table, no more, no less
     for code, number in ERROR_NUMBERS.items():
         e = CODES[code]
         assert e.number == number and e.summary and e.action
