@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from vmsnap_native import policy
+from vmsnap_native import hooks, policy
 from vmsnap_native.process import clean_environment, run_process
 
 from .conftest import IS_ROOT
@@ -407,3 +407,11 @@ def test_env_itself_is_checked(safe_dir, tmp_path):
     chk = policy.check_script(write_script(safe_dir / "a", "exit 0", shebang="#!%s sh" % their_env),
                               "pre")
     assert chk.problem and "runs %s" % their_env in chk.problem.message
+
+
+def test_a_hook_run_carries_the_policy_hint(safe_dir):
+    path = safe_dir / "10-app"
+    path.write_bytes(b"#!/bin/sh\r\nexit 3\r\n")
+    os.chmod(path, 0o700)
+    run = hooks.run_hook(hooks.Hook("10-app", str(path)), "freeze", retries=0, timeout=30)
+    assert run.result.ran and "Windows line endings" in run.hint
