@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ from .conftest import root_only
 from .helpers import codes, run_json, vmsnap, write_config, write_script
 
 pytestmark = root_only
-ATTACKER = "vmsnap-attacker"
+ATTACKER_PREFIX = "vmsnap-attacker-"
+ATTACKER = ATTACKER_PREFIX + str(os.getpid())
 MIN_ATTEMPTS = 200        # checks (and runs, where the check passes) per race test
 MIN_SECONDS = 1.5         # ... and for at least this long, so the attacker swaps thousands of times
 MIN_SWAPS = 2000
@@ -87,23 +89,32 @@ while os.getppid() == parent:    # the test died: stop too
 '''
 
 
-def _userdel():
-    if subprocess.run(["userdel", ATTACKER], capture_output=True).returncode not in (0, 6):
-        raise AssertionError("could not remove the user %s" % ATTACKER)   # 6: no such user
+def _userdel(name):
+    if subprocess.run(["userdel", name], capture_output=True).returncode not in (0, 6):
+        raise AssertionError("could not remove the user %s" % name)   # 6: no such user
+
+
+def _remove_leftovers():
+    """Users of earlier runs that were killed before their teardown."""
+    for pw in pwd.getpwall():
+        m = re.fullmatch(re.escape(ATTACKER_PREFIX) + r"(\d+)", pw.pw_name)
+        if m and not os.path.exists("/proc/%s" % m.group(1)):
+            _userdel(pw.pw_name)
 
 
 @pytest.fixture(scope="module")
 def attacker():
-    """An unprivileged user made for these tests, removed at the end."""
+    """An unprivileged user made for these tests (its name carries our pid,
+    so that parallel runs do not share it), removed at the end."""
     if shutil.which("useradd") is None or shutil.which("userdel") is None:
         pytest.skip("useradd/userdel are not available")
-    _userdel()   # a leftover of a run that was killed
+    _remove_leftovers()
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                     ATTACKER], check=True)
     try:
         yield pwd.getpwnam(ATTACKER)
     finally:
-        _userdel()
+        _userdel(ATTACKER)
 
 
 @pytest.fixture
@@ -205,7 +216,10 @@ def raced(user, path, marker, *attack) -> tuple:
 
 
 def only_refusals(outcomes, *words):
-    """Every attempt was refused with 306, by a message naming WORDS."""
+    """Every attempt was refused with 306, by a message naming WORDS.  Never
+    Pre-ScriptNotFound: the attacker swaps links by rename(), so the name
+    always exists, and a swapped directory's parent is refused before the
+    name below it is looked up."""
     for what, code, message in outcomes:
         assert (what, code) == ("refused", "InsufficientPermissionforPre-Script"), dict(outcomes)
         assert all(str(w) in message for w in words), message
