@@ -37,9 +37,9 @@ from .helpers import codes, run_json, vmsnap, write_config, write_script
 pytestmark = root_only
 ATTACKER_PREFIX = "vmsnap-attacker-"
 ATTACKER = ATTACKER_PREFIX + str(os.getpid())
-MIN_ATTEMPTS = 200        # checks (and runs, where the check passes) per race test
-MIN_SECONDS = 1.5         # ... and for at least this long, so the attacker swaps thousands of times
-MIN_SWAPS = 2000
+MIN_ATTEMPTS = 500        # checks (and runs, where the check passes) per race test
+MIN_SWAPS = 5000          # ... and until the attacker tried this many swaps
+MAX_SECONDS = 120         # a bound on both, for a badly loaded machine
 PROTECTED_SYMLINKS = "/proc/sys/fs/protected_symlinks"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -67,12 +67,16 @@ if kind == "links":              # re-point LINK between GOOD and EVIL
     link, good = rest
     plant(evil)
     steps = [lambda: relink(link, evil), lambda: relink(link, good)]
-else:                            # swap directory DIR with EVIL (holding an evil NAME)
+else:                            # exchange directory DIR with EVIL (holding an evil NAME)
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    def exchange(a, b):          # renameat2(RENAME_EXCHANGE): DIR never stops existing
+        if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
+            raise OSError(ctypes.get_errno(), "renameat2")
     d, name = rest
     os.mkdir(evil)
     plant(os.path.join(evil, name))
-    steps = [lambda: os.rename(d, d + ".old"), lambda: os.rename(evil, d),
-             lambda: os.rename(d, evil), lambda: os.rename(d + ".old", d)]
+    steps = [lambda: exchange(d, evil)]
 def attempt(step):
     count["tries"] += 1
     try:
@@ -86,6 +90,7 @@ parent = os.getppid()
 while os.getppid() == parent:    # the test died: stop too
     for step in steps * 100:
         attempt(step)
+    print(count["tries"], flush=True)
 '''
 
 
@@ -165,34 +170,46 @@ def config_for(base, pre):
 
 
 class Attack:
-    """The attacker's process; ``stop()`` returns (tries, successful swaps)."""
+    """The attacker's process: ``tries()`` is how many swaps it attempted so
+    far, ``stop()`` returns (tries, successful swaps)."""
 
     def __init__(self, user, *args):
         self.proc = subprocess.Popen([PYTHON, "-c", ATTACK, *map(str, args)], cwd="/",
                                      user=user.pw_uid, group=user.pw_gid, extra_groups=[],
                                      env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
-                                     text=True, start_new_session=True)
-        assert self.proc.stdout.readline() == "ready\n"
+                                     bufsize=0, start_new_session=True)
+        assert self.proc.stdout.readline() == b"ready\n"
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.output = b""
+
+    def tries(self) -> int:
+        self.output += self.proc.stdout.read() or b""   # what it printed so far
+        lines = self.output.split(b"\n")[:-1]
+        return int(lines[-1].split()[0]) if lines else 0
 
     def stop(self) -> tuple:
         try:
             os.killpg(self.proc.pid, 15)
+            os.set_blocking(self.proc.stdout.fileno(), True)
             out, _ = self.proc.communicate(timeout=30)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
-        tries, done = map(int, out.split())
+        tries, done = map(int, (self.output + out).split(b"\n")[-2].split())
         return tries, done
 
 
-def check_and_run(path) -> Counter:
-    """Checks PATH and runs it when it passes, MIN_ATTEMPTS times and for at
-    least MIN_SECONDS; counts what happened each time."""
+def check_and_run(path, attacker) -> Counter:
+    """Checks PATH and runs it when it passes, at least MIN_ATTEMPTS times
+    and until the attacker tried MIN_SWAPS swaps (at most MAX_SECONDS);
+    counts what happened each time."""
     outcomes = Counter()
     env = clean_environment({"PATH": policy.trusted_search_path()})
-    start = time.monotonic()
-    while sum(outcomes.values()) < MIN_ATTEMPTS or time.monotonic() - start < MIN_SECONDS:
+    end = time.monotonic() + MAX_SECONDS
+    while sum(outcomes.values()) < MIN_ATTEMPTS or attacker.tries() < MIN_SWAPS:
+        if time.monotonic() > end:
+            break
         chk = policy.check_script(str(path), "pre")
         if not chk.ok:
             outcomes[("refused", chk.problem.code, chk.problem.message)] += 1
@@ -207,7 +224,7 @@ def raced(user, path, marker, *attack) -> tuple:
     tried, and that root never ran its file."""
     attacker = Attack(user, *attack)
     try:
-        outcomes = check_and_run(path)
+        outcomes = check_and_run(path, attacker)
     finally:
         tries, done = attacker.stop()
     assert not marker.exists(), "root ran the attacker's file: %s" % dict(outcomes)
@@ -217,9 +234,8 @@ def raced(user, path, marker, *attack) -> tuple:
 
 def only_refusals(outcomes, *words):
     """Every attempt was refused with 306, by a message naming WORDS.  Never
-    Pre-ScriptNotFound: the attacker swaps links by rename(), so the name
-    always exists, and a swapped directory's parent is refused before the
-    name below it is looked up."""
+    Pre-ScriptNotFound: the attacker swaps links and directories atomically
+    (rename(), renameat2(RENAME_EXCHANGE)), so the name always exists."""
     for what, code, message in outcomes:
         assert (what, code) == ("refused", "InsufficientPermissionforPre-Script"), dict(outcomes)
         assert all(str(w) in message for w in words), message
@@ -277,8 +293,8 @@ def test_roots_link_in_a_sticky_directory_cannot_be_swapped(
 @pytest.mark.parametrize("parent_kind", ["sticky", "world-writable", "attackers"])
 def test_directory_on_the_path_swapped(arena, attacker, unprotected_symlinks, parent_kind):
     # root's directory app/ (root-owned, 755, with a good 700 pre.sh) sits in a
-    # directory where the attacker can create entries; it renames app/ away and
-    # its own app/ (with its own pre.sh) into place, and back, without end
+    # directory where the attacker can create entries; it exchanges app/ with
+    # its own directory (with its own pre.sh) atomically, back and forth
     mode, owner = {"sticky": (0o1777, None), "world-writable": (0o777, None),
                    "attackers": (0o755, attacker)}[parent_kind]
     parent = mkdir(arena / "parent", mode, owner)
