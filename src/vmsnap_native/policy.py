@@ -284,10 +284,15 @@ def _check_program(chk: ScriptCheck, program: str, arg, who: str, nested: int, h
                          "that)" % (chk.path, MAX_NESTED_INTERPRETERS))
         _check_program(chk, *inner, "the #! line of %s" % program, nested + 1, hops + 1)
     elif "env" in (os.path.basename(program), os.path.basename(resolved)):
-        command = _env_command(arg, who)
-        found = command and _find_on_trusted_path(chk, command, "%s %s" % (program, arg))
-        if found:
-            _check_program(chk, found, None, "%s %s" % (program, arg), 0, hops + 1)
+        _check_env_command(chk, "%s %s" % (program, arg), arg, who, hops)
+
+
+def _check_env_command(chk: ScriptCheck, env_line: str, arg, who: str, hops: int) -> None:
+    """What ENV_LINE (env and its ARG) runs, as env finds it on the trusted PATH."""
+    command = _env_command(arg, who)
+    found = command and _find_on_trusted_path(chk, command, env_line)
+    if found:   # a new execve: the kernel's #! nesting count starts again
+        _check_program(chk, found, None, env_line, 0, hops + 1)
 
 
 def _plan_exec(chk: ScriptCheck, st) -> None:
