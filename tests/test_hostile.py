@@ -381,3 +381,22 @@ def test_any_config_bytes_through_the_cli_never_traceback(tmp_path_factory, data
                              "InsufficientPermissionforPost-Script") for e in res["errors"])
     p = vmsnap("check", "--json", "--config", str(cfg))
     assert "Traceback" not in p.stderr and p.returncode in (0, 1)
+
+
+@pytest.mark.parametrize("data,why", [
+    (b'{"timeoutInSeconds": NaN}', "NaN is not valid JSON"),
+    (b'{"timeoutInSeconds": Infinity}', "Infinity is not valid JSON"),
+    (b'{"preScriptLocation": "/a", "preScriptLocation": "/b"}', "duplicate key 'preScriptLocation'"),
+    (b'{"a": "' + b"x" * (1 << 20) + b'"}', "larger than 1048576 bytes"),
+], ids=["nan", "infinity", "duplicate-key", "over-1MiB"])
+def test_config_json_that_must_be_refused_through_the_cli(tmp_path, data, why):
+    cfg = tmp_path / "c.json"
+    cfg.write_bytes(data)
+    os.chmod(cfg, 0o600)
+    p = vmsnap("run", "--dry-run", "--json", "--config", str(cfg), "--log-file", "")
+    res = json.loads(p.stdout)
+    assert codes(res) == ["IncorrectJSONConfigFile"] and why in res["errors"][0]["message"]
+    p = vmsnap("check", "--json", "--config", str(cfg))
+    problems = json.loads(p.stdout)["problems"]
+    assert p.returncode == 1 and [(q["code"], why in q["message"]) for q in problems] == \
+        [("IncorrectJSONConfigFile", True)]
