@@ -2,7 +2,7 @@
 configuration files made of arbitrary bytes.
 
 The user is created for this module and removed at its end.  In the race
-tests it runs as its own process, re-pointing links and renaming directories
+tests it runs as its own process, re-pointing links and exchanging directories
 thousands of times, while the test checks the script with the policy and
 runs what passed through ``process.run_process``, hundreds of times.  The
 attacker's file writes a marker in a directory only root can write: if the
