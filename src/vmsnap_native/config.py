@@ -147,20 +147,19 @@ def _string_list(v, name, diffs):
     return [_text(x, name) for x in v]
 
 
-def _params(v, name, diffs):
+def _params(v, name, diffs, notes=None):
     """Strings; a number is passed as Python's str() of it, exactly as Azure does."""
     if not isinstance(v, list):
         raise _Bad("an array of strings")
+    notes = [] if notes is None else notes
     out = []
     for i, x in enumerate(v):
         if isinstance(x, str):
             out.append(_text(x, name))
         elif isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
             out.append(str(x))
-            diffs.append(AzureDifference(
-                "number-param", "%s[%d]" % (name, i),
-                "pass it as %r too (the same argument): write it as a string" % str(x),
-                "passes the number %s as the argument %r" % (json.dumps(x), str(x))))
+            notes.append("%s[%d]: the number %s is passed as the argument %r, as Azure passes it; "
+                         "write it as a string" % (name, i, json.dumps(x), str(x)))
         else:
             raise _Bad("an array of strings (item %d is %s)" % (i, describe(x)))
     return out
@@ -282,6 +281,16 @@ AZURE_ONLY_FIELDS = {
 }
 
 
+# vmsnap's own fields, and what Azure does instead.
+VMSNAP_ONLY_FIELDS = {
+    "freezeTimeoutInSeconds": "its freeze helper has its own limit",
+    "mountsToSkip": "it freezes every filesystem it handles",
+    "mountsToFreeze": "it freezes every filesystem it handles",
+    "hooksDirectory": "it has no hooks",
+    "expediteRcu": "it does not speed up the freeze",
+}
+
+
 def did_you_mean(name: str) -> str | None:
     """The known field NAME is a slip of (case first, then a close spelling), or None."""
     known = list(FIELDS) + list(AZURE_ONLY_FIELDS)
@@ -359,13 +368,19 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
     if not isinstance(doc, dict):
         raise ConfigError("%s: the top level must be a JSON object, not %s" % (path, describe(doc)))
     cfg = Config(path=path)
-    problems, hints, diffs = [], [], []
+    problems, hints, diffs, notes = [], [], [], []
     slips = {}
     for name in doc:
         if name in FIELDS:
             continue
         if name in AZURE_ONLY_FIELDS:
-            cfg.warnings.append("%s: %s: %s" % (path, name, AZURE_ONLY_FIELDS[name]))
+            notes.append("%s: %s" % (name, AZURE_ONLY_FIELDS[name]))
+            if name == "ScriptsExecutionPollTimeSeconds":
+                diffs.append(AzureDifference(
+                    "poll-time", name, "look at a running script only every 1-5 s (3 unless "
+                    "this field says 1 to 5): each script's end is seen up to that late, and its "
+                    "timeout counts in those steps", "waits on each script's exit directly",
+                    warn=False))
             continue
         meant = did_you_mean(name)
         if meant and meant not in doc:
@@ -383,7 +398,10 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
             continue
         value = doc[name]
         try:
-            setattr(cfg, attr, convert(value, name, diffs))
+            if convert is _params:
+                setattr(cfg, attr, _params(value, name, diffs, notes))
+            else:
+                setattr(cfg, attr, convert(value, name, diffs))
         except _Bad as bad:
             problems.append("%s must be %s, not %s" % (name, bad, describe(value)))
     if "timeoutInSeconds" not in doc:
@@ -399,7 +417,11 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
                 "process that already exited): one attempt in all",
                 "runs the script again after a failure, up to %d more time%s"
                 % (n, "" if n == 1 else "s"), warn=False))
-    cfg.warnings.extend("%s: %s" % (path, h) for h in hints)
+    for name in VMSNAP_ONLY_FIELDS:
+        if name in doc:
+            diffs.append(AzureDifference("vmsnap-only", name, "ignore it (%s)" % VMSNAP_ONLY_FIELDS[name],
+                                         "uses it", warn=False))
+    cfg.warnings.extend("%s: %s" % (path, h) for h in hints + notes)
     cfg.warnings.extend("%s: %s" % (path, d.warning()) for d in diffs if d.warn)
     if cfg.mounts_to_freeze == [] and not problems:
         cfg.warnings.append("%s: mountsToFreeze is an empty list: no filesystem will be frozen "
