@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmsnap_native import cycle, mountinfo
-from vmsnap_native.config import MAX_CONFIG_BYTES, Config, parse_config
+from vmsnap_native.config import MAX_CONFIG_BYTES, Config, parse_config, seconds_option
 from vmsnap_native.errors import ConfigError
 
 MICROSOFT_TEMPLATE = b"""{
@@ -84,7 +84,7 @@ def test_wrong_types_name_the_field(doc, needle):
     ("freezeTimeoutInSeconds", 10 ** 400, "at most 2592000 (30 days)"),
     ("preScriptNoOfRetries", 1001, "from 0 to 1000"),
     ("postScriptNoOfRetries", 10 ** 30, "from 0 to 1000"),
-])
+], ids=lambda v: str(v)[:24])
 def test_out_of_bound_numbers_are_305_naming_field_and_bound(name, value, bound):
     with pytest.raises(ConfigError) as ei:
         parse_config(_doc(**{name: value}), "cfg.json")
@@ -96,6 +96,17 @@ def test_infinite_and_nan_timeouts_are_305(text):
     data = b'{"preScriptLocation": "/a", "postScriptLocation": "/b", "freezeTimeoutInSeconds": %s}' % text
     with pytest.raises(ConfigError):
         parse_config(data, "x")
+
+
+@pytest.mark.parametrize("text,ok", [("60", True), ("2592000", True), ("2592001", False),
+                                     ("1e10", False), ("nan", False), ("inf", False),
+                                     ("0", False), ("x", False)])
+def test_command_line_seconds_have_the_same_bound(text, ok):
+    if ok:
+        assert seconds_option(text) == float(text)
+    else:
+        with pytest.raises(ValueError, match="not a number|at most 2592000 \\(30 days\\)"):
+            seconds_option(text)
 
 
 def test_the_largest_allowed_values_are_accepted():

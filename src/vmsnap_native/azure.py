@@ -270,8 +270,9 @@ def report(config=None) -> dict:
     out = {"config": plan.config_path, "found": False, "azure": None, "differences": []}
     try:
         got = read_config_file(plan.config_path)
-    except ConfigError:
-        got = None
+    except ConfigError as exc:
+        out.update(found=True, unreadable=str(exc))
+        return out
     if got is None:
         return out
     out["found"] = True
@@ -308,6 +309,8 @@ def check_azure(args) -> int:
     lines = ["vmsnap check --azure: configuration %s" % rep["config"]]
     if not rep["found"]:
         lines.append("  no configuration file: Azure and vmsnap both skip the scripts")
+    elif rep.get("unreadable"):
+        lines.append("  cannot read it: %s" % rep["unreadable"])
     elif rep["azure"]["config_code"]:
         lines.append("  Azure would reject it: %s (%d): %s" % (
             rep["azure"]["config_error"], rep["azure"]["config_code"], rep["azure"]["why"]))

@@ -208,7 +208,7 @@ def _retries(v, name, diffs):
                 "keep the string: a script that succeeds at once is unaffected, but after a "
                 "failure its retry check compares a number with a string and fails, the result "
                 "never arrives, and Azure reports PluginhostPreTimeout/PluginhostPostTimeout "
-                "(310/311) without retrying",
+                "(310/311) after waiting out the whole timeout, without retrying",
                 "reads %s as %d" % (describe(v), n)))
         v = n
     elif isinstance(v, float) and math.isfinite(v) and v == int(v):
@@ -234,6 +234,19 @@ def _seconds(v, name, diffs, azure=False):
     if not (v > 0 and v <= MAX_SECONDS):
         raise _Bad(want)
     return float(v)
+
+
+def seconds_option(text: str) -> float:
+    """A number of seconds given on the command line (``--freeze-timeout``,
+    ``freeze --timeout``), bounded as in the file: ValueError says the bound."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError("%r is not a number" % (text,)) from None
+    if not (value > 0 and value <= MAX_SECONDS):
+        raise ValueError("must be a number of seconds > 0 and at most %d (30 days), not %r"
+                         % (MAX_SECONDS, text))
+    return value
 
 
 def _azure_seconds(v, name, diffs):
