@@ -111,11 +111,19 @@ class _Bad(Exception):
     """A value that does not fit; the text says what was wanted."""
 
 
+@dataclass
+class _Found:
+    """What the converters learn on the way: Azure differences, plain notes."""
+
+    diffs: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
 _NUMBER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 _INTEGER_TEXT = re.compile(r"\s*[0-9]+\s*\Z")
 
 
-def _text(v, where):
+def _text(v):
     """A string a program can receive: no NUL byte, no lone surrogate."""
     if "\0" in v:
         raise _Bad("without a NUL byte")
@@ -127,38 +135,37 @@ def _text(v, where):
     return v
 
 
-def _string(v, name, diffs):
+def _string(v, name, found):
     if not isinstance(v, str):
         raise _Bad("a string")
-    return _text(v, name)
+    return _text(v)
 
 
-def _full_path(v, name, diffs):
+def _full_path(v, name, found):
     if not isinstance(v, str):
         raise _Bad("a string (a full path)")
     if not v.startswith("/"):
         raise _Bad("a full path (starting with /)")
-    return _text(v, name)
+    return _text(v)
 
 
-def _string_list(v, name, diffs):
+def _string_list(v, name, found):
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise _Bad("an array of strings")
-    return [_text(x, name) for x in v]
+    return [_text(x) for x in v]
 
 
-def _params(v, name, diffs, notes=None):
+def _params(v, name, found):
     """Strings; a number is passed as Python's str() of it, exactly as Azure does."""
     if not isinstance(v, list):
         raise _Bad("an array of strings")
-    notes = [] if notes is None else notes
     out = []
     for i, x in enumerate(v):
         if isinstance(x, str):
-            out.append(_text(x, name))
+            out.append(_text(x))
         elif isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
             out.append(str(x))
-            notes.append("%s[%d]: the number %s is passed as the argument %r, as Azure passes it; "
+            found.notes.append("%s[%d]: the number %s is passed as the argument %r, as Azure passes it; "
                          "write it as a string" % (name, i, json.dumps(x), str(x)))
         else:
             raise _Bad("an array of strings (item %d is %s)" % (i, describe(x)))
@@ -176,17 +183,17 @@ def _azure_bool_string(name, meaning):
             % (" (so \"false\" is true)" if not meaning else ""))
 
 
-def _boolean(v, name, diffs, azure=True):
+def _boolean(v, name, found, azure=True):
     if isinstance(v, bool):
         return v
     if azure and isinstance(v, str) and v.strip().lower() in ("true", "false"):
         meaning = v.strip().lower() == "true"
-        diffs.append(AzureDifference("string-boolean", name, _azure_bool_string(name, meaning),
+        found.diffs.append(AzureDifference("string-boolean", name, _azure_bool_string(name, meaning),
                                      "reads %s as %s" % (describe(v), json.dumps(meaning))))
         return meaning
     if azure and isinstance(v, int) and v in (0, 1):
         meaning = bool(v)
-        diffs.append(AzureDifference("number-boolean", name,
+        found.diffs.append(AzureDifference("number-boolean", name,
                                      "read %d as %s too: write %s" % (v, json.dumps(meaning),
                                                                        json.dumps(meaning)),
                                      "reads %d as %s" % (v, json.dumps(meaning))))
@@ -194,16 +201,16 @@ def _boolean(v, name, diffs, azure=True):
     raise _Bad("true or false")
 
 
-def _vmsnap_boolean(v, name, diffs):
-    return _boolean(v, name, diffs, azure=False)
+def _vmsnap_boolean(v, name, found):
+    return _boolean(v, name, found, azure=False)
 
 
-def _retries(v, name, diffs):
+def _retries(v, name, found):
     want = "an integer from 0 to %d (at most %d retries)" % (MAX_RETRIES, MAX_RETRIES)
     if isinstance(v, str) and _INTEGER_TEXT.match(v):
         n = int(v)
         if n <= MAX_RETRIES:
-            diffs.append(AzureDifference(
+            found.diffs.append(AzureDifference(
                 "string-number", name,
                 "keep the string: a script that succeeds at once is unaffected, but after a "
                 "failure its retry check compares a number with a string and fails, the result "
@@ -218,11 +225,11 @@ def _retries(v, name, diffs):
     return v
 
 
-def _seconds(v, name, diffs, azure=False):
+def _seconds(v, name, found, azure=False):
     want = "a number of seconds > 0 and at most %d (30 days)" % MAX_SECONDS
     if azure and isinstance(v, str) and _NUMBER_TEXT.match(v):
         n = float(v) if "." in v else int(v)
-        diffs.append(AzureDifference(
+        found.diffs.append(AzureDifference(
             "string-number", name,
             "fail on the string (its min() of a string and a number raises): "
             "PluginhostConfigParsing (304), scripts skipped, a filesystem-consistent backup",
@@ -249,10 +256,10 @@ def seconds_option(text: str) -> float:
     return value
 
 
-def _azure_seconds(v, name, diffs):
-    value = _seconds(v, name, diffs, azure=True)
+def _azure_seconds(v, name, found):
+    value = _seconds(v, name, found, azure=True)
     if value > AZURE_TIMEOUT_CAP:
-        diffs.append(AzureDifference(
+        found.diffs.append(AzureDifference(
             "timeout-cap", name,
             "cap it at %d seconds (its plugin host's limit): a script still running then "
             "is a timeout" % AZURE_TIMEOUT_CAP,
@@ -260,8 +267,8 @@ def _azure_seconds(v, name, diffs):
     return value
 
 
-def _freeze_seconds(v, name, diffs):
-    return _seconds(v, name, diffs, azure=False)
+def _freeze_seconds(v, name, found):
+    return _seconds(v, name, found, azure=False)
 
 
 # field name -> (attribute, converter, required); the converter raises _Bad(what it wants)
@@ -376,20 +383,17 @@ def decode_document(data: bytes, path: str):
         raise ConfigError("%s: not valid JSON: %s" % (path, exc)) from None
 
 
-def parse_config(data: bytes, path: str = "<config>") -> Config:
-    doc = decode_document(data, path)
-    if not isinstance(doc, dict):
-        raise ConfigError("%s: the top level must be a JSON object, not %s" % (path, describe(doc)))
-    cfg = Config(path=path)
-    problems, hints, diffs, notes = [], [], [], []
-    slips = {}
+def _other_fields(doc: dict, found: _Found):
+    """Notes on the fields vmsnap does not read: Azure's own (known, explained)
+    and unknown ones, with a did-you-mean for slips.  Returns (hints, slips)."""
+    hints, slips = [], {}
     for name in doc:
         if name in FIELDS:
             continue
         if name in AZURE_ONLY_FIELDS:
-            notes.append("%s: %s" % (name, AZURE_ONLY_FIELDS[name]))
+            found.notes.append("%s: %s" % (name, AZURE_ONLY_FIELDS[name]))
             if name == "ScriptsExecutionPollTimeSeconds":
-                diffs.append(AzureDifference(
+                found.diffs.append(AzureDifference(
                     "poll-time", name, "look at a running script only every 1-5 s (3 unless "
                     "this field says 1 to 5): each script's end is seen up to that late, and its "
                     "timeout counts in those steps", "waits on each script's exit directly",
@@ -402,6 +406,34 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
                          % (name, meant))
         else:
             hints.append("unknown field %r ignored" % name)
+    return hints, slips
+
+
+def _behaviour_differences(doc: dict, cfg: Config, found: _Found) -> None:
+    """Differences of a valid file that only ``check --azure`` lists."""
+    if "timeoutInSeconds" not in doc:
+        found.diffs.append(AzureDifference(
+            "timeout-default", "timeoutInSeconds",
+            "use %d seconds (its ScriptRunner's default; Microsoft's README says 30)"
+            % AZURE_DEFAULT_TIMEOUT, "uses 30 seconds (absent)", warn=False))
+    for name in ("preScriptNoOfRetries", "postScriptNoOfRetries"):
+        n = getattr(cfg, FIELDS[name][0])
+        if n:
+            found.diffs.append(AzureDifference(
+                "retries", name, "never run the script again (its retry loop only polls the "
+                "process that already exited): one attempt in all",
+                "runs the script again after a failure, up to %d more time%s"
+                % (n, "" if n == 1 else "s"), warn=False))
+
+
+def parse_config(data: bytes, path: str = "<config>") -> Config:
+    doc = decode_document(data, path)
+    if not isinstance(doc, dict):
+        raise ConfigError("%s: the top level must be a JSON object, not %s" % (path, describe(doc)))
+    cfg = Config(path=path)
+    found = _Found()
+    hints, slips = _other_fields(doc, found)
+    problems = []
     for name, (attr, convert, required) in FIELDS.items():
         if name not in doc:
             if required:
@@ -409,42 +441,28 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
                     " (the file has %r: field names are case-sensitive)" % slips[name]
                     if name in slips else ""))
             continue
-        value = doc[name]
         try:
-            if convert is _params:
-                setattr(cfg, attr, _params(value, name, diffs, notes))
-            else:
-                setattr(cfg, attr, convert(value, name, diffs))
+            setattr(cfg, attr, convert(doc[name], name, found))
         except _Bad as bad:
-            problems.append("%s must be %s, not %s" % (name, bad, describe(value)))
-    if "timeoutInSeconds" not in doc:
-        diffs.append(AzureDifference(
-            "timeout-default", "timeoutInSeconds",
-            "use %d seconds (its ScriptRunner's default; Microsoft's README says 30)"
-            % AZURE_DEFAULT_TIMEOUT, "uses 30 seconds (absent)", warn=False))
-    for name in ("preScriptNoOfRetries", "postScriptNoOfRetries"):
-        n = getattr(cfg, FIELDS[name][0])
-        if n and not problems:
-            diffs.append(AzureDifference(
-                "retries", name, "never run the script again (its retry loop only polls the "
-                "process that already exited): one attempt in all",
-                "runs the script again after a failure, up to %d more time%s"
-                % (n, "" if n == 1 else "s"), warn=False))
+            problems.append("%s must be %s, not %s" % (name, bad, describe(doc[name])))
+    if not problems:
+        _behaviour_differences(doc, cfg, found)
     for name in VMSNAP_ONLY_FIELDS:
         if name in doc:
-            diffs.append(AzureDifference("vmsnap-only", name, "ignore it (%s)" % VMSNAP_ONLY_FIELDS[name],
-                                         "uses it", warn=False))
-    cfg.warnings.extend("%s: %s" % (path, h) for h in hints + notes)
-    cfg.warnings.extend("%s: %s" % (path, d.warning()) for d in diffs if d.warn)
-    if cfg.mounts_to_freeze == [] and not problems:
-        cfg.warnings.append("%s: mountsToFreeze is an empty list: no filesystem will be frozen "
-                            "(leave the field out to freeze every eligible filesystem)" % path)
+            found.diffs.append(AzureDifference(
+                "vmsnap-only", name, "ignore it (%s)" % VMSNAP_ONLY_FIELDS[name], "uses it",
+                warn=False))
+    cfg.warnings.extend("%s: %s" % (path, h) for h in hints + found.notes)
+    cfg.warnings.extend("%s: %s" % (path, d.warning()) for d in found.diffs if d.warn)
     if problems:
         exc = ConfigError("%s: %s" % (path, "; ".join(problems + hints)))
         exc.warnings = cfg.warnings
-        exc.azure_differences = diffs
+        exc.azure_differences = found.diffs
         raise exc
-    cfg.azure_differences = diffs
+    if cfg.mounts_to_freeze == []:
+        cfg.warnings.append("%s: mountsToFreeze is an empty list: no filesystem will be frozen "
+                            "(leave the field out to freeze every eligible filesystem)" % path)
+    cfg.azure_differences = found.diffs
     return cfg
 
 
