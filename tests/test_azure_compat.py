@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmsnap_native import azure, cycle
+from vmsnap_native.config import AZURE_TIMEOUT_CAP as AZURE_CAP
 from vmsnap_native.config import ConfigError, parse_config
 
 CORPUS = Path(__file__).parent / "azure_corpus"
@@ -203,3 +204,54 @@ def test_corpus_names_a_source_and_licence_for_every_file():
     assert used == on_disk
     for f in on_disk:
         assert os.path.basename(f) in readme, f
+
+
+# -- against Microsoft's own code, when a copy is at hand ---------------------------------
+# VMSNAP_AZURE_REFERENCE=/path/to/azure-linux-extensions/VMBackup/main runs each case
+# through the real ScriptRunner (nothing of it is kept in this repository).
+REFERENCE = os.environ.get("VMSNAP_AZURE_REFERENCE")
+
+
+@pytest.fixture(scope="module")
+def reference_runner():
+    if not REFERENCE:
+        pytest.skip("set VMSNAP_AZURE_REFERENCE to azure-linux-extensions' VMBackup/main")
+    import importlib
+    import types
+    saved = {k: sys.modules.get(k) for k in ("Utils", "Utils.HandlerUtil", "common",
+                                              "ScriptRunner")}
+    utils, handler = types.ModuleType("Utils"), types.ModuleType("Utils.HandlerUtil")
+    # its telemetry hook is the only thing it needs from the extension's utilities
+    handler.HandlerUtility = type("HandlerUtility", (), {
+        "add_to_telemetery_data": staticmethod(lambda key, value: None)})
+    utils.HandlerUtil = handler
+    sys.modules.update({"Utils": utils, "Utils.HandlerUtil": handler})
+    sys.path.insert(0, REFERENCE)
+    try:
+        yield importlib.import_module("ScriptRunner").ScriptRunner
+    finally:
+        sys.path.remove(REFERENCE)
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+class _SilentLog:
+    def log(self, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_microsofts_script_runner_gives_the_recorded_code(name, tmp_path, monkeypatch,
+                                                           reference_runner):
+    path, _ = build(CASES[name], tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")   # a relative path finds nothing, as in the agent
+    runner = reference_runner(_SilentLog(), "ScriptRunner", path, AZURE_CAP)
+    try:
+        code = runner.validate_scripts()[0]
+    except Exception:   # its plugin host turns any escaping exception into 304
+        code = 304
+    assert code == CASES[name]["azure"]["code"], CASES[name]["azure"]["does"]
