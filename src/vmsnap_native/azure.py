@@ -3,7 +3,7 @@ differently with this configuration and these scripts (issue 12 A).
 
 What Azure does is modelled here from reading its VMBackup extension
 (azure-linux-extensions: ScriptRunner.py, PluginHost.py, handle.py; run by
-Python 3 on current images), not from its code: its config is read by
+Python 3 on current images); none of its code is used.  Its config is read by
 Python's ``json`` (NaN allowed, a duplicate key's last value wins), the values
 are used as they come (no type checks, so a string is "true" wherever a
 boolean is tested), the timeout is ``min(value, 1800)``, each script is
@@ -170,14 +170,19 @@ def _shebang(head: bytes) -> str | None:
     return head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
 
 
-def _is_sh(interpreter: str) -> bool:
+def _program(interpreter: str) -> str:
+    """The program a #! line runs: `/usr/bin/env bash` -> bash ("" for an empty line)."""
     words = interpreter.replace("\r", "").split()
     if not words:
-        return True
+        return ""
     prog = os.path.basename(words[0])
     if prog == "env" and len(words) > 1:
         prog = os.path.basename(words[1])
-    return prog == "sh"
+    return prog
+
+
+def _is_sh(interpreter: str) -> bool:
+    return _program(interpreter) in ("", "sh")
 
 
 def script_differences(role: str, path, check) -> list:
@@ -211,9 +216,7 @@ def script_differences(role: str, path, check) -> list:
     vmsnap_runs = ("runs it with %s (its #! line)" % interpreter) if direct and interpreter \
         else "runs it with /bin/sh too"
     if interpreter is not None and not _is_sh(interpreter):
-        shell = os.path.basename(interpreter.split()[0]) if interpreter.split() else ""
-        if shell == "env" and len(interpreter.split()) > 1:
-            shell = interpreter.split()[1]
+        shell = _program(interpreter)
         fails = "" if shell in ("bash", "ksh", "zsh", "dash") else \
             ": sh cannot run a %s program" % shell
         out.append(AzureDifference(
