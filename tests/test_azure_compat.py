@@ -135,6 +135,15 @@ def test_cli_check_azure_json_and_exit_status(tmp_path):
     assert rep["azure"]["config_code"] == 0 and rep["azure"]["timeout"] == 30
 
 
+def test_plain_check_accepts_the_azure_form_and_warns_what_azure_does(tmp_path):
+    path, _ = build(CASES["string-false-continue"], tmp_path)
+    p = _cli("check", "--config", path)
+    assert p.returncode == 0, p.stderr
+    assert "continueBackupOnFailure: reads the string \"false\" as false; Azure would read " \
+           "any non-empty string as true (so \"false\" is true)" in p.stderr
+    assert "all good" in p.stderr
+
+
 def test_cli_check_azure_without_differences(tmp_path):
     path, _ = build(CASES["microsoft-template-filled-in"], tmp_path)
     p = _cli("check", "--azure", "--config", path)
