@@ -168,7 +168,7 @@ BASHISM_LINES = [
     ("source /dev/null", "`source`"),
     ("[ a == a ]", "`==` in [ ]"),
     ("cat <<< x", "here-string"),
-    ('x=$(< /etc/hostname); [ -n "$x" ]', "`$(< file)`"),
+    ('x=$(< /proc/version); [ -n "$x" ]', "`$(< file)`"),
     ("echo hi &> /dev/null; wait", "`&>`"),
     ("declare x=1", "`declare`"),
     ("a=abc; echo ${a/b/x}", "${var/pattern/replacement}"),
