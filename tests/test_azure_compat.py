@@ -20,7 +20,7 @@ CORPUS = Path(__file__).parent / "azure_corpus"
 DATA = json.loads((CORPUS / "cases.json").read_text())
 CASES = {c["name"]: c for c in DATA["cases"]}
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="scripts and config must be root-owned")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="scripts and config must be root-owned")
 
 
 def _subst(value, where: str):
@@ -70,6 +70,7 @@ def build(case: dict, tmp_path: Path):
     return str(path), data
 
 
+@needs_root
 @pytest.mark.parametrize("name", list(CASES))
 def test_vmsnap_reads_the_case_as_recorded(name, tmp_path):
     case = CASES[name]
@@ -89,6 +90,7 @@ def test_vmsnap_reads_the_case_as_recorded(name, tmp_path):
         assert not any("Azure would" in w for w in cfg.warnings), cfg.warnings
 
 
+@needs_root
 @pytest.mark.parametrize("name", list(CASES))
 def test_azure_model_gives_the_recorded_azure_code(name, tmp_path):
     case = CASES[name]
@@ -101,6 +103,7 @@ def test_azure_model_gives_the_recorded_azure_code(name, tmp_path):
     assert code == case["azure"]["code"], case["azure"]["does"]
 
 
+@needs_root
 @pytest.mark.parametrize("name", list(CASES))
 def test_check_azure_lists_the_documented_divergences(name, tmp_path):
     case = CASES[name]
@@ -123,6 +126,7 @@ def _cli(*args):
                           text=True, timeout=60)
 
 
+@needs_root
 def test_cli_check_azure_json_and_exit_status(tmp_path):
     path, _ = build(CASES["string-false-continue"], tmp_path)
     p = _cli("check", "--azure", "--json", "--config", path)
@@ -135,6 +139,7 @@ def test_cli_check_azure_json_and_exit_status(tmp_path):
     assert rep["azure"]["config_code"] == 0 and rep["azure"]["timeout"] == 30
 
 
+@needs_root
 def test_plain_check_accepts_the_azure_form_and_warns_what_azure_does(tmp_path):
     path, _ = build(CASES["string-false-continue"], tmp_path)
     p = _cli("check", "--config", path)
@@ -144,6 +149,7 @@ def test_plain_check_accepts_the_azure_form_and_warns_what_azure_does(tmp_path):
     assert "all good" in p.stderr
 
 
+@needs_root
 def test_cli_check_azure_without_differences(tmp_path):
     path, _ = build(CASES["microsoft-template-filled-in"], tmp_path)
     p = _cli("check", "--azure", "--config", path)
@@ -151,6 +157,7 @@ def test_cli_check_azure_without_differences(tmp_path):
     assert p.stdout == ""
 
 
+@needs_root
 def test_cli_check_azure_says_why_azure_rejects(tmp_path):
     path, _ = build(CASES["timeout-as-string"], tmp_path)
     p = _cli("check", "--azure", "--config", path)
@@ -252,6 +259,7 @@ class _SilentLog:
         pass
 
 
+@needs_root
 @pytest.mark.parametrize("name", list(CASES))
 def test_microsofts_script_runner_gives_the_recorded_code(name, tmp_path, monkeypatch,
                                                            reference_runner):
