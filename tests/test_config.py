@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmsnap_native.config import MAX_CONFIG_BYTES, Config, parse_config
+from vmsnap_native import cycle, mountinfo
+from vmsnap_native.config import MAX_CONFIG_BYTES, Config, parse_config, seconds_option
 from vmsnap_native.errors import ConfigError
 
 MICROSOFT_TEMPLATE = b"""{
@@ -46,28 +49,232 @@ def test_unknown_field_is_a_warning():
     assert cfg.warnings == ["c: unknown field 'colour' ignored"]
 
 
+BASE = {"preScriptLocation": "/a", "postScriptLocation": "/b"}
+
+
+def _doc(**fields):
+    return json.dumps(dict(BASE, **fields)).encode()
+
+
 @pytest.mark.parametrize("doc,needle", [
     ({"postScriptLocation": "/b"}, "preScriptLocation is required"),
-    ({"preScriptLocation": "/a", "postScriptLocation": "/b", "timeoutInSeconds": "30"},
-     "timeoutInSeconds must be a number > 0"),
-    ({"preScriptLocation": "/a", "postScriptLocation": "/b", "timeoutInSeconds": 0},
-     "timeoutInSeconds must be a number > 0"),
-    ({"preScriptLocation": "/a", "postScriptLocation": "/b", "preScriptNoOfRetries": True},
-     "preScriptNoOfRetries must be an integer >= 0"),
-    ({"preScriptLocation": "/a", "postScriptLocation": "/b", "preScriptNoOfRetries": -1},
-     "preScriptNoOfRetries must be an integer >= 0"),
-    ({"preScriptLocation": "/a", "postScriptLocation": "/b", "preScriptParams": "x"},
-     "preScriptParams must be a list of strings"),
-    ({"preScriptLocation": "/a", "postScriptLocation": "/b", "fsFreezeEnabled": "yes"},
-     "fsFreezeEnabled must be true or false"),
-    ({"preScriptLocation": "pre.sh", "postScriptLocation": "/b"},
-     "preScriptLocation must be a full path"),
-    ([1, 2], "top level must be a JSON object"),
+    (dict(BASE, timeoutInSeconds="thirty"), "timeoutInSeconds must be a number of seconds > 0"),
+    (dict(BASE, timeoutInSeconds=0), "timeoutInSeconds must be a number of seconds > 0"),
+    (dict(BASE, preScriptNoOfRetries=True), "preScriptNoOfRetries must be an integer from 0 to 1000"),
+    (dict(BASE, preScriptNoOfRetries=-1), "preScriptNoOfRetries must be an integer from 0 to 1000"),
+    (dict(BASE, preScriptParams="x"), "preScriptParams must be an array of strings"),
+    (dict(BASE, fsFreezeEnabled="yes"), "fsFreezeEnabled must be true or false"),
+    (dict(BASE, continueBackupOnFailure=""), "continueBackupOnFailure must be true or false"),
+    (dict(BASE, expediteRcu="false"), "expediteRcu must be true or false"),
+    ([1, 2], "top level must be a JSON object, not an array"),
 ])
 def test_wrong_types_name_the_field(doc, needle):
     with pytest.raises(ConfigError) as ei:
         parse_config(json.dumps(doc).encode(), "cfg.json")
     assert needle in str(ei.value) and "cfg.json" in str(ei.value)
+
+
+# -- bounds (issue 11 item 7) ------------------------------------------------------
+
+@pytest.mark.parametrize("name,value,bound", [
+    ("timeoutInSeconds", 30 * 24 * 3600 + 1, "at most 2592000 (30 days)"),
+    ("timeoutInSeconds", 1e10, "at most 2592000 (30 days)"),
+    ("timeoutInSeconds", 10 ** 400, "at most 2592000 (30 days)"),
+    ("freezeTimeoutInSeconds", 1e10, "at most 2592000 (30 days)"),
+    ("freezeTimeoutInSeconds", 10 ** 400, "at most 2592000 (30 days)"),
+    ("preScriptNoOfRetries", 1001, "from 0 to 1000"),
+    ("postScriptNoOfRetries", 10 ** 30, "from 0 to 1000"),
+], ids=lambda v: str(v)[:24])
+def test_out_of_bound_numbers_are_305_naming_field_and_bound(name, value, bound):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_doc(**{name: value}), "cfg.json")
+    assert ("%s must be" % name) in str(ei.value) and bound in str(ei.value)
+
+
+@pytest.mark.parametrize("text", [b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity"])
+def test_infinite_and_nan_timeouts_are_305(text):
+    data = b'{"preScriptLocation": "/a", "postScriptLocation": "/b", "freezeTimeoutInSeconds": %s}' % text
+    with pytest.raises(ConfigError):
+        parse_config(data, "x")
+
+
+@pytest.mark.parametrize("text,ok", [("60", True), ("2592000", True), ("2592001", False),
+                                     ("1e10", False), ("nan", False), ("inf", False),
+                                     ("0", False), ("x", False)])
+def test_command_line_seconds_have_the_same_bound(text, ok):
+    if ok:
+        assert seconds_option(text) == float(text)
+    else:
+        with pytest.raises(ValueError, match="not a number|at most 2592000 \\(30 days\\)"):
+            seconds_option(text)
+
+
+def test_the_largest_allowed_values_are_accepted():
+    cfg = parse_config(_doc(timeoutInSeconds=2592000, freezeTimeoutInSeconds=2592000,
+                            preScriptNoOfRetries=1000, postScriptNoOfRetries=1000))
+    assert cfg.timeout == cfg.freeze_timeout == 2592000.0 and cfg.pre_retries == 1000
+
+
+def _write_config(tmp_path, doc) -> str:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(doc))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the configuration must be root-owned")
+def test_a_huge_freeze_timeout_is_a_config_problem_not_a_traceback(tmp_path):
+    path = _write_config(tmp_path, dict(BASE, freezeTimeoutInSeconds=10 ** 400))
+    plan = cycle.make_plan(path)
+    assert plan.config_problem[0] == "IncorrectJSONConfigFile"
+    assert "freezeTimeoutInSeconds must be" in plan.config_problem[1]
+    assert plan.freeze_timeout == 60.0
+
+
+@pytest.mark.parametrize("hooks", ["hooks.d", "./hooks.d", "~/hooks.d", ""])
+def test_relative_hooks_directory_is_305_naming_the_field(hooks):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_doc(hooksDirectory=hooks), "cfg.json")
+    assert "hooksDirectory must be a full path (starting with /)" in str(ei.value)
+
+
+@pytest.mark.parametrize("where", ["pre.sh", "~/pre.sh", "./bin/pre.sh", ""])
+def test_relative_script_path_is_left_to_the_policy(where):
+    # the policy reports 302/303 for it, as Azure does; the file itself is fine
+    cfg = parse_config(_doc(preScriptLocation=where))
+    assert cfg.pre_script == where
+
+
+# -- mountsToFreeze: [] --------------------------------------------------------------
+
+MOUNTS = """\
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 27 8:17 / /data rw,noatime - xfs /dev/sdb1 rw
+"""
+
+
+def test_empty_mounts_to_freeze_freezes_nothing_and_says_so():
+    cfg = parse_config(_doc(mountsToFreeze=[]), "c")
+    assert cfg.mounts_to_freeze == []
+    assert any("mountsToFreeze is an empty list: no filesystem will be frozen" in w
+               for w in cfg.warnings)
+    sel = mountinfo.select(mountinfo.parse_mountinfo(MOUNTS), only=cfg.mounts_to_freeze,
+                           sysfs="/nonexistent")
+    assert sel.eligible == []
+    assert {c.mount.mountpoint for c in sel.skipped} == {"/", "/data"}
+    assert all("mountsToFreeze is an empty list" in c.reason for c in sel.skipped)
+
+
+def test_absent_mounts_to_freeze_keeps_every_eligible_filesystem():
+    cfg = parse_config(_doc())
+    assert cfg.mounts_to_freeze is None
+    assert not any("mountsToFreeze" in w for w in cfg.warnings)
+    sel = mountinfo.select(mountinfo.parse_mountinfo(MOUNTS), only=cfg.mounts_to_freeze,
+                           sysfs="/nonexistent")
+    assert [c.mount.mountpoint for c in sel.eligible] == ["/data", "/"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the configuration must be root-owned")
+def test_plan_with_empty_mounts_to_freeze_selects_nothing_on_this_machine(tmp_path):
+    path = _write_config(tmp_path, dict(BASE, mountsToFreeze=[]))
+    assert mountinfo.discover().eligible, "this machine has a freezable filesystem (/)"
+    plan = cycle.make_plan(path)
+    assert plan.config_problem is None
+    assert plan.selection.eligible == []
+    assert any("no filesystem will be frozen" in w for w in plan.warnings)
+
+
+# -- Azure's forms (issue 12 A) ------------------------------------------------------
+
+@pytest.mark.parametrize("value,meaning,azure", [
+    ("false", False, "read any non-empty string as true (so \"false\" is true)"),
+    ("true", True, "read any non-empty string as true"),
+    ("FALSE", False, "read any non-empty string as true"),
+    (0, False, "read 0 as false too"),
+    (1, True, "read 1 as true too"),
+])
+def test_azure_boolean_forms_keep_their_meaning_and_say_what_azure_does(value, meaning, azure):
+    cfg = parse_config(_doc(continueBackupOnFailure=value), "c")
+    assert cfg.continue_on_failure is meaning
+    [w] = [w for w in cfg.warnings if "continueBackupOnFailure" in w]
+    assert "Azure would " + azure in w
+
+
+def test_string_false_for_freeze_says_azure_freezes_anyway():
+    cfg = parse_config(_doc(fsFreezeEnabled="false"), "c")
+    assert cfg.fs_freeze_enabled is False
+    assert any("Azure would read any non-empty string as true: it would freeze anyway" in w
+               for w in cfg.warnings)
+
+
+def test_numbers_in_strings():
+    cfg = parse_config(_doc(preScriptNoOfRetries="2", timeoutInSeconds="45"), "c")
+    assert cfg.pre_retries == 2 and cfg.timeout == 45.0
+    text = " ".join(cfg.warnings)
+    assert "reads the string \"2\" as 2" in text and "(310/311)" in text
+    assert "reads the string \"45\" as 45 seconds" in text and "(304)" in text
+
+
+def test_timeout_above_azure_cap_is_kept_with_a_warning():
+    cfg = parse_config(_doc(timeoutInSeconds=3600), "c")
+    assert cfg.timeout == 3600.0
+    assert any("keeps 3600 seconds; Azure would cap it at 1800 seconds" in w for w in cfg.warnings)
+    assert not parse_config(_doc(timeoutInSeconds=1800)).warnings
+
+
+def test_poll_time_field_is_known_and_explained():
+    cfg = parse_config(_doc(ScriptsExecutionPollTimeSeconds=2), "c")
+    [w] = cfg.warnings
+    assert "unknown" not in w and "ScriptsExecutionPollTimeSeconds" in w
+    assert "no poll interval" in w
+
+
+def test_numbers_in_params_are_passed_as_azure_passes_them():
+    cfg = parse_config(_doc(preScriptParams=["-s", 5, 2.5]), "c")
+    assert cfg.pre_params == ["-s", "5", "2.5"]
+
+
+def test_lone_surrogate_in_a_param_is_305():
+    with pytest.raises(ConfigError, match="preScriptParams must be .*lone surrogate"):
+        parse_config(b'{"preScriptLocation": "/a", "postScriptLocation": "/b", '
+                     b'"preScriptParams": ["\\ud800"]}', "c")
+
+
+def test_case_slip_hint_even_when_the_file_is_otherwise_invalid():
+    doc = {"PreScriptLocation": "/a", "postScriptLocation": "/b", "timeoutInSeconds": None}
+    with pytest.raises(ConfigError) as ei:
+        parse_config(json.dumps(doc).encode(), "c")
+    msg = str(ei.value)
+    assert "did you mean 'preScriptLocation'" in msg and "(the file has 'PreScriptLocation'" in msg
+    assert "timeoutInSeconds must be a number of seconds > 0" in msg and "not null" in msg
+
+
+def test_case_slip_hint_in_a_valid_file():
+    cfg = parse_config(_doc(TimeoutInSeconds=60, colour=1), "c")
+    assert "c: unknown field 'TimeoutInSeconds': did you mean 'timeoutInSeconds'? " \
+           "(field names are case-sensitive)" in cfg.warnings
+    assert "c: unknown field 'colour' ignored" in cfg.warnings
+
+
+PYTHON_NAMES = re.compile(r"\b(NoneType|list|dict|str|int|float|bool|True|False|None)\b")
+
+
+VALID = {("preScriptLocation", 'the string "s"'), ("preScriptParams", "an array"),
+         ("mountsToSkip", "an array")}
+
+
+@pytest.mark.parametrize("value,json_name", [(None, "null"), ([], "an array"), ({}, "an object"),
+                                             (True, "true"), ("s", "the string \"s\"")])
+@pytest.mark.parametrize("name", ["preScriptLocation", "timeoutInSeconds", "preScriptParams",
+                                  "preScriptNoOfRetries", "mountsToSkip"])
+def test_messages_name_json_types_never_python_ones(name, value, json_name):
+    if (name, json_name) in VALID:
+        return
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_doc(**{name: value}), "c")
+    msg = str(ei.value)
+    assert "not " + json_name in msg
+    assert not PYTHON_NAMES.search(msg), msg
 
 
 @pytest.mark.parametrize("data,needle", [
@@ -99,5 +306,9 @@ def test_any_bytes_give_a_config_or_a_config_error(data):
         cfg = parse_config(data, "fuzz.json")
     except ConfigError as exc:
         assert str(exc).startswith("fuzz.json: ")
+        # the user's own strings are quoted; what vmsnap says around them names JSON types
+        said = re.sub(r'"(?:[^"\\]|\\.)*"' + r"|'[^']*'", "", str(exc))
+        assert not PYTHON_NAMES.search(said), str(exc)
     else:
-        assert isinstance(cfg, Config) and cfg.pre_script.startswith("/") or cfg.pre_script == ""
+        assert isinstance(cfg, Config) and isinstance(cfg.pre_script, str)
+        assert 0 < cfg.timeout <= 2592000 and 0 <= cfg.pre_retries <= 1000

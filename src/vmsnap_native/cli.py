@@ -123,6 +123,9 @@ def cmd_run(args, snapshot_argv) -> int:
 # -- check ----------------------------------------------------------------------
 
 def cmd_check(args) -> int:
+    if args.azure:
+        from .azure import check_azure
+        return check_azure(args)
     plan = cycle.make_plan(args.config)
     problems = [e.to_dict() for e in plan.problems()]
     report = {
@@ -310,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                    % DEFAULT_LOG_FILE)
     c = sub.add_parser("check", help="validate configuration, permissions and scripts")
     common(c, mount=False)
+    c.add_argument("--azure", action="store_true", help="migration report: every way Azure's "
+                   "own framework would behave differently with this configuration and these "
+                   "scripts (exit 1 if there is any)")
     m = sub.add_parser("mounts", help="what a run would freeze, and what it leaves out and why")
     common(m)
     f = sub.add_parser("freeze", help="freeze and return; the guardian holds until thaw/timeout")

@@ -2,15 +2,22 @@
 vmsnap's own optional fields (SPEC §1).
 
 Reading is bounded and strict: invalid UTF-8, duplicate keys, NaN/Infinity,
-deep nesting and wrong types are all ``ConfigError`` (IncorrectJSONConfigFile)
-naming the field, never a traceback.
+deep nesting, wrong types and out-of-bound numbers are all ``ConfigError``
+(IncorrectJSONConfigFile) naming the field, never a traceback.
+
+Forms that Azure's ScriptRunner accepts and whose meaning is unambiguous
+("false" for false, 0/1, "2" for 2) are accepted with their real meaning and
+a warning that says what Azure would have done with them; each such
+difference is also kept as an ``AzureDifference`` for ``vmsnap check --azure``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 
@@ -20,6 +27,31 @@ DEFAULT_CONFIG_PATH = "/etc/azure/VMSnapshotScriptPluginConfig.json"
 CONFIG_ENV = "VMSNAP_CONFIG"
 DEFAULT_HOOKS_DIRECTORY = "/etc/vmsnap/hooks.d"
 MAX_CONFIG_BYTES = 1024 * 1024
+# Bounds that keep every deadline computable (a 1e10 s timeout overflows the core's ns clock).
+MAX_SECONDS = 30 * 24 * 3600
+MAX_RETRIES = 1000
+# Azure's PluginHost caps each script's timeout here (VMSnapshotPluginHost.conf, documented).
+AZURE_TIMEOUT_CAP = 1800
+# ScriptRunner's own value when timeoutInSeconds is absent (Microsoft's README says 30).
+AZURE_DEFAULT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class AzureDifference:
+    """One way Azure's ScriptRunner would behave differently from vmsnap."""
+
+    topic: str       # short key: "string-boolean", "timeout-cap", ...
+    where: str       # the field (or script) concerned
+    azure: str       # what Azure would do
+    vmsnap: str      # what vmsnap does
+    warn: bool = True   # also a warning on every check/run (else only in check --azure)
+
+    def warning(self) -> str:
+        return "%s: %s; Azure would %s" % (self.where, self.vmsnap, self.azure)
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic, "where": self.where, "azure": self.azure,
+                "vmsnap": self.vmsnap}
 
 
 @dataclass
@@ -37,55 +69,256 @@ class Config:
     fs_freeze_enabled: bool = True
     freeze_timeout: float = 60.0
     mounts_to_skip: list = field(default_factory=list)
-    mounts_to_freeze: list | None = None
+    mounts_to_freeze: list | None = None   # None: every eligible filesystem; []: none
     hooks_directory: str = DEFAULT_HOOKS_DIRECTORY
     expedite_rcu: bool = True
     warnings: list = field(default_factory=list)
+    azure_differences: list = field(default_factory=list)
 
     @property
     def has_scripts(self) -> bool:
         return self.pre_script is not None
 
 
-def _string(v):
-    return isinstance(v, str)
+def json_type(v) -> str:
+    """The JSON name of a parsed value's type (messages never say NoneType or list)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
 
 
-def _string_list(v):
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+def describe(v) -> str:
+    """A value as the user wrote it, with its JSON type where that helps."""
+    kind = json_type(v)
+    if kind in ("array", "object"):
+        return "an %s" % kind
+    text = json.dumps(v)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    if kind == "string":
+        return "the string %s" % text
+    return text
 
 
-def _count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+class _Bad(Exception):
+    """A value that does not fit; the text says what was wanted."""
 
 
-def _positive(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v > 0)
+@dataclass
+class _Found:
+    """What the converters learn on the way: Azure differences, plain notes."""
+
+    diffs: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
 
-def _boolean(v):
-    return isinstance(v, bool)
+_NUMBER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
+_INTEGER_TEXT = re.compile(r"\s*[0-9]+\s*\Z")
 
 
-# field name -> (attribute, check, what the check wants, required)
+def _text(v):
+    """A string a program can receive: no NUL byte, no lone surrogate."""
+    if "\0" in v:
+        raise _Bad("without a NUL byte")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Bad("valid Unicode text (it holds a lone surrogate such as \\ud800, "
+                   "which no program can receive)") from None
+    return v
+
+
+def _string(v, name, found):
+    if not isinstance(v, str):
+        raise _Bad("a string")
+    return _text(v)
+
+
+def _full_path(v, name, found):
+    if not isinstance(v, str):
+        raise _Bad("a string (a full path)")
+    if not v.startswith("/"):
+        raise _Bad("a full path (starting with /)")
+    return _text(v)
+
+
+def _string_list(v, name, found):
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _Bad("an array of strings")
+    return [_text(x) for x in v]
+
+
+def _params(v, name, found):
+    """Strings; a number is passed as Python's str() of it, exactly as Azure does."""
+    if not isinstance(v, list):
+        raise _Bad("an array of strings")
+    out = []
+    for i, x in enumerate(v):
+        if isinstance(x, str):
+            out.append(_text(x))
+        elif isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+            out.append(str(x))
+            found.notes.append("%s[%d]: the number %s is passed as the argument %r, as Azure passes it; "
+                         "write it as a string" % (name, i, json.dumps(x), str(x)))
+        else:
+            raise _Bad("an array of strings (item %d is %s)" % (i, describe(x)))
+    return out
+
+
+def _azure_bool_string(name, meaning):
+    """What Azure does with a string in a boolean field: any non-empty string is true."""
+    if name == "fsFreezeEnabled":
+        return ("read any non-empty string as true: it would freeze" +
+                (" anyway" if not meaning else ""))
+    return ("read any non-empty string as true%s: with a missing or refused script the backup "
+            "goes on, and with a failed or timed-out script its extension stops with an error "
+            "(it cannot combine true with a string): no snapshot, no post-script"
+            % (" (so \"false\" is true)" if not meaning else ""))
+
+
+def _boolean(v, name, found, azure=True):
+    if isinstance(v, bool):
+        return v
+    if azure and isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        meaning = v.strip().lower() == "true"
+        found.diffs.append(AzureDifference("string-boolean", name, _azure_bool_string(name, meaning),
+                                     "reads %s as %s" % (describe(v), json.dumps(meaning))))
+        return meaning
+    if azure and isinstance(v, int) and v in (0, 1):
+        meaning = bool(v)
+        found.diffs.append(AzureDifference("number-boolean", name,
+                                     "read %d as %s too: write %s" % (v, json.dumps(meaning),
+                                                                       json.dumps(meaning)),
+                                     "reads %d as %s" % (v, json.dumps(meaning))))
+        return meaning
+    raise _Bad("true or false")
+
+
+def _vmsnap_boolean(v, name, found):
+    return _boolean(v, name, found, azure=False)
+
+
+def _retries(v, name, found):
+    want = "an integer from 0 to %d (at most %d retries)" % (MAX_RETRIES, MAX_RETRIES)
+    if isinstance(v, str) and _INTEGER_TEXT.match(v):
+        n = int(v)
+        if n <= MAX_RETRIES:
+            found.diffs.append(AzureDifference(
+                "string-number", name,
+                "keep the string: a script that succeeds at once is unaffected, but after a "
+                "failure its retry check compares a number with a string and fails, the result "
+                "never arrives, and Azure reports PluginhostPreTimeout/PluginhostPostTimeout "
+                "(310/311) after waiting out the whole timeout, without retrying",
+                "reads %s as %d" % (describe(v), n)))
+        v = n
+    elif isinstance(v, float) and math.isfinite(v) and v == int(v):
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > MAX_RETRIES:
+        raise _Bad(want)
+    return v
+
+
+def _seconds(v, name, found, azure=False):
+    want = "a number of seconds > 0 and at most %d (30 days)" % MAX_SECONDS
+    if azure and isinstance(v, str) and _NUMBER_TEXT.match(v):
+        n = float(v) if "." in v else int(v)
+        found.diffs.append(AzureDifference(
+            "string-number", name,
+            "fail on the string (its min() of a string and a number raises): "
+            "PluginhostConfigParsing (304), scripts skipped, a filesystem-consistent backup",
+            "reads %s as %s seconds" % (describe(v), n)))
+        v = n
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Bad(want)
+    # compare before converting: an integer of 400 digits is no float
+    if not (v > 0 and v <= MAX_SECONDS):
+        raise _Bad(want)
+    return float(v)
+
+
+def seconds_option(text: str) -> float:
+    """A number of seconds given on the command line (``--freeze-timeout``,
+    ``freeze --timeout``), bounded as in the file: ValueError says the bound."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError("%r is not a number" % (text,)) from None
+    if not (value > 0 and value <= MAX_SECONDS):
+        raise ValueError("must be a number of seconds > 0 and at most %d (30 days), not %r"
+                         % (MAX_SECONDS, text))
+    return value
+
+
+def _azure_seconds(v, name, found):
+    value = _seconds(v, name, found, azure=True)
+    if value > AZURE_TIMEOUT_CAP:
+        found.diffs.append(AzureDifference(
+            "timeout-cap", name,
+            "cap it at %d seconds (its plugin host's limit): a script still running then "
+            "is a timeout" % AZURE_TIMEOUT_CAP,
+            "keeps %g seconds" % value))
+    return value
+
+
+def _freeze_seconds(v, name, found):
+    return _seconds(v, name, found, azure=False)
+
+
+# field name -> (attribute, converter, required); the converter raises _Bad(what it wants)
 FIELDS = {
-    "pluginName": ("plugin_name", _string, "a string", False),
-    "preScriptLocation": ("pre_script", _string, "a string (full path of the pre-script)", True),
-    "postScriptLocation": ("post_script", _string, "a string (full path of the post-script)", True),
-    "preScriptParams": ("pre_params", _string_list, "a list of strings", False),
-    "postScriptParams": ("post_params", _string_list, "a list of strings", False),
-    "preScriptNoOfRetries": ("pre_retries", _count, "an integer >= 0", False),
-    "postScriptNoOfRetries": ("post_retries", _count, "an integer >= 0", False),
-    "timeoutInSeconds": ("timeout", _positive, "a number > 0", False),
-    "continueBackupOnFailure": ("continue_on_failure", _boolean, "true or false", False),
-    "fsFreezeEnabled": ("fs_freeze_enabled", _boolean, "true or false", False),
-    "freezeTimeoutInSeconds": ("freeze_timeout", _positive, "a number > 0", False),
-    "mountsToSkip": ("mounts_to_skip", _string_list, "a list of strings", False),
-    "mountsToFreeze": ("mounts_to_freeze", _string_list, "a list of strings", False),
-    "hooksDirectory": ("hooks_directory", _string, "a string", False),
-    "expediteRcu": ("expedite_rcu", _boolean, "true or false", False),
+    "pluginName": ("plugin_name", _string, False),
+    "preScriptLocation": ("pre_script", _string, True),
+    "postScriptLocation": ("post_script", _string, True),
+    "preScriptParams": ("pre_params", _params, False),
+    "postScriptParams": ("post_params", _params, False),
+    "preScriptNoOfRetries": ("pre_retries", _retries, False),
+    "postScriptNoOfRetries": ("post_retries", _retries, False),
+    "timeoutInSeconds": ("timeout", _azure_seconds, False),
+    "continueBackupOnFailure": ("continue_on_failure", _boolean, False),
+    "fsFreezeEnabled": ("fs_freeze_enabled", _boolean, False),
+    # vmsnap's own fields: strict (no Azure config has them)
+    "freezeTimeoutInSeconds": ("freeze_timeout", _freeze_seconds, False),
+    "mountsToSkip": ("mounts_to_skip", _string_list, False),
+    "mountsToFreeze": ("mounts_to_freeze", _string_list, False),
+    "hooksDirectory": ("hooks_directory", _full_path, False),
+    "expediteRcu": ("expedite_rcu", _vmsnap_boolean, False),
 }
+
+# Fields Azure reads that vmsnap has no use for, and why.
+AZURE_ONLY_FIELDS = {
+    "ScriptsExecutionPollTimeSeconds": (
+        "Azure checks its scripts every 1-5 s (this field, default 3); vmsnap waits on each "
+        "script's exit directly and reacts within milliseconds, so it has no poll interval: "
+        "ignored"),
+    "appName": "Azure only sends it to its telemetry: ignored",
+}
+
+
+# vmsnap's own fields, and what Azure does instead.
+VMSNAP_ONLY_FIELDS = {
+    "freezeTimeoutInSeconds": "its freeze helper has its own limit",
+    "mountsToSkip": "it freezes every filesystem it handles",
+    "mountsToFreeze": "it freezes every filesystem it handles",
+    "hooksDirectory": "it has no hooks",
+    "expediteRcu": "it does not speed up the freeze",
+}
+
+
+def did_you_mean(name: str) -> str | None:
+    """The known field NAME is a slip of (case first, then a close spelling), or None."""
+    known = list(FIELDS) + list(AZURE_ONLY_FIELDS)
+    for k in known:
+        if k.lower() == name.lower():
+            return k
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    return close[0] if close else None
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -131,7 +364,8 @@ def _no_duplicates(pairs):
     return out
 
 
-def parse_config(data: bytes, path: str = "<config>") -> Config:
+def decode_document(data: bytes, path: str):
+    """The JSON document in DATA; ConfigError if it is not strict JSON."""
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError("%s: larger than %d bytes; not a configuration file" % (path, MAX_CONFIG_BYTES))
     try:
@@ -139,7 +373,7 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError("%s: not UTF-8 text (byte %d)" % (path, exc.start)) from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except RecursionError:
         raise ConfigError("%s: nested too deeply to be a configuration file" % path) from None
     except json.JSONDecodeError as exc:
@@ -147,31 +381,88 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
                           % (path, exc.msg, exc.lineno, exc.colno)) from None
     except ValueError as exc:
         raise ConfigError("%s: not valid JSON: %s" % (path, exc)) from None
+
+
+def _other_fields(doc: dict, found: _Found):
+    """Notes on the fields vmsnap does not read: Azure's own (known, explained)
+    and unknown ones, with a did-you-mean for slips.  Returns (hints, slips)."""
+    hints, slips = [], {}
+    for name in doc:
+        if name in FIELDS:
+            continue
+        if name in AZURE_ONLY_FIELDS:
+            found.notes.append("%s: %s" % (name, AZURE_ONLY_FIELDS[name]))
+            if name == "ScriptsExecutionPollTimeSeconds":
+                found.diffs.append(AzureDifference(
+                    "poll-time", name, "look at a running script only every 1-5 s (3 unless "
+                    "this field says 1 to 5): each script's end is seen up to that late, and its "
+                    "timeout counts in those steps", "waits on each script's exit directly",
+                    warn=False))
+            continue
+        meant = did_you_mean(name)
+        if meant and meant not in doc:
+            slips[meant] = name
+            hints.append("unknown field %r: did you mean %r? (field names are case-sensitive)"
+                         % (name, meant))
+        else:
+            hints.append("unknown field %r ignored" % name)
+    return hints, slips
+
+
+def _behaviour_differences(doc: dict, cfg: Config, found: _Found) -> None:
+    """Differences of a valid file that only ``check --azure`` lists."""
+    if "timeoutInSeconds" not in doc:
+        found.diffs.append(AzureDifference(
+            "timeout-default", "timeoutInSeconds",
+            "use %d seconds (its ScriptRunner's default; Microsoft's README says 30)"
+            % AZURE_DEFAULT_TIMEOUT, "uses 30 seconds (absent)", warn=False))
+    for name in ("preScriptNoOfRetries", "postScriptNoOfRetries"):
+        n = getattr(cfg, FIELDS[name][0])
+        if n:
+            found.diffs.append(AzureDifference(
+                "retries", name, "never run the script again (its retry loop only polls the "
+                "process that already exited): one attempt in all",
+                "runs the script again after a failure, up to %d more time%s"
+                % (n, "" if n == 1 else "s"), warn=False))
+
+
+def parse_config(data: bytes, path: str = "<config>") -> Config:
+    doc = decode_document(data, path)
     if not isinstance(doc, dict):
-        raise ConfigError("%s: the top level must be a JSON object, not %s" % (path, type(doc).__name__))
+        raise ConfigError("%s: the top level must be a JSON object, not %s" % (path, describe(doc)))
     cfg = Config(path=path)
+    found = _Found()
+    hints, slips = _other_fields(doc, found)
     problems = []
-    for name, (attr, check, want, required) in FIELDS.items():
+    for name, (attr, convert, required) in FIELDS.items():
         if name not in doc:
             if required:
-                problems.append("%s is required" % name)
+                problems.append("%s is required" % name + (
+                    " (the file has %r: field names are case-sensitive)" % slips[name]
+                    if name in slips else ""))
             continue
-        value = doc[name]
-        if not check(value):
-            problems.append("%s must be %s, not %s" % (name, want, json.dumps(value)[:60]))
-            continue
-        setattr(cfg, attr, float(value) if attr in ("timeout", "freeze_timeout") else value)
-    for name in doc:
-        if name not in FIELDS:
-            cfg.warnings.append("%s: unknown field %r ignored" % (path, name))
-    for name, attr in (("preScriptLocation", "pre_script"), ("postScriptLocation", "post_script")):
-        value = getattr(cfg, attr)
-        if isinstance(value, str) and value and not value.startswith("/"):
-            problems.append("%s must be a full path (starting with /), not %r" % (name, value))
-        if isinstance(value, str) and "\0" in value:
-            problems.append("%s contains a NUL byte" % name)
+        try:
+            setattr(cfg, attr, convert(doc[name], name, found))
+        except _Bad as bad:
+            problems.append("%s must be %s, not %s" % (name, bad, describe(doc[name])))
+    if not problems:
+        _behaviour_differences(doc, cfg, found)
+    for name in VMSNAP_ONLY_FIELDS:
+        if name in doc:
+            found.diffs.append(AzureDifference(
+                "vmsnap-only", name, "ignore it (%s)" % VMSNAP_ONLY_FIELDS[name], "uses it",
+                warn=False))
+    cfg.warnings.extend("%s: %s" % (path, h) for h in hints + found.notes)
+    cfg.warnings.extend("%s: %s" % (path, d.warning()) for d in found.diffs if d.warn)
     if problems:
-        raise ConfigError("%s: %s" % (path, "; ".join(problems)))
+        exc = ConfigError("%s: %s" % (path, "; ".join(problems + hints)))
+        exc.warnings = cfg.warnings
+        exc.azure_differences = found.diffs
+        raise exc
+    if cfg.mounts_to_freeze == []:
+        cfg.warnings.append("%s: mountsToFreeze is an empty list: no filesystem will be frozen "
+                            "(leave the field out to freeze every eligible filesystem)" % path)
+    cfg.azure_differences = found.diffs
     return cfg
 
 

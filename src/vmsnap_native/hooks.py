@@ -36,6 +36,7 @@ class HookRun:
     problem: policy.Problem | None = None
     last: object = None
     all_timed_out: bool = False
+    hint: str | None = None   # the policy's guess why a run fails (policy.ScriptCheck.hint)
 
     def to_dict(self) -> dict:
         d = {"hook": self.hook.name, "action": self.action, **self.result.__dict__}
@@ -77,4 +78,4 @@ def run_hook(hook: Hook, action: str, retries: int, timeout: float, log=None,
     res, last, all_timed_out = run_script(chk, [action], retries, timeout, log=log,
                                           name="hook %s %s" % (hook.name, action),
                                           watched=watched)
-    return HookRun(hook, action, res, last=last, all_timed_out=all_timed_out)
+    return HookRun(hook, action, res, last=last, all_timed_out=all_timed_out, hint=chk.hint)

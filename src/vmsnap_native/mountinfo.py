@@ -193,10 +193,12 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
     """Chooses what to freeze.
 
     only: mount points (globs allowed) to restrict to (``--mount``,
-    ``mountsToFreeze``); skip: mount points (globs) never frozen
+    ``mountsToFreeze``); None selects every eligible filesystem, an empty
+    list selects none; skip: mount points (globs) never frozen
     (``mountsToSkip``).
     """
-    only = [_normalize(p) if not any(c in p for c in "*?[") else p for p in only] if only else None
+    if only is not None:
+        only = [_normalize(p) if not any(c in p for c in "*?[") else p for p in only]
     skip = list(skip or ())
     sel = Selection()
     # A mount point mounted over again is hidden: only the last one is reachable.
@@ -215,7 +217,8 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
         if reason is not None:
             pass
         elif only is not None and not _matches(m.mountpoint, only):
-            reason = "not selected (--mount / mountsToFreeze)"
+            reason = ("not selected (--mount / mountsToFreeze)" if only
+                      else "not selected: mountsToFreeze is an empty list")
         elif skip and _matches(m.mountpoint, skip):
             reason = "skipped by mountsToSkip"
         elif m.device in skipped_sb:
