@@ -447,3 +447,17 @@ def test_result_says_how_each_process_was_contained(tmp_path, loopfs):
     from vmsnap_native.process import ProcessResult
     if "containment" in ProcessResult.__dataclass_fields__:   # the containment branch merged
         assert res["pre_script"]["containment"] and res["snapshot"]["containment"]
+
+
+def test_windows_line_endings_are_named_by_check_and_by_the_failed_run(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    pre = tmp_path / "etc" / "pre.sh"
+    pre.write_bytes(b"#!/bin/sh\r\nexit 3\r\n")
+    p = vmsnap("check", "--json", "--config", cfg)
+    problems = json.loads(p.stdout)["problems"]
+    assert p.returncode == 1 and [x["code"] for x in problems] == ["Pre-ScriptExecutionFailed"]
+    assert "Windows line endings" in problems[0]["message"] and "dos2unix" in p.stderr
+    rc, res, _ = run_json(tmp_path, cfg, [m])
+    assert codes(res) == ["Pre-ScriptExecutionFailed"] and rc == 3
+    assert "Windows line endings" in res["errors"][0]["message"]

@@ -55,15 +55,17 @@ QUIESCE_LOST_EXIT = decide.QUIESCE_LOST_EXIT
 in_window = False
 
 
-def _script_fact(role, who, sr, last, all_timed_out) -> StepFact:
-    """What a script's (or hook call's) ScriptResult says, as a fact."""
+def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
+    """What a script's (or hook call's) ScriptResult says, as a fact; HINT:
+    the policy's guess why it fails (Windows line endings, say)."""
     if sr.ok:
         return StepFact(role, decide.OK, who)
     if role == "post" and sr.exit_code == QUIESCE_LOST_EXIT:
         return StepFact(role, decide.QUIESCE_LOST, who)
     if all_timed_out:
         return StepFact(role, decide.TIMED_OUT, who, "attempts: %d" % sr.attempts)
-    return StepFact(role, decide.FAILED, who, "%s (attempts: %d)" % (last.describe(), sr.attempts))
+    detail = "%s (attempts: %d)" % (last.describe(), sr.attempts)
+    return StepFact(role, decide.FAILED, who, detail + ("; likely why: %s" % hint if hint else ""))
 
 
 class Cycle:
@@ -111,7 +113,7 @@ class Cycle:
                                 StepFact(role, decide.STOPPED, who))
             raise
         sr.containment = getattr(last, "containment", None)
-        return sr, _script_fact(role, who, sr, last, all_timed_out)
+        return sr, _script_fact(role, who, sr, last, all_timed_out, getattr(chk, "hint", None))
 
     def _record_script(self, role, hook, sr, fact):
         """Keeps a script's (or a hook call's) result and fact; logs its error."""

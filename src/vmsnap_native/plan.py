@@ -44,12 +44,12 @@ class Plan:
     def problems(self) -> list:
         """Every problem the checks find, as Errors (what `check` prints)."""
         out = [self.config_problem] if self.config_problem else []
-        for chk in (self.pre_check, self.post_check):
-            if chk is not None and not chk.ok:
-                out.append(problem_error(chk.problem))
-        for h, chk in self.hook_checks():
-            if not chk.ok:
-                out.append(problem_error(chk.problem, "hook %s: " % h.name))
+        checks = [(chk, "") for chk in (self.pre_check, self.post_check) if chk is not None]
+        checks += [(chk, "hook %s: " % h.name) for h, chk in self.hook_checks()]
+        for chk, prefix in checks:
+            # refused; or it runs but will likely fail (Windows line endings, say)
+            found = [chk.problem] if not chk.ok else getattr(chk, "check_problems", [])
+            out += [problem_error(p, prefix) for p in found]
         out += missing_mount_errors(self)
         return out
 
