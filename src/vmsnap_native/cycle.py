@@ -50,6 +50,7 @@ from .scripts import run_script
 from .stop import Interrupted, StopSignals
 
 QUIESCE_LOST_EXIT = decide.QUIESCE_LOST_EXIT
+STEP_STOP_AFTER_DEADLINE_NS = 250_000_000
 
 # True while filesystems may be frozen; tests watch it (no imports, no writes).
 in_window = False
@@ -270,7 +271,9 @@ class Cycle:
 
     def run_snapshot(self):
         frozen = self.out.freeze == decide.FROZEN
-        deadline = self.session.deadline_ns if frozen else \
+        # frozen: the guardian thaws at the deadline and the step is stopped just after, so
+        # the thaw at the deadline is always the guardian's, never a race with ours
+        deadline = self.session.deadline_ns + STEP_STOP_AFTER_DEADLINE_NS if frozen else \
             time.monotonic_ns() + int(self.plan.freeze_timeout * 1e9)
         t = time.monotonic_ns()
         self.out.snapshot = decide.INTERRUPTED   # until the step says otherwise
