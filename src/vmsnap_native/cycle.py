@@ -138,9 +138,11 @@ class Cycle:
         set_resume = getattr(process, "set_resume_command", None)  # the containment branch's
         if set_resume is None or not self.plan.config_path:
             return
-        argv = [sys.executable, "-m", "vmsnap_native._resume", "--config", self.plan.config_path]
+        # absolute paths: the reaper runs it from /
+        argv = [sys.executable, "-m", "vmsnap_native._resume",
+                "--config", os.path.abspath(self.plan.config_path)]
         if self.log.path:
-            argv += ["--log-file", self.log.path]
+            argv += ["--log-file", os.path.abspath(self.log.path)]
         if self.out.pre.state not in (decide.NOT_CONFIGURED, decide.REFUSED, decide.WITHHELD):
             argv.append("--post")
         for h in self.hooks_started:
