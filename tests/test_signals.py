@@ -88,7 +88,9 @@ def test_signal_during_the_snapshot_thaws_at_once_then_thaw_hooks_and_post(tmp_p
                                                                            sig):
     (m,) = loopfs.make(1)
     calls = tmp_path / "hook-calls"
-    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"),
+    # the post-script sees the filesystem thawed: it can freeze it (and thaws it again)
+    cfg = setup_scripts(tmp_path, post="touch %s; fsfreeze -f %s && fsfreeze -u %s && touch %s"
+                        % (tmp_path / "post-ran", m, m, tmp_path / "post-saw-it-thawed"),
                         hooksDirectory=hook(tmp_path, calls))
     proc = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", wait_in_step(tmp_path, "snap")])
     wait_for(tmp_path / "snap")
@@ -103,6 +105,7 @@ def test_signal_during_the_snapshot_thaws_at_once_then_thaw_hooks_and_post(tmp_p
     assert codes(res)[-1] == "Interrupted" and res["errors"][-1]["number"] == 402
     assert signal.Signals(sig).name in res["errors"][-1]["message"]
     assert (tmp_path / "post-ran").exists(), "the post-script must run"
+    assert (tmp_path / "post-saw-it-thawed").exists(), "the post-script ran before the thaw"
     assert calls.read_text().split() == ["freeze", "thaw"]
     assert res["snapshot"]["signal"] is None or res["snapshot"]["exit_code"] != 0
 
