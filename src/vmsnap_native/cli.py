@@ -72,7 +72,7 @@ def summarize(res) -> list:
 
 def plan_lines(plan: dict) -> list:
     """A dry run's plan in words: what a run would do, in order."""
-    lines = ["  plan (configuration %s):" % plan["config"]]
+    lines = ["  plan (configuration %s), in order:" % plan["config"]]
 
     def script(label, d):
         if d is None:
@@ -84,25 +84,28 @@ def plan_lines(plan: dict) -> list:
                 label, " ".join(d["runs_as"]), d["attempts"], "" if d["attempts"] == 1 else "s",
                 d["timeout_s"]))
 
-    script("1. pre-script", plan["pre_script"])
+    script("pre-script", plan["pre_script"])
     for h in plan["hooks"]:
-        lines.append("    2. hook %s freeze%s" % (h["path"], "" if h["runs"] else
-                                                  ": not run: %s" % h["why_not"]))
+        lines.append("    hook %s freeze%s" % (h["path"], "" if h["runs"] else
+                                               ": not run: %s" % h["why_not"]))
     fr = plan["freeze"]
     if not fr["enabled"]:
-        lines.append("    3. freeze: disabled (fsFreezeEnabled: false)")
+        lines.append("    freeze: disabled (fsFreezeEnabled: false)")
+    elif fr["problems"]:
+        lines.append("    freeze: fails (%s); what froze is thawed at once"
+                     % "; ".join(fr["problems"]))
     elif fr["mounts"]:
-        lines.append("    3. freeze, children before parents, at most %gs: %s"
+        lines.append("    freeze, children before parents, at most %gs: %s"
                      % (fr["timeout_s"], ", ".join(fr["mounts"])))
     else:
-        lines.append("    3. freeze: nothing")
-    lines.append("    4. snapshot step: %s" % ("runs" if plan["snapshot"] else
-                                              "NOT run (continueBackupOnFailure: false, "
-                                              "several disks)"))
+        lines.append("    freeze: nothing to freeze")
+    lines.append("    snapshot step: %s" % ("runs" if plan["snapshot"] else
+                                           "NOT run (continueBackupOnFailure: false, "
+                                           "several disks)"))
     for h in reversed(plan["hooks"]):
         if h["runs"]:
-            lines.append("    5. hook %s thaw" % h["path"])
-    script("6. post-script", plan["post_script"])
+            lines.append("    hook %s thaw" % h["path"])
+    script("post-script", plan["post_script"])
     lines.append("  expected consistency: %s" % (plan["expected_consistency"] or "no snapshot"))
     return lines
 

@@ -179,7 +179,8 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
         if fact.state == decide.REFUSED:
             d["why_not"] = fact.problem.message
         elif fact.state == decide.WITHHELD:
-            d["why_not"] = withheld_warning(plan)
+            d["why_not"] = ("the post-script cannot run (%s): nothing else would resume the "
+                            "application" % plan.post_check.problem.code)
         elif fact.state == decide.NOT_NEEDED:
             d["why_not"] = "the pre-script does not run: nothing to resume"
         return d
@@ -193,7 +194,8 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
                   for h, chk in plan.hook_checks()],
         "freeze": {"enabled": plan.settings.fs_freeze_enabled, "timeout_s": plan.freeze_timeout,
                    "mounts": [c.mount.mountpoint for c in plan.selection.eligible]
-                   if outcome.freeze in (decide.FROZEN, decide.FREEZE_FAILED) else []},
+                   if outcome.freeze in (decide.FROZEN, decide.FREEZE_FAILED) else [],
+                   "problems": [e.message for e in outcome.freeze_errors]},
         "snapshot": takes,
         "post_script": script(plan.post_check, outcome.post, cfg.post_params if cfg else [],
                               plan.settings.post_retries),
