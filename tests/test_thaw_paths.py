@@ -173,6 +173,8 @@ def test_vmsnap_thaw_refuses_a_live_run_unless_forced(loopfs):
         assert p.returncode == 1
         assert "pid %d" % ctl.pid in p.stderr and "--force" in p.stderr, p.stderr
         assert frozen_state(mnt), "`vmsnap thaw` without --force thawed a live run"
+        with pytest.raises(BusyError, match="pid %d" % ctl.pid):
+            vmsnap.thaw_recorded()   # what the next run's recovery calls, too
         p = vmsnap_cli("thaw", "--force")
         assert p.returncode == 0, p.stderr
         assert not frozen_state(mnt)

@@ -84,6 +84,21 @@ def runtime_dir() -> str:
     return os.environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
 
 
+def ensure_runtime_dir() -> str:
+    """Makes the runtime directory root's alone (0700), as records and the
+    lock need: a directory someone else owns (or a symlink) is refused with
+    OSError, a root-owned one with a looser mode is tightened."""
+    rdir = runtime_dir()
+    os.makedirs(rdir, mode=0o700, exist_ok=True)
+    st = os.lstat(rdir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OSError(errno_mod.EPERM, "not a directory of ours (owner uid %d): refusing to keep "
+                      "freeze records there" % st.st_uid, rdir)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(rdir, 0o700)
+    return rdir
+
+
 def _ms(start: int, end: int):
     if not start or not end or end < start:
         return None
@@ -230,8 +245,10 @@ class FreezeSession:
             self.targets = [dataclasses.replace(c, level=i) for i, c in enumerate(self.targets)]
         if not self.targets:
             raise FreezeError("no filesystem to freeze")
-        if len(self.targets) > 128:
-            raise FreezeError("at most 128 filesystems per session (got %d)" % len(self.targets))
+        max_fs = core()[1].VMSNAP_MAX_FS
+        if len(self.targets) > max_fs:
+            raise FreezeError("at most %d filesystems per session (got %d)"
+                              % (max_fs, len(self.targets)))
         self.mounts = [MountResult(c.mount.mountpoint, c.mount.fstype, c.mount.device, c.level)
                        for c in self.targets]
         self.deadline_ns = 0
@@ -282,9 +299,8 @@ class FreezeSession:
     def _open_record(self):
         """The crash record, in a root-only runtime directory; live (rewritten
         by the guardian in the window) only where that cannot block."""
-        rdir = runtime_dir()
         try:
-            os.makedirs(rdir, mode=0o700, exist_ok=True)
+            rdir = ensure_runtime_dir()
             path = os.path.join(rdir, "freeze-%d-%d.rec" % (os.getpid(), time.monotonic_ns()))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError:
@@ -308,7 +324,7 @@ class FreezeSession:
             e.level = c.level
             e.dev = st.st_dev
             e.ino = st.st_ino
-            raw = os.fsencode(c.mount.mountpoint)[:4095]
+            raw = os.fsencode(c.mount.mountpoint)[:lib.VMSNAP_PATH_MAX - 1]
             ffi.memmove(e.path, raw, len(raw))
         record_fd, self.record_path, self.record_live = self._open_record()
         init.record_live = 1 if self.record_live else 0
@@ -378,6 +394,8 @@ class FreezeSession:
         if code:
             return thaw_cause(code)
         sh = self._shared
+        if time.monotonic_ns() >= sh.deadline_ns:
+            return thaw_cause(lib.VMSNAP_THAW_DEADLINE)   # the guardian is about to thaw
         for i, m in enumerate(self.mounts):
             st = state_name(sh.fs[i].state)
             if sh.fs[i].freeze_end_ns and st in ("thawing", "thawed", "not-frozen", "thaw-failed"):
