@@ -372,3 +372,31 @@ def test_only_root_written_records_are_thawed(loopfs, tamper):
         os.chmod(record, 0o600)
     assert [r.outcome for r in vmsnap.thaw_recorded()] == ["thawed"]
     assert not frozen_state(mnt)
+
+
+def test_a_record_that_could_not_be_kept_is_thawed_only_when_forced(loopfs):
+    # the record lives on the filesystem it freezes: never rewritten in the
+    # window, so it never learns what froze; `vmsnap thaw` says so
+    (mnt,) = loopfs.make(1)
+    rundir = os.path.join(mnt, "run")
+    os.mkdir(rundir, 0o700)
+    env = dict(os.environ, VMSNAP_RUNTIME_DIR=rundir)
+    ctl = subprocess.Popen([sys.executable, "-c", FREEZER, mnt], stdout=subprocess.PIPE,
+                           text=True, env=env)
+    try:
+        guardian, record = ctl.stdout.readline().split()
+        os.kill(ctl.pid, signal.SIGSTOP)
+        os.kill(int(guardian), signal.SIGKILL)
+        assert gone(int(guardian))
+    finally:
+        ctl.kill()
+        ctl.wait()
+    os.environ["VMSNAP_RUNTIME_DIR"], saved = rundir, os.environ["VMSNAP_RUNTIME_DIR"]
+    try:
+        outcomes = [r.outcome for r in vmsnap.thaw_recorded()]
+        assert len(outcomes) == 1 and outcomes[0].startswith("failed: state unknown"), outcomes
+        assert frozen_state(mnt) and os.path.exists(record)
+        assert [r.outcome for r in vmsnap.thaw_recorded(force=True)] == ["thawed"]
+    finally:
+        os.environ["VMSNAP_RUNTIME_DIR"] = saved
+    assert not frozen_state(mnt) and not os.path.exists(record)
