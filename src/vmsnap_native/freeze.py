@@ -1,10 +1,12 @@
 """Freeze sessions: parallel FIFREEZE/FITHAW under a guardian process.
 
 ``freeze_filesystems(mountpoints, timeout)`` opens every mount point, starts
-the guardian (csrc/guardian.c), and freezes in parallel waves, children
-first.  The guardian thaws at the deadline, when this process dies, or when
-told to; a record under /run/vmsnap/ lets ``thaw_recorded()`` finish the job
-after a crash of both.
+the guardian (csrc/session.c, csrc/guardian.c), and freezes in parallel
+waves, children first.  The guardian thaws at the deadline (TIMEOUT after
+the first FIFREEZE), when this process dies, or when told to; a record
+under /run/vmsnap/ lets ``thaw_recorded()`` finish the job after a crash of
+both, with the core's one thaw from saved state (parents first).  States,
+thaw reasons, the record's magic and sizes come from csrc/vmsnap.h.
 """
 
 from __future__ import annotations
