@@ -400,3 +400,14 @@ def test_a_record_that_could_not_be_kept_is_thawed_only_when_forced(loopfs):
     finally:
         os.environ["VMSNAP_RUNTIME_DIR"] = saved
     assert not frozen_state(mnt) and not os.path.exists(record)
+
+
+def test_a_filesystem_thawed_from_outside_is_reported_not_frozen(loopfs):
+    # FITHAW's EINVAL through the session's own, verified fd: "not frozen",
+    # never "thawed" and never a failure to retry
+    (mnt,) = loopfs.make(1)
+    with vmsnap.freeze_filesystems([mnt], timeout=30) as s:
+        assert fsfreeze("-u", mnt).returncode == 0
+    (m,) = s.mounts
+    assert m.state == "not-frozen" and "EINVAL" in m.error, m.to_dict()
+    assert not os.path.exists(s.record_path)
