@@ -11,6 +11,7 @@ file there), so every clean-up here thaws the outer first.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -169,9 +170,10 @@ def test_vmsnap_thaw_refuses_a_live_run_unless_forced(loopfs):
                            stdout=subprocess.PIPE, text=True)
     try:
         assert ctl.stdout.readline().startswith("frozen")
-        p = vmsnap_cli("thaw")
+        p = vmsnap_cli("thaw", "--json")
         assert p.returncode == 1
         assert "pid %d" % ctl.pid in p.stderr and "--force" in p.stderr, p.stderr
+        assert json.loads(p.stdout)["status"] == "refused"
         assert frozen_state(mnt), "`vmsnap thaw` without --force thawed a live run"
         with pytest.raises(BusyError, match="pid %d" % ctl.pid):
             vmsnap.thaw_recorded()   # what the next run's recovery calls, too

@@ -232,6 +232,9 @@ def cmd_thaw(args) -> int:
     try:
         results = thaw_recorded(force=args.force)
     except (CoreUnavailable, BusyError) as exc:
+        if args.json:
+            emit_json({"status": "refused" if isinstance(exc, BusyError) else "failed",
+                       "filesystems": [], "error": str(exc)})
         err("vmsnap: %s" % exc)
         return 1
     failed = [r for r in results if r.outcome.startswith("failed")]
