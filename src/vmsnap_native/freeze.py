@@ -35,9 +35,16 @@ _REPLY_MARGIN_S = 10.0
 # snapshot needs and keeps CLOCK_MONOTONIC nanoseconds far from overflowing.
 MAX_TIMEOUT_S = 30 * 24 * 3600
 DEFAULT_PRESYNC_BOUND_S = 30.0
-# States a thaw from a record undoes: this run may have frozen them (the C
-# core's may_be_ours(); a FIFREEZE in flight lands even if its caller dies).
-_MAYBE_OURS = {"freezing", "frozen", "thawing", "thaw-failed"}
+# What the states of enum vmsnap_fs_state say, defined once here:
+# the session froze it (it thaws it):
+FROZE = frozenset({"frozen", "thawing", "thawed", "thaw-failed", "not-frozen"})
+# a thaw from saved state undoes it: this run may have frozen it (the C
+# core's may_be_ours(); a FIFREEZE in flight lands even if its caller dies):
+MAYBE_OURS = frozenset({"freezing", "frozen", "thawing", "thaw-failed"})
+# the thaw has begun or is done (a frozen window is over):
+THAW_BEGUN = frozenset({"thawing", "thawed", "not-frozen", "thaw-failed"})
+# after the thaw, it may still be frozen by us: the record is kept:
+LEFT_OVER = frozenset({"freezing", "frozen", "thaw-failed"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,12 +133,7 @@ class MountResult:
     @property
     def frozen(self) -> bool:
         """This session froze it (and so thaws it)."""
-        return self.state in ("frozen", "thawing", "thawed", "thaw-failed")
-
-    @property
-    def thawed_by_us(self) -> bool:
-        """The session's thaw is done with it: thawed, or found not frozen (EINVAL)."""
-        return self.state in ("thawed", "not-frozen")
+        return self.state in FROZE and (self.state != "not-frozen" or self.freeze_ms is not None)
 
     def to_dict(self) -> dict:
         return {
@@ -400,7 +402,7 @@ class FreezeSession:
             return thaw_cause(lib.VMSNAP_THAW_DEADLINE)   # the guardian is about to thaw
         for i, m in enumerate(self.mounts):
             st = state_name(sh.fs[i].state)
-            if sh.fs[i].freeze_end_ns and st in ("thawing", "thawed", "not-frozen", "thaw-failed"):
+            if sh.fs[i].freeze_end_ns and st in THAW_BEGUN:
                 return "%s thawed from outside (%s)" % (m.mountpoint, st)
         return None
 
@@ -435,7 +437,7 @@ class FreezeSession:
     def _finish(self):
         _, lib = core()
         self._thawed = True
-        leftover = any(m.state in ("frozen", "freezing", "thaw-failed") for m in self.mounts)
+        leftover = any(m.state in LEFT_OVER for m in self.mounts)
         lib.vmsnap_session_free(self._session)
         self._session = None
         self._shared = None
@@ -667,7 +669,7 @@ def _thaw_one_record(path: str, sh, buf, force: bool, timeout: float) -> list:
             out.append(RecordedThaw(mp, "failed: state unknown (the record could not be "
                                         "kept during the freeze): not thawed; `vmsnap thaw "
                                         "--force` thaws it"))
-        elif before[i] not in _MAYBE_OURS | {"unknown"}:
+        elif before[i] not in MAYBE_OURS | {"unknown"}:
             out.append(RecordedThaw(mp, "not frozen by vmsnap (%s): left alone" % before[i]))
         elif st == "thawed":
             out.append(RecordedThaw(mp, "thawed"))
