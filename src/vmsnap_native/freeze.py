@@ -369,7 +369,9 @@ class FreezeSession:
         if self._session is None:
             self.start()
         _, lib = core()
-        bound = (self.presync_timeout if self.presync else 0) + self.timeout + _REPLY_MARGIN_S
+        # the guardian answers by its deadline: the first FIFREEZE comes at the
+        # latest presync bound + cap after the command, the cap runs from there
+        bound = (self.presync_timeout if self.presync else 0) + 2 * self.timeout + _REPLY_MARGIN_S
         wait = time.monotonic_ns() + int(bound * 1e9)
         try:
             r = self._call(lib.vmsnap_session_freeze, self._session, 1 if self.presync else 0, wait)
