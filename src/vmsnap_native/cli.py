@@ -259,8 +259,11 @@ def cmd_freeze(args) -> int:
 def cmd_thaw(args) -> int:
     from .freeze import thaw_recorded
     try:
-        results = thaw_recorded()
-    except CoreUnavailable as exc:
+        results = thaw_recorded(force=args.force)
+    except (CoreUnavailable, BusyError) as exc:
+        if args.json:
+            emit_json({"status": "refused" if isinstance(exc, BusyError) else "failed",
+                       "filesystems": [], "error": str(exc)})
         err("vmsnap: %s" % exc)
         return 1
     failed = [r for r in results if r.outcome.startswith("failed")]
@@ -326,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=_positive, required=True, metavar="S",
                    help="the guardian thaws after S seconds at the latest")
     t = sub.add_parser("thaw", help="thaw what `vmsnap freeze` or a crashed run left frozen")
+    t.add_argument("--force", action="store_true",
+                   help="also thaw a run in progress (it then reports an early thaw)")
     t.add_argument("--json", action="store_true")
     d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
     d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
