@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 
+from . import config as config_mod
 from . import cycle
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
@@ -345,12 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _positive(text):
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError("must be a number > 0, not %r" % text)
-    return v
+        return config_mod.seconds_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv=None) -> int:

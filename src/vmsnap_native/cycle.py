@@ -398,25 +398,10 @@ def _guardian_starttime(session) -> int:
 def _thawed_early(session) -> str | None:
     """None if every filesystem of SESSION is still frozen (nobody but the
     controller has thawed), else the cause."""
-    ask = getattr(session, "thawed_early", None)
-    if ask is not None:
-        cause = ask()
-        # the guardian says which thaw was the deadline's; 122, not 124
-        deadline = session._shared is not None and session._shared.deadline_hit
-        return decide.DEADLINE if cause is not None and deadline else cause
-    # Until the freeze branch's FreezeSession.thawed_early() lands (to be removed at the merge):
-    sh = session._shared
-    if sh is None:
-        return "guardian-died"
-    session._collect()
-    if session.thaw_reason is not None:
-        return session.thaw_reason
-    if sh.guardian_done or not core()[1].vmsnap_process_matches(
-            session.guardian_pid, sh.guardian_starttime):
-        return "guardian-died"
-    if any(m.state != "frozen" for m in session.mounts if m.frozen):
-        return "thawed"
-    return None
+    cause = session.thawed_early()
+    # the guardian says which thaw was the deadline's; 122, not 124
+    deadline = session._shared is not None and session._shared.deadline_hit
+    return decide.DEADLINE if cause is not None and deadline else cause
 
 
 def _failed(error: Error, log: Logbook, t0: int) -> Result:
