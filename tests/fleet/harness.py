@@ -92,8 +92,10 @@ class Host:
         self.name = "host%d" % index
         self.addr = "127.0.0.%d" % (10 + index)
         self.dir = os.path.join(fleet.base, self.name)
-        self.mnt = os.path.join(self.dir, "data")
-        self.img = os.path.join(self.dir, "disk.img")
+        # two filesystems on two loop devices: two disks, as a database host has
+        self.mnts = [os.path.join(self.dir, "data"), os.path.join(self.dir, "logs")]
+        self.imgs = [os.path.join(self.dir, "data.img"), os.path.join(self.dir, "logs.img")]
+        self.mnt = self.mnts[0]
         self.config = os.path.join(self.dir, "vmsnap.json")
         self.port = None
         self.proc = None        # the sshd listener, first process of the namespace
@@ -111,7 +113,11 @@ class Host:
         return sh(["nsenter", "--mount=" + self.ns_path, "--"] + list(argv), **kw)
 
     def frozen(self) -> str:
-        return self.run([sys.executable, "-c", PROBE, self.mnt]).stdout.strip()
+        """"frozen" or "thawed" when all its filesystems agree, else each one's state."""
+        states = [self.run([sys.executable, "-c", PROBE, m]).stdout.strip() for m in self.mnts]
+        if len(set(states)) == 1:
+            return states[0]
+        return ",".join("%s=%s" % (os.path.basename(m), st) for m, st in zip(self.mnts, states))
 
     def read_run(self, rel):
         """A file of the host's own /run, or None."""
@@ -159,10 +165,11 @@ class Host:
     # -- life cycle -------------------------------------------------------------
 
     def start(self):
-        os.makedirs(self.mnt)
         os.makedirs(os.path.join(self.dir, "hooks.d"), mode=0o700)
-        sh(["truncate", "-s", "64M", self.img], check=True)
-        sh(["mkfs.ext4", "-q", "-F", self.img], check=True)
+        for mnt, img in zip(self.mnts, self.imgs):
+            os.makedirs(mnt)
+            sh(["truncate", "-s", "48M", img], check=True)
+            sh(["mkfs.ext4", "-q", "-F", img], check=True)
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
             os.path.join(self.dir, "host_key")], check=True)
         self.port = free_port(self.addr)
@@ -184,11 +191,12 @@ class Host:
         # own mount namespace: a tmpfs /run (lock, records, sessions of this
         # host only), the host's loop filesystem; then sshd in the foreground
         script = ('set -e; mount -t tmpfs -o mode=755 fleet-run /run; mkdir -m 755 /run/sshd; '
-                  'mount -o loop "$1" "$2"; exec %s -D -e -f "$3"' % SSHD)
+                  'mount -o loop "$1" "$2"; mount -o loop "$3" "$4"; exec %s -D -e -f "$5"'
+                  % SSHD)
         log = open(os.path.join(self.dir, "sshd.log"), "w")
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
-             "fleet-host", self.img, self.mnt, conf],
+             "fleet-host", self.imgs[0], self.mnts[0], self.imgs[1], self.mnts[1], conf],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
         mine = mnt_ns(os.getpid())
@@ -218,7 +226,8 @@ class Host:
                 self.proc.kill()
             return
         for _ in range(2):
-            self.run(["fsfreeze", "-u", self.mnt], timeout=10)   # EINVAL when not frozen
+            for mnt in self.mnts:
+                self.run(["fsfreeze", "-u", mnt], timeout=10)   # EINVAL when not frozen
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 pids = pids_in_ns(self.ns_ino)
@@ -232,13 +241,15 @@ class Host:
                 time.sleep(0.05)
         if self.proc:
             self.proc.wait(timeout=10)
-        self.run(["umount", self.mnt], timeout=10)
+        for mnt in self.mnts:
+            self.run(["umount", mnt], timeout=10)
         self.run(["umount", "/run"], timeout=10)
         os.close(self.ns_fd)
         self.ns_fd = None
         # the loop device (autoclear) goes with the last mount; make sure
-        for line in sh(["losetup", "-j", self.img]).stdout.splitlines():
-            sh(["losetup", "-d", line.split(":")[0]])
+        for img in self.imgs:
+            for line in sh(["losetup", "-j", img]).stdout.splitlines():
+                sh(["losetup", "-d", line.split(":")[0]])
 
 
 class Fleet:
@@ -265,7 +276,7 @@ class Fleet:
         inventory = {"fleet": {"hosts": {h.name: {
             "ansible_host": h.addr, "ansible_port": h.port, "ansible_user": "root",
             "ansible_ssh_private_key_file": key, "ansible_python_interpreter": "/usr/bin/python3",
-            "vmsnap_mounts": [h.mnt], "vmsnap_config": h.config, "vmsnap_bin": VMSNAP,
+            "vmsnap_mounts": h.mnts, "vmsnap_config": h.config, "vmsnap_bin": VMSNAP,
         } for h in self.hosts}}}
         with open(os.path.join(self.base, "inventory.yml"), "w") as f:
             json.dump(inventory, f, indent=1)
@@ -336,6 +347,12 @@ class Fleet:
                     pass
                 p.wait()
             p.log.close()
+        # what the controller started and a kill left behind (a snapshot step)
+        for pid in controller_leftovers(self.base):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         errors = []
         for h in self.hosts:
             try:
@@ -347,6 +364,21 @@ class Fleet:
             raise RuntimeError("fleet clean-up: " + "; ".join(errors))
 
 
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def controller_leftovers(base):
+    """Processes in our own mount namespace whose command line names base."""
+    me, ns = os.getpid(), mnt_ns(os.getpid())
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me
+            and mnt_ns(int(n)) == ns and base in cmdline(int(n))]
+
+
 def sweep():
     """Takes down what a killed harness left: processes whose command line
     names a harness directory, and the namespaces they hold."""
@@ -355,12 +387,7 @@ def sweep():
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
-        try:
-            with open("/proc/%s/cmdline" % name, "rb") as f:
-                cmd = f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        if "/tmp/" + PREFIX in cmd:
+        if "/tmp/" + PREFIX in cmdline(int(name)):
             found.setdefault(mnt_ns(int(name)), []).append(int(name))
     for ns, pids in found.items():
         try:

@@ -17,9 +17,13 @@ from harness import PROBE, pids_in_ns  # noqa: E402
 
 
 def probe(host):
-    p = subprocess.run(["nsenter", "--mount=" + host["ns"], "--", sys.executable, "-c", PROBE,
-                        host["mnt"]], capture_output=True, text=True, timeout=20)
-    return p.stdout.strip() or p.stderr.strip()
+    """"frozen" when every filesystem of the host is, else what each is."""
+    states = []
+    for mnt in host["mnts"]:
+        p = subprocess.run(["nsenter", "--mount=" + host["ns"], "--", sys.executable, "-c",
+                            PROBE, mnt], capture_output=True, text=True, timeout=20)
+        states.append(p.stdout.strip() or p.stderr.strip())
+    return states[0] if len(set(states)) == 1 else ",".join(states)
 
 
 def kill_sshd(ns_path):

@@ -56,8 +56,8 @@ EXAMPLES = r"""
 - name: The group's verdict
   vmsnap.fleet.vmsnap_group_verdict:
     hosts: "{{ ansible_play_hosts_all }}"
-    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_begin', default=None) | list }}"
-    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_end', default=None) | list }}"
+    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_begin') | map('default', None) | list }}"
+    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_end') | map('default', None) | list }}"
     snapshot: "{{ vmsnap_snapshot | default(None) }}"
     continue_on_failure: true
   delegate_to: localhost
@@ -150,8 +150,10 @@ def host_verdict(name, begin, end, snap):
     info["pre_script_ok"] = bool(pre.get("ran") and pre.get("exit_code") == 0
                                  and not pre.get("timed_out"))
     if not end.get("covered") or end.get("released_at") is None:
-        codes = ", ".join("%s (%s)" % (e.get("code"), e.get("message"))
-                          for e in end.get("errors", []) if isinstance(e, dict))
+        errors = [e for e in end.get("errors", []) if isinstance(e, dict)]
+        codes = ", ".join("%s (%s)" % (e.get("code"), e.get("message")) for e in errors)
+        if any(e.get("code") == "FsFreezeFailed" for e in errors):
+            return False, "did not freeze: %s" % codes, info
         return False, "thawed before the snapshot step ended: %s" % (codes or end.get("msg")), info
     info["frozen_until"] = end["released_at"] - off - unc       # earliest it can have been
     if not snap.get("ran") or snap.get("start") is None:
@@ -201,6 +203,12 @@ def group_verdict(hosts, begin, end, snapshot, continue_on_failure):
                   for h in hosts) if hosts else RANK["filesystem"]
         consistency = {v: k for k, v in RANK.items()}[low]
         quiet = [h for h in hosts if not per_host[h].get("pre_script_ok")]
+        if quiet and not continue_on_failure:
+            # as one host with several disks: a script failure fails the backup
+            out.update(status="failed", consistency=None, broken_by=quiet,
+                       msg="failed (continueBackupOnFailure is false): the pre-script did not "
+                       "succeed on %s" % ", ".join(quiet))
+            return out
         out.update(status="success" if consistency == "application" else "degraded",
                    consistency=consistency,
                    msg="%s-consistent: every host's freeze covered the snapshot step%s" % (
