@@ -229,7 +229,7 @@ def test_controller_killed_mid_window_every_host_thaws_and_resumes(fleet):
     os.killpg(p.pid, 9)
     p.wait()
     for h in fleet.hosts:
-        wait_for(lambda: host_result(h) is not None, lease + 30, "%s's run ends" % h.name)
+        wait_for(lambda h=h: host_result(h) is not None, lease + 30, "%s's run ends" % h.name)
     assert time.monotonic() - t_kill < lease + 30
     for h in fleet.hosts:
         assert_resumed(h)
