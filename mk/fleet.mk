@@ -12,7 +12,7 @@ fleet-deps: ## system packages of the fleet tests (openssh-server), when root an
 	@if [ ! -x /usr/sbin/sshd ]; then \
 	  test "$$(id -u)" = 0 || { echo "test-fleet needs root to install openssh-server"; exit 1; }; \
 	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server; \
 	  rc=$$?; rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
