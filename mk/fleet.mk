@@ -17,8 +17,9 @@ fleet-deps: ## system packages of the fleet tests (openssh-server), when root an
 	fi
 
 test-fleet: build fleet-deps $(FLEET_VENV)/bin/ansible-playbook ## Ansible consistency group on 3 local sshd hosts, with faults (root)
-	VMSNAP_FLEET_ANSIBLE=$(abspath $(FLEET_VENV))/bin/ansible-playbook \
+	@run=$$(date +%s%N); echo "fleet run $$run"; \
+	VMSNAP_FLEET_RUN=$$run VMSNAP_FLEET_ANSIBLE=$(abspath $(FLEET_VENV))/bin/ansible-playbook \
 	  timeout -k 10 $(FLEET_TIMEOUT) $(PY) -m pytest -q -p no:cacheprovider tests/fleet; \
-	  rc=$$?; $(PY) -m tests.fleet.harness sweep; exit $$rc
+	  rc=$$?; $(PY) -m tests.fleet.harness sweep $$run; exit $$rc
 
 .PHONY: fleet-deps test-fleet

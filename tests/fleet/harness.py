@@ -6,8 +6,9 @@ its own loop filesystem, listening only on its own loopback address
 Everything it starts it takes down in stop(), also after a failure: each
 host's filesystem is thawed, every process in its namespace killed, its
 mounts unmounted (the loop device goes with them), the namespace released.
-`python -m tests.fleet.harness sweep` does the same for a harness that was
-itself killed (found by the directory prefix in command lines)."""
+`python -m tests.fleet.harness sweep RUN` does the same for a harness that
+was itself killed: RUN (VMSNAP_FLEET_RUN, set by `make test-fleet`) is part
+of every directory this run made, so only this run's processes are found."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ import tempfile
 import time
 
 PREFIX = "vmsnap-fleet-harness-"
+
+
+def run_prefix(run=None):
+    """/tmp/vmsnap-fleet-harness-RUN-: the start of this run's directories."""
+    run = os.environ.get("VMSNAP_FLEET_RUN", "0") if run is None else run
+    return "/tmp/%s%s-" % (PREFIX, run)
 SSHD = "/usr/sbin/sshd"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VMSNAP = os.path.join(REPO, ".venv", "bin", "vmsnap")
@@ -254,7 +261,7 @@ class Host:
 
 class Fleet:
     def __init__(self, n=3, ansible_bin=None):
-        self.base = tempfile.mkdtemp(prefix=PREFIX, dir="/tmp")
+        self.base = tempfile.mkdtemp(prefix=os.path.basename(run_prefix()), dir="/tmp")
         self.ansible_bin = ansible_bin
         self.hosts = [Host(self, i + 1) for i in range(n)]
         self.playbooks = []     # ansible-playbook processes, killed in stop()
@@ -381,15 +388,16 @@ def controller_leftovers(base):
             and mnt_ns(int(n)) == ns and base in cmdline(int(n))]
 
 
-def sweep():
-    """Takes down what a killed harness left: processes whose command line
-    names a harness directory, and the namespaces they hold."""
+def sweep(run):
+    """Takes down what a killed harness of run RUN left: processes whose
+    command line names one of its directories, and the namespaces they hold."""
+    prefix = run_prefix(run)
     me = os.getpid()
     found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
-        if "/tmp/" + PREFIX in cmdline(int(name)):
+        if prefix in cmdline(int(name)):
             found.setdefault(mnt_ns(int(name)), []).append(int(name))
     for ns, pids in found.items():
         try:
@@ -399,7 +407,7 @@ def sweep():
             mountinfo = []
         for mnt in mountinfo:
             point = mnt.split()[4]
-            if "/tmp/" + PREFIX in point:
+            if point.startswith(prefix):
                 sh(["nsenter", "-t", str(pids[0]), "-m", "--", "fsfreeze", "-u", point])
         for pid in pids_in_ns(ns) if ns != mnt_ns(me) else pids:
             try:
@@ -407,13 +415,19 @@ def sweep():
             except ProcessLookupError:
                 pass
     for line in sh(["losetup", "-a"]).stdout.splitlines():
-        if "/tmp/" + PREFIX in line:
+        if prefix in line:
             sh(["losetup", "-d", line.split(":")[0]])
+    with open("/proc/self/mountinfo") as f:
+        still_mounted = prefix in f.read()
+    if not still_mounted:
+        for d in os.listdir("/tmp"):
+            if ("/tmp/" + d).startswith(prefix):
+                shutil.rmtree("/tmp/" + d, ignore_errors=True)
     print("fleet sweep: %d namespace(s) taken down" % len(found))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["sweep"]:
-        sweep()
+    if len(sys.argv) == 3 and sys.argv[1] == "sweep" and sys.argv[2].isalnum():
+        sweep(sys.argv[2])
     else:
-        sys.exit("usage: python -m tests.fleet.harness sweep")
+        sys.exit("usage: python -m tests.fleet.harness sweep RUN (the VMSNAP_FLEET_RUN of the run)")
