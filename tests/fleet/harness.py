@@ -347,6 +347,16 @@ class Fleet:
         p.log.seek(0)
         return p.returncode, p.log.read()
 
+    def module(self, host, args, check=False, timeout=120):
+        """The vmsnap module on one host, ad hoc; returns its result dict."""
+        argv = [os.path.join(os.path.dirname(self.ansible_bin), "ansible"), host.name, "-o",
+                "-m", "vmsnap.fleet.vmsnap", "-a", json.dumps(dict(vmsnap_bin=VMSNAP, **args))]
+        p = sh(argv + (["--check"] if check else []), env=self.env(), timeout=timeout)
+        line = next((x for x in p.stdout.splitlines() if x.startswith(host.name + " |")), None)
+        if line is None or " => " not in line:
+            raise AssertionError("no module result from %s: %s %s" % (host.name, p.stdout, p.stderr))
+        return json.loads(line.split(" => ", 1)[1])
+
     def stop(self):
         for p in self.playbooks:
             if p.poll() is None:

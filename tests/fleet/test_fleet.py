@@ -234,3 +234,32 @@ def test_controller_killed_mid_window_every_host_thaws_and_resumes(fleet):
     for h in fleet.hosts:
         assert_resumed(h)
         assert codes(host_result(h)) == ["FsFreezeTimeout"], h.name
+
+
+# -- the module on one host -------------------------------------------------------
+
+def test_module_freeze_thaw_is_idempotent_and_check_mode_touches_nothing(fleet):
+    h = fleet.hosts[0]
+    res = fleet.module(h, {"command": "freeze", "lease": 20, "mounts": h.mnts}, check=True)
+    assert res["changed"] and h.frozen() == "thawed"
+    res = fleet.module(h, {"command": "freeze", "lease": 20, "mounts": h.mnts})
+    assert res["changed"] and res["status"] == "frozen" and h.frozen() == "frozen"
+    assert res["called_at"] <= res["returned_at"] < res["lease_deadline"]
+    assert abs(res["clock"]["offset"]) <= res["clock"]["uncertainty"] + 0.05   # same machine
+    res = fleet.module(h, {"command": "thaw"})
+    assert res["changed"] and res["status"] == "thawed" and h.frozen() == "thawed"
+    res = fleet.module(h, {"command": "thaw"})
+    assert not res["changed"] and res["status"] == "nothing"
+
+
+def test_module_run_returns_the_result_and_check_mode_is_a_dry_run(fleet):
+    h = fleet.hosts[2]
+    args = {"command": "run", "lease": 20, "mounts": h.mnts, "config": h.config,
+            "snapshot": ["true"], "log_file": ""}
+    res = fleet.module(h, args, check=True)
+    assert res["changed"] and events(h) == [] and h.frozen() == "thawed"   # would change
+    res = fleet.module(h, args)
+    assert res["changed"] and (res["status"], res["consistency"]) == ("success", "application")
+    assert res["rc"] == 0 and events(h) == ["pre", "post"]
+    status = fleet.module(h, {"command": "status"})
+    assert not status["changed"] and status["frozen"] == []

@@ -282,11 +282,11 @@ def do_run(module):
     res = run_result(module, rc, obj, err)
     msg = "vmsnap run: %s, %s" % (obj.get("status"), obj.get("consistency") or "no snapshot")
     if obj.get("status") == "failed":
-        module.fail_json(msg=msg + ": " + describe_errors(obj), changed=not module.check_mode,
-                         **res)
+        module.fail_json(msg=msg + ": " + describe_errors(obj), changed=True, **res)
     if obj.get("status") == "degraded":
         module.warn(msg + ": " + describe_errors(obj))
-    module.exit_json(changed=not module.check_mode, msg=msg, **res)
+    # in check mode (a dry run): what a real run would do, which always changes something
+    module.exit_json(changed=True, msg=msg, **res)
 
 
 def do_freeze(module):
