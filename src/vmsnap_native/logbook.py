@@ -1,6 +1,11 @@
 """The run's log: a file (default /var/log/vmsnap.log) written as the run
 goes, except inside the freeze window, where records are held in memory and
-written after the thaw (a write to a frozen filesystem would block)."""
+written after the thaw (a write to a frozen filesystem would block).
+
+Under systemd, when stderr is the journal (``JOURNAL_STREAM`` names stderr's
+device and inode), every record also goes to stderr with its syslog priority
+as a ``<N>`` prefix, so that ``journalctl -p err`` shows the errors.  Those
+lines are held through the window as well."""
 
 from __future__ import annotations
 
@@ -9,13 +14,40 @@ import time
 
 DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
 
+# syslog priorities (sd-daemon.h: SD_ERR, SD_WARNING, SD_INFO)
+PRIORITY = {"ERROR": 3, "WARNING": 4, "INFO": 6}
+
+
+def stderr_is_journal(fd: int = 2) -> bool:
+    """True when fd is the journal stream systemd connected (JOURNAL_STREAM
+    is "DEVICE:INODE" of it); a redirected stderr keeps the variable but is
+    another file, and gets plain lines."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def journal_line(text: str, level: str = "INFO") -> str:
+    """text with its priority prefix on each line when stderr is the journal
+    (for the command's own messages on stderr)."""
+    if not stderr_is_journal():
+        return text
+    prefix = "<%d>" % PRIORITY.get(level.upper(), 6)
+    return "\n".join(prefix + line for line in text.split("\n"))
+
 
 class Logbook:
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, journal: bool | None = None):
         self.path = path
         self._held = []
         self._holding = False
         self._fd = None
+        # None: echo to stderr only when stderr is the journal
+        self.journal = stderr_is_journal() if journal is None else journal
         self.open_error = None
         if path:
             try:
@@ -40,6 +72,14 @@ class Logbook:
         if self._fd is not None:
             try:
                 os.write(self._fd, line.encode("utf-8", "replace"))
+            except OSError:
+                pass
+        if self.journal:
+            # the journal stamps time and pid itself; one entry per line
+            prefix = "<%d>" % PRIORITY.get(level, 6)
+            text = "".join(prefix + part + "\n" for part in msg.split("\n"))
+            try:
+                os.write(2, text.encode("utf-8", "replace"))
             except OSError:
                 pass
 

@@ -1,0 +1,541 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# MIT License (see the vmsnap package)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vmsnap
+short_description: Application-consistent snapshots of a Linux host with vmsnap
+version_added: "0.1.0"
+description:
+  - Wraps the C(vmsnap) command on the managed host and returns its result JSON
+    (SPEC section 7) as the module result.
+  - C(check), C(run), C(freeze) (with a lease), C(thaw) and C(status) map to the
+    command line of the same name.
+  - C(begin) and C(end) are a group session for the C(vmsnap.fleet.consistency_group)
+    role. C(begin) starts C(vmsnap run) in the background with a snapshot step
+    that waits, while frozen, for C(end); it returns once the host is quiesced
+    (pre-script done) and frozen, with the wall-clock time it was frozen by.
+    C(end) releases the step, waits for the thaw and the post-script and returns
+    the run's result, with the wall-clock times that the freeze surely covered.
+  - The lease is vmsnap's freeze deadline. Whatever happens to the controller or
+    the connection, vmsnap thaws the host when it ends, stops the waiting step and
+    runs the post-script.
+options:
+  command:
+    description: What to do on the host.
+    type: str
+    required: true
+    choices: [check, run, freeze, thaw, status, begin, end]
+  vmsnap_bin:
+    description: The vmsnap executable on the host.
+    type: path
+    default: vmsnap
+  config:
+    description: The configuration file (C(--config)); default is vmsnap's own.
+    type: path
+  mounts:
+    description:
+      - Mount points to freeze (C(--mount), repeatable). Without it vmsnap freezes
+        every eligible filesystem of the host.
+    type: list
+    elements: path
+  lease:
+    description:
+      - Seconds after which the host is thawed whatever happens (C(freeze --timeout),
+        C(run --freeze-timeout)). Required by C(freeze) and C(begin).
+    type: float
+  snapshot:
+    description: For C(command=run), the snapshot command run while frozen (argv).
+    type: list
+    elements: str
+  force:
+    description: For C(command=thaw), thaw even the filesystems of a live run.
+    type: bool
+    default: false
+  group:
+    description: Name of the group session (C(begin), C(end), C(status)).
+    type: str
+    default: default
+  snapshot_ok:
+    description:
+      - For C(command=end), whether the group's snapshot step succeeded. When false,
+        the host's own run records C(SnapshotFailed) as well, so its log tells the truth.
+    type: bool
+    default: true
+  wait_timeout:
+    description:
+      - For C(begin), seconds to wait for the pre-script and the freeze; for C(end),
+        for the thaw and the post-script.
+    type: float
+    default: 300
+  log_file:
+    description: The run's log file (C(--log-file)); empty for none.
+    type: str
+  state_dir:
+    description: Where group sessions keep their state (a tmpfs, never a frozen filesystem).
+    type: path
+    default: /run/vmsnap-fleet
+notes:
+  - Check mode is supported. C(check) and C(status) run as usual; C(run) becomes
+    C(vmsnap run --dry-run); C(freeze), C(thaw), C(begin) and C(end) change nothing
+    and report what they would do.
+  - Times (C(frozen_at), C(released_at), C(called_at), C(returned_at)) are the host's
+    wall clock (seconds since the epoch). The action plugin of this collection adds
+    C(clock), the host's offset to the controller's clock with its uncertainty.
+  - C(vmsnap freeze) and C(vmsnap thaw) run no pre- or post-script; a consistency
+    group uses C(begin)/C(end), which run both.
+author:
+  - vmsnap developers
+"""
+
+EXAMPLES = r"""
+- name: Validate configuration, permissions and scripts
+  vmsnap.fleet.vmsnap:
+    command: check
+
+- name: The whole cycle on one host, the snapshot taken by a local command
+  vmsnap.fleet.vmsnap:
+    command: run
+    mounts: [/srv/data]
+    lease: 60
+    snapshot: [lvcreate, -s, -n, data-snap, -L, 1G, vg0/data]
+
+- name: Quiesce and freeze, held until end or 60 s
+  vmsnap.fleet.vmsnap:
+    command: begin
+    group: nightly
+    mounts: [/srv/data]
+    lease: 60
+  register: vmsnap_begin
+
+- name: Thaw, resume the application, collect the result
+  vmsnap.fleet.vmsnap:
+    command: end
+    group: nightly
+    snapshot_ok: "{{ vmsnap_snapshot is succeeded }}"
+
+- name: Thaw whatever a crashed run or a `vmsnap freeze` left frozen
+  vmsnap.fleet.vmsnap:
+    command: thaw
+"""
+
+RETURN = r"""
+status:
+  description: vmsnap's status (run, end), C(frozen)/C(failed) (freeze), C(thawed)/C(nothing)/C(failed) (thaw).
+  returned: when vmsnap printed a result
+  type: str
+  sample: success
+consistency:
+  description: C(application), C(filesystem), C(crash) or null (run, end).
+  returned: when vmsnap printed a run result
+  type: str
+  sample: application
+errors:
+  description: vmsnap's errors, each with code, number, message and action.
+  returned: when vmsnap printed a result
+  type: list
+  elements: dict
+vmsnap_warnings:
+  description: vmsnap's C(warnings) (renamed, as C(warnings) is Ansible's own key).
+  returned: when vmsnap printed a result
+  type: list
+  elements: str
+freeze:
+  description: The freeze of a run (window_ms, deadline_hit, mounts).
+  returned: run, end
+  type: dict
+rc:
+  description: vmsnap's exit status.
+  returned: when vmsnap was called
+  type: int
+stderr:
+  description: vmsnap's human-readable report.
+  returned: when vmsnap was called
+  type: str
+called_at:
+  description: Host wall clock just before vmsnap was called (freeze, thaw).
+  returned: freeze, thaw
+  type: float
+returned_at:
+  description: Host wall clock just after vmsnap returned; for freeze, the filesystems were frozen by then.
+  returned: freeze, thaw
+  type: float
+frozen_at:
+  description: Host wall clock by which every filesystem of the group session was frozen.
+  returned: begin (success), end
+  type: float
+released_at:
+  description: Host wall clock at which the snapshot step was released; the freeze held until then if C(covered).
+  returned: end
+  type: float
+covered:
+  description: True when vmsnap reports the host frozen from C(frozen_at) to C(released_at) without a break.
+  returned: end
+  type: bool
+lease_deadline:
+  description: Host wall clock by which the lease thaws the host at the latest.
+  returned: begin, end
+  type: float
+sessions:
+  description: The group sessions on the host, with their state.
+  returned: status
+  type: list
+  elements: dict
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+# The snapshot step of a group session: note the time (the freeze is complete
+# when vmsnap starts it), wait for the release, exit as the group's snapshot
+# did. It lives in /run (a tmpfs), never on a frozen filesystem.
+WAITER = r"""
+d=$1
+date +%s.%N > "$d/frozen_at.tmp" && mv "$d/frozen_at.tmp" "$d/frozen_at"
+while [ ! -e "$d/release" ]; do sleep 0.02; done
+date +%s.%N > "$d/released_at.tmp" && mv "$d/released_at.tmp" "$d/released_at"
+read verdict < "$d/release"
+[ "$verdict" = ok ]
+"""
+
+BREAK_CODES = ("FsFreezeTimeout", "FsThawedEarly", "FsFreezeFailed", "Interrupted")
+
+
+def vmsnap_call(module, argv):
+    """Runs vmsnap; returns (rc, parsed JSON or None, stderr)."""
+    rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
+    try:
+        obj = json.loads(out) if out.strip() else None
+    except ValueError:
+        obj = None
+    return rc, obj, err
+
+
+def base_argv(module, command):
+    p = module.params
+    argv = [p["vmsnap_bin"], command]
+    if p["config"] and command in ("check", "run", "freeze"):
+        argv += ["--config", p["config"]]
+    if command in ("run", "freeze") and p["mounts"]:
+        for m in p["mounts"]:
+            argv += ["--mount", m]
+    if command == "run" and p["log_file"] is not None:
+        argv += ["--log-file", p["log_file"]]
+    return argv + ["--json"]
+
+
+def need_lease(module):
+    lease = module.params["lease"]
+    if lease is None or not lease > 0:
+        module.fail_json(msg="command=%s needs lease > 0 (seconds after which vmsnap thaws "
+                             "the host whatever happens)" % module.params["command"])
+    return lease
+
+
+def run_result(module, rc, obj, err, extra=None):
+    """The module result from a vmsnap run result."""
+    res = dict(obj or {}, rc=rc, stderr=err, **(extra or {}))
+    # "warnings" is Ansible's own key: vmsnap's go under vmsnap_warnings
+    res["vmsnap_warnings"] = res.pop("warnings", [])
+    if obj is None:
+        module.fail_json(msg="vmsnap printed no result (exit %d): %s" % (rc, err.strip()[-2000:]),
+                         **res)
+    return res
+
+
+def describe_errors(obj):
+    return "; ".join("%s (%s): %s" % (e.get("code"), e.get("number"), e.get("message"))
+                     for e in (obj or {}).get("errors", []) if isinstance(e, dict))
+
+
+# -- check / run / freeze / thaw ------------------------------------------------
+
+def do_check(module):
+    rc, obj, err = vmsnap_call(module, base_argv(module, "check"))
+    res = run_result(module, rc, obj, err)
+    if rc != 0:
+        module.fail_json(msg="vmsnap check found problems: " + describe_errors(obj), **res)
+    module.exit_json(changed=False, msg="configuration, permissions and scripts are all good",
+                     **res)
+
+
+def do_run(module):
+    argv = base_argv(module, "run")
+    if module.params["lease"] is not None:
+        argv += ["--freeze-timeout", str(need_lease(module))]
+    if module.check_mode:
+        argv.append("--dry-run")
+    if module.params["snapshot"]:
+        argv += ["--"] + module.params["snapshot"]
+    rc, obj, err = vmsnap_call(module, argv)
+    res = run_result(module, rc, obj, err)
+    msg = "vmsnap run: %s, %s" % (obj.get("status"), obj.get("consistency") or "no snapshot")
+    if obj.get("status") == "failed":
+        module.fail_json(msg=msg + ": " + describe_errors(obj), changed=True, **res)
+    if obj.get("status") == "degraded":
+        module.warn(msg + ": " + describe_errors(obj))
+    # in check mode (a dry run): what a real run would do, which always changes something
+    module.exit_json(changed=True, msg=msg, **res)
+
+
+def do_freeze(module):
+    lease = need_lease(module)
+    if module.check_mode:
+        module.exit_json(changed=True, msg="would freeze %s for at most %gs"
+                         % (", ".join(module.params["mounts"] or ["every eligible filesystem"]),
+                            lease))
+    argv = base_argv(module, "freeze") + ["--timeout", str(lease)]
+    called_at = time.time()
+    rc, obj, err = vmsnap_call(module, argv)
+    returned_at = time.time()
+    # vmsnap freeze --json gives no wall-clock time: the freeze happened
+    # between these two readings, and the lease counts from inside them.
+    res = run_result(module, rc, obj, err, dict(
+        called_at=called_at, returned_at=returned_at,
+        lease_deadline=called_at + lease if rc == 0 else None))
+    if rc != 0:
+        module.fail_json(msg="vmsnap freeze failed, nothing left frozen: %s"
+                         % "; ".join(obj.get("errors") or [err.strip()]), **res)
+    module.exit_json(changed=True, msg="frozen until `vmsnap thaw` or %gs" % lease, **res)
+
+
+def do_thaw(module):
+    if module.check_mode:
+        module.exit_json(changed=True, msg="would thaw what vmsnap recorded as frozen")
+    argv = base_argv(module, "thaw")
+    if module.params["force"]:
+        argv.insert(2, "--force")
+    called_at = time.time()
+    rc, obj, err = vmsnap_call(module, argv)
+    res = run_result(module, rc, obj, err, dict(called_at=called_at, returned_at=time.time()))
+    if rc != 0:
+        module.fail_json(msg="vmsnap thaw failed: " + err.strip(), **res)
+    changed = obj.get("status") == "thawed"   # "nothing": already thawed, idempotent
+    module.exit_json(changed=changed, msg="thawed" if changed else "nothing was frozen", **res)
+
+
+# -- group session: begin / end / status -----------------------------------------
+
+def session_dir(module):
+    group = module.params["group"]
+    if not group or "/" in group or group.startswith("."):
+        module.fail_json(msg="group %r: use a plain name (no '/', not starting with '.')" % group)
+    return os.path.join(module.params["state_dir"], group)
+
+
+def read_float(path):
+    try:
+        with open(path) as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid):
+    """The session's vmsnap process still runs (it is not our child: no wait)."""
+    if not pid:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def session_state(d):
+    pid = None
+    try:
+        with open(os.path.join(d, "pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    result = None
+    try:
+        with open(os.path.join(d, "result.json")) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        pass
+    with_lease = read_float(os.path.join(d, "lease"))
+    return {"group": os.path.basename(d), "dir": d, "pid": pid, "running": pid_alive(pid),
+            "frozen_at": read_float(os.path.join(d, "frozen_at")),
+            "released_at": read_float(os.path.join(d, "released_at")),
+            "released": os.path.exists(os.path.join(d, "release")),
+            "lease": with_lease, "started_at": read_float(os.path.join(d, "started_at")),
+            "result": result}
+
+
+def lease_deadline(st):
+    # the guardian's deadline counts from the freeze, which began after
+    # started_at and ended before frozen_at: started_at + lease is a bound
+    if st["started_at"] is None or st["lease"] is None:
+        return None
+    return st["started_at"] + st["lease"]
+
+
+def write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def do_begin(module):
+    lease = need_lease(module)
+    d = session_dir(module)
+    if os.path.isdir(d):
+        st = session_state(d)
+        if st["running"] and st["frozen_at"] is not None and not st["released"]:
+            module.exit_json(changed=False, msg="group %s: already frozen on this host"
+                             % module.params["group"], frozen_at=st["frozen_at"],
+                             lease_deadline=lease_deadline(st), pid=st["pid"])
+        if st["running"]:
+            module.fail_json(msg="group %s: a session is still running here (pid %s); "
+                             "end it or wait for its lease" % (module.params["group"], st["pid"]))
+    if module.check_mode:
+        module.exit_json(changed=True, msg="would run the pre-script and freeze %s under a "
+                         "%gs lease" % (", ".join(module.params["mounts"] or ["everything"]),
+                                        lease))
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.makedirs(d, mode=0o700)
+    argv = base_argv(module, "run") + ["--freeze-timeout", str(lease), "--",
+                                       "/bin/sh", "-c", WAITER, "vmsnap-group-step", d]
+    write_atomic(os.path.join(d, "lease"), repr(lease))
+    write_atomic(os.path.join(d, "started_at"), repr(time.time()))
+    with open(os.path.join(d, "stderr.log"), "w") as err, open(os.devnull, "r+") as devnull:
+        # its own session: the end of the ssh connection does not reach it;
+        # result.json appears (by rename) only once vmsnap has finished
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", '"$@" > "$0/result.json.part"; echo $? > "$0/rc"; '
+             'mv "$0/result.json.part" "$0/result.json"', d] + argv,
+            stdin=devnull, stdout=devnull, stderr=err, close_fds=True, start_new_session=True)
+    write_atomic(os.path.join(d, "pid"), str(proc.pid))
+    limit = time.monotonic() + module.params["wait_timeout"]
+    while time.monotonic() < limit:
+        st = session_state(d)
+        if st["frozen_at"] is not None:
+            module.exit_json(changed=True, msg="quiesced and frozen; the lease thaws it by %.3f"
+                             % lease_deadline(st), frozen_at=st["frozen_at"],
+                             lease_deadline=lease_deadline(st), pid=proc.pid,
+                             host_time=time.time())
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    st = session_state(d)
+    res = dict(st["result"] or {})
+    res["vmsnap_warnings"] = res.pop("warnings", [])
+    if proc.poll() is None:
+        module.fail_json(msg="group %s: not frozen after %gs (the pre-script or the freeze is "
+                         "still going; its lease ends it)" % (module.params["group"],
+                                                                module.params["wait_timeout"]),
+                         changed=True, pid=proc.pid, **res)
+    # vmsnap ended without reaching the snapshot step: no freeze held here
+    with open(os.path.join(d, "stderr.log")) as f:
+        err = f.read()
+    module.fail_json(msg="group %s: this host did not freeze: %s" % (
+        module.params["group"], describe_errors(res) or err.strip()[-2000:]),
+        changed=True, rc=proc.returncode, stderr=err, frozen_at=None, **res)
+
+
+def do_end(module):
+    d = session_dir(module)
+    if not os.path.isdir(d):
+        module.exit_json(changed=False, msg="no group session %s on this host"
+                         % module.params["group"], status="absent")
+    st = session_state(d)
+    if module.check_mode:
+        module.exit_json(changed=not st["released"], msg="would release the snapshot step")
+    changed = False
+    if not st["released"] and st["result"] is None:
+        write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
+                     else "failed\n")
+        changed = True
+    limit = time.monotonic() + module.params["wait_timeout"]
+    while st["result"] is None and time.monotonic() < limit:
+        time.sleep(0.05)
+        st = session_state(d)
+    if st["result"] is None:
+        module.fail_json(msg="group %s: vmsnap did not finish within %gs (the thaw is "
+                         "guaranteed by the lease; the post-script may still be running)"
+                         % (module.params["group"], module.params["wait_timeout"]),
+                         changed=changed, pid=st["pid"])
+    obj = st["result"]
+    codes = [e.get("code") for e in obj.get("errors", []) if isinstance(e, dict)]
+    freeze = obj.get("freeze") or {}
+    # the step ran from frozen_at to released_at; vmsnap says whether the
+    # freeze held all that time (no deadline, no early thaw, all frozen)
+    covered = (st["frozen_at"] is not None and st["released_at"] is not None
+               and not freeze.get("deadline_hit") and not set(codes) & set(BREAK_CODES)
+               and bool(freeze.get("mounts"))
+               and all(m.get("frozen") and not m.get("error") for m in freeze["mounts"]))
+    obj = dict(obj)
+    obj["vmsnap_warnings"] = obj.pop("warnings", [])
+    res = dict(obj, frozen_at=st["frozen_at"], released_at=st["released_at"], covered=covered,
+               lease_deadline=lease_deadline(st), host_time=time.time())
+    own_errors = [c for c in codes if not (c == "SnapshotFailed"
+                                           and not module.params["snapshot_ok"])]
+    msg = "thawed and resumed: %s; the freeze %s the snapshot step" % (
+        obj.get("status"), "covered" if covered else "did NOT cover")
+    if obj.get("status") == "failed" and own_errors:
+        module.fail_json(msg=msg + ": " + describe_errors(obj), changed=changed, **res)
+    module.exit_json(changed=changed, msg=msg, **res)
+
+
+def do_status(module):
+    root = module.params["state_dir"]
+    sessions = []
+    if os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            if os.path.isdir(os.path.join(root, name)):
+                st = session_state(os.path.join(root, name))
+                st["lease_deadline"] = lease_deadline(st)
+                st["state"] = ("frozen" if st["running"] and st["frozen_at"] is not None
+                               and not st["released"] else
+                               "running" if st["running"] else "finished")
+                sessions.append(st)
+    module.exit_json(changed=False, sessions=sessions, host_time=time.time(),
+                     frozen=[s["group"] for s in sessions if s["state"] == "frozen"])
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            command=dict(type="str", required=True,
+                         choices=["check", "run", "freeze", "thaw", "status", "begin", "end"]),
+            vmsnap_bin=dict(type="path", default="vmsnap"),
+            config=dict(type="path"),
+            mounts=dict(type="list", elements="path"),
+            lease=dict(type="float"),
+            snapshot=dict(type="list", elements="str"),
+            force=dict(type="bool", default=False),
+            group=dict(type="str", default="default"),
+            snapshot_ok=dict(type="bool", default=True),
+            wait_timeout=dict(type="float", default=300),
+            log_file=dict(type="str"),
+            state_dir=dict(type="path", default="/run/vmsnap-fleet"),
+        ),
+        supports_check_mode=True,
+    )
+    handlers = {"check": do_check, "run": do_run, "freeze": do_freeze, "thaw": do_thaw,
+                "status": do_status, "begin": do_begin, "end": do_end}
+    vmsnap_bin = module.params["vmsnap_bin"]
+    if module.params["command"] != "status" and shutil.which(vmsnap_bin) is None:
+        module.fail_json(msg="vmsnap not found on the host: %s (install it, or set vmsnap_bin)"
+                         % vmsnap_bin)
+    handlers[module.params["command"]](module)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# MIT License (see the vmsnap package)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vmsnap_group_verdict
+short_description: The consistency of a group snapshot taken across many hosts
+version_added: "0.1.0"
+description:
+  - Runs on the controller after the C(vmsnap.fleet.consistency_group) role's
+    C(begin), snapshot and C(end) steps and says what the group's snapshot is.
+  - The group is B(application)-consistent only if every host's freeze window
+    covered the snapshot step, in wall-clock time on the controller's clock
+    (each host's times are moved by its measured clock offset, with the
+    offset's uncertainty counted against the host), and every host's
+    pre-script succeeded. If every window covered it but some pre-script did
+    not run or failed, the group is B(filesystem)-consistent.
+  - Otherwise it names the hosts that broke it (did not freeze, thawed early,
+    unreachable so that the window cannot be confirmed) and the group is
+    B(crash)-consistent (status C(degraded)) when I(continue_on_failure) is
+    true, or B(failed) when it is false.
+  - No snapshot, or a failed snapshot step, is C(failed).
+options:
+  hosts:
+    description: The group's hosts, in order.
+    type: list
+    elements: str
+    required: true
+  begin:
+    description: The registered results of C(vmsnap command=begin), one per host (null when missing).
+    type: list
+    elements: raw
+    required: true
+  end:
+    description: The registered results of C(vmsnap command=end), one per host (null when missing).
+    type: list
+    elements: raw
+    required: true
+  snapshot:
+    description: The registered result of the snapshot step (C(ansible.builtin.command) on the controller).
+    type: raw
+  continue_on_failure:
+    description: The group's C(continueBackupOnFailure).
+    type: bool
+    default: true
+author:
+  - vmsnap developers
+"""
+
+EXAMPLES = r"""
+- name: The group's verdict
+  vmsnap.fleet.vmsnap_group_verdict:
+    hosts: "{{ ansible_play_hosts_all }}"
+    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_begin') | map('default', None) | list }}"
+    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_end') | map('default', None) | list }}"
+    snapshot: "{{ vmsnap_snapshot | default(None) }}"
+    continue_on_failure: true
+  delegate_to: localhost
+  run_once: true
+"""
+
+RETURN = r"""
+status:
+  description: C(success), C(degraded) or C(failed), as for one host.
+  returned: always
+  type: str
+consistency:
+  description: C(application), C(filesystem), C(crash), or null (no usable snapshot).
+  returned: always
+  type: str
+broken_by:
+  description: The hosts whose freeze did not (or cannot be shown to) cover the snapshot step.
+  returned: always
+  type: list
+  elements: str
+hosts:
+  description: Per host, whether its window covered the step, why not, and its window on the controller's clock.
+  returned: always
+  type: dict
+snapshot:
+  description: The snapshot step's start and end (controller clock, epoch seconds) and exit status.
+  returned: always
+  type: dict
+"""
+
+import datetime
+
+from ansible.module_utils.basic import AnsibleModule
+
+RANK = {"application": 2, "filesystem": 1, "crash": 0}
+
+
+def command_time(text):
+    """ansible.builtin.command's start/end: the controller's local time."""
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def snapshot_facts(snap):
+    if not isinstance(snap, dict) or not snap or snap.get("skipped"):
+        return {"ran": False, "ok": False, "why": (snap or {}).get("skip_reason", "not run")
+                if isinstance(snap, dict) else "not run"}
+    facts = {"ran": True, "rc": snap.get("rc"), "start": None, "end": None}
+    try:
+        facts["start"], facts["end"] = command_time(snap["start"]), command_time(snap["end"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    facts["ok"] = (not snap.get("failed") and snap.get("rc") == 0
+                   and facts["start"] is not None)
+    return facts
+
+
+def clock_of(*results):
+    """The tightest offset measured on this host (begin's or end's)."""
+    clocks = [r.get("clock") for r in results if isinstance(r, dict)]
+    clocks = [c for c in clocks if isinstance(c, dict) and c.get("offset") is not None]
+    return min(clocks, key=lambda c: c["uncertainty"]) if clocks else None
+
+
+def host_verdict(name, begin, end, snap):
+    """(covered, reason, details) for one host."""
+    info = {"host": name}
+    if not isinstance(begin, dict) or begin.get("skipped"):
+        return False, "never began (no freeze)", info
+    if begin.get("unreachable"):
+        return False, "unreachable before the freeze: %s" % begin.get("msg", ""), info
+    if begin.get("failed") or begin.get("frozen_at") is None:
+        return False, "did not freeze: %s" % begin.get("msg", "no reason given"), info
+    clock = clock_of(begin, end)
+    info["clock"] = clock
+    if clock is None:
+        return False, "its clock offset to the controller could not be measured", info
+    off, unc = clock["offset"], clock["uncertainty"]
+    info["frozen_from"] = begin["frozen_at"] - off + unc        # latest it can have been
+    if begin.get("lease_deadline") is not None:
+        info["lease_ends_by"] = begin["lease_deadline"] - off + unc
+    if not isinstance(end, dict) or end.get("unreachable") or end.get("skipped"):
+        why = (end or {}).get("msg", "no result") if isinstance(end, dict) else "no result"
+        bound = ""
+        if info.get("lease_ends_by") is not None:
+            bound = " (its lease thaws it by %.3f on the controller's clock)" % info["lease_ends_by"]
+        return False, "unreachable after the freeze: its window could not be confirmed%s: %s" % (
+            bound, why), info
+    info["host_status"], info["host_consistency"] = end.get("status"), end.get("consistency")
+    pre = end.get("pre_script") or {}
+    info["pre_script_ok"] = bool(pre.get("ran") and pre.get("exit_code") == 0
+                                 and not pre.get("timed_out"))
+    if not end.get("covered") or end.get("released_at") is None:
+        errors = [e for e in end.get("errors", []) if isinstance(e, dict)]
+        codes = ", ".join("%s (%s)" % (e.get("code"), e.get("message")) for e in errors)
+        if any(e.get("code") == "FsFreezeFailed" for e in errors):
+            return False, "did not freeze: %s" % codes, info
+        return False, "thawed before the snapshot step ended: %s" % (codes or end.get("msg")), info
+    info["frozen_until"] = end["released_at"] - off - unc       # earliest it can have been
+    if not snap.get("ran") or snap.get("start") is None:
+        return True, "frozen", info
+    if info["frozen_from"] > snap["start"]:
+        return False, ("froze at %.3f, after the snapshot step began at %.3f (clock uncertainty "
+                       "%.3fs)" % (info["frozen_from"], snap["start"], unc)), info
+    if info["frozen_until"] < snap["end"]:
+        return False, ("thawed at %.3f, before the snapshot step ended at %.3f (clock "
+                       "uncertainty %.3fs)" % (info["frozen_until"], snap["end"], unc)), info
+    return True, "frozen from before the snapshot step to after it", info
+
+
+def group_verdict(hosts, begin, end, snapshot, continue_on_failure):
+    """The group's verdict as a dict (the module's result without changed/failed)."""
+    snap = snapshot_facts(snapshot)
+    per_host, broken = {}, []
+    for i, name in enumerate(hosts):
+        b = begin[i] if i < len(begin) else None
+        e = end[i] if i < len(end) else None
+        covered, reason, info = host_verdict(name, b, e, snap)
+        info.update(covered=covered, reason=reason)
+        per_host[name] = info
+        if not covered:
+            broken.append(name)
+    out = {"hosts": per_host, "broken_by": broken,
+           "snapshot": {k: snap.get(k) for k in ("ran", "ok", "rc", "start", "end")}}
+    why_broken = "; ".join("%s: %s" % (h, per_host[h]["reason"]) for h in broken)
+    if not snap["ran"]:
+        out.update(status="failed", consistency=None,
+                   msg="no snapshot was taken (%s)%s" % (
+                       snap.get("why"), "; " + why_broken if broken else ""))
+    elif not snap["ok"]:
+        out.update(status="failed", consistency=None,
+                   msg="the snapshot step failed (exit %s): the group has no snapshot" % snap.get("rc"))
+    elif broken:
+        if continue_on_failure:
+            out.update(status="degraded", consistency="crash",
+                       msg="crash-consistent: the freeze did not cover the snapshot step on %s"
+                       % why_broken)
+        else:
+            out.update(status="failed", consistency=None,
+                       msg="failed (continueBackupOnFailure is false): the freeze did not cover "
+                       "the snapshot step on %s" % why_broken)
+    else:
+        low = min((RANK["application"] if per_host[h].get("pre_script_ok") else RANK["filesystem"])
+                  for h in hosts) if hosts else RANK["filesystem"]
+        consistency = {v: k for k, v in RANK.items()}[low]
+        quiet = [h for h in hosts if not per_host[h].get("pre_script_ok")]
+        if quiet and not continue_on_failure:
+            # as one host with several disks: a script failure fails the backup
+            out.update(status="failed", consistency=None, broken_by=quiet,
+                       msg="failed (continueBackupOnFailure is false): the pre-script did not "
+                       "succeed on %s" % ", ".join(quiet))
+            return out
+        out.update(status="success" if consistency == "application" else "degraded",
+                   consistency=consistency,
+                   msg="%s-consistent: every host's freeze covered the snapshot step%s" % (
+                       consistency, "" if not quiet else
+                       "; the pre-script did not succeed on %s" % ", ".join(quiet)))
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            hosts=dict(type="list", elements="str", required=True),
+            begin=dict(type="list", elements="raw", required=True),
+            end=dict(type="list", elements="raw", required=True),
+            snapshot=dict(type="raw"),
+            continue_on_failure=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if module.check_mode:
+        module.exit_json(changed=False, status="skipped", consistency=None, broken_by=[],
+                         hosts={}, snapshot={}, msg="check mode: no snapshot taken")
+    out = group_verdict(p["hosts"], p["begin"], p["end"], p["snapshot"],
+                        p["continue_on_failure"])
+    if out["status"] == "failed":
+        module.fail_json(**out)
+    module.exit_json(changed=False, **out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""A consistency group across three hosts, driven by ansible-core, with the
+faults a fleet has.  Each host is an sshd in its own mount namespace (see
+harness.py); the snapshot step on the controller checks whether every host
+really is frozen at its start and at its end, so the group's verdict is
+compared with what was true.
+
+Run with `make test-fleet` (it makes the ansible-core venv and sets
+VMSNAP_FLEET_ANSIBLE); skipped otherwise."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .harness import Fleet
+
+ANSIBLE = os.environ.get("VMSNAP_FLEET_ANSIBLE")
+pytestmark = [
+    pytest.mark.skipif(not ANSIBLE, reason="the fleet runs under `make test-fleet` "
+                       "(VMSNAP_FLEET_ANSIBLE=path of ansible-playbook)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root (namespaces, loop devices)"),
+]
+STEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "snapshot_step.py")
+
+
+@pytest.fixture
+def fleet():
+    f = Fleet(3, ansible_bin=ANSIBLE)
+    try:
+        yield f.start()
+    finally:
+        f.stop()
+
+
+def group(fleet, *, lease=30, sleep=0.5, exit=0, kill_sshd=(), continue_on_failure=True,
+          check=False, background=False):
+    """Runs the consistency_group role; returns (rc, output, report, step report)."""
+    spec = {"hosts": {h.name: {"ns": h.ns_path, "mnts": h.mnts} for h in fleet.hosts},
+            "started_file": os.path.join(fleet.base, "step-started"),
+            "report": os.path.join(fleet.base, "step.json"),
+            "sleep": sleep, "exit": exit, "kill_sshd": list(kill_sshd)}
+    for p in (spec["started_file"], spec["report"], os.path.join(fleet.base, "report.json")):
+        if os.path.exists(p):
+            os.unlink(p)
+    with open(os.path.join(fleet.base, "spec.json"), "w") as f:
+        json.dump(spec, f)
+    extra = {"vmsnap_lease": lease, "vmsnap_continue_on_failure": continue_on_failure,
+             "vmsnap_report_file": os.path.join(fleet.base, "report.json"),
+             "vmsnap_snapshot_command": [sys.executable, STEP,
+                                         os.path.join(fleet.base, "spec.json")]}
+    if background:
+        return fleet.start_playbook("group.yml", extra)
+    rc, out = fleet.playbook("group.yml", extra, check=check)
+    return rc, out, load(os.path.join(fleet.base, "report.json")), load(spec["report"])
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError("not within %gs: %s" % (timeout, what))
+
+
+def events(host):
+    return (host.read_run("fleet-app/events") or "").split()
+
+
+def host_result(host):
+    text = host.read_run("vmsnap-fleet/group/result.json")
+    return json.loads(text) if text else None
+
+
+def codes(res):
+    return [e["code"] for e in res["errors"]]
+
+
+def assert_resumed(host):
+    """Thawed, the application resumed by the post-script, vmsnap finished."""
+    assert host.frozen() == "thawed", host.name
+    assert events(host) == ["pre", "post"], host.name
+
+
+# -- the group ------------------------------------------------------------------
+
+def test_every_window_covers_the_step_application_consistent(fleet):
+    rc, out, report, step = group(fleet)
+    assert rc == 0, out
+    verdict = report["verdict"]
+    assert (verdict["status"], verdict["consistency"], verdict["broken_by"]) == \
+        ("success", "application", []), verdict["msg"]
+    # what the verdict claims was true: every host frozen across the step
+    assert step["start"] == step["end"] == {h.name: "frozen" for h in fleet.hosts}
+    snap = verdict["snapshot"]
+    for h in fleet.hosts:
+        v = verdict["hosts"][h.name]
+        assert v["frozen_from"] <= snap["start"] and v["frozen_until"] >= snap["end"], v
+        assert v["clock"]["uncertainty"] < 5
+        assert_resumed(h)
+        # the session, its lock and records lived in the host's own /run
+        assert host_result(h)["status"] == "success"
+    assert not os.path.exists("/run/vmsnap-fleet/group")
+
+
+def test_check_mode_changes_nothing(fleet):
+    rc, out, report, step = group(fleet, check=True)
+    assert rc == 0, out
+    assert step is None
+    for h in fleet.hosts:
+        assert h.frozen() == "thawed" and events(h) == [] and host_result(h) is None
+
+
+def test_hosts_listen_only_on_their_loopback_address(fleet):
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    for h in fleet.hosts:
+        pids = {str(p) for p in h.sshd_pids()}
+        mine = [line.split()[3] for line in out.splitlines()
+                if any("pid=%s," % p in line for p in pids)]
+        assert mine == ["%s:%d" % (h.addr, h.port)], (h.name, mine)
+
+
+# -- faults ---------------------------------------------------------------------
+
+def test_pre_script_fails_on_one_host_no_snapshot_all_resumed(fleet):
+    bad = fleet.hosts[1]
+    for h in fleet.hosts:
+        h.configure(continue_on_failure=False, pre_exit=1 if h is bad else 0)
+    rc, out, report, step = group(fleet, continue_on_failure=False)
+    assert rc != 0
+    verdict = report["verdict"]
+    assert verdict["status"] == "failed" and verdict["consistency"] is None
+    assert verdict["broken_by"] == [bad.name], verdict["msg"]
+    assert "did not freeze" in verdict["hosts"][bad.name]["reason"]
+    assert "Pre-ScriptExecutionFailed" in verdict["hosts"][bad.name]["reason"]
+    assert step is None, "the snapshot step ran although a host could not be quiesced"
+    for h in fleet.hosts:
+        assert_resumed(h)      # the failed host's post-script too: its pre-script ran
+    assert codes(host_result(bad)) == ["Pre-ScriptExecutionFailed"]
+
+
+def test_pre_script_fails_on_one_host_and_the_group_goes_on(fleet):
+    bad = fleet.hosts[1]
+    bad.configure(pre_exit=1)
+    rc, out, report, step = group(fleet)
+    assert rc == 0, out
+    verdict = report["verdict"]
+    assert (verdict["status"], verdict["consistency"]) == ("degraded", "filesystem"), verdict
+    assert bad.name in verdict["msg"]
+    assert step["start"] == step["end"] == {h.name: "frozen" for h in fleet.hosts}
+    for h in fleet.hosts:
+        assert_resumed(h)
+
+
+@pytest.mark.parametrize("continue_on_failure", [True, False])
+def test_freeze_fails_on_one_host(fleet, continue_on_failure):
+    bad = fleet.hosts[2]
+    # a filesystem that cannot be frozen: shut down, FIFREEZE fails with EIO
+    p = bad.run(["xfs_io", "-x", "-c", "shutdown", bad.mnt])
+    assert p.returncode == 0, p.stderr
+    rc, out, report, step = group(fleet, continue_on_failure=continue_on_failure)
+    verdict = report["verdict"]
+    assert verdict["broken_by"] == [bad.name], verdict["msg"]
+    assert "FsFreezeFailed" in verdict["hosts"][bad.name]["reason"]
+    if continue_on_failure:
+        assert rc == 0, out
+        assert (verdict["status"], verdict["consistency"]) == ("degraded", "crash")
+        assert step["start"][bad.name] != "frozen"       # the truth the verdict names
+    else:
+        assert rc != 0 and verdict["status"] == "failed" and verdict["consistency"] is None
+    for h in fleet.hosts:
+        if h is not bad:
+            assert_resumed(h)
+    assert events(bad) == ["pre", "post"]
+
+
+def test_unreachable_host_mid_window_is_thawed_by_its_lease(fleet):
+    lost = fleet.hosts[1]
+    lease = 15
+    t0 = time.monotonic()
+    rc, out, report, step = group(fleet, lease=lease, kill_sshd=[lost.name])
+    verdict = report["verdict"]
+    assert (verdict["status"], verdict["consistency"], verdict["broken_by"]) == \
+        ("degraded", "crash", [lost.name]), verdict["msg"]
+    assert "unreachable after the freeze" in verdict["hosts"][lost.name]["reason"]
+    for h in fleet.hosts:
+        if h is not lost:
+            assert_resumed(h)
+    # nobody can reach it: its lease thaws it and vmsnap resumes the application
+    wait_for(lambda: host_result(lost) is not None, lease + 30, "the lost host's run ends")
+    assert time.monotonic() - t0 < lease + 60
+    assert lost.frozen() == "thawed"
+    assert events(lost) == ["pre", "post"]
+    assert codes(host_result(lost)) == ["FsFreezeTimeout"]
+
+
+def test_snapshot_command_fails_every_host_records_it(fleet):
+    rc, out, report, step = group(fleet, exit=1)
+    assert rc != 0
+    verdict = report["verdict"]
+    assert verdict["status"] == "failed" and verdict["consistency"] is None
+    assert "snapshot step failed" in verdict["msg"]
+    for h in fleet.hosts:
+        assert_resumed(h)
+        res = host_result(h)
+        assert res["status"] == "failed" and codes(res) == ["SnapshotFailed"], h.name
+
+
+def test_controller_killed_mid_window_every_host_thaws_and_resumes(fleet):
+    lease = 15
+    p = group(fleet, lease=lease, sleep=300, background=True)
+    started = os.path.join(fleet.base, "step-started")
+    wait_for(lambda: os.path.exists(started) or p.poll() is not None, 120, "the snapshot step")
+    assert p.poll() is None, "ansible-playbook ended before the window"
+    for h in fleet.hosts:
+        assert h.frozen() == "frozen", h.name
+    t_kill = time.monotonic()
+    os.killpg(p.pid, 9)
+    p.wait()
+    for h in fleet.hosts:
+        wait_for(lambda h=h: host_result(h) is not None, lease + 30, "%s's run ends" % h.name)
+    assert time.monotonic() - t_kill < lease + 30
+    for h in fleet.hosts:
+        assert_resumed(h)
+        assert codes(host_result(h)) == ["FsFreezeTimeout"], h.name
+
+
+# -- the module on one host -------------------------------------------------------
+
+def test_module_freeze_thaw_is_idempotent_and_check_mode_touches_nothing(fleet):
+    h = fleet.hosts[0]
+    res = fleet.module(h, {"command": "freeze", "lease": 20, "mounts": h.mnts}, check=True)
+    assert res["changed"] and h.frozen() == "thawed"
+    res = fleet.module(h, {"command": "freeze", "lease": 20, "mounts": h.mnts})
+    assert res["changed"] and res["status"] == "frozen" and h.frozen() == "frozen"
+    assert res["called_at"] <= res["returned_at"] < res["lease_deadline"]
+    assert abs(res["clock"]["offset"]) <= res["clock"]["uncertainty"] + 0.05   # same machine
+    res = fleet.module(h, {"command": "thaw"})
+    assert res["changed"] and res["status"] == "thawed" and h.frozen() == "thawed"
+    res = fleet.module(h, {"command": "thaw"})
+    assert not res["changed"] and res["status"] == "nothing"
+
+
+def test_module_run_returns_the_result_and_check_mode_is_a_dry_run(fleet):
+    h = fleet.hosts[2]
+    args = {"command": "run", "lease": 20, "mounts": h.mnts, "config": h.config,
+            "snapshot": ["true"], "log_file": ""}
+    res = fleet.module(h, args, check=True)
+    assert res["changed"] and events(h) == [] and h.frozen() == "thawed"   # would change
+    res = fleet.module(h, args)
+    assert res["changed"] and (res["status"], res["consistency"]) == ("success", "application")
+    assert res["rc"] == 0 and events(h) == ["pre", "post"]
+    status = fleet.module(h, {"command": "status"})
+    assert not status["changed"] and status["frozen"] == []

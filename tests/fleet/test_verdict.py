@@ -1,0 +1,122 @@
+"""The group verdict's rules (vmsnap_group_verdict), as a pure function:
+no hosts, no ansible needed (its import is stubbed when it is missing)."""
+
+import datetime
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "contrib", "ansible", "plugins", "modules", "vmsnap_group_verdict.py")
+
+
+@pytest.fixture(scope="module")
+def verdict():
+    saved = {k: sys.modules.get(k) for k in ("ansible", "ansible.module_utils",
+                                             "ansible.module_utils.basic")}
+    try:
+        import ansible.module_utils.basic  # noqa: F401
+    except ImportError:
+        for name in saved:
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["ansible.module_utils.basic"].AnsibleModule = None
+    try:
+        spec = importlib.util.spec_from_file_location("vmsnap_group_verdict", MODULE)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod.group_verdict
+    finally:
+        for name, m in saved.items():
+            if m is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = m
+
+
+T = 1_800_000_000.0   # the controller's clock at the step's start
+
+
+def stamp(t):
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def snap(start=T, end=T + 2, rc=0):
+    return {"rc": rc, "failed": rc != 0, "start": stamp(start), "end": stamp(end)}
+
+
+def host(frozen_at=T - 1, released_at=T + 3, offset=0.0, unc=0.01, pre_ok=True, covered=True,
+         errors=()):
+    clock = {"offset": offset, "uncertainty": unc}
+    begin = {"frozen_at": frozen_at + offset, "lease_deadline": frozen_at + offset + 60,
+             "clock": clock}
+    end = {"status": "success", "consistency": "application", "covered": covered,
+           "released_at": released_at + offset, "clock": clock,
+           "errors": [{"code": c, "message": "m"} for c in errors],
+           "pre_script": {"ran": True, "exit_code": 0 if pre_ok else 1, "timed_out": False}}
+    return begin, end
+
+
+def decide(verdict, hosts, snapshot=None, cont=True):
+    names = ["h%d" % i for i in range(len(hosts))]
+    return verdict(names, [b for b, _ in hosts], [e for _, e in hosts],
+                   snap() if snapshot is None else snapshot, cont)
+
+
+def test_every_window_covers_the_step(verdict):
+    v = decide(verdict, [host(), host(offset=30.0), host(offset=-7.5)])
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", [])
+
+
+def test_a_host_clock_behind_is_moved_by_its_offset(verdict):
+    # its clock is 2 s behind the controller's: "frozen at T - 1.5" on its
+    # clock is T + 0.5 on the controller's, after the step began
+    b, e = host(offset=-2.0)
+    b["frozen_at"] = T - 1.5
+    v = decide(verdict, [host(), (b, e)])
+    assert v["broken_by"] == ["h1"] and "after the snapshot step began" in v["hosts"]["h1"]["reason"]
+    assert (v["status"], v["consistency"]) == ("degraded", "crash")
+
+
+def test_the_offset_uncertainty_counts_against_the_host(verdict):
+    v = decide(verdict, [host(), host(frozen_at=T - 0.05, unc=0.1)])
+    assert v["broken_by"] == ["h1"]
+    v = decide(verdict, [host(), host(frozen_at=T - 0.05, unc=0.01)])
+    assert v["broken_by"] == []
+
+
+def test_a_thaw_before_the_step_ended_breaks_it(verdict):
+    v = decide(verdict, [host(), host(released_at=T + 1)])
+    assert v["broken_by"] == ["h1"] and "thawed at" in v["hosts"]["h1"]["reason"]
+    v = decide(verdict, [host(), host(covered=False, errors=["FsFreezeTimeout"])])
+    assert v["broken_by"] == ["h1"] and "FsFreezeTimeout" in v["hosts"]["h1"]["reason"]
+
+
+def test_continue_on_failure_false_fails_the_group_and_names_the_host(verdict):
+    v = decide(verdict, [host(), host(released_at=T + 1)], cont=False)
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("failed", None, ["h1"])
+    assert "h1" in v["msg"]
+
+
+def test_a_failed_pre_script_makes_the_group_filesystem_consistent_or_failed(verdict):
+    v = decide(verdict, [host(), host(pre_ok=False)])
+    assert (v["status"], v["consistency"]) == ("degraded", "filesystem") and "h1" in v["msg"]
+    v = decide(verdict, [host(), host(pre_ok=False)], cont=False)
+    assert (v["status"], v["broken_by"]) == ("failed", ["h1"])
+
+
+def test_unreachable_or_unfrozen_hosts_are_named(verdict):
+    b, _ = host()
+    v = decide(verdict, [host(), (b, {"unreachable": True, "msg": "ssh: refused"})])
+    assert v["broken_by"] == ["h1"] and "could not be confirmed" in v["hosts"]["h1"]["reason"]
+    v = decide(verdict, [({"failed": True, "msg": "Pre-ScriptExecutionFailed"}, None), host()])
+    assert v["broken_by"] == ["h0"] and "did not freeze" in v["hosts"]["h0"]["reason"]
+
+
+def test_no_snapshot_or_a_failed_one_is_failed(verdict):
+    v = decide(verdict, [host()], snapshot=snap(rc=1))
+    assert (v["status"], v["consistency"]) == ("failed", None)
+    v = decide(verdict, [host()], snapshot={"skipped": True, "skip_reason": "Conditional result was False"})
+    assert (v["status"], v["consistency"]) == ("failed", None) and "no snapshot" in v["msg"]
