@@ -18,15 +18,18 @@ from . import cycle
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
 from .errors import BusyError, CoreUnavailable, FreezeError
-from .logbook import DEFAULT_LOG_FILE
+from .logbook import DEFAULT_LOG_FILE, journal_line
 
 EXIT_USAGE = 2
 NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}
 
 
 def err(*lines):
+    """Human text on stderr; with syslog priorities when stderr is the journal."""
     for line in lines:
-        print(line, file=sys.stderr)
+        word = line.lstrip().split(" ", 1)[0]
+        level = {"error": "ERROR", "warning:": "WARNING"}.get(word, "INFO")
+        print(journal_line(line, level), file=sys.stderr)
 
 
 def emit_json(obj):
@@ -115,7 +118,7 @@ def cmd_run(args, snapshot_argv) -> int:
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
                     freeze_timeout=args.freeze_timeout, log_file=log_file or None,
-                    dry_run=args.dry_run)
+                    dry_run=args.dry_run, metrics_file=args.metrics_file)
     if args.json:
         emit_json(res.to_dict())
     if res.plan is not None:
@@ -318,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check and plan; run no script, freeze nothing")
     r.add_argument("--log-file", metavar="F", help="log file (default %s; '' for none)"
                    % DEFAULT_LOG_FILE)
+    r.add_argument("--metrics-file", metavar="F",
+                   help="after the run, write Prometheus textfile metrics to F (a *.prom file in "
+                   "node_exporter's textfile directory; default: the config's metricsFile; "
+                   "'' for none)")
     c = sub.add_parser("check", help="validate configuration, permissions and scripts")
     common(c, mount=False)
     c.add_argument("--azure", action="store_true", help="migration report: every way Azure's "

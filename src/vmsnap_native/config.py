@@ -72,6 +72,7 @@ class Config:
     mounts_to_freeze: list | None = None   # None: every eligible filesystem; []: none
     hooks_directory: str = DEFAULT_HOOKS_DIRECTORY
     expedite_rcu: bool = True
+    metrics_file: str | None = None   # Prometheus textfile written after each run
     warnings: list = field(default_factory=list)
     azure_differences: list = field(default_factory=list)
 
@@ -289,6 +290,7 @@ FIELDS = {
     "mountsToFreeze": ("mounts_to_freeze", _string_list, False),
     "hooksDirectory": ("hooks_directory", _full_path, False),
     "expediteRcu": ("expedite_rcu", _vmsnap_boolean, False),
+    "metricsFile": ("metrics_file", _full_path, False),
 }
 
 # Fields Azure reads that vmsnap has no use for, and why.
@@ -308,6 +310,7 @@ VMSNAP_ONLY_FIELDS = {
     "mountsToFreeze": "it freezes every filesystem it handles",
     "hooksDirectory": "it has no hooks",
     "expediteRcu": "it does not speed up the freeze",
+    "metricsFile": "it writes no metrics",
 }
 
 

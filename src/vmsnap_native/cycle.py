@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 
-from . import decide, policy, process, step
+from . import decide, metrics, policy, process, step
 from ._core import core
 from .decide import Outcome, StepFact
 from .errors import (
@@ -404,6 +404,18 @@ def _thawed_early(session) -> str | None:
     return decide.DEADLINE if cause is not None and deadline else cause
 
 
+def _write_metrics(res: Result, plan, metrics_file, log: Logbook) -> None:
+    """The run's Prometheus textfile (after the thaw: never inside the window)."""
+    path = metrics_file if metrics_file is not None else plan.settings.metrics_file
+    if not path:
+        return
+    try:
+        metrics.write_textfile(res.to_dict(), path)
+    except (OSError, metrics.MetricsFileError) as exc:
+        res.warnings.append("metrics not written to %s: %s" % (path, exc))
+        log.warning(res.warnings[-1])
+
+
 def _failed(error: Error, log: Logbook, t0: int) -> Result:
     """A run that could not start: failed, with ERROR (an exception's, converted once)."""
     log.error("%s: %s", error.code, error.message)
@@ -430,14 +442,16 @@ def recover_stale(log: Logbook) -> list:
 
 
 def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_file=None,
-        dry_run=False) -> Result:
+        dry_run=False, metrics_file=None) -> Result:
     """The whole cycle of SPEC §1–§5; returns a Result (SPEC §7).
 
     config: a path, a Config, or None for $VMSNAP_CONFIG or the default path;
     snapshot: an argv list run while frozen, a callable run while frozen, or
     None for an empty step; mounts: the mount points to freeze (default: every
     eligible filesystem); freeze_timeout: seconds, overrides the config's
-    freezeTimeoutInSeconds; log_file: where to append the run's log.
+    freezeTimeoutInSeconds; log_file: where to append the run's log;
+    metrics_file: a Prometheus textfile written after the run (default: the
+    config's metricsFile; '' for none).
     """
     t0 = time.monotonic_ns()
     log = Logbook(log_file)
@@ -470,6 +484,8 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
             log.info("result: status %s, consistency %s, window %s ms, errors %s",
                      res.status, res.consistency, res.freeze.window_ms,
                      ",".join(e.code for e in res.errors) or "none")
+            if not dry_run:
+                _write_metrics(res, plan, metrics_file, log)
             return res
         finally:
             lock.release()
