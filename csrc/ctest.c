@@ -59,6 +59,7 @@ static struct vmsnap_proc run(char *const argv[], int flags, int64_t timeout_ms,
     while (vmsnap_proc_wait(&p, deadline, grace_ms * 1000000) == -EINTR)
         ;
     vmsnap_proc_close(&p);
+    vmsnap_proc_release(&p);
     return p;
 }
 
@@ -90,6 +91,15 @@ static void test_supervision(int flags) {
     CHECK(p.timed_out && p.kill_sent && ms_since(t0) < 3000, "[%s] timeout: timed_out %d in %lld ms",
           path, p.timed_out, (long long)ms_since(t0));
     CHECK(vmsnap_group_live_count(p.pid) == 0, "[%s] group left alive after the timeout", path);
+
+    /* an inherited fd (no O_CLOEXEC) does not reach the child; umask 022 */
+    int leak = open("/dev/null", O_RDONLY);
+    char fdcheck[128];
+    snprintf(fdcheck, sizeof fdcheck, "test -e /proc/self/fd/%d && exit 9; test $(umask) = 0022", leak);
+    char *fdc[] = {"/bin/sh", "-c", fdcheck, NULL};
+    p = run(fdc, flags, 5000, 100);
+    CHECK(p.exit_code == 0, "[%s] fd %d leaked or umask wrong: exit %d", path, leak, p.exit_code);
+    close(leak);
 
     /* 1 MB of output, 4 KB kept: bounded, never blocked */
     char *big[] = {"/bin/sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x; echo END", NULL};

@@ -22,24 +22,29 @@ char *procfs_stat(int pid, char *buf, size_t size) {
     return p ? p + 1 : NULL;
 }
 
-int procfs_start_time(int pid, uint64_t *ret) {
+int procfs_read(int pid, struct procfs_info *ret) {
     char buf[1024];
     char *p = procfs_stat(pid, buf, sizeof buf);
     if (!p)
         return -ESRCH;
-    /* after the name come fields 3..: the state is field 3, the start time 22 */
-    int field = 2;
-    char *save = NULL;
-    for (char *tok = strtok_r(p, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-        field++;
-        if (field == 3 && tok[0] == 'Z')
-            return -ESRCH; /* a zombie has finished */
-        if (field == 22) {
-            *ret = strtoull(tok, NULL, 10);
-            return 0;
-        }
-    }
-    return -EIO;
+    /* after the name come fields 3..: state 3, ppid 4, pgrp 5, start time 22 */
+    unsigned long long start;
+    if (sscanf(p, " %c %d %d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+               &ret->state, &ret->ppid, &ret->pgrp, &start) != 4)
+        return -EIO;
+    ret->starttime = start;
+    return 0;
+}
+
+int procfs_start_time(int pid, uint64_t *ret) {
+    struct procfs_info info;
+    int r = procfs_read(pid, &info);
+    if (r < 0)
+        return r;
+    if (info.state == 'Z' || info.state == 'X')
+        return -ESRCH; /* a zombie has finished */
+    *ret = info.starttime;
+    return 0;
 }
 
 int vmsnap_process_matches(int pid, uint64_t starttime) {
