@@ -69,10 +69,9 @@ static const char *cgroup_base(void) {
 }
 
 static void fall_back(struct vmsnap_proc *p) {
-    static int subreaper; /* 0: not tried, 1: we are one, -1: refused */
-    if (!subreaper)
-        subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 ? 1 : -1;
-    p->containment = subreaper > 0 ? VMSNAP_CONTAIN_SUBREAPER : VMSNAP_CONTAIN_PGROUP;
+    /* set at each use: one syscall, and an embedder may have unset it */
+    int subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
+    p->containment = subreaper ? VMSNAP_CONTAIN_SUBREAPER : VMSNAP_CONTAIN_PGROUP;
 }
 
 void contain_setup(struct vmsnap_proc *p, int *procs_fd, int allow_cgroup) {
