@@ -76,7 +76,8 @@ def test_the_process_and_freeze_suites_pass_with_every_fallback(tmp_path):
     env = dict(os.environ, VMSNAP_COMPAT_DISABLE="all", VMSNAP_FALLBACK_RUN="1")
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         os.path.join(here, "test_process.py"), os.path.join(here, "test_freeze.py"),
-                        os.path.join(here, "test_faults.py"), "-k", "not rcu"],
+                        os.path.join(here, "test_faults.py"), os.path.join(here, "test_containment.py"),
+                        "-k", "not rcu"],
                        env=env, capture_output=True, text=True, timeout=600,
                        cwd=os.path.dirname(here))
     assert p.returncode == 0, p.stdout[-3000:]
