@@ -21,6 +21,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -85,6 +86,36 @@ static void kill_identity(const struct reaper_entry *e) {
         contain_kill_identity(e->pid, e->starttime, SIGKILL);
 }
 
+/* Everything registered under KEY as identities: each identity, the group
+ * it proves to be ours, and their descendants by parent pid (which a script
+ * still running may have put out of its group).  All are stopped first, so
+ * that nobody forks or is orphaned meanwhile. */
+static void kill_key(struct reaper_shared *sh, int key) {
+    struct vmsnap_proc *tree = calloc(1, sizeof *tree);
+    if (!tree)
+        return;
+    tree->pid = key;
+    tree->reaped = 1; /* its group id alone proves nothing by now */
+    tree->starttime = UINT64_MAX;
+    tree->containment = VMSNAP_CONTAIN_PGROUP;
+    for (int i = 0; i < VMSNAP_REAPER_SLOTS && tree->n_tracked < VMSNAP_PROC_TRACKED; i++) {
+        struct reaper_entry *e = &sh->slot[i];
+        if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) == SLOT_LIVE && e->key == key && e->pid > 0) {
+            tree->tracked_pid[tree->n_tracked] = e->pid;
+            tree->tracked_start[tree->n_tracked++] = e->starttime;
+        }
+    }
+    contain_signal(tree, SIGSTOP); /* and tracks the descendants it finds */
+    for (int i = 0; i < VMSNAP_REAPER_SLOTS; i++) {
+        struct reaper_entry *e = &sh->slot[i];
+        if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) == SLOT_LIVE && e->key == key && e->pid > 0)
+            kill_identity(e);
+    }
+    for (int i = 0; i < tree->n_tracked; i++)
+        contain_kill_identity(tree->tracked_pid[i], tree->tracked_start[i], SIGKILL);
+    free(tree);
+}
+
 static void kill_registered(struct reaper_shared *sh) {
     int cg_fds[VMSNAP_REAPER_SLOTS], n_cg = 0;
     for (int i = 0; i < VMSNAP_REAPER_SLOTS; i++) {
@@ -92,7 +123,11 @@ static void kill_registered(struct reaper_shared *sh) {
         if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != SLOT_LIVE)
             continue;
         if (e->pid > 0) {
-            kill_identity(e);
+            int first = 1; /* each key once, at its first identity */
+            for (int j = 0; j < i && first; j++)
+                first = !(sh->slot[j].state == SLOT_LIVE && sh->slot[j].key == e->key && sh->slot[j].pid > 0);
+            if (first)
+                kill_key(sh, e->key);
             continue;
         }
         int dfd = open(e->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

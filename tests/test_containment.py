@@ -214,6 +214,33 @@ def test_controller_sigkill_kills_the_kept_tree_including_setsid(containment, tm
                 os.kill(p, signal.SIGKILL)
 
 
+RUNNING = """
+import sys
+from vmsnap_native import process
+proc = process.Process(["sh", "-c", sys.argv[1]])
+print(proc.containment, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_controller_sigkill_kills_a_running_script_and_its_setsid_child(containment, tmp_path):
+    p1, p2 = tmp_path / "p1", tmp_path / "p2"
+    script = "setsid sh -c 'echo $$ > %s; exec sleep 300' & echo $$ > %s; sleep 300" % (p1, p2)
+    ctl = subprocess.Popen([sys.executable, "-c", RUNNING, script], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, env=controller_env(containment))
+    try:
+        assert ctl.stdout.readline().strip() == containment
+        pids = read_pids(p1, p2)
+        ctl.kill()
+        ctl.wait()
+        assert gone_soon(pids, 5.0), "the script's setsid child outlived the controller"
+    finally:
+        ctl.kill()
+        for p in read_pids(p1, p2):
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
 REUSE = """
 import sys
 from vmsnap_native import process
