@@ -107,7 +107,8 @@ def set_resume_command(argv: list | None, env: dict | None = None, wait_for=()) 
     """What the reaper runs if this process dies (a SIGKILL, or any exit
     with it still set): after it killed the registered trees, once every
     (pid, /proc start time) in WAIT_FOR is gone (at most 120 s), ARGV with
-    exactly ENV, in its own session, fds 0-2 on /dev/null, cwd /.  ARGV
+    exactly ENV (default: the clean environment scripts get), in its own
+    session, fds 0-2 on /dev/null, umask 022, cwd /.  ARGV
     None clears it: do so when the run ends normally.  OSError(E2BIG) when
     it does not fit (VMSNAP_RESUME_MAX bytes, VMSNAP_RESUME_WAIT_MAX pids)."""
     ffi, lib = core()
@@ -117,11 +118,12 @@ def set_resume_command(argv: list | None, env: dict | None = None, wait_for=()) 
         return
     if not argv:
         raise ValueError("argv must not be empty")
-    exe = _resolve(os.fspath(argv[0]), env or clean_environment())
+    env = clean_environment() if env is None else dict(env)
+    exe = _resolve(os.fspath(argv[0]), env)
     if not os.path.isabs(exe):
         raise ValueError("resume command %r: not found" % argv[0])
     keep = [ffi.new("char[]", os.fsencode(a)) for a in [exe] + [os.fspath(a) for a in argv[1:]]]
-    envs = [ffi.new("char[]", os.fsencode("%s=%s" % kv)) for kv in (env or {}).items()]
+    envs = [ffi.new("char[]", os.fsencode("%s=%s" % kv)) for kv in env.items()]
     c_argv = ffi.new("char *[]", keep + [ffi.NULL])
     c_env = ffi.new("char *[]", envs + [ffi.NULL])
     wait_for = list(wait_for)
