@@ -20,7 +20,16 @@ static struct {
 static unsigned noted_next;
 
 void helper_note_child(pid_t pid, uint64_t starttime) {
+    /* a free slot, else the oldest one (round robin) */
     unsigned i = __atomic_fetch_add(&noted_next, 1, __ATOMIC_RELAXED) % NOTED_MAX;
+    for (unsigned k = 0; k < NOTED_MAX; k++) {
+        int32_t expected = 0;
+        if (__atomic_compare_exchange_n(&noted[(i + k) % NOTED_MAX].pid, &expected, -1, 0,
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            i = (i + k) % NOTED_MAX;
+            break;
+        }
+    }
     __atomic_store_n(&noted[i].pid, 0, __ATOMIC_RELEASE);
     noted[i].starttime = starttime;
     __atomic_store_n(&noted[i].pid, pid, __ATOMIC_RELEASE);
