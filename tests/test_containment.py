@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -398,3 +399,23 @@ def test_resume_command_too_big_is_refused_and_the_old_one_kept():
     with pytest.raises(OSError):
         process.set_resume_command(["true"], wait_for=[(1, 1)] * 17)
     process.set_resume_command(None)
+
+
+def test_subreaper_timeout_spares_the_controllers_other_children(containment):
+    # as subreaper, the tree includes orphans adopted since the script started:
+    # never another child we started ourselves meanwhile (a guardian, the reaper,
+    # another supervised child)
+    box = {}
+    th = threading.Thread(target=lambda: box.update(r=run_process(
+        ["sh", "-c", "sleep 100"], timeout=1.5, grace=0.2)))
+    th.start()
+    time.sleep(0.3)
+    other = process.Process(["sleep", "30"])
+    try:
+        th.join(10)
+        assert box["r"].timed_out and box["r"].containment == containment
+        assert alive(other.pid), "a timeout killed another child of the controller"
+        assert alive(process.reaper_pid())
+    finally:
+        os.kill(other.pid, signal.SIGKILL)
+        other.wait()
