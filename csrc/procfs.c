@@ -1,6 +1,9 @@
-/* procfs.c: reading /proc/PID/stat. */
+/* procfs.c: reading /proc/PID/stat, and counting a process group's members. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -50,4 +53,22 @@ int procfs_start_time(int pid, uint64_t *ret) {
 int vmsnap_process_matches(int pid, uint64_t starttime) {
     uint64_t st;
     return pid > 0 && procfs_start_time(pid, &st) == 0 && st == starttime;
+}
+
+int vmsnap_group_live_count(int pgid) {
+    if (kill(-pgid, 0) < 0 && errno == ESRCH)
+        return 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -errno;
+    int count = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        struct procfs_info info;
+        if (e->d_name[0] >= '1' && e->d_name[0] <= '9' && procfs_read(atoi(e->d_name), &info) == 0 &&
+            info.pgrp == pgid && info.state != 'Z' && info.state != 'X')
+            count++;
+    }
+    closedir(d);
+    return count;
 }

@@ -13,7 +13,6 @@
  * The tree (contain.c) is signalled as a whole at the deadline.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -79,16 +78,26 @@ static int start_exit_waiter(struct vmsnap_proc *p) {
     return 0;
 }
 
+/* An fd at 3 or above: the child moves its pipe onto 0-2 with dup2. */
+static int fd_above_stdio(int fd) {
+    if (fd < 0 || fd > 2)
+        return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    close(fd);
+    return moved;
+}
+
 /* What the child needs between clone and exec.  It shares our memory
- * (CLONE_VM) and we are suspended until its exec (CLONE_VFORK): it reports
- * a failure in ERR/STAGE and exits. */
+ * (CLONE_VM) and we are suspended until its exec (CLONE_VFORK); it reports
+ * a failure through ERR_FD and exits. */
 struct child_args {
     const char *path;
     char *const *argv;
     char *const *envp;
     const char *cwd;
     int devnull, out_w, procs_fd;
-    volatile int err, stage;
+    int err_fd;              /* CLOEXEC: {stage, errno} of a failure, EOF at the exec */
+    int err, stage;          /* what came through err_fd */
 };
 
 #define STAGE_SETUP 1
@@ -112,15 +121,19 @@ static int child_main(void *arg) {
     stage = STAGE_CHDIR;
     if (a->cwd && a->cwd[0] && chdir(a->cwd) < 0)
         goto fail;
-    compat_close_range(3, ~0U); /* only 0-2 go on, whatever we inherited */
+    /* only 0-2 go on, whatever we inherited (err_fd closes at the exec) */
+    compat_close_range(3, (unsigned)a->err_fd - 1);
+    compat_close_range((unsigned)a->err_fd + 1, ~0U);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     stage = STAGE_EXEC;
     execve(a->path, a->argv, a->envp);
-fail:
-    a->err = errno;
-    a->stage = stage;
+fail:;
+    /* through a pipe, not our shared memory: where CLONE_VFORK is emulated
+     * by a fork (qemu-user), the memory is not shared */
+    int msg[2] = {stage, errno};
+    (void)!write(a->err_fd, msg, sizeof msg);
     _exit(127);
 }
 
@@ -132,10 +145,15 @@ fail:
  * 0.5 ms a spawn where clone3(CLONE_INTO_CGROUP), a fork of the whole
  * controller, costs 3.8 ms. */
 static pid_t clone_child(struct child_args *a, int want_pidfd, int *pidfd) {
-    char *stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) < 0)
+        return -1;
+    _cleanup_close_ int err_r = ep[0], err_w = fd_above_stdio(ep[1]);
+    char *stack = err_w < 0 ? MAP_FAILED : mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED)
         return -1;
+    a->err_fd = err_w;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old); /* no handler of ours may run in the child */
@@ -148,17 +166,17 @@ static pid_t clone_child(struct child_args *a, int want_pidfd, int *pidfd) {
     int e = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     munmap(stack, CHILD_STACK);
+    close(TAKE_FD(err_w)); /* the child's copy is its only one: EOF at its exec */
+    int msg[2];
+    ssize_t k = 0;
+    while (pid > 0 && (k = read(err_r, msg, sizeof msg)) < 0 && errno == EINTR)
+        ;
+    if (k == (ssize_t)sizeof msg) {
+        a->stage = msg[0];
+        a->err = msg[1];
+    }
     errno = e;
     return pid;
-}
-
-/* An fd at 3 or above: the child moves its pipe onto 0-2 with dup2. */
-static int fd_above_stdio(int fd) {
-    if (fd < 0 || fd > 2)
-        return fd;
-    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-    close(fd);
-    return moved;
 }
 
 static void spawn_failed(struct vmsnap_proc *p, int err) {
@@ -318,24 +336,6 @@ static void collect(struct vmsnap_proc *p, int keep) {
         p->exit_code = -1;
         p->term_signal = si.si_status;
     }
-}
-
-int vmsnap_group_live_count(int pgid) {
-    if (kill(-pgid, 0) < 0 && errno == ESRCH)
-        return 0;
-    DIR *d = opendir("/proc");
-    if (!d)
-        return -errno;
-    int count = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        struct procfs_info info;
-        if (e->d_name[0] >= '1' && e->d_name[0] <= '9' && procfs_read(atoi(e->d_name), &info) == 0 &&
-            info.pgrp == pgid && info.state != 'Z' && info.state != 'X')
-            count++;
-    }
-    closedir(d);
-    return count;
 }
 
 /* Past the deadline: TERM (and CONT, so a stopped process sees it) to the
