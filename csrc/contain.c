@@ -407,6 +407,10 @@ int vmsnap_proc_release(struct vmsnap_proc *p) {
 }
 
 int vmsnap_cgroup_sweep(void) {
+    return contain_cgroup_sweep(0);
+}
+
+int contain_cgroup_sweep(int owner) {
     const char *base = compat_cgroup_allowed() ? cgroup_base() : NULL;
     DIR *d = base ? opendir(base) : NULL;
     if (!d)
@@ -417,9 +421,9 @@ int vmsnap_cgroup_sweep(void) {
         int pid;
         unsigned n;
         char path[VMSNAP_CGROUP_PATH_MAX];
-        if (sscanf(e->d_name, "%d-%u", &pid, &n) != 2 || pid == getpid())
+        if (sscanf(e->d_name, "%d-%u", &pid, &n) != 2 || pid == getpid() || (owner && pid != owner))
             continue;
-        if (kill(pid, 0) < 0 && errno == ESRCH &&
+        if ((owner || (kill(pid, 0) < 0 && errno == ESRCH)) &&
             (size_t)snprintf(path, sizeof path, "%s/%s", base, e->d_name) < sizeof path &&
             rmdir(path) == 0)
             removed++;

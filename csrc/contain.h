@@ -28,6 +28,9 @@ int contain_cgroup_procs(int dfd, int sig);
 /* SIG to PID if its start time is STARTTIME (through a pidfd where there is
  * one, so a reused pid is never hit); -ESRCH if it is not that process. */
 int contain_kill_identity(int pid, uint64_t starttime, int sig);
+/* Removes the empty per-run cgroups of OWNER (a controller that is gone),
+ * or with 0 those of every controller that is gone; how many. */
+int contain_cgroup_sweep(int owner);
 /* Live members (pid, start time) of P's tree, at most MAX; the count. */
 int contain_members(struct vmsnap_proc *p, int32_t *pids, uint64_t *starts, int max);
 

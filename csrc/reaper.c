@@ -200,6 +200,7 @@ static void run_resume(struct reaper_resume *r) {
 }
 
 __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struct reaper_shared *sh) {
+    pid_t controller = getppid();
     int *keep[] = {&sock, &ctl_pidfd};
     helper_detach("vmsnap-reaper", keep, 2);
     prctl(PR_SET_DUMPABLE, 0); /* no core dump to a filesystem that may be frozen */
@@ -221,6 +222,7 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struc
             break; /* EOF: the controller is gone */
     }
     kill_registered(sh);
+    contain_cgroup_sweep(controller); /* its cgroups that are empty now */
     run_resume(&sh->resume);
     _exit(0);
 }

@@ -439,3 +439,19 @@ def test_exec_and_chdir_failures_are_reported_and_leave_no_cgroup(tmp_path):
     r = run_process(["true"], timeout=5, cwd=tmp_path / "missing")
     assert r.exit_code == 127 and "No such file" in r.spawn_error
     assert ours() <= before, "cgroups left behind: %s" % (ours() - before)
+
+
+def test_cgroups_emptied_after_their_release_are_removed_when_the_controller_exits():
+    if not have_cgroup2():
+        pytest.skip("no cgroup v2 here")
+    code = ("import time; from vmsnap_native import run_process\n"
+            "r = run_process(['sh', '-c', 'sleep 0.3 & echo x'], timeout=5)\n"
+            "print(r.cgroup, flush=True); time.sleep(1)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, env=controller_env("cgroup"))
+    path = out.stdout.strip()
+    assert path.startswith("/"), out.stderr
+    end = time.monotonic() + 5
+    while os.path.exists(path):
+        assert time.monotonic() < end, "the controller's emptied cgroup was left behind"
+        time.sleep(0.05)
