@@ -59,7 +59,21 @@ static struct vmsnap_proc run(char *const argv[], int flags, int64_t timeout_ms,
     while (vmsnap_proc_wait(&p, deadline, grace_ms * 1000000) == -EINTR)
         ;
     vmsnap_proc_close(&p);
+    vmsnap_proc_release(&p);
     return p;
+}
+
+/* Dead (or a zombie: dead, not yet reaped by its new parent). */
+static int gone(int pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1;
+    char *line = fgets(buf, sizeof buf, f);
+    fclose(f);
+    char *end = line ? strrchr(line, ')') : NULL;
+    return !end || end[2] == 'Z' || end[2] == 'X';
 }
 
 static void test_supervision(int flags) {
@@ -90,6 +104,36 @@ static void test_supervision(int flags) {
     CHECK(p.timed_out && p.kill_sent && ms_since(t0) < 3000, "[%s] timeout: timed_out %d in %lld ms",
           path, p.timed_out, (long long)ms_since(t0));
     CHECK(vmsnap_group_live_count(p.pid) == 0, "[%s] group left alive after the timeout", path);
+
+    /* a child that left the group (setsid) dies with the tree at the timeout */
+    char pidfile[] = "/tmp/vmsnap-ctest-XXXXXX";
+    int pf = mkstemp(pidfile);
+    char setsid_cmd[256];
+    snprintf(setsid_cmd, sizeof setsid_cmd,
+             "setsid sh -c 'echo $$ > %s; exec sleep 30' & sleep 0.3; sleep 30", pidfile);
+    char *ss[] = {"/bin/sh", "-c", setsid_cmd, NULL};
+    p = run(ss, flags, 400, 100);
+    char buf[32] = "";
+    int escaped = pf >= 0 && read(pf, buf, sizeof buf - 1) > 0 ? atoi(buf) : 0;
+    int64_t t1 = vmsnap_now_ns();
+    while (escaped > 0 && !gone(escaped) && ms_since(t1) < 2000)
+        usleep(10000);
+    CHECK(p.timed_out && escaped > 0 && gone(escaped), "[%s] setsid child %d outlived the timeout (%s)",
+          path, escaped, p.containment == VMSNAP_CONTAIN_CGROUP ? "cgroup" : "subreaper");
+    if (escaped > 0 && !gone(escaped))
+        kill(escaped, SIGKILL);
+    if (pf >= 0)
+        close(pf);
+    unlink(pidfile);
+
+    /* an inherited fd (no O_CLOEXEC) does not reach the child; umask 022 */
+    int leak = open("/dev/null", O_RDONLY);
+    char fdcheck[128];
+    snprintf(fdcheck, sizeof fdcheck, "test -e /proc/self/fd/%d && exit 9; test $(umask) = 0022", leak);
+    char *fdc[] = {"/bin/sh", "-c", fdcheck, NULL};
+    p = run(fdc, flags, 5000, 100);
+    CHECK(p.exit_code == 0, "[%s] fd %d leaked or umask wrong: exit %d", path, leak, p.exit_code);
+    close(leak);
 
     /* 1 MB of output, 4 KB kept: bounded, never blocked */
     char *big[] = {"/bin/sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x; echo END", NULL};

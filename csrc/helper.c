@@ -9,7 +9,53 @@
 
 #include "compat.h"
 #include "helper.h"
+#include "procfs.h"
 #include "util.h"
+
+#define NOTED_MAX 64
+static struct {
+    int32_t pid;
+    uint64_t starttime;
+} noted[NOTED_MAX];
+static unsigned noted_next;
+
+void helper_note_child(pid_t pid, uint64_t starttime) {
+    /* a free slot, else the oldest one (round robin) */
+    unsigned i = __atomic_fetch_add(&noted_next, 1, __ATOMIC_RELAXED) % NOTED_MAX;
+    for (unsigned k = 0; k < NOTED_MAX; k++) {
+        int32_t expected = 0;
+        if (__atomic_compare_exchange_n(&noted[(i + k) % NOTED_MAX].pid, &expected, -1, 0,
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            i = (i + k) % NOTED_MAX;
+            break;
+        }
+    }
+    __atomic_store_n(&noted[i].pid, 0, __ATOMIC_RELEASE);
+    noted[i].starttime = starttime;
+    __atomic_store_n(&noted[i].pid, pid, __ATOMIC_RELEASE);
+}
+
+void helper_forget_child(pid_t pid) {
+    for (int i = 0; i < NOTED_MAX; i++) {
+        int32_t expected = pid;
+        __atomic_compare_exchange_n(&noted[i].pid, &expected, 0, 0, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED);
+    }
+}
+
+int helper_is_noted_child(pid_t pid, uint64_t starttime) {
+    for (int i = 0; i < NOTED_MAX; i++)
+        if (__atomic_load_n(&noted[i].pid, __ATOMIC_ACQUIRE) == pid && noted[i].starttime == starttime)
+            return 1;
+    return 0;
+}
+
+void helper_default_signals(void) {
+    struct sigaction sa = {.sa_handler = SIG_DFL};
+    for (int sig = 1; sig < _NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &sa, NULL); /* glibc's own (32, 33) answer EINVAL: fine */
+}
 
 pid_t helper_fork(void) {
     sigset_t all, old;
@@ -19,6 +65,9 @@ pid_t helper_fork(void) {
     if (pid != 0) {
         int saved = errno;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
+        struct procfs_info info;
+        if (pid > 0 && procfs_read(pid, &info) == 0)
+            helper_note_child(pid, info.starttime);
         errno = saved;
     }
     return pid;

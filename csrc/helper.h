@@ -3,12 +3,26 @@
 #ifndef VMSNAP_HELPER_H
 #define VMSNAP_HELPER_H
 
+#include <stdint.h>
 #include <sys/types.h>
 
 /* fork() with every signal blocked across it: the child must never run a
  * handler of the parent's (Python's); it starts with all signals blocked and
- * sets up its own.  The parent's mask is restored, errno kept. */
+ * sets up its own.  The parent's mask is restored, errno kept.  The child
+ * is noted (helper_note_child). */
 pid_t helper_fork(void);
+
+/* Our own children that no script's tree may claim when, as a child
+ * subreaper, we look for a script's adopted orphans: the guardian, the
+ * reaper, the drainers, other supervised children.  Bounded (a ring): an
+ * old entry may be dropped, never a wrong one matched (pid + start time). */
+void helper_note_child(pid_t pid, uint64_t starttime);
+void helper_forget_child(pid_t pid);
+int helper_is_noted_child(pid_t pid, uint64_t starttime);
+
+/* In a child between fork and exec: every signal back to its default
+ * action (the mask is left as it is). */
+void helper_default_signals(void);
 
 #define HELPER_MAX_FDS 256
 

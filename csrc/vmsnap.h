@@ -106,7 +106,8 @@ struct vmsnap_shared {
 #define VMSNAP_COMPAT_NO_PIDFD 1        /* as before Linux 5.3 */
 #define VMSNAP_COMPAT_NO_CLOSE_RANGE 2  /* as before Linux 5.9 */
 #define VMSNAP_COMPAT_NO_SYNCFS 4       /* no syncfs: presync skipped */
-#define VMSNAP_COMPAT_NO_ADDCHDIR 8     /* glibc < 2.29: cwd through /bin/sh */
+#define VMSNAP_COMPAT_NO_CGROUP 16      /* no usable cgroup v2: subreaper containment */
+#define VMSNAP_COMPAT_NO_CGROUP_KILL 32 /* before 5.14: freeze the cgroup, kill each */
 /* Sets the switched-off paths; returns the previous set. */
 int vmsnap_compat_disable(int flags);
 
@@ -167,16 +168,25 @@ void vmsnap_session_free(struct vmsnap_session *s);
 /* Whether pid is alive and its /proc start time is STARTTIME. */
 int vmsnap_process_matches(int pid, uint64_t starttime);
 
-/* --- process supervision (spawn.c) ----------------------------------- */
+/* --- process supervision (spawn.c, contain.c) ------------------------ */
 
 #define VMSNAP_SPAWN_NO_PIDFD 1   /* force the fallback (waiter thread) path */
+
+/* How a child's whole tree is held (struct vmsnap_proc.containment). */
+#define VMSNAP_CONTAIN_PGROUP 0     /* its process group only (neither below works) */
+#define VMSNAP_CONTAIN_CGROUP 1     /* a cgroup v2 of its own, made for it */
+#define VMSNAP_CONTAIN_SUBREAPER 2  /* we are a child subreaper; descendants tracked */
+
+#define VMSNAP_CGROUP_PATH_MAX 256
+#define VMSNAP_PROC_TRACKED 64
 
 struct vmsnap_proc {
     int32_t pid;
     int32_t pidfd;           /* -1 on the fallback path */
     int32_t out_fd;          /* read end of the stdout+stderr pipe */
     int32_t exit_fd;         /* fallback: readable once the child exited */
-    int32_t exited;          /* reaped */
+    int32_t exited;          /* its exit status is known */
+    int32_t reaped;          /* waited for: its pid (and group id) may be reused */
     int32_t exit_code;       /* -1 when killed by a signal */
     int32_t term_signal;     /* 0 when it exited */
     int32_t timed_out;
@@ -184,13 +194,20 @@ struct vmsnap_proc {
     int32_t term_sent;
     int32_t kill_sent;
     int32_t used_fallback;
-    int32_t group_alive;     /* live members of the group left when done (timeout path) */
+    int32_t group_alive;     /* live members of its tree left when done (timeout path) */
+    int32_t containment;     /* VMSNAP_CONTAIN_* */
+    int32_t cgroup_fd;       /* directory of its cgroup, -1 */
+    int32_t drainer_pid;     /* took over the output pipe at close, 0 if none */
+    int32_t n_tracked;       /* subreaper: descendants seen (pid + start time) */
+    int32_t tracked_pid[64];
+    uint64_t tracked_start[64];
+    uint64_t starttime;      /* /proc/PID/stat field 22 of the child */
     int64_t start_ns;
-    int64_t end_ns;          /* child reaped */
-    int64_t done_ns;         /* wait finished (group gone after a timeout) */
+    int64_t end_ns;          /* child exited */
+    int64_t done_ns;         /* wait finished (tree gone after a timeout) */
     int64_t deadline_ns;
     int64_t kill_at_ns;
-    uint64_t output_total;   /* bytes the child wrote */
+    uint64_t output_total;   /* bytes the child wrote (until the wait ended) */
     char *head;              /* first head_cap bytes of output */
     uint64_t head_cap;
     uint64_t head_len;
@@ -198,39 +215,72 @@ struct vmsnap_proc {
     uint64_t tail_cap;
     uint64_t tail_len;
     uint64_t tail_pos;
-    /* after a timeout: pidfds of the group's other live members, so their
-     * deaths are seen at once instead of by rescanning /proc */
-    int32_t n_members;
-    int32_t member_fds[64];
+    char cgroup[256];        /* path of its cgroup, "" when not VMSNAP_CONTAIN_CGROUP */
 };
 
-/* Spawns PATH with ARGV/ENVP (NULL-terminated) in a new session, stdin from
- * /dev/null, stdout+stderr into a pipe.  P's head/tail buffers are the
- * caller's.  Returns 0, or -errno if nothing could be started; an exec
- * failure is not an error here: it sets spawn_errno and exit_code 127/126. */
+/* Starts PATH with ARGV/ENVP (NULL-terminated) in a new session, in a cgroup
+ * v2 of its own where one can be made (else with us as child subreaper),
+ * stdin from /dev/null, stdout+stderr into a pipe, fds 3 and up closed,
+ * umask 022, default signal dispositions and an empty mask.  P's head/tail
+ * buffers are the caller's.  Returns 0, or -errno if nothing could be
+ * started; an exec failure is not an error here: it sets spawn_errno and
+ * exit_code 127/126. */
 int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
                       const char *cwd, int flags, struct vmsnap_proc *p);
-/* Waits until the child exits, draining output.  At DEADLINE_NS the whole
- * group gets SIGTERM+SIGCONT, then SIGKILL GRACE_NS later.  Returns 0 when
- * done, -EINTR when a signal arrived (call again, or kill and call again). */
+/* Waits until the child exits, draining output.  At DEADLINE_NS its whole
+ * tree gets SIGTERM+SIGCONT, then SIGKILL (cgroup.kill) GRACE_NS later, and
+ * the wait ends when the tree is gone.  Returns 0 when done, -EINTR when a
+ * signal arrived (call again, or kill and call again). */
 int vmsnap_proc_wait(struct vmsnap_proc *p, int64_t deadline_ns, int64_t grace_ns);
-/* Sends SIG to the child's process group. */
-int vmsnap_proc_signal_group(struct vmsnap_proc *p, int sig);
-/* Closes the fds (the child must have been waited for). */
+/* SIGKILLs the child's whole tree (what a timeout does after the grace). */
+int vmsnap_proc_kill_tree(struct vmsnap_proc *p);
+/* Live processes in the child's tree (its cgroup, tracked descendants, or
+ * its process group). */
+int vmsnap_proc_tree_count(struct vmsnap_proc *p);
+/* Closes the fds (the child must have been waited for).  An output pipe
+ * still held open by what the child left running is handed to a detached
+ * drainer process, which reads it until EOF: their writes never fail. */
 void vmsnap_proc_close(struct vmsnap_proc *p);
+/* The run is done with this child: reaps tracked orphans that are ours,
+ * removes its cgroup if empty.  -EBUSY when processes remain in it (they are
+ * left alone: call again later to remove it). */
+int vmsnap_proc_release(struct vmsnap_proc *p);
+/* Removes the empty per-run cgroups of controllers that are gone; returns
+ * how many were removed. */
+int vmsnap_cgroup_sweep(void);
 /* Live (non-zombie) processes whose process group is PGID. */
 int vmsnap_group_live_count(int pgid);
 
 /* --- the reaper (reaper.c) ------------------------------------------ */
 
+#define VMSNAP_REAPER_SLOTS 256
+#define VMSNAP_RESUME_MAX 32768  /* bytes of argv + envp strings */
+#define VMSNAP_RESUME_WAIT_MAX 16
+#define VMSNAP_RESUME_WAIT_S 120 /* longest wait for the wait_pids to be gone */
+
 /* Forks this process's reaper; returns its pid, or -errno.  *RET_FD is the
  * controller's end of a socket whose closing (our death) wakes the reaper:
  * keep it open for the life of the process. */
 int vmsnap_reaper_start(int *ret_fd);
-/* Registers (unregisters) a process group: when this process dies, the
- * reaper SIGKILLs every group still registered. */
-int vmsnap_reaper_watch(int pgid);
-int vmsnap_reaper_unwatch(int pgid);
+/* Registers P's tree under the key P->pid: its cgroup, or (without one) the
+ * identities (pid + start time) of its live members and their process
+ * group.  When this process dies, the reaper kills every tree still
+ * registered (cgroup.kill, or pidfds of verified identities: never a bare
+ * group id that may have been reused).  Replaces what the key had.
+ * -ENOSPC when the table is full (nothing is changed then). */
+int vmsnap_reaper_watch(const struct vmsnap_proc *p);
+/* One identity under KEY; the group PGID is killed too while the identity
+ * is alive and still in it (0: no group). */
+int vmsnap_reaper_watch_identity(int key, int pid, uint64_t starttime, int pgid);
+/* Forgets everything under KEY; -ENOENT if there was nothing. */
+int vmsnap_reaper_unwatch(int key);
+/* What the reaper runs after it killed the registered trees: once each
+ * WAIT_PIDS[i] (with /proc start time WAIT_STARTTIMES[i]) is gone, at most
+ * VMSNAP_RESUME_WAIT_S seconds, ARGV with environment ENVP in its own
+ * session, fds 0-2 on /dev/null.  ARGV NULL clears it.  -E2BIG when the
+ * strings or the pids do not fit. */
+int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
+                             const uint64_t *wait_starttimes, int n_wait);
 
 /* cffi-cdef-end */
 

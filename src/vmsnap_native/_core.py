@@ -18,9 +18,10 @@ EXPECTED_ABI = 9
 # Lets tests (and an operator reproducing a report) simulate a broken core.
 _BREAK_ENV = "VMSNAP_SIMULATE_BROKEN_CORE"
 # Switches off newer kernel/libc paths (comma-separated names) to exercise
-# the fallbacks an old machine gets: pidfd, close_range, syncfs, addchdir.
+# the fallbacks an old machine gets: pidfd, close_range, syncfs, cgroup (no
+# usable cgroup v2: subreaper containment), cgroup_kill (before 5.14).
 COMPAT_ENV = "VMSNAP_COMPAT_DISABLE"
-COMPAT_FLAGS = {"pidfd": 1, "close_range": 2, "syncfs": 4, "addchdir": 8}
+COMPAT_FLAGS = {"pidfd": 1, "close_range": 2, "syncfs": 4, "cgroup": 16, "cgroup_kill": 32}
 
 
 def compat_flags(text: str) -> int:

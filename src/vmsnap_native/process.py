@@ -1,9 +1,13 @@
-"""Process supervision on the native core (csrc/spawn.c).
+"""Process supervision on the native core (csrc/spawn.c, csrc/contain.c).
 
-``run_process(argv, timeout)`` spawns in a new session, drains output as it
-comes (bounded: head and tail), returns at the child's exit even if a
-background process still holds the pipe, and on timeout stops the whole
-process group: SIGTERM + SIGCONT, SIGKILL after the grace period.
+``run_process(argv, timeout)`` spawns in a new session and a cgroup v2 of
+its own where one can be made (else with this process as child subreaper),
+with fds 0-2 only and umask 022; drains output as it comes (bounded: head
+and tail), returns at the child's exit even if a background process still
+holds the pipe (a detached drainer then keeps reading it), and on timeout
+stops the whole tree: SIGTERM + SIGCONT, SIGKILL (cgroup.kill) after the
+grace period.  Each child's tree is registered with this process's reaper
+(csrc/reaper.c), which kills it if this process dies first.
 """
 
 from __future__ import annotations
@@ -21,34 +25,115 @@ DEFAULT_GRACE = 2.0
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 # A clean, documented environment for everything vmsnap runs (SPEC §3).
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NO_PIDFD_ENV = "VMSNAP_FORCE_NO_PIDFD"
+CONTAINMENTS = {0: "process-group", 1: "cgroup", 2: "subreaper"}
 
 
-# The reaper: one per controller process, started on first use (csrc/reaper.c).
-# The fd is our end of the socket whose closing wakes it: held for our lifetime.
-_reaper = {"owner": None, "fd": None}
+class ReaperError(OSError):
+    """A tree could not be registered with the reaper: had this process died,
+    it would have been left running.  The tree has been killed."""
 
 
-def _reaper_started() -> bool:
-    """Starts this process's reaper if needed; False if it cannot be started
-    (supervision still works, without that net)."""
-    if _reaper["owner"] != os.getpid():   # first use, or we are a fork's child
-        ffi, lib = core()
-        fdp = ffi.new("int *")
-        started = lib.vmsnap_reaper_start(fdp) > 0
-        _reaper.update(owner=os.getpid(), fd=fdp[0] if started else None)
-    return _reaper["fd"] is not None
+# The reaper: one per controller process, started before the first child
+# (csrc/reaper.c).  The fd is our end of the socket whose closing wakes it:
+# held for our lifetime.
+_reaper = {"owner": None, "fd": None, "pid": None}
+# Children whose trees are still registered (keep_watched): released by
+# unwatch_group(pid).  Cgroups that still held processes at their release.
+_held: dict = {}
+_busy_cgroups: list = []
 
 
-def watch_group(pgid: int) -> None:
-    """If this process dies, the reaper SIGKILLs process group PGID."""
-    if _reaper_started():
-        core()[1].vmsnap_reaper_watch(pgid)
+def _ensure_reaper() -> None:
+    """Starts this process's reaper if needed (also in a fork's child)."""
+    if _reaper["owner"] == os.getpid():
+        return
+    ffi, lib = core()
+    fdp = ffi.new("int *")
+    pid = lib.vmsnap_reaper_start(fdp)
+    if pid < 0:
+        raise ReaperError(-pid, "cannot start the reaper: %s" % os.strerror(-pid))
+    _reaper.update(owner=os.getpid(), fd=fdp[0], pid=pid)
+    lib.vmsnap_cgroup_sweep()   # what dead controllers left, now empty
 
 
-def unwatch_group(pgid: int) -> None:
-    if _reaper["owner"] == os.getpid() and _reaper["fd"] is not None:
-        core()[1].vmsnap_reaper_unwatch(pgid)
+def reaper_pid() -> int | None:
+    return _reaper["pid"] if _reaper["owner"] == os.getpid() else None
+
+
+def _watch(proc: "Process") -> None:
+    """Registers (again) PROC's tree with the reaper; ReaperError if full."""
+    _ensure_reaper()
+    r = core()[1].vmsnap_reaper_watch(proc._p)
+    if r < 0:
+        raise ReaperError(-r, "cannot register %s (pid %d) with the reaper: %s%s" % (
+            proc.argv[0], proc.pid, os.strerror(-r),
+            " (its table is full)" if r == -errno_mod.ENOSPC else ""))
+
+
+def watch_identity(key: int, pid: int, starttime: int, pgid: int = 0) -> None:
+    """Registers one process (pid + /proc start time) under KEY: if this
+    process dies, the reaper kills it, and its group PGID while it is alive
+    in it.  ReaperError when the table is full."""
+    _ensure_reaper()
+    r = core()[1].vmsnap_reaper_watch_identity(key, pid, starttime, pgid)
+    if r < 0:
+        raise ReaperError(-r, "cannot register pid %d with the reaper: %s" % (pid, os.strerror(-r)))
+
+
+def _retry_busy_cgroups() -> None:
+    for path in list(_busy_cgroups):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        _busy_cgroups.remove(path)
+
+
+def unwatch_group(pid: int) -> None:
+    """Releases the tree of child PID (kept registered with keep_watched):
+    what it left running is left alone from now on; its cgroup is removed
+    once empty."""
+    if _reaper["owner"] == os.getpid():
+        core()[1].vmsnap_reaper_unwatch(pid)
+    proc = _held.pop(pid, None)
+    if proc is not None:
+        proc._release()
+    _retry_busy_cgroups()
+
+
+def set_resume_command(argv: list | None, env: dict | None = None, wait_for=()) -> None:
+    """What the reaper runs if this process dies (a SIGKILL, or any exit
+    with it still set): after it killed the registered trees, once every
+    (pid, /proc start time) in WAIT_FOR is gone (at most 120 s), ARGV with
+    exactly ENV (default: the clean environment scripts get), in its own
+    session, fds 0-2 on /dev/null, umask 022, cwd /.  ARGV
+    None clears it: do so when the run ends normally.  OSError(E2BIG) when
+    it does not fit (VMSNAP_RESUME_MAX bytes, VMSNAP_RESUME_WAIT_MAX pids)."""
+    ffi, lib = core()
+    _ensure_reaper()
+    if argv is None:
+        lib.vmsnap_reaper_set_resume(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0)
+        return
+    if not argv:
+        raise ValueError("argv must not be empty")
+    env = clean_environment() if env is None else dict(env)
+    exe = _resolve(os.fspath(argv[0]), env)
+    if not os.path.isabs(exe):
+        raise ValueError("resume command %r: not found" % argv[0])
+    keep = [ffi.new("char[]", os.fsencode(a)) for a in [exe] + [os.fspath(a) for a in argv[1:]]]
+    envs = [ffi.new("char[]", os.fsencode("%s=%s" % kv)) for kv in env.items()]
+    c_argv = ffi.new("char *[]", keep + [ffi.NULL])
+    c_env = ffi.new("char *[]", envs + [ffi.NULL])
+    wait_for = list(wait_for)
+    pids = ffi.new("int32_t[]", [int(p) for p, _ in wait_for] or [0])
+    starts = ffi.new("uint64_t[]", [int(s) for _, s in wait_for] or [0])
+    r = lib.vmsnap_reaper_set_resume(c_argv, c_env, pids, starts, len(wait_for))
+    if r < 0:
+        raise OSError(-r, "resume command not set: %s (at most %d bytes of arguments and "
+                      "environment, %d processes to wait for)"
+                      % (os.strerror(-r), lib.VMSNAP_RESUME_MAX, lib.VMSNAP_RESUME_WAIT_MAX))
 
 
 def clean_environment(extra: dict | None = None) -> dict:
@@ -71,8 +156,10 @@ class ProcessResult:
     output_bytes: int = 0
     spawn_error: str | None = None   # exec failed: "not found", "permission denied", ...
     used_fallback: bool = False      # supervised without a pidfd
-    survivors: int = 0               # group members that could not be killed (D state)
+    survivors: int = 0               # tree members that could not be killed (D state)
     pid: int | None = None           # the child's pid, which is also its process group
+    containment: str = "process-group"  # how its tree was held: cgroup | subreaper | process-group
+    cgroup: str | None = None        # its cgroup's path, with containment "cgroup"
 
     @property
     def ok(self) -> bool:
@@ -121,7 +208,7 @@ class Process:
     """A supervised child.  ``wait()`` returns its ProcessResult."""
 
     def __init__(self, argv, env=None, cwd=None, output_limit=DEFAULT_OUTPUT_LIMIT,
-                 executable=None, force_fallback=None):
+                 executable=None, force_fallback=False):
         ffi, lib = core()
         if not argv:
             raise ValueError("argv must not be empty")
@@ -143,25 +230,49 @@ class Process:
         self._tail = ffi.new("char[]", half)
         p = ffi.new("struct vmsnap_proc *")
         p.head, p.head_cap, p.tail, p.tail_cap = self._head, half, self._tail, half
-        if force_fallback is None:
-            force_fallback = bool(os.environ.get(NO_PIDFD_ENV))
+        # the per-call switch; VMSNAP_COMPAT_DISABLE=pidfd switches it off for all
         flags = lib.VMSNAP_SPAWN_NO_PIDFD if force_fallback else 0
+        _ensure_reaper()    # before the child: the reaper is no orphan of its tree
+        _retry_busy_cgroups()
         r = lib.vmsnap_proc_spawn(cstr(path), c_argv, c_env,
                                   cstr(os.fspath(cwd)) if cwd else ffi.NULL, flags, p)
         if r < 0:
             raise OSError(-r, "cannot supervise %s: %s" % (path, os.strerror(-r)))
         self._p = p
         self.pid = p.pid if p.pid > 0 else None
+        self.containment = CONTAINMENTS.get(p.containment, "process-group") if self.pid else "none"
+        self.cgroup = ffi.string(p.cgroup).decode() or None if self.pid else None
         self.result = None
+        self._released = False
         if self.pid:
-            watch_group(self.pid)   # killed with the group if we die before it ends
+            try:
+                _watch(self)    # killed with its tree if we die before it ends
+            except ReaperError:
+                self._stop()
+                raise
+
+    def _stop(self):
+        """Kills the whole tree and waits until it is gone."""
+        lib = core()[1]
+        lib.vmsnap_proc_kill_tree(self._p)
+        lib.vmsnap_proc_wait(self._p, 1, 0)   # a deadline long past: the kill path
+        lib.vmsnap_proc_close(self._p)
+        self._release()
+
+    def _release(self):
+        if self._released or not self.pid:
+            return
+        self._released = True
+        r = core()[1].vmsnap_proc_release(self._p)
+        if r == -errno_mod.EBUSY:
+            _busy_cgroups.append(core()[0].string(self._p.cgroup).decode())
 
     def wait(self, timeout: float | None = None, grace: float = DEFAULT_GRACE,
              deadline_ns: int | None = None, keep_watched: bool = False) -> ProcessResult:
         """Waits for the exit; TIMEOUT (seconds) or an absolute monotonic
-        DEADLINE_NS stops the whole group.  Ctrl-C stops the group too.
-        keep_watched: leave the group registered with the reaper (processes it
-        left behind die with this process; call ``unwatch_group`` to release)."""
+        DEADLINE_NS stops the whole tree.  Ctrl-C stops the tree too.
+        keep_watched: leave the tree registered with the reaper (processes it
+        left behind die with this process; ``unwatch_group(pid)`` releases)."""
         if self.result is not None:
             return self.result
         ffi, lib = core()
@@ -176,13 +287,23 @@ class Process:
                     break
         except BaseException:
             # interrupted (KeyboardInterrupt, SystemExit): leave nothing running
-            lib.vmsnap_proc_signal_group(p, signal.SIGKILL)
-            lib.vmsnap_proc_wait(p, 0, 0)
-            lib.vmsnap_proc_close(p)
+            self._stop()
+            if self.pid:
+                unwatch_group(self.pid)
             raise
-        lib.vmsnap_proc_close(p)
-        if self.pid and not keep_watched:
-            unwatch_group(self.pid)
+        lib.vmsnap_proc_close(p)    # a pipe still held goes to a drainer
+        if self.pid:
+            if keep_watched and not p.timed_out:
+                try:
+                    _watch(self)    # again: without a cgroup, what it left running
+                except ReaperError:
+                    self._stop()
+                    unwatch_group(self.pid)
+                    raise
+                _held[self.pid] = self
+            else:
+                unwatch_group(self.pid)
+                self._release()
         if r < 0:
             raise OSError(-r, "supervising %s failed: %s" % (self.argv[0], os.strerror(-r)))
         output, truncated = _output(ffi, p)
@@ -203,13 +324,15 @@ class Process:
             used_fallback=bool(p.used_fallback),
             survivors=int(p.group_alive),
             pid=self.pid,
+            containment=self.containment,
+            cgroup=self.cgroup,
         )
         return self.result
 
 
 def run_process(argv, timeout: float | None = None, grace: float = DEFAULT_GRACE, env=None,
                 cwd=None, output_limit: int = DEFAULT_OUTPUT_LIMIT, deadline_ns: int | None = None,
-                executable: str | None = None, force_fallback: bool | None = None,
+                executable: str | None = None, force_fallback: bool = False,
                 keep_watched: bool = False) -> ProcessResult:
     """Runs ARGV under supervision and returns a ProcessResult.
 
