@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 9
+#define VMSNAP_ABI_VERSION 10
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096

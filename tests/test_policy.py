@@ -415,3 +415,13 @@ def test_a_hook_run_carries_the_policy_hint(safe_dir):
     os.chmod(path, 0o700)
     run = hooks.run_hook(hooks.Hook("10-app", str(path)), "freeze", retries=0, timeout=30)
     assert run.result.ran and "Windows line endings" in run.hint
+
+
+def test_scripts_get_only_the_trusted_search_path(tmp_path, monkeypatch):
+    """A PATH directory a user could write is not what scripts search (issue 10.2)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)
+    monkeypatch.setattr(policy, "STANDARD_PATH", (str(theirs), "/usr/bin", "/bin"))
+    r = run_process(["/bin/sh", "-c", 'echo "$PATH"'], timeout=10)
+    assert r.output.strip() == "/usr/bin:/bin"

@@ -19,6 +19,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from . import policy
 from ._core import core
 
 DEFAULT_GRACE = 2.0
@@ -137,7 +138,10 @@ def set_resume_command(argv: list | None, env: dict | None = None, wait_for=()) 
 
 
 def clean_environment(extra: dict | None = None) -> dict:
-    env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": "/root", "SHELL": "/bin/sh",
+    """The environment of scripts and hooks: PATH has only the standard
+    directories that pass the permission policy (what `#!/usr/bin/env X`
+    finds there is what the policy checked)."""
+    env = {"PATH": policy.trusted_search_path(), "LANG": "C.UTF-8", "HOME": "/root", "SHELL": "/bin/sh",
            "USER": "root", "LOGNAME": "root"}
     if extra:
         env.update(extra)
