@@ -429,7 +429,7 @@ class HookCall:
         res = Result()
         res.warnings.extend(plan.warnings)
         res.freeze = FreezeResult(enabled=plan.settings.fs_freeze_enabled)
-        log.info("hook %s %s %s: config %s", spec.name, self.phase, " ".join(self.args),
+        log.info("hook %s: config %s", " ".join([spec.name, self.phase] + self.args),
                  plan.config_path)
         steps = Steps(plan, log, res)
         pre_ran, pre_ok, pre_timed_out = steps.pre()
