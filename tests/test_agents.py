@@ -413,3 +413,36 @@ def test_unknown_agent_or_phase_is_a_usage_error(tmp_path, runtime):
     p = subprocess.run([sys.executable, "-m", "vmsnap_native", "hook", "hyperv", "freeze"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "unknown agent" in p.stderr
+
+
+def test_second_freeze_ends_the_open_session_first(tmp_path, loopfs, runtime):
+    """qemu-ga and vmtoolsd forget a freeze when they restart: the next
+    `freeze` ends the forgotten session (post-script) before beginning."""
+    mounts = loopfs.make(1)
+    config, mark = stamping_config(tmp_path, mounts)
+    assert hook(tmp_path, "qemu-ga", config, "freeze").returncode == 0
+    subprocess.run(["fsfreeze", "-f", mounts[0]], check=True, timeout=30)   # the old agent's
+    p = hook(tmp_path, "qemu-ga", config, "freeze")
+    assert p.returncode == 0, p.stderr
+    assert not frozen_state(mounts[0])          # what the forgotten session froze is thawed
+    got = marks(mark)
+    assert len(got["pre"]) == 2 and len(got["post"]) == 1
+    assert got["pre"][0] < got["post"][0] < got["pre"][1]
+    assert hook(tmp_path, "qemu-ga", config, "thaw").returncode == 0
+    assert len(marks(mark)["post"]) == 2
+
+
+def test_watchdog_told_to_stop_ends_the_session_at_once(tmp_path, loopfs, runtime):
+    """A shutdown SIGTERMs everything: the watchdog thaws and runs the
+    post-script then, instead of dying with the guest frozen."""
+    mounts = loopfs.make(1)
+    config, mark = stamping_config(tmp_path, mounts, freezeTimeoutInSeconds=120)
+    assert hook(tmp_path, "vmware", config, "freeze").returncode == 0
+    subprocess.run(["fsfreeze", "-f", mounts[0]], check=True, timeout=30)   # the sync driver
+    with open(os.path.join(runtime, "hook-vmware.json")) as f:
+        watchdog_pid = json.load(f)["watchdog"]["pid"]
+    os.kill(watchdog_pid, signal.SIGTERM)
+    assert thawed_soon(mounts, timeout=15)
+    assert wait_for(lambda: "post" in marks(mark), 15)
+    assert wait_for(lambda: not alive(watchdog_pid), 15)
+    assert vmtools(tmp_path, config, "thaw").returncode == 1   # too late: not consistent
