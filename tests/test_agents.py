@@ -446,3 +446,17 @@ def test_watchdog_told_to_stop_ends_the_session_at_once(tmp_path, loopfs, runtim
     assert wait_for(lambda: "post" in marks(mark), 15)
     assert wait_for(lambda: not alive(watchdog_pid), 15)
     assert vmtools(tmp_path, config, "thaw").returncode == 1   # too late: not consistent
+
+
+def test_dlm_dry_run_reports_not_ready(tmp_path, runtime):
+    config = setup_scripts(tmp_path)
+    os.chmod(config, 0o644)           # a configuration others can read is refused (317)
+    p = dlm(tmp_path, config, "dry-run")
+    assert p.returncode == 206 and "InsufficientPermissionforJSONConfigFile" in p.stderr
+
+
+def test_options_after_phase_are_refused(tmp_path, runtime):
+    config = setup_scripts(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native", "hook", "gce", "pre", "--config",
+                        config], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "before PHASE" in p.stderr

@@ -772,6 +772,11 @@ def main(args) -> int:
     if os.geteuid() != 0:
         say(["vmsnap hook %s needs root: it runs root's scripts" % spec.name])
         return spec.exit_status("usage")
+    misplaced = [a for a in args.args if a.split("=", 1)[0] in ("--config", "--log-file")]
+    if misplaced:
+        say(["vmsnap hook %s: %s must come before PHASE (vmsnap hook %s %s PHASE …)"
+             % (spec.name, misplaced[0], spec.name, misplaced[0])])
+        return spec.exit_status("usage")
     phase = spec.phase(args.phase)
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     call = HookCall(spec, phase, args.args, args.config, log_file)
