@@ -17,7 +17,7 @@ import time
 import pytest
 
 from .conftest import frozen_state, root_only, thawed_soon
-from .helpers import setup_scripts, write_script
+from .helpers import setup_scripts, write_config, write_script
 
 pytestmark = root_only
 
@@ -32,6 +32,10 @@ def runtime(tmp_path, monkeypatch):
     the end any open session is closed without running anything more."""
     rdir = tmp_path / "run"
     monkeypatch.setenv("VMSNAP_RUNTIME_DIR", str(rdir))
+    # a call that misses its --config (a test's point, or a bug) freezes nothing
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    monkeypatch.setenv("VMSNAP_CONFIG", write_config(safe / "config.json", mountsToFreeze=[]))
     yield str(rdir)
     for path in glob.glob(os.path.join(str(rdir), "hook-*.json*")):
         try:
@@ -408,7 +412,7 @@ def test_dlm_failures_201_202(tmp_path, loopfs, runtime):
 
 
 def test_unknown_agent_or_phase_is_a_usage_error(tmp_path, runtime):
-    config = setup_scripts(tmp_path)
+    config = setup_scripts(tmp_path, mountsToFreeze=[])
     assert hook(tmp_path, "qemu-ga", config, "frieze").returncode == 2
     p = subprocess.run([sys.executable, "-m", "vmsnap_native", "hook", "hyperv", "freeze"],
                        capture_output=True, text=True, timeout=60)
@@ -449,14 +453,14 @@ def test_watchdog_told_to_stop_ends_the_session_at_once(tmp_path, loopfs, runtim
 
 
 def test_dlm_dry_run_reports_not_ready(tmp_path, runtime):
-    config = setup_scripts(tmp_path)
+    config = setup_scripts(tmp_path, mountsToFreeze=[])
     os.chmod(config, 0o644)           # a configuration others can read is refused (317)
     p = dlm(tmp_path, config, "dry-run")
     assert p.returncode == 206 and "InsufficientPermissionforJSONConfigFile" in p.stderr
 
 
 def test_options_after_phase_are_refused(tmp_path, runtime):
-    config = setup_scripts(tmp_path)
+    config = setup_scripts(tmp_path, mountsToFreeze=[])
     p = subprocess.run([sys.executable, "-m", "vmsnap_native", "hook", "gce", "pre", "--config",
                         config], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "before PHASE" in p.stderr

@@ -370,7 +370,6 @@ class HookCall:
 
     # ---- first phase
     def begin(self) -> int:
-        spec = self.spec
         log = self.logbook()
         lock = RunLock()
         try:
