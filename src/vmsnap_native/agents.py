@@ -17,9 +17,11 @@ freeze timeout as its lease, like ``vmsnap freeze``) and thaws on the last.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -197,6 +199,8 @@ class Steps:
     def __init__(self, plan, log: Logbook, res: Result):
         self.plan, self.log, self.res = plan, log, res
         self.watched = []   # process groups the scripts left (lock sessions)
+        self.post_refused = False   # the pre-script was not run: nothing could resume
+        self.quiesce_lost = False   # a post-script or thaw hook said so (exit 10)
 
     def error(self, code, message):
         self.res.error(code, message)
@@ -204,6 +208,7 @@ class Steps:
 
     def failure(self, tag, who, sr, last, all_timed_out):
         if tag == "Post" and sr.exit_code == QUIESCE_LOST_EXIT:
+            self.quiesce_lost = True
             self.error("Post-ScriptExecutionFailed", "%s reports that the application's quiesce "
                        "was lost before the snapshot finished (exit %d): not "
                        "application-consistent" % (who, QUIESCE_LOST_EXIT))
@@ -221,11 +226,15 @@ class Steps:
             self.error(*plan.config_problem)
         if plan.pre_check is None:
             return False, None, False
-        for chk in (plan.post_check, plan.pre_check):
-            if not chk.ok:   # no pre-script without a post-script to resume the application
-                self.error(chk.problem.code, chk.problem.message)
-                self.res.pre_script = ScriptResult(path=plan.pre_check.path, ran=False)
-                return False, False, False
+        if not plan.post_check.ok:   # no pre-script without a post-script to resume
+            self.post_refused = True
+            self.error(plan.post_check.problem.code, plan.post_check.problem.message)
+            self.res.pre_script = ScriptResult(path=plan.pre_check.path, ran=False)
+            return False, False, False
+        if not plan.pre_check.ok:
+            self.error(plan.pre_check.problem.code, plan.pre_check.problem.message)
+            self.res.pre_script = ScriptResult(path=plan.pre_check.path, ran=False)
+            return False, False, False
         sr, last, all_timed_out = _run_script(plan.pre_check, cfg.pre_params, cfg.pre_retries,
                                               cfg.timeout, self.log, self.watched)
         self.res.pre_script = sr
@@ -298,9 +307,6 @@ def finish(res: Result, snapshot_ok: bool, quiesced: bool, froze: bool) -> Resul
         res.status, res.consistency = "failed", None
     else:
         res.consistency = "application" if quiesced else ("filesystem" if froze else "crash")
-        if res.has_error("Post-ScriptExecutionFailed", "Post-ScriptTimeout") and any(
-                "quiesce was lost" in e.message for e in res.errors):
-            res.consistency = "filesystem" if froze else "crash"
         res.status = "degraded" if res.errors else "success"
     return res
 
@@ -309,6 +315,15 @@ def log_result(log: Logbook, agent: str, phase: str, res: Result) -> None:
     log.info("hook %s %s: status %s, consistency %s, errors %s", agent, phase, res.status,
              res.consistency, ",".join(e.code for e in res.errors) or "none")
     log.info("result %s", res.to_json(sort_keys=True))
+
+
+def _on_devices(fd: int, devs) -> bool:
+    """Whether FD is a regular file on one of DEVS (writing would block while frozen)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_dev in devs
 
 
 def say(lines) -> None:
@@ -436,7 +451,10 @@ class HookCall:
         s = plan.settings
         selection = self._selection(plan, res)
         one_disk = plan.one_disk
-        scripts_failed = pre_ok is False or not hooks_ok
+        for p in plan.selection.missing:
+            steps.error("UnableToOpenMount", "%s: not a mount point" % p)
+        # a refused post-script skips the pre-script without failing the snapshot (SPEC §5)
+        scripts_failed = (pre_ok is False and not steps.post_refused) or not hooks_ok
         if scripts_failed and not s.continue_on_failure and not one_disk:
             log.info("a script failed and continueBackupOnFailure is false: the %s "
                      "snapshot is aborted" % spec.name)
@@ -458,6 +476,10 @@ class HookCall:
         state["deadline_wall"] = time.time() + plan.freeze_timeout
         state["deadline_ns"] = time.monotonic_ns() + int(plan.freeze_timeout * 1e9)
         state["result"] = res.to_dict()
+        try:   # a note about an earlier session's end is for that session's agent only
+            os.unlink(expired_path(spec.name))
+        except FileNotFoundError:
+            pass
         write_atomically(self.path, state)
         pid = start_watchdog(spec, self.path, state["deadline_ns"], lock)
         state["watchdog"] = {"pid": pid, "starttime": _starttime(pid)}
@@ -466,6 +488,8 @@ class HookCall:
         if not state["vmsnap_froze"]:   # nothing of ours is frozen: the log can be written
             log.info("hook %s %s: session open until `%s` or %gs (watchdog pid %d)",
                      spec.name, self.phase, spec.last[0], plan.freeze_timeout, pid)
+        if state["vmsnap_froze"] and _on_devices(2, {m["dev"] for m in selection}):
+            return spec.exit_status("ok")   # stderr is a file we froze: say nothing
         say(["vmsnap hook %s %s: pre-script %s; %s; the watchdog ends it in %gs if `%s` "
              "never comes" % (spec.name, self.phase,
                               {None: "not configured", True: "ok", False: "failed"}[pre_ok],
@@ -602,7 +626,8 @@ class HookCall:
             state.get("pre_ok") is None and bool(state.get("hooks_begun"))
             and state.get("hooks_ok", True))
         froze = spec.agent_freezes or state.get("vmsnap_froze")
-        finish(res, not (failed_snapshot or thawed_early), quiesced, bool(froze))
+        finish(res, not (failed_snapshot or thawed_early), quiesced and not steps.quiesce_lost,
+               bool(froze))
         if not (post_ok and hooks_ok) and not plan.settings.continue_on_failure:
             res.status = "failed"
         log_result(log, spec.name, self.phase, res)
@@ -621,6 +646,11 @@ class HookCall:
             os.unlink(late)
         except (OSError, ValueError):
             gone = None
+            for claimed in glob.glob(glob.escape(self.path) + ".expiring-*"):
+                try:   # the watchdog is ending it right now
+                    gone = read_trusted(claimed)
+                except (OSError, ValueError):
+                    pass
         log = self.logbook()
         try:
             if gone is not None:
@@ -673,6 +703,10 @@ def expire(spec: AgentSpec, state: dict, claimed: str, reason: str, log: Logbook
     """Ends a session whose last phase did not come: thaws, then thaw hooks
     and post-script; leaves a note for a last phase that comes too late."""
     notes = thaw_session(state)        # before anything is written anywhere
+    # at once, so that a last phase arriving from now on is told it came too late
+    write_atomically(expired_path(spec.name), {
+        "begun_at": state.get("begun_at"), "freeze_timeout": state.get("freeze_timeout"),
+        "reason": reason})
     own_log = log is None
     if own_log:
         log = Logbook(state.get("log_file") or None)
@@ -689,9 +723,6 @@ def expire(spec: AgentSpec, state: dict, claimed: str, reason: str, log: Logbook
             steps.post()
         finish(res, False, False, False)
         log_result(log, spec.name, "watchdog", res)
-        write_atomically(expired_path(spec.name), {
-            "begun_at": state.get("begun_at"), "freeze_timeout": state.get("freeze_timeout"),
-            "reason": reason, "status": res.status})
     finally:
         if own_log:
             log.close()
