@@ -464,3 +464,32 @@ def test_options_after_phase_are_refused(tmp_path, runtime):
     p = subprocess.run([sys.executable, "-m", "vmsnap_native", "hook", "gce", "pre", "--config",
                         config], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "before PHASE" in p.stderr
+
+
+def test_refused_post_script_skips_pre_but_not_the_snapshot(tmp_path, loopfs, runtime):
+    mounts = loopfs.make(2)
+    config, mark = stamping_config(tmp_path, mounts, continueBackupOnFailure=False)
+    os.unlink(tmp_path / "etc" / "post.sh")
+    p = hook(tmp_path, "qemu-ga", config, "freeze")
+    assert p.returncode == 0, p.stderr          # the agent may freeze: filesystem-consistent
+    assert "pre" not in marks(mark)             # nothing could resume the application
+    p = hook(tmp_path, "qemu-ga", config, "thaw")
+    res = log_results(tmp_path)[-1]
+    assert "Post-ScriptNotFound" in [e["code"] for e in res["errors"]], res
+    assert res["consistency"] is None or res["consistency"] == "filesystem"
+
+
+def test_hooks_directory_freeze_on_first_phase_thaw_on_last(tmp_path, loopfs, runtime):
+    mounts = loopfs.make(1)
+    hooks_dir = tmp_path / "hooks.d"
+    hooks_dir.mkdir(mode=0o755)
+    os.chmod(hooks_dir, 0o755)
+    calls = tmp_path / "hook-calls"
+    for name in ("10-db", "20-cache"):
+        write_script(hooks_dir / name, 'echo "%s $1" >> %s' % (name, calls))
+    config, mark = stamping_config(tmp_path, mounts, hooksDirectory=str(hooks_dir))
+    assert vmtools(tmp_path, config, "freeze").returncode == 0
+    assert calls.read_text().split("\n")[:-1] == ["10-db freeze", "20-cache freeze"]
+    assert vmtools(tmp_path, config, "thaw").returncode == 0
+    assert calls.read_text().split("\n")[:-1] == ["10-db freeze", "20-cache freeze",
+                                                   "20-cache thaw", "10-db thaw"]
