@@ -753,6 +753,7 @@ def start_watchdog(spec: AgentSpec, path: str, deadline_ns: int, lock: RunLock) 
         os.chdir("/")
         os.umask(0o077)
         sys.dont_write_bytecode = True   # nothing on disk while filesystems are frozen
+        os.ftruncate(keep, 0)   # the lock now names its holder: this watchdog
         os.pwrite(keep, b"%d\n" % os.getpid(), 0)
         watchdog(spec, path, deadline_ns)
     except BaseException:
