@@ -17,7 +17,7 @@ import time
 import pytest
 
 from .conftest import frozen_state, root_only, thawed_soon
-from .helpers import setup_scripts, write_config, write_script
+from .helpers import run_json, setup_scripts, write_config, write_script
 
 pytestmark = root_only
 
@@ -493,3 +493,15 @@ def test_hooks_directory_freeze_on_first_phase_thaw_on_last(tmp_path, loopfs, ru
     assert vmtools(tmp_path, config, "thaw").returncode == 0
     assert calls.read_text().split("\n")[:-1] == ["10-db freeze", "20-cache freeze",
                                                    "20-cache thaw", "10-db thaw"]
+
+
+def test_no_other_run_while_a_session_is_open(tmp_path, loopfs, runtime):
+    mounts = loopfs.make(1)
+    config, mark = stamping_config(tmp_path, mounts)
+    assert hook(tmp_path, "qemu-ga", config, "freeze").returncode == 0
+    status, res, _ = run_json(tmp_path, config, mounts)
+    assert status == 1 and [e["code"] for e in res["errors"]] == ["AnotherRunInProgress"], res
+    assert len(marks(mark)["pre"]) == 1         # the refused run ran no script
+    assert hook(tmp_path, "qemu-ga", config, "thaw").returncode == 0
+    status, res, _ = run_json(tmp_path, config, mounts)
+    assert status == 0, res                     # the watchdog let go of the lock
