@@ -118,18 +118,21 @@ static int is_frozen(int fd) {
     return 0;
 }
 
-static int start_session(int fd, const char *mount, int64_t deadline_ms, struct vmsnap_session **s) {
+static int start_session(int fd, const char *mount, int64_t timeout_ms, struct vmsnap_session **s) {
     static struct vmsnap_shared init;
     memset(&init, 0, sizeof init);
     struct stat st;
     fstat(fd, &st);
     init.n = 1;
-    init.deadline_ns = vmsnap_now_ns() + deadline_ms * 1000000;
+    init.timeout_ns = timeout_ms * 1000000;
+    init.presync_timeout_ns = init.timeout_ns;
+    init.deadline_ns = vmsnap_now_ns() + 2 * init.timeout_ns;
     init.expedite_rcu = 1;
-    init.fs[0].fd = fd;
     init.fs[0].dev = st.st_dev;
+    init.fs[0].ino = st.st_ino;
     snprintf(init.fs[0].path, sizeof init.fs[0].path, "%s", mount);
-    return vmsnap_session_start(&init, -1, NULL, s);
+    int32_t fds[1] = {fd};
+    return vmsnap_session_start(&init, fds, -1, NULL, s);
 }
 
 static void test_freeze(const char *mount) {
@@ -142,7 +145,7 @@ static void test_freeze(const char *mount) {
     int r = vmsnap_fifreeze(fd);
     if (r == -ENOSYS || r == -ENOTTY) {
         printf("SKIP freeze tests: FIFREEZE not supported by the emulator (%s)\n", strerror(-r));
-        skipped += 6;
+        skipped += 13;
         close(fd);
         return;
     }
@@ -195,6 +198,46 @@ static void test_freeze(const char *mount) {
     }
     CHECK(WIFSIGNALED(status) && !is_frozen(fd), "guardian thaw after SIGKILL: %lld ms",
           (long long)ms_since(t0));
+
+    /* the guardian dies: the controller thaws through its own fd */
+    r = start_session(fd, mount, 30000, &s);
+    if (r == 0) {
+        struct vmsnap_shared *sh = vmsnap_session_shared(s);
+        vmsnap_session_freeze(s, 0, vmsnap_now_ns() + 10000000000LL);
+        CHECK(vmsnap_session_thaw_cause(s) == VMSNAP_THAW_NONE, "no thaw cause while frozen");
+        kill(vmsnap_session_guardian_pid(s), SIGKILL);
+        r = vmsnap_session_thaw(s, vmsnap_now_ns() + 10000000000LL);
+        CHECK(r == -ECHILD && sh->fs[0].state == VMSNAP_FS_THAWED && !is_frozen(fd) &&
+              sh->thaw_reason == VMSNAP_THAW_EMERGENCY && sh->rcu_restore == -1,
+              "emergency thaw: %d state %d", r, sh->fs[0].state);
+        vmsnap_session_free(s);
+    }
+
+    /* thaw from a record: by path, only the recorded directory */
+    static struct vmsnap_shared rec;
+    struct stat st;
+    fstat(fd, &st);
+    memset(&rec, 0, sizeof rec);
+    rec.n = 1;
+    rec.rcu_restore = -1;
+    rec.fs[0] = (struct vmsnap_fs){.state = VMSNAP_FS_FROZEN, .dev = st.st_dev, .ino = st.st_ino + 1};
+    snprintf(rec.fs[0].path, sizeof rec.fs[0].path, "%s", mount);
+    vmsnap_fifreeze(fd);
+    r = vmsnap_thaw_state(&rec, NULL);
+    CHECK(r == -EIO && rec.fs[0].thaw_errno == ESTALE && is_frozen(fd), "another directory: left alone");
+    rec.fs[0].ino = st.st_ino;
+    rec.fs[0].state = VMSNAP_FS_FROZEN;
+    r = vmsnap_thaw_state(&rec, NULL);
+    CHECK(r == 0 && rec.fs[0].state == VMSNAP_FS_THAWED && !is_frozen(fd), "thaw by path: %d", r);
+    rec.fs[0].state = VMSNAP_FS_FROZEN;
+    r = vmsnap_thaw_state(&rec, NULL);
+    CHECK(r == 0 && rec.fs[0].state == VMSNAP_FS_NOT_FROZEN, "not frozen: %d state %d", r,
+          rec.fs[0].state);
+    vmsnap_fifreeze(fd);
+    rec.fs[0].state = VMSNAP_FS_PENDING;
+    r = vmsnap_thaw_state(&rec, NULL);
+    CHECK(r == 0 && is_frozen(fd), "a pending entry is never thawed");
+    vmsnap_fithaw(fd);
     close(fd);
 }
 
@@ -206,7 +249,7 @@ int main(int argc, char **argv) {
         test_freeze(argv[1]);
     } else {
         printf("SKIP freeze tests: no scratch mount point given\n");
-        skipped += 6;
+        skipped += 13;
     }
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;

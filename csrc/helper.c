@@ -31,6 +31,8 @@ static int cmp_int(const void *a, const void *b) {
 void helper_detach(const char *name, int **fds, int n) {
     setsid(); /* no terminal signal reaches us with the controller's group */
     prctl(PR_SET_NAME, name);
+    /* no core dump: it could land on a filesystem we hold frozen, and block */
+    prctl(PR_SET_DUMPABLE, 0);
     for (int i = 0; i < n; i++)
         if (*fds[i] >= 0 && *fds[i] <= 2)
             *fds[i] = fcntl(*fds[i], F_DUPFD_CLOEXEC, 3);

@@ -14,7 +14,7 @@ pid_t helper_fork(void);
 
 /* In a helper: moves the N fds pointed to by FDS out of 0..2 (updating
  * them; at most HELPER_MAX_FDS), points 0..2 at /dev/null, closes every other fd, leaves the
- * current directory, names the process NAME. */
+ * current directory, names the process NAME, makes it not dumpable. */
 void helper_detach(const char *name, int **fds, int n);
 
 #endif

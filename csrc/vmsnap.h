@@ -18,33 +18,39 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 8
+#define VMSNAP_ABI_VERSION 9
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
 
 /* Per-filesystem state in a freeze session.  The guardian process writes
  * these; the controller and the crash record read them. */
-#define VMSNAP_FS_PENDING 0     /* nothing done yet */
-#define VMSNAP_FS_SYNCING 1     /* presync (syncfs) in progress */
-#define VMSNAP_FS_SYNCED 2      /* presync done, waiting for its freeze wave */
-#define VMSNAP_FS_FREEZING 3    /* FIFREEZE issued, not returned */
-#define VMSNAP_FS_FROZEN 4      /* frozen by this session */
-#define VMSNAP_FS_THAWING 5     /* FITHAW issued, not returned */
-#define VMSNAP_FS_THAWED 6      /* frozen and thawed again by this session */
-#define VMSNAP_FS_BUSY 7        /* already frozen by someone else: left alone */
-#define VMSNAP_FS_FAILED 8      /* FIFREEZE failed (freeze_errno) */
-#define VMSNAP_FS_SKIPPED 9     /* never attempted (an earlier wave failed, or abort) */
-#define VMSNAP_FS_THAW_FAILED 10 /* FITHAW failed (thaw_errno): may still be frozen */
+enum vmsnap_fs_state {
+    VMSNAP_FS_PENDING = 0,      /* nothing done yet */
+    VMSNAP_FS_SYNCING = 1,      /* presync (syncfs) in progress */
+    VMSNAP_FS_SYNCED = 2,       /* presync done, waiting for its freeze wave */
+    VMSNAP_FS_FREEZING = 3,     /* FIFREEZE issued, not returned */
+    VMSNAP_FS_FROZEN = 4,       /* frozen by this session */
+    VMSNAP_FS_THAWING = 5,      /* FITHAW issued, not returned */
+    VMSNAP_FS_THAWED = 6,       /* frozen and thawed again by this session */
+    VMSNAP_FS_BUSY = 7,         /* already frozen by someone else: left alone */
+    VMSNAP_FS_FAILED = 8,       /* FIFREEZE failed (freeze_errno) */
+    VMSNAP_FS_SKIPPED = 9,      /* never attempted (an earlier wave failed, or abort) */
+    VMSNAP_FS_THAW_FAILED = 10, /* FITHAW failed (thaw_errno): may still be frozen */
+    VMSNAP_FS_NOT_FROZEN = 11   /* FITHAW through a verified fd said EINVAL: not frozen
+                                 * when the thaw came (thawed by someone else, or the
+                                 * freeze never landed) */
+};
 
 struct vmsnap_fs {
-    int32_t fd;              /* directory fd, opened by the controller */
     int32_t level;           /* freeze wave: level 0 first, thaw in reverse */
-    int32_t state;           /* VMSNAP_FS_* */
+    int32_t state;           /* enum vmsnap_fs_state */
     int32_t sync_errno;
     int32_t freeze_errno;
     int32_t thaw_errno;
-    uint64_t dev;            /* st_dev of the mount point, checked before a recorded thaw */
+    int32_t reserved;
+    uint64_t dev;            /* st_dev and st_ino of the mount point: a thaw checks */
+    uint64_t ino;            /*   its fd (or the path it opens) against them first */
     int64_t sync_start_ns;
     int64_t sync_end_ns;
     int64_t freeze_start_ns;
@@ -54,8 +60,20 @@ struct vmsnap_fs {
     char path[4096];
 };
 
+/* Why the guardian thawed (or began to). */
+enum vmsnap_thaw_reason {
+    VMSNAP_THAW_NONE = 0,
+    VMSNAP_THAW_REQUESTED = 1,       /* the controller asked */
+    VMSNAP_THAW_DEADLINE = 2,        /* the freeze deadline passed */
+    VMSNAP_THAW_CONTROLLER_DIED = 3,
+    VMSNAP_THAW_SIGNAL = 4,          /* SIGUSR1/SIGTERM/SIGINT/SIGHUP/SIGQUIT to the guardian */
+    VMSNAP_THAW_EMERGENCY = 5,       /* the guardian died; the controller thaws */
+    VMSNAP_THAW_COMMAND = 6          /* `vmsnap thaw` from another shell (SIGUSR2) */
+};
+
 /* Shared between the controller and the guardian (MAP_SHARED), and written
- * as the crash record under /run/vmsnap/. */
+ * as the crash record under /run/vmsnap/.  No fd numbers: each process
+ * thaws through its own fds. */
 #define VMSNAP_RECORD_MAGIC 0x564d534e
 struct vmsnap_shared {
     uint32_t magic;
@@ -66,21 +84,23 @@ struct vmsnap_shared {
     int32_t deadline_hit;    /* the guardian thawed because the deadline passed */
     int32_t guardian_done;   /* the guardian finished its work and is exiting */
     int32_t detached;        /* the controller left; the guardian holds the freeze */
-    int32_t thaw_reason;     /* VMSNAP_THAW_* */
+    int32_t thaw_reason;     /* enum vmsnap_thaw_reason */
     int32_t record_live;     /* the guardian may rewrite the record during the window */
     int32_t expedite_rcu;    /* asked: expedite RCU grace periods during the freeze */
     int32_t rcu_expedited;   /* done: we set /sys/kernel/rcu_expedited for the freeze waves */
-    int64_t deadline_ns;
-    uint64_t guardian_starttime; /* /proc/PID/stat field 22, to recognise the guardian */
+    int32_t rcu_restore;     /* the rcu_expedited value still to put back; -1: nothing */
+    int32_t presync_timed_out; /* the presync bound passed: the freeze went on */
+    int64_t timeout_ns;      /* the freeze cap, counted from the first FIFREEZE */
+    int64_t presync_timeout_ns; /* bound on the presync */
+    int64_t deadline_ns;     /* the guardian thaws then: before the freeze a bound on
+                              * waiting, from the first FIFREEZE that + timeout_ns */
+    int64_t presync_start_ns;
+    int64_t presync_end_ns;
+    int64_t first_freeze_ns; /* the first FIFREEZE issued */
+    uint64_t guardian_starttime;   /* /proc/PID/stat field 22, to recognise the guardian */
+    uint64_t controller_starttime; /* ... and the controller */
     struct vmsnap_fs fs[128];
 };
-
-#define VMSNAP_THAW_NONE 0
-#define VMSNAP_THAW_REQUESTED 1      /* the controller asked */
-#define VMSNAP_THAW_DEADLINE 2       /* the freeze deadline passed */
-#define VMSNAP_THAW_CONTROLLER_DIED 3
-#define VMSNAP_THAW_SIGNAL 4         /* SIGUSR1/SIGTERM/SIGINT/SIGHUP to the guardian */
-#define VMSNAP_THAW_EMERGENCY 5      /* the guardian died; the controller thawed */
 
 /* Switch off newer kernel/libc paths to exercise the fallbacks: */
 #define VMSNAP_COMPAT_NO_PIDFD 1        /* as before Linux 5.3 */
@@ -94,35 +114,53 @@ const char *vmsnap_core_version(void);
 int vmsnap_core_abi(void);
 int64_t vmsnap_now_ns(void);
 
-/* --- freeze session (freeze.c, guardian.c) --------------------------- */
+/* --- freeze session (freeze.c, guardian.c, session.c) ----------------- */
 
-/* Single ioctls, for the sequential strategy and for recovery. */
+/* Single ioctls, for the sequential strategy and for tests. */
 int vmsnap_fifreeze(int fd);
 int vmsnap_fithaw(int fd);
-/* Opens PATH, checks that its st_dev is EXPECT_DEV (0: no check), FITHAW. */
-int vmsnap_thaw_path(const char *path, uint64_t expect_dev);
+
+/* The one thaw from saved state, parents before children, used by the
+ * controller when the guardian is gone and by `vmsnap thaw` / recovery from
+ * a record.  Thaws each entry SH shows this session may have frozen
+ * (freezing, frozen, thawing, thaw-failed) through FDS[i], the calling
+ * process's own fd for entry i, or (FDS NULL) by opening its path; the fd
+ * must be the recorded directory (dev, ino) or the entry is left alone
+ * (ESTALE).  Restores rcu_expedited if SH says it is still to be restored.
+ * Updates the states in SH; returns 0 when no entry may still be frozen by
+ * us, -EIO otherwise. */
+int vmsnap_thaw_state(struct vmsnap_shared *sh, const int32_t *fds);
 
 struct vmsnap_session;
 
-/* Starts a guardian process for the filesystems described in SHARED
- * (fd, level, dev and path of each of the n entries filled in by the
- * caller).  The guardian thaws at DEADLINE_NS, when the calling process
- * dies, on SIGUSR1/SIGTERM, or when asked.  RECORD_FD (or -1) receives the
+/* Starts a guardian process for the filesystems described in INIT (level,
+ * dev, ino and path of each of the n entries, timeout_ns,
+ * presync_timeout_ns, deadline_ns: the bound before the freeze) with FDS[i]
+ * the caller's open directory for entry i.  The guardian keeps its own
+ * copies of the fds; the session keeps its own too (the caller may close
+ * FDS).  The guardian thaws at the deadline, when the calling process dies,
+ * on SIGUSR1/SIGUSR2/SIGTERM, or when asked.  RECORD_FD (or -1) receives the
  * crash record; RECORD_PATH is unlinked by the guardian once all is thawed. */
-int vmsnap_session_start(const struct vmsnap_shared *init, int record_fd,
+int vmsnap_session_start(const struct vmsnap_shared *init, const int32_t *fds, int record_fd,
                          const char *record_path, struct vmsnap_session **ret);
 struct vmsnap_shared *vmsnap_session_shared(struct vmsnap_session *s);
 int vmsnap_session_guardian_pid(struct vmsnap_session *s);
-/* Presync (if asked) and freeze in waves.  Returns 0 when the guardian has
- * finished the freeze (look at the states), -EINTR on a signal (call again
- * or thaw), -ETIMEDOUT when WAIT_DEADLINE_NS passed, -ECHILD if the
- * guardian died (everything was thawed by the caller). */
+/* Presync (if asked, bounded by presync_timeout_ns) and freeze in waves.
+ * Returns 0 when the guardian has finished the freeze (look at the
+ * states), -EINTR on a signal (call again or thaw), -ETIMEDOUT when
+ * WAIT_DEADLINE_NS passed, -ECHILD if the guardian died (everything was
+ * thawed by the caller). */
 int vmsnap_session_freeze(struct vmsnap_session *s, int presync, int64_t wait_deadline_ns);
 /* Thaw everything this session froze, in reverse waves. */
 int vmsnap_session_thaw(struct vmsnap_session *s, int64_t wait_deadline_ns);
 /* Leave the guardian holding the freeze until its deadline or SIGUSR1. */
 int vmsnap_session_detach(struct vmsnap_session *s);
-/* Thaws directly from the shared states (used when the guardian is gone). */
+/* Why the freeze is (being) undone, without waiting: the guardian's
+ * thaw_reason, VMSNAP_THAW_EMERGENCY if the guardian is gone, else
+ * VMSNAP_THAW_NONE. */
+int vmsnap_session_thaw_cause(struct vmsnap_session *s);
+/* Thaws from the shared states through the session's own fds (used when
+ * the guardian is gone). */
 int vmsnap_session_emergency_thaw(struct vmsnap_session *s);
 /* Releases the session; a guardian not detached thaws when it sees this. */
 void vmsnap_session_free(struct vmsnap_session *s);

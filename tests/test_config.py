@@ -126,8 +126,8 @@ def _write_config(tmp_path, doc) -> str:
 def test_a_huge_freeze_timeout_is_a_config_problem_not_a_traceback(tmp_path):
     path = _write_config(tmp_path, dict(BASE, freezeTimeoutInSeconds=10 ** 400))
     plan = cycle.make_plan(path)
-    assert plan.config_problem[0] == "IncorrectJSONConfigFile"
-    assert "freezeTimeoutInSeconds must be" in plan.config_problem[1]
+    assert plan.config_problem.code == "IncorrectJSONConfigFile"
+    assert "freezeTimeoutInSeconds must be" in plan.config_problem.message
     assert plan.freeze_timeout == 60.0
 
 

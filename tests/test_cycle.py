@@ -24,7 +24,7 @@ ERROR_NUMBERS = {
     "InsufficientPermissionforPost-Script": 307, "Pre-ScriptTimeout": 308,
     "Post-ScriptTimeout": 309, "InsufficientPermissionforJSONConfigFile": 317,
     "FsFreezeFailed": 121, "FsFreezeTimeout": 122, "UnableToOpenMount": 123,
-    "SnapshotFailed": 400,
+    "FsThawedEarly": 124, "SnapshotFailed": 400, "AnotherRunInProgress": 401, "Interrupted": 402,
 }
 
 
@@ -54,7 +54,7 @@ def test_success_is_application_consistent(tmp_path, loopfs):
     assert all(m["frozen"] for m in res["freeze"]["mounts"])
     assert res["pre_script"]["ran"] and res["pre_script"]["attempts"] == 1
     assert res["snapshot"] == {"argv": [], "exit_code": 0, "duration_ms": 0.0, "output": "",
-                               "signal": None, "timed_out": False}
+                               "signal": None, "timed_out": False, "containment": None}
     assert "application-consistent" in p.stderr and "freeze window" in p.stderr
     assert not any(frozen_state(m) for m in mounts)
 
@@ -207,7 +207,9 @@ def test_script_permission_errors_306_307(tmp_path, loopfs):
     os.chown(tmp_path / "etc" / "post.sh", 65534, 65534)
     rc, res, _ = run_json(tmp_path, cfg, [m])
     assert codes(res) == ["InsufficientPermissionforPost-Script"]
-    assert res["consistency"] == "application" and rc == 3
+    # the post-script cannot run, so the pre-script did not either (issue 11 item 3)
+    assert not (tmp_path / "pre-ran").exists()
+    assert res["consistency"] == "filesystem" and rc == 3
     check_errors(res)
 
 
@@ -381,6 +383,81 @@ def test_freeze_failure_continue_false_several_disks_fails(tmp_path, loopfs):
 
 def test_every_error_code_has_number_message_and_action():
     from vmsnap_native.errors import CODES
+    assert set(CODES) == set(ERROR_NUMBERS)   # SPEC §5's table, no more, no less
     for code, number in ERROR_NUMBERS.items():
         e = CODES[code]
         assert e.number == number and e.summary and e.action
+
+
+# -- the pre-script only with a post-script that can run (issue 11 item 3) ---------------
+
+def test_missing_post_script_withholds_the_pre_script(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, pre=marker(tmp_path, "pre-ran"))
+    os.unlink(tmp_path / "etc" / "post.sh")
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["touch", str(tmp_path / "snap")])
+    assert not (tmp_path / "pre-ran").exists(), "nothing would have resumed the application"
+    assert codes(res) == ["Post-ScriptNotFound"] and rc == 3
+    assert res["status"] == "degraded" and res["consistency"] == "filesystem"
+    assert (tmp_path / "snap").exists() and res["pre_script"]["ran"] is False
+    assert any("pre-script" in w and "not run" in w and "Post-ScriptNotFound" in w
+               for w in res["warnings"])
+    assert "not run" in p.stderr
+    check_errors(res)
+
+
+# -- the dry run decides as the run would, and says its plan (issue 11 item 7, issue 15) -----
+
+def test_dry_run_honours_continue_false_on_several_disks(tmp_path, loopfs):
+    mounts = loopfs.make(2)
+    cfg = setup_scripts(tmp_path, continueBackupOnFailure=False)
+    os.chmod(tmp_path / "etc" / "pre.sh", 0o777)   # refused by the policy
+    rc, res, _ = run_json(tmp_path, cfg, mounts, snapshot=["touch", str(tmp_path / "snap")])
+    assert rc == 1 and res["status"] == "failed" and not (tmp_path / "snap").exists()
+    p = vmsnap("run", "--dry-run", "--json", "--config", cfg, "--log-file", "",
+               *[a for m in mounts for a in ("--mount", m)])
+    dry = json.loads(p.stdout)
+    assert p.returncode == 1 and dry["status"] == "failed", p.stderr
+    assert codes(dry) == ["InsufficientPermissionforPre-Script"]
+    assert dry["plan"]["snapshot"] is False and dry["plan"]["expected_consistency"] is None
+    assert "snapshot step: NOT run" in p.stderr
+
+
+def test_dry_run_prints_the_plan_in_words(tmp_path, loopfs):
+    a, b = loopfs.make(2)
+    cfg = setup_scripts(tmp_path, preScriptParams=["--flush"], preScriptNoOfRetries=1)
+    p = vmsnap("run", "--dry-run", "--config", cfg, "--log-file", "", "--mount", a,
+               "--mount", b)
+    assert p.returncode == 0, p.stderr
+    text = p.stderr
+    assert "%s --flush (up to 2 attempts, 10s each)" % (tmp_path / "etc" / "pre.sh") in text
+    assert "freeze, children before parents" in text and a in text and b in text
+    assert "post-script: %s" % (tmp_path / "etc" / "post.sh") in text
+    assert "expected consistency: application" in text
+    assert not frozen_state(a) and not frozen_state(b)
+
+
+def test_result_says_how_each_process_was_contained(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    rc, res, _ = run_json(tmp_path, cfg, [m], snapshot=["true"])
+    assert rc == 0
+    for part in (res["pre_script"], res["post_script"], res["snapshot"]):
+        assert "containment" in part
+    from vmsnap_native.process import ProcessResult
+    if "containment" in ProcessResult.__dataclass_fields__:   # the containment branch merged
+        assert res["pre_script"]["containment"] and res["snapshot"]["containment"]
+
+
+def test_windows_line_endings_are_named_by_check_and_by_the_failed_run(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    pre = tmp_path / "etc" / "pre.sh"
+    pre.write_bytes(b"#!/bin/sh\r\nexit 3\r\n")
+    p = vmsnap("check", "--json", "--config", cfg)
+    problems = json.loads(p.stdout)["problems"]
+    assert p.returncode == 1 and [x["code"] for x in problems] == ["Pre-ScriptExecutionFailed"]
+    assert "Windows line endings" in problems[0]["message"] and "dos2unix" in p.stderr
+    rc, res, _ = run_json(tmp_path, cfg, [m])
+    assert codes(res) == ["Pre-ScriptExecutionFailed"] and rc == 3
+    assert "Windows line endings" in res["errors"][0]["message"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from . import cycle, hooks, scripts
 from ._core import core
-from .errors import BusyError, FreezeError
+from .errors import BusyError, Error, FreezeError
 from .freeze import FreezeSession, runtime_dir, thaw_recorded
 from .lock import RunLock
 from .logbook import DEFAULT_LOG_FILE, Logbook
@@ -203,8 +203,11 @@ class Steps:
         self.quiesce_lost = False   # a post-script or thaw hook said so (exit 10)
 
     def error(self, code, message):
-        self.res.error(code, message)
-        self.log.error("%s: %s", code, message)
+        self.note(Error.of(code, message))
+
+    def note(self, error: Error):
+        self.res.add_error(error)
+        self.log.error("%s: %s", error.code, error.message)
 
     def failure(self, tag, who, sr, last, all_timed_out):
         if tag == "Post" and sr.exit_code == QUIESCE_LOST_EXIT:
@@ -223,7 +226,7 @@ class Steps:
         """Returns (ran, ok, timed_out); ok None when no scripts are configured."""
         plan, cfg = self.plan, self.plan.config
         if plan.config_problem:
-            self.error(*plan.config_problem)
+            self.note(plan.config_problem)
         if plan.pre_check is None:
             return False, None, False
         if not plan.post_check.ok:   # no pre-script without a post-script to resume
@@ -350,6 +353,21 @@ def summary(agent, phase, res: Result) -> list:
 
 # -- thawing what the session froze -------------------------------------------------
 
+def thaw_mount(path: str, dev: int) -> int:
+    """FITHAW on PATH if it is still the filesystem DEV; 0 or -errno
+    (-EINVAL: it was not frozen, -ESTALE: another filesystem is there now)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return -exc.errno
+    try:
+        if os.fstat(fd).st_dev != dev:
+            return -errno.ESTALE
+        return core()[1].vmsnap_fithaw(fd)
+    finally:
+        os.close(fd)
+
+
 def thaw_session(state: dict) -> list:
     """Thaws what the session's filesystems still have frozen; returns notes.
     Agent-frozen: FITHAW on each selected filesystem (still the same device)
@@ -359,9 +377,8 @@ def thaw_session(state: dict) -> list:
         for r in thaw_recorded():
             notes.append("%s: %s" % (r.mountpoint, r.outcome))
         return notes
-    _, lib = core()
     for m in state.get("selection", []):
-        r = lib.vmsnap_thaw_path(os.fsencode(m["mountpoint"]), m["dev"])
+        r = thaw_mount(m["mountpoint"], m["dev"])
         if r == 0:
             notes.append("%s: thawed" % m["mountpoint"])
         elif r not in (-errno.EINVAL, -errno.ESTALE, -errno.ENOENT):
@@ -408,7 +425,7 @@ class HookCall:
 
     def _refuse(self, log, why) -> int:
         res = Result(status="failed")
-        res.error("AnotherRunInProgress", why)
+        res.add_error(Error.of("AnotherRunInProgress", why))
         log_result(log, self.spec.name, self.phase, res)
         say(summary(self.spec.name, self.phase, res))
         return self.spec.exit_status("busy")
@@ -536,7 +553,7 @@ class HookCall:
                                     expedite_rcu=plan.settings.expedite_rcu)
             session.freeze()
         except (OSError, FreezeError) as exc:
-            res.error("FsFreezeFailed", str(exc))
+            res.add_error(Error.of("FsFreezeFailed", str(exc)))
             return True
         res.freeze.mounts = [m.to_dict() for m in session.mounts]
         res.freeze.window_ms = None
@@ -544,7 +561,8 @@ class HookCall:
             session.thaw()
             res.freeze.mounts = [m.to_dict() for m in session.mounts]
             for m in session.failures:
-                res.error("FsFreezeFailed", "%s: %s" % (m.mountpoint, m.error or m.state))
+                res.add_error(Error.of("FsFreezeFailed", "%s: %s" % (m.mountpoint,
+                                                                      m.error or m.state)))
             return True
         state.update(vmsnap_froze=True, record=session.record_path,
                      guardian={"pid": session.guardian_pid,
@@ -674,7 +692,7 @@ class HookCall:
         plan = _make_plan(self.config)
         problems = []
         if plan.config_problem:
-            problems.append("%s: %s" % plan.config_problem)
+            problems.append("%s: %s" % (plan.config_problem.code, plan.config_problem.message))
         for chk in (plan.pre_check, plan.post_check):
             if chk is not None and not chk.ok:
                 problems.append("%s: %s" % (chk.problem.code, chk.problem.message))
@@ -687,7 +705,7 @@ class HookCall:
 def restore_result(d: dict) -> Result:
     res = Result()
     for e in d.get("errors", []):
-        res.error(e["code"], e["message"])
+        res.add_error(Error.of(e["code"], e["message"]))
     res.warnings = list(d.get("warnings", []))
     if d.get("pre_script"):
         res.pre_script = ScriptResult(**d["pre_script"])

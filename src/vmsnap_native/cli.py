@@ -13,10 +13,11 @@ import os
 import stat
 import sys
 
-from . import agents, cycle, policy
+from . import agents, cycle
+from . import config as config_mod
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
-from .errors import BusyError, CoreUnavailable, FreezeError, error_code
+from .errors import BusyError, CoreUnavailable, FreezeError
 from .logbook import DEFAULT_LOG_FILE
 
 EXIT_USAGE = 2
@@ -70,6 +71,46 @@ def summarize(res) -> list:
     return lines
 
 
+def plan_lines(plan: dict) -> list:
+    """A dry run's plan in words: what a run would do, in order."""
+    lines = ["  plan (configuration %s), in order:" % plan["config"]]
+
+    def script(label, d):
+        if d is None:
+            lines.append("    %s: none configured" % label)
+        elif not d["runs"]:
+            lines.append("    %s %s: not run: %s" % (label, d["path"], d["why_not"]))
+        else:
+            lines.append("    %s: %s (up to %d attempt%s, %gs each)" % (
+                label, " ".join(d["runs_as"]), d["attempts"], "" if d["attempts"] == 1 else "s",
+                d["timeout_s"]))
+
+    script("pre-script", plan["pre_script"])
+    for h in plan["hooks"]:
+        lines.append("    hook %s freeze%s" % (h["path"], "" if h["runs"] else
+                                               ": not run: %s" % h["why_not"]))
+    fr = plan["freeze"]
+    if not fr["enabled"]:
+        lines.append("    freeze: disabled (fsFreezeEnabled: false)")
+    elif fr["problems"]:
+        lines.append("    freeze: fails (%s); what froze is thawed at once"
+                     % "; ".join(fr["problems"]))
+    elif fr["mounts"]:
+        lines.append("    freeze, children before parents, at most %gs: %s"
+                     % (fr["timeout_s"], ", ".join(fr["mounts"])))
+    else:
+        lines.append("    freeze: nothing to freeze")
+    lines.append("    snapshot step: %s" % ("runs" if plan["snapshot"] else
+                                           "NOT run (continueBackupOnFailure: false, "
+                                           "several disks)"))
+    for h in reversed(plan["hooks"]):
+        if h["runs"]:
+            lines.append("    hook %s thaw" % h["path"])
+    script("post-script", plan["post_script"])
+    lines.append("  expected consistency: %s" % (plan["expected_consistency"] or "no snapshot"))
+    return lines
+
+
 def cmd_run(args, snapshot_argv) -> int:
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
@@ -77,34 +118,20 @@ def cmd_run(args, snapshot_argv) -> int:
                     dry_run=args.dry_run)
     if args.json:
         emit_json(res.to_dict())
+    if res.plan is not None:
+        err(*plan_lines(res.plan))
     err(*summarize(res))
     return res.exit_status
 
 
 # -- check ----------------------------------------------------------------------
 
-def _problem(code, message):
-    e = error_code(code)
-    return {"code": e.code, "number": e.number, "message": message, "action": e.action}
-
-
 def cmd_check(args) -> int:
     if args.azure:
         from .azure import check_azure
         return check_azure(args)
     plan = cycle.make_plan(args.config)
-    problems = []
-    if plan.config_problem:
-        problems.append(_problem(*plan.config_problem))
-    for chk in (plan.pre_check, plan.post_check):
-        if chk is not None and not chk.ok:
-            problems.append(_problem(chk.problem.code, chk.problem.message))
-    for h in plan.hooks:
-        chk = policy.check_script(h.path, "pre")
-        if not chk.ok:
-            problems.append(_problem(chk.problem.code, "hook %s: %s" % (h.name, chk.problem.message)))
-    for p in plan.selection.missing:
-        problems.append(_problem("UnableToOpenMount", "%s: not a mount point" % p))
+    problems = [e.to_dict() for e in plan.problems()]
     report = {
         "ok": not problems,
         "config": plan.config_path,
@@ -233,8 +260,11 @@ def cmd_freeze(args) -> int:
 def cmd_thaw(args) -> int:
     from .freeze import thaw_recorded
     try:
-        results = thaw_recorded()
-    except CoreUnavailable as exc:
+        results = thaw_recorded(force=args.force)
+    except (CoreUnavailable, BusyError) as exc:
+        if args.json:
+            emit_json({"status": "refused" if isinstance(exc, BusyError) else "failed",
+                       "filesystems": [], "error": str(exc)})
         err("vmsnap: %s" % exc)
         return 1
     failed = [r for r in results if r.outcome.startswith("failed")]
@@ -300,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=_positive, required=True, metavar="S",
                    help="the guardian thaws after S seconds at the latest")
     t = sub.add_parser("thaw", help="thaw what `vmsnap freeze` or a crashed run left frozen")
+    t.add_argument("--force", action="store_true",
+                   help="also thaw a run in progress (it then reports an early thaw)")
     t.add_argument("--json", action="store_true")
     d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
     d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
@@ -316,12 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _positive(text):
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError("must be a number > 0, not %r" % text)
-    return v
+        return config_mod.seconds_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,11 @@
 """The snapshot cycle (SPEC §5): pre-script, hooks, freeze, snapshot, thaw,
-hooks, post-script, and the decision of what consistency was reached.
+hooks, post-script.  The phases run and record facts into a
+``decide.Outcome``; ``decide.decide`` says what they are worth.
+
+Every way out after the pre-script ran resumes the application: a signal
+(SIGINT, SIGTERM, SIGHUP) or an exception thaws at once, then the thaw hooks
+and the post-script run, and only then is anything released from the
+reaper; a SIGKILL leaves that to the reaper's resume command (_resume.py).
 
 Inside the freeze window nothing is written to disk on vmsnap's side (the
 log is held in memory), nothing is printed, and no module is imported for
@@ -9,99 +15,58 @@ the first time: everything used there is imported at the top of this file.
 from __future__ import annotations
 
 import os
-import threading
+import signal
+import sys
 import time
-from dataclasses import dataclass, field
 
-from . import disks, hooks, mountinfo, policy
+from . import decide, policy, process, step
 from ._core import core
-from .config import Config, config_path, parse_config, read_config_file
-from .errors import BusyError, ConfigError, CoreUnavailable, FreezeError
+from .decide import Outcome, StepFact
+from .errors import (
+    FS_FREEZE_FAILED,
+    FS_FREEZE_TIMEOUT,
+    SNAPSHOT_FAILED,
+    UNABLE_TO_OPEN_MOUNT,
+    BusyError,
+    CoreUnavailable,
+    Error,
+    FreezeError,
+)
 from .freeze import FreezeSession, active_records, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
-from .process import Process, unwatch_group
-from .result import FreezeResult, Result, ScriptResult, SnapshotResult
+from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
+    Plan,
+    dry_run_result,
+    make_plan,
+    missing_mount_errors,
+    problem_error,
+    script_facts,
+    withheld_warning,
+)
+from .process import unwatch_group
+from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
+from .stop import Interrupted, StopSignals
 
-SNAPSHOT_GRACE = 1.0
-# A post-script (or a hook's thaw) exits with this status to say the
-# application's quiesce did not hold until the snapshot was taken (a lock
-# session died, say): the snapshot is then not application-consistent.
-QUIESCE_LOST_EXIT = 10
-SNAPSHOT_OUTPUT_LIMIT = 256 * 1024
+QUIESCE_LOST_EXIT = decide.QUIESCE_LOST_EXIT
+STEP_STOP_AFTER_DEADLINE_NS = 250_000_000
 
 # True while filesystems may be frozen; tests watch it (no imports, no writes).
 in_window = False
 
 
-@dataclass
-class Plan:
-    """What a run would do, worked out before anything runs."""
-
-    config_path: str | None
-    config: Config | None                 # a valid, well-permitted configuration
-    settings: Config                      # config or defaults: freeze and policy settings
-    config_problem: tuple | None = None   # (code, message): 305 or 317
-    pre_check: policy.ScriptCheck | None = None
-    post_check: policy.ScriptCheck | None = None
-    selection: mountinfo.Selection | None = None
-    one_disk: bool = True
-    freeze_timeout: float = 60.0
-    hooks: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
-
-
-def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
-    """Reads the configuration, checks permissions and scripts, selects mounts."""
-    warnings = []
-    cfg = None
-    problem = None
-    path = None
-    if isinstance(config, Config):
-        cfg = config
-        path = config.path
-    else:
-        path = config_path(os.fspath(config) if config is not None else None)
-        try:
-            got = read_config_file(path)
-        except ConfigError as exc:
-            got, problem = None, ("IncorrectJSONConfigFile", str(exc))
-        if got is None and problem is None:
-            warnings.append("no configuration file at %s: no scripts run; the best result is "
-                            "filesystem-consistent" % path)
-        elif got is not None:
-            data, st = got
-            perm = policy.check_config_stat(st, path)
-            if perm:
-                problem = (perm.code, perm.message)
-            else:
-                try:
-                    cfg = parse_config(data, path)
-                except ConfigError as exc:
-                    problem = ("IncorrectJSONConfigFile", str(exc))
-    if problem:
-        warnings.append("configuration not used (%s): scripts skipped, defaults apply" % problem[0])
-    settings = cfg if cfg is not None else Config()
-    if cfg is not None:
-        warnings.extend(cfg.warnings)
-    plan = Plan(config_path=path, config=cfg, settings=settings, config_problem=problem,
-                warnings=warnings)
-    plan.freeze_timeout = float(freeze_timeout or settings.freeze_timeout)
-    if cfg is not None and cfg.pre_script is not None:
-        plan.pre_check = policy.check_script(cfg.pre_script, "pre")
-        plan.post_check = policy.check_script(cfg.post_script or "", "post")
-    only = list(mounts) if mounts else settings.mounts_to_freeze
-    plan.selection = mountinfo.discover(only=only, skip=settings.mounts_to_skip)
-    if mounts:
-        for c in plan.selection.skipped:
-            if c.mount.mountpoint in {os.path.normpath(m) for m in mounts}:
-                warnings.append("%s not frozen: %s" % (c.mount.mountpoint, c.reason))
-    plan.one_disk = disks.single_disk([c.mount for c in plan.selection.eligible]) \
-        if plan.selection.eligible else True
-    if cfg is not None:
-        plan.hooks = hooks.discover(settings.hooks_directory)
-    return plan
+def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
+    """What a script's (or hook call's) ScriptResult says, as a fact; HINT:
+    the policy's guess why it fails (Windows line endings, say)."""
+    if sr.ok:
+        return StepFact(role, decide.OK, who)
+    if role == "post" and sr.exit_code == QUIESCE_LOST_EXIT:
+        return StepFact(role, decide.QUIESCE_LOST, who)
+    if all_timed_out:
+        return StepFact(role, decide.TIMED_OUT, who, "attempts: %d" % sr.attempts)
+    detail = "%s (attempts: %d)" % (last.describe(), sr.attempts)
+    return StepFact(role, decide.FAILED, who, detail + ("; likely why: %s" % hint if hint else ""))
 
 
 class Cycle:
@@ -110,16 +75,14 @@ class Cycle:
         self.snapshot = snapshot
         self.log = log
         self.res = Result()
+        self.out = Outcome(config_error=plan.config_problem, one_disk=plan.one_disk,
+                           hooks_configured=bool(plan.hooks))
+        self.settings = plan.decision_settings
         self.t0 = time.monotonic_ns()
-        self.pre_ran = False
-        self.pre_ok = None           # None: no scripts configured
         self.session = None
-        self.freeze_ok = False
-        self.freeze_failed = False
-        self.snapshot_ok = False
-        self.hook_runs = []
-        self.quiesce_lost = False
-        self.watched = []   # process groups the scripts left; released at the end
+        self.hooks_started = []   # hooks whose freeze call started: each gets its thaw
+        self.watched = []         # process groups the scripts left; released at the end
+        self.resume_registered = False
 
     # -- helpers -------------------------------------------------------------
     def phase(self, name, start_ns):
@@ -130,87 +93,128 @@ class Cycle:
         self.log.info("phase %s: %.3f ms (at +%.3f ms)", name, entry["duration_ms"],
                       entry["start_ms"])
 
-    def error(self, code, message):
-        self.res.error(code, message)
-        self.log.error("%s: %s", code, message)
+    def note(self, error: Error) -> Error:
+        """Logs an error a phase found; the verdict lists it (decide)."""
+        self.log.error("%s: %s", error.code, error.message)
+        return error
+
+    def _run_script(self, role, chk, params, retries, hook=None):
+        """Runs a checked script (or a HOOK's call: (hook, action)); returns
+        (ScriptResult, StepFact).  Stopped by a signal: recorded as stopped,
+        and Interrupted goes on."""
+        name = "hook %s %s" % (hook[0].name, hook[1]) if hook else None
+        who = name or chk.path
+        try:
+            sr, last, all_timed_out = run_script(chk, params, retries, self.plan.settings.timeout,
+                                                 log=self.log, name=name, watched=self.watched)
+        except Interrupted:
+            # its process group was SIGKILLed on the way out (process.Process.wait)
+            self._record_script(role, hook, ScriptResult(path=chk.path, ran=True,
+                                                         signal=signal.SIGKILL),
+                                StepFact(role, decide.STOPPED, who))
+            raise
+        sr.containment = getattr(last, "containment", None)
+        return sr, _script_fact(role, who, sr, last, all_timed_out, getattr(chk, "hint", None))
+
+    def _record_script(self, role, hook, sr, fact):
+        """Keeps a script's (or a hook call's) result and fact; logs its error."""
+        if hook is not None:
+            self.res.hooks.append({"hook": hook[0].name, "action": hook[1], **sr.__dict__,
+                                   "error": fact.problem.message if fact.problem else None})
+            (self.out.hook_freeze if role == "pre" else self.out.hook_thaw).append(fact)
+        elif role == "pre":
+            self.res.pre_script, self.out.pre = sr, fact
+        else:
+            self.res.post_script, self.out.post = sr, fact
+        err = decide.step_error(fact, self.settings)
+        if err:
+            self.note(err)
+
+    # -- the reaper's resume command (SIGKILL of vmsnap) ------------------------
+    def _register_resume(self):
+        """Tells the reaper what resumes the application if vmsnap is SIGKILLed:
+        _resume.py runs the thaw hooks and (if the pre-script ran) the
+        post-script, once the guardian (if any) has thawed and exited."""
+        set_resume = getattr(process, "set_resume_command", None)  # the containment branch's
+        if set_resume is None or not self.plan.config_path:
+            return
+        # absolute paths: the reaper runs it from /
+        argv = [sys.executable, "-m", "vmsnap_native._resume",
+                "--config", os.path.abspath(self.plan.config_path)]
+        if self.log.path:
+            argv += ["--log-file", os.path.abspath(self.log.path)]
+        if self.out.pre.state not in (decide.NOT_CONFIGURED, decide.REFUSED, decide.WITHHELD):
+            argv.append("--post")
+        for h in self.hooks_started:
+            argv += ["--hook", h.path]
+        wait_for = []
+        if self.session is not None and self.session.guardian_pid:
+            wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
+        env = process.clean_environment({"PYTHONDONTWRITEBYTECODE": "1"})
+        set_resume(argv, env, wait_for=wait_for)
+        self.resume_registered = True
+
+    def _clear_resume(self):
+        if not self.resume_registered:
+            return
+        process.set_resume_command(None)   # the run ended: nothing left for the reaper to do
+        self.resume_registered = False
 
     # -- phases --------------------------------------------------------------
     def run_pre(self):
         plan = self.plan
         if plan.config_problem:
-            self.error(*plan.config_problem)
-        if plan.pre_check is None:
+            self.note(plan.config_problem)
+        pre, post = script_facts(plan)
+        if pre.state == decide.WITHHELD:   # the post-script cannot run: its refusal is the error
+            self.res.warnings.append(withheld_warning(plan))
+            self.log.warning(self.res.warnings[-1])
+            self._record_script("post", None, ScriptResult(path=post.who), post)
+        if pre.state != decide.OK:   # not configured, refused, or withheld
+            if pre.state != decide.NOT_CONFIGURED:
+                self._record_script("pre", None, ScriptResult(path=pre.who), pre)
             return
-        chk = plan.pre_check
-        cfg = plan.config
-        if not chk.ok:
-            self.error(chk.problem.code, chk.problem.message)
-            self.res.pre_script = ScriptResult(path=chk.path, ran=False)
-            self.pre_ok = False
-            return
+        # from here the pre-script may have paused the application: the post-script must run
+        self.out.pre, self.out.post = StepFact("pre", decide.STOPPED, pre.who), post
+        self._register_resume()
         t = time.monotonic_ns()
-        sr, last, all_timed_out = run_script(chk, cfg.pre_params, cfg.pre_retries, cfg.timeout,
-                                             log=self.log, watched=self.watched)
+        sr, fact = self._run_script("pre", plan.pre_check, plan.config.pre_params,
+                                    plan.config.pre_retries)
         self.phase("pre-script", t)
-        self.res.pre_script = sr
-        self.pre_ran = True
-        self.pre_ok = sr.ok
-        if not sr.ok:
-            self.script_failure("Pre", chk.path, sr, last, all_timed_out)
-
-    def script_failure(self, tag, who, sr, last, all_timed_out):
-        """Records why a script or a hook (WHO) failed: its quiesce was lost
-        (a post/thaw exit 10), every attempt timed out, or it failed."""
-        if tag == "Post" and sr.exit_code == QUIESCE_LOST_EXIT:
-            self.quiesce_lost = True
-            self.error("Post-ScriptExecutionFailed", "%s reports that the application's quiesce "
-                       "was lost before the snapshot finished (exit %d): not "
-                       "application-consistent" % (who, QUIESCE_LOST_EXIT))
-        elif all_timed_out:
-            self.error("%s-ScriptTimeout" % tag, "%s: every attempt (%d) exceeded %gs"
-                       % (who, sr.attempts, self.plan.settings.timeout))
-        else:
-            self.error("%s-ScriptExecutionFailed" % tag, "%s %s (attempts: %d)"
-                       % (who, last.describe(), sr.attempts))
+        self._record_script("pre", None, sr, fact)
 
     def run_hooks(self, action):
-        if not self.plan.hooks:
-            return True
-        t = time.monotonic_ns()
-        s = self.plan.settings
-        ok = True
+        """Each hook's freeze call in name order; the thaw call, in reverse order,
+        for every hook whose freeze call started.  Each checked as it is called."""
         if action == "freeze":
-            for h in self.plan.hooks:
-                run = hooks.run_hook(h, "freeze", s.pre_retries, s.timeout, self.log, self.watched)
-                if run.problem is None:   # attempted: it will get its thaw
-                    self.hook_runs.append((h, run))
-                ok = self._hook_outcome(h, run, "Pre") and ok
+            todo = [(h, chk) for h, chk in self.plan.hook_checks()]
         else:
-            # every hook whose freeze was attempted gets its thaw, in reverse order
-            for h, _ in reversed(self.hook_runs):
-                run = hooks.run_hook(h, "thaw", s.post_retries, s.timeout, self.log, self.watched)
-                ok = self._hook_outcome(h, run, "Post") and ok
+            todo = [(h, policy.check_script(h.path, "post")) for h in reversed(self.hooks_started)]
+        if not todo:
+            return
+        t = time.monotonic_ns()
+        role = "pre" if action == "freeze" else "post"
+        retries = self.plan.settings.pre_retries if role == "pre" else \
+            self.plan.settings.post_retries
+        for h, chk in todo:
+            name = "hook %s %s" % (h.name, action)
+            if not chk.ok:
+                self._record_script(role, (h, action), ScriptResult(path=h.path), StepFact(
+                    role, decide.REFUSED, name,
+                    problem=problem_error(chk.problem, "hook %s: " % h.name)))
+                continue
+            if action == "freeze":
+                self.hooks_started.append(h)   # attempted: it will get its thaw
+                self._register_resume()
+            sr, fact = self._run_script(role, chk, [action], retries, (h, action))
+            self._record_script(role, (h, action), sr, fact)
         self.phase("hooks %s" % action, t)
-        return ok
-
-    def _hook_outcome(self, h, run, tag):
-        self.res.hooks.append(run.to_dict())
-        if run.problem:
-            self.error(run.problem.code, run.problem.message)
-            return False
-        if run.result.ok:
-            return True
-        self.script_failure(tag, "hook %s %s" % (h.name, run.action), run.result, run.last,
-                            run.all_timed_out)
-        return False
 
     def run_freeze(self):
         global in_window
         plan = self.plan
-        for p in plan.selection.missing:
-            self.error("UnableToOpenMount", "%s: not a mount point" % p)
-            self.freeze_failed = True
-        if self.freeze_failed:
+        if plan.selection.missing:
+            self._freeze_failed(missing_mount_errors(plan))
             return
         try:
             self.session = FreezeSession(plan.selection.eligible, timeout=plan.freeze_timeout,
@@ -218,14 +222,15 @@ class Cycle:
             self.session.start()
         except OSError as exc:
             self.session = None
-            self.error("UnableToOpenMount", "%s: %s" % (exc.filename, exc.strerror))
-            self.freeze_failed = True
+            self._freeze_failed([UNABLE_TO_OPEN_MOUNT.error("%s: %s" % (exc.filename,
+                                                                        exc.strerror))])
             return
         except FreezeError as exc:
             self.session = None
-            self.error("FsFreezeFailed", str(exc))
-            self.freeze_failed = True
+            self._freeze_failed([exc.error()])
             return
+        if self.resume_registered:   # the resume waits for the guardian's thaw
+            self._register_resume()
         t = time.monotonic_ns()
         self.log.hold()
         in_window = True
@@ -233,25 +238,28 @@ class Cycle:
             self.session.freeze()
         except FreezeError as exc:
             self.end_window()
-            self.error("FsFreezeFailed", str(exc))
-            self.freeze_failed = True
+            self._freeze_failed([exc.error()])
             return
         self.phase("freeze", t)
         failed = [m for m in self.session.mounts if m.state in ("failed", "skipped", "freezing")]
         if failed or self.session.deadline_hit:
             self.end_window()
-            for m in failed:
-                self.error("FsFreezeFailed", "%s: %s" % (m.mountpoint, m.error or m.state))
+            errs = [FS_FREEZE_FAILED.error("%s: %s" % (m.mountpoint, m.error or m.state))
+                    for m in failed]
             if self.session.deadline_hit and not failed:
-                self.error("FsFreezeTimeout", "the freeze did not complete within %gs"
-                           % plan.freeze_timeout)
-            self.freeze_failed = True
+                errs.append(FS_FREEZE_TIMEOUT.error("the freeze did not complete within %gs"
+                                                    % plan.freeze_timeout))
+            self._freeze_failed(errs)
             return
         for m in self.session.mounts:
             if m.state == "busy":
                 self.res.warnings.append("%s was already frozen by someone else: left alone"
                                          % m.mountpoint)
-        self.freeze_ok = True
+        self.out.freeze = decide.FROZEN
+
+    def _freeze_failed(self, errs):
+        self.out.freeze = decide.FREEZE_FAILED
+        self.out.freeze_errors = [self.note(e) for e in errs]
 
     def end_window(self):
         """Thaws (if a session is open) and writes the held log."""
@@ -264,84 +272,31 @@ class Cycle:
         self.log.release()
 
     def run_snapshot(self):
-        deadline = self.session.deadline_ns if self.freeze_ok else \
+        frozen = self.out.freeze == decide.FROZEN
+        # frozen: the guardian thaws at the deadline and the step is stopped just after, so
+        # the thaw at the deadline is always the guardian's, never a race with ours
+        deadline = self.session.deadline_ns + STEP_STOP_AFTER_DEADLINE_NS if frozen else \
             time.monotonic_ns() + int(self.plan.freeze_timeout * 1e9)
         t = time.monotonic_ns()
-        snap = self.snapshot
-        if snap is None:
-            self.res.snapshot = SnapshotResult(argv=[], exit_code=0)
-            self.snapshot_ok = True
-        elif callable(snap):
-            self._snapshot_callable(snap, deadline)
-        else:
-            self._snapshot_argv(list(snap), deadline)
-        self.phase("snapshot", t)
+        self.out.snapshot = decide.INTERRUPTED   # until the step says otherwise
+        try:
+            self.res.snapshot = step.result_for(self.snapshot)
+            state, failure = step.run_step(self.snapshot, self.res.snapshot, deadline,
+                                           self._snapshot_env(), self.log)
+            self.out.snapshot = state
+            if failure:
+                self.out.snapshot_error = self.note(SNAPSHOT_FAILED.error(failure))
+        finally:
+            self.phase("snapshot", t)
+            if frozen:   # before the thaw is asked for: did the freeze hold throughout?
+                self.out.thawed_early = _thawed_early(self.session)
 
     def _snapshot_env(self):
         env = dict(os.environ)
         env["VMSNAP_PHASE"] = "snapshot"
         env["VMSNAP_FROZEN_MOUNTS"] = "\n".join(
-            m.mountpoint for m in (self.session.mounts if self.freeze_ok else []) if m.frozen)
+            m.mountpoint for m in (self.session.mounts if self.session else []) if m.frozen)
         return env
-
-    def _snapshot_argv(self, argv, deadline):
-        try:
-            proc = Process(argv, env=self._snapshot_env(), output_limit=SNAPSHOT_OUTPUT_LIMIT)
-            pr = proc.wait(deadline_ns=deadline, grace=SNAPSHOT_GRACE)
-        except OSError as exc:
-            self.res.snapshot = SnapshotResult(argv=argv, exit_code=None)
-            self.error("SnapshotFailed", "%s: %s" % (argv[0], exc))
-            return
-        self.res.snapshot = SnapshotResult(argv=argv, exit_code=pr.exit_code,
-                                           duration_ms=pr.duration_ms, output=pr.output,
-                                           signal=pr.signal, timed_out=pr.timed_out)
-        self.log.info("snapshot step %s: %s", " ".join(argv), pr.describe())
-        if pr.output:
-            self.log.info("snapshot output:\n%s", pr.output.rstrip("\n"))
-        if pr.timed_out:
-            self._deadline_reached()
-        elif not pr.ok:
-            self.error("SnapshotFailed", "snapshot step %s %s" % (argv[0], pr.describe()))
-        else:
-            self.snapshot_ok = True
-
-    def _snapshot_callable(self, fn, deadline):
-        box = {}
-
-        def target():
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # reported, not raised in a thread nobody joins
-                box["error"] = exc
-
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        t = time.monotonic_ns()
-        th = threading.Thread(target=target, name="vmsnap-snapshot", daemon=True)
-        th.start()
-        th.join(max(0.0, (deadline - time.monotonic_ns()) / 1e9))
-        dur = round((time.monotonic_ns() - t) / 1e6, 3)
-        snap = SnapshotResult(argv=["python:%s" % name], duration_ms=dur)
-        self.res.snapshot = snap
-        if th.is_alive():
-            snap.timed_out = True
-            self._deadline_reached()
-        elif "error" in box:
-            snap.exit_code = 1
-            snap.output = "%s: %s" % (type(box["error"]).__name__, box["error"])
-            self.error("SnapshotFailed", "snapshot callable %s raised %s" % (name, snap.output))
-        else:
-            snap.exit_code = 0
-            value = box.get("value")
-            snap.output = "" if value is None else str(value)[:SNAPSHOT_OUTPUT_LIMIT]
-            self.snapshot_ok = True
-
-    def _deadline_reached(self):
-        if self.freeze_ok:
-            self.error("FsFreezeTimeout", "the snapshot step was still running at the freeze "
-                       "deadline (%gs): thawed and stopped" % self.plan.freeze_timeout)
-        else:
-            self.error("SnapshotFailed", "the snapshot step exceeded %gs and was stopped"
-                       % self.plan.freeze_timeout)
 
     def finish_freeze(self):
         self.end_window()
@@ -353,95 +308,107 @@ class Cycle:
         fr.deadline_hit = s.deadline_hit
         fr.rcu_expedited = s.rcu_expedited
         fr.mounts = [m.to_dict() for m in s.mounts]
-        if s.deadline_hit and self.freeze_ok and not self.res.has_error("FsFreezeTimeout"):
-            self.error("FsFreezeTimeout", "the guardian thawed at the freeze deadline (%gs)"
-                       % self.plan.freeze_timeout)
-            self.snapshot_ok = False
-        elif s.deadline_hit:
-            self.snapshot_ok = False
+        if self.out.freeze == decide.FROZEN and s.deadline_hit and not self.out.thawed_early:
+            self.out.thawed_early = decide.DEADLINE   # the guardian's thaw won the race
+        fr.thawed_early = self.out.thawed_early
+        for e in decide.window_errors(self.out, self.settings):
+            if e is not self.out.snapshot_error:   # that one was logged as it happened
+                self.note(e)
         for m in s.mounts:
             if m.state == "thaw-failed":
-                self.error("FsFreezeFailed", "%s: %s (run `vmsnap thaw`)" % (m.mountpoint, m.error))
+                self.out.thaw_errors.append(self.note(FS_FREEZE_FAILED.error(
+                    "%s: %s (run `vmsnap thaw`)" % (m.mountpoint, m.error))))
 
     def run_post(self):
-        if not self.pre_ran:
-            return True
-        chk = self.plan.post_check
-        cfg = self.plan.config
-        if not chk.ok:
-            self.error(chk.problem.code, chk.problem.message)
-            self.res.post_script = ScriptResult(path=chk.path, ran=False)
-            return False
+        if self.out.post.state != decide.OK:   # not needed, or refused (already reported)
+            return
+        self.out.post = StepFact("post", decide.STOPPED, self.plan.post_check.path)
         t = time.monotonic_ns()
-        sr, last, all_timed_out = run_script(chk, cfg.post_params, cfg.post_retries, cfg.timeout,
-                                             log=self.log, watched=self.watched)
+        sr, fact = self._run_script("post", self.plan.post_check, self.plan.config.post_params,
+                                    self.plan.config.post_retries)
         self.phase("post-script", t)
-        self.res.post_script = sr
-        if sr.ok:
-            return True
-        self.script_failure("Post", chk.path, sr, last, all_timed_out)
-        return False
+        self._record_script("post", None, sr, fact)
 
     # -- the whole cycle -------------------------------------------------------
     def run(self) -> Result:
-        try:
-            return self._run()
-        finally:
-            # the run is over: what the scripts left running is theirs now
+        failure = None
+        with StopSignals() as stop:
+            try:
+                try:
+                    self._quiesce_and_snapshot()
+                finally:
+                    stop.disarm()
+            except Interrupted:
+                pass   # stop.received names it
+            except BaseException as exc:   # the same way out, then raised again
+                failure = exc
+            self.finish_freeze()           # thaw at once (if not done yet)
+            self.run_hooks("thaw")
+            self.run_post()
+            # the application is resumed: what the scripts left running is theirs now
+            # (still under our handlers: a signal now must not leave the resume registered)
+            self._clear_resume()
             for pgid in self.watched:
                 unwatch_group(pgid)
+            self.out.interrupted = stop.received
+        if failure is not None:
+            raise failure
+        return self.verdict()
 
-    def _run(self) -> Result:
+    def _quiesce_and_snapshot(self):
         plan, res, s = self.plan, self.res, self.plan.settings
         res.warnings.extend(plan.warnings)
         res.freeze = FreezeResult(enabled=s.fs_freeze_enabled)
         self.run_pre()
-        hooks_ok = self.run_hooks("freeze")
-        scripts_failed = self.pre_ok is False or not hooks_ok
-        take = True
-        if scripts_failed and not s.continue_on_failure and not plan.one_disk:
-            take = False
+        self.run_hooks("freeze")
+        if not decide.take_snapshot(self.out, self.settings):
+            self.out.freeze = decide.NOT_ATTEMPTED
             self.log.info("a script failed and continueBackupOnFailure is false: no snapshot")
-        if take and s.fs_freeze_enabled:
-            if plan.selection.eligible or plan.selection.missing:
-                self.run_freeze()
-            else:
-                res.warnings.append("no filesystem to freeze")
-            if self.freeze_failed and not (s.continue_on_failure or plan.one_disk):
-                take = False
-                self.log.info("a filesystem could not be frozen: no snapshot")
-        try:
-            if take:
-                self.run_snapshot()
-        finally:
-            self.finish_freeze()
-        self.run_hooks("thaw")
-        post_ok = self.run_post()
-        quiesced = self.pre_ok is True and hooks_ok or (self.pre_ok is None and hooks_ok
-                                                         and bool(plan.hooks))
-        if not self.snapshot_ok:
-            res.consistency = None
-            res.status = "failed"
+            return
+        if not s.fs_freeze_enabled:
+            self.out.freeze = decide.DISABLED
+        elif plan.selection.eligible or plan.selection.missing:
+            self.run_freeze()
         else:
-            if self.freeze_ok:
-                res.consistency = "application" if quiesced else "filesystem"
-            elif self.freeze_failed:
-                res.consistency = "crash"
-            else:  # freeze disabled, or nothing to freeze
-                res.consistency = "application" if quiesced else "crash"
-            if self.quiesce_lost and res.consistency == "application":
-                res.consistency = "filesystem" if self.freeze_ok else "crash"
-            if not post_ok and not s.continue_on_failure:
-                res.status = "failed"
-            else:
-                res.status = "degraded" if res.errors else "success"
+            self.out.freeze = decide.NOTHING
+            res.warnings.append("no filesystem to freeze")
+        if not decide.take_snapshot(self.out, self.settings):
+            self.log.info("a filesystem could not be frozen: no snapshot")
+            return
+        self.run_snapshot()
+
+    def verdict(self) -> Result:
+        v = decide.decide(self.out, self.settings)
+        res = self.res
+        res.status, res.consistency, res.errors = v.status, v.consistency, list(v.errors)
+        if self.out.interrupted:
+            self.log.error("Interrupted: vmsnap got %s", self.out.interrupted)
         res.duration_ms = round((time.monotonic_ns() - self.t0) / 1e6, 3)
         return res
 
 
-def _failed(code, message, t0) -> Result:
+def _guardian_starttime(session) -> int:
+    """The guardian's /proc start time, which identifies it beyond a reused pid."""
+    got = getattr(session, "guardian_starttime", None)
+    if got is None and session._shared is not None:
+        got = session._shared.guardian_starttime
+    return int(got or 0)
+
+
+def _thawed_early(session) -> str | None:
+    """None if every filesystem of SESSION is still frozen (nobody but the
+    controller has thawed), else the cause."""
+    cause = session.thawed_early()
+    # the guardian says which thaw was the deadline's; 122, not 124
+    deadline = session._shared is not None and session._shared.deadline_hit
+    return decide.DEADLINE if cause is not None and deadline else cause
+
+
+def _failed(error: Error, log: Logbook, t0: int) -> Result:
+    """A run that could not start: failed, with ERROR (an exception's, converted once)."""
+    log.error("%s: %s", error.code, error.message)
     res = Result(status="failed")
-    res.error(code, message)
+    res.add_error(error)
     res.duration_ms = round((time.monotonic_ns() - t0) / 1e6, 3)
     return res
 
@@ -478,20 +445,18 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
         try:
             core()
         except CoreUnavailable as exc:
-            log.error("IncorrectPluginhostFile: %s", exc)
-            return _failed("IncorrectPluginhostFile", str(exc), t0)
+            return _failed(exc.error(), log, t0)
         lock = RunLock()
         try:
             if not dry_run:   # a dry run freezes and runs nothing: no lock, no root
                 lock.acquire()
         except BusyError as exc:
-            log.error("%s", exc)
-            return _failed("AnotherRunInProgress", str(exc), t0)
+            return _failed(exc.error(), log, t0)
         try:
             try:
                 notes = [] if dry_run else recover_stale(log)
             except BusyError as exc:
-                return _failed("AnotherRunInProgress", str(exc), t0)
+                return _failed(exc.error(), log, t0)
             plan = make_plan(config, mounts, freeze_timeout)
             log.info("run: config %s, %d filesystem(s) to freeze, one disk: %s",
                      plan.config_path, len(plan.selection.eligible), plan.one_disk)
@@ -510,23 +475,3 @@ def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_fil
             lock.release()
     finally:
         log.close()
-
-
-def dry_run_result(plan: Plan) -> Result:
-    """What a run would do, without running scripts, freezing or snapshotting."""
-    res = Result(status="success")
-    res.warnings.extend(plan.warnings)
-    if plan.config_problem:
-        res.error(*plan.config_problem)
-    for chk in (plan.pre_check, plan.post_check):
-        if chk is not None and not chk.ok:
-            res.error(chk.problem.code, chk.problem.message)
-    for p in plan.selection.missing:
-        res.error("UnableToOpenMount", "%s: not a mount point" % p)
-    res.freeze = FreezeResult(enabled=plan.settings.fs_freeze_enabled, mounts=[
-        {"mountpoint": c.mount.mountpoint, "fstype": c.mount.fstype, "device": c.mount.device,
-         "frozen": False, "freeze_ms": None, "thaw_ms": None, "error": None}
-        for c in plan.selection.eligible])
-    if res.errors:
-        res.status = "degraded"
-    return res

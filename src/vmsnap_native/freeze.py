@@ -1,39 +1,86 @@
 """Freeze sessions: parallel FIFREEZE/FITHAW under a guardian process.
 
 ``freeze_filesystems(mountpoints, timeout)`` opens every mount point, starts
-the guardian (csrc/guardian.c), and freezes in parallel waves, children
-first.  The guardian thaws at the deadline, when this process dies, or when
-told to; a record under /run/vmsnap/ lets ``thaw_recorded()`` finish the job
-after a crash of both.
+the guardian (csrc/session.c, csrc/guardian.c), and freezes in parallel
+waves, children first.  The guardian thaws at the deadline (TIMEOUT after
+the first FIFREEZE), when this process dies, or when told to; a record
+under /run/vmsnap/ lets ``thaw_recorded()`` finish the job after a crash of
+both, with the core's one thaw from saved state (parents first).  States,
+thaw reasons, the record's magic and sizes come from csrc/vmsnap.h.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno as errno_mod
+import functools
 import glob
 import os
 import select
 import signal
+import stat
 import time
 from dataclasses import dataclass
 
 from . import mountinfo
 from ._core import core
-from .errors import FreezeError
+from .errors import BusyError, FreezeError
 
 RUNTIME_DIR_ENV = "VMSNAP_RUNTIME_DIR"
 DEFAULT_RUNTIME_DIR = "/run/vmsnap"
 # The controller waits this long past the freeze deadline for the guardian's answer.
 _REPLY_MARGIN_S = 10.0
 
-STATE_NAMES = {
-    0: "pending", 1: "syncing", 2: "synced", 3: "freezing", 4: "frozen", 5: "thawing",
-    6: "thawed", 7: "busy", 8: "failed", 9: "skipped", 10: "thaw-failed",
-}
-_NOT_OURS = {"busy", "failed", "skipped", "thawed"}  # certainly not frozen by the session
-THAW_REASONS = {0: None, 1: "requested", 2: "deadline", 3: "controller-died", 4: "signal",
-                5: "emergency"}
+# The freeze cap and the presync bound: seconds.  30 days is more than any
+# snapshot needs and keeps CLOCK_MONOTONIC nanoseconds far from overflowing.
+MAX_TIMEOUT_S = 30 * 24 * 3600
+DEFAULT_PRESYNC_BOUND_S = 30.0
+# What the states of enum vmsnap_fs_state say, defined once here:
+# the session froze it (it thaws it):
+FROZE = frozenset({"frozen", "thawing", "thawed", "thaw-failed", "not-frozen"})
+# a thaw from saved state undoes it: this run may have frozen it (the C
+# core's may_be_ours(); a FIFREEZE in flight lands even if its caller dies):
+MAYBE_OURS = frozenset({"freezing", "frozen", "thawing", "thaw-failed"})
+# the thaw has begun or is done (a frozen window is over):
+THAW_BEGUN = frozenset({"thawing", "thawed", "not-frozen", "thaw-failed"})
+# after the thaw, it may still be frozen by us: the record is kept:
+LEFT_OVER = frozenset({"freezing", "frozen", "thaw-failed"})
+
+
+@functools.lru_cache(maxsize=None)
+def state_names() -> dict:
+    """enum vmsnap_fs_state (csrc/vmsnap.h) as names: VMSNAP_FS_THAW_FAILED -> 'thaw-failed'."""
+    _, lib = core()
+    prefix = "VMSNAP_FS_"
+    return {getattr(lib, n): n[len(prefix):].lower().replace("_", "-")
+            for n in dir(lib) if n.startswith(prefix)}
+
+
+def state_name(code: int) -> str:
+    return state_names().get(code, str(code))
+
+
+@functools.lru_cache(maxsize=None)
+def _thaw_reasons() -> dict:
+    """enum vmsnap_thaw_reason -> (short name, the cause as a user reads it)."""
+    _, lib = core()
+    return {
+        lib.VMSNAP_THAW_NONE: (None, None),
+        lib.VMSNAP_THAW_REQUESTED: ("requested", "thaw requested by this run"),
+        lib.VMSNAP_THAW_DEADLINE: ("deadline", "deadline"),
+        lib.VMSNAP_THAW_CONTROLLER_DIED: ("controller-died", "controller died"),
+        lib.VMSNAP_THAW_SIGNAL: ("signal", "signal to the guardian"),
+        lib.VMSNAP_THAW_EMERGENCY: ("emergency", "guardian died"),
+        lib.VMSNAP_THAW_COMMAND: ("vmsnap-thaw", "vmsnap thaw --force from another shell"),
+    }
+
+
+def thaw_reason_name(code: int):
+    return _thaw_reasons().get(code, (str(code), str(code)))[0]
+
+
+def thaw_cause(code: int):
+    return _thaw_reasons().get(code, (str(code), str(code)))[1]
 
 
 def errno_name(err: int) -> str:
@@ -44,6 +91,21 @@ def errno_name(err: int) -> str:
 
 def runtime_dir() -> str:
     return os.environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
+
+
+def ensure_runtime_dir() -> str:
+    """Makes the runtime directory root's alone (0700), as records and the
+    lock need: a directory someone else owns (or a symlink) is refused with
+    OSError, a root-owned one with a looser mode is tightened."""
+    rdir = runtime_dir()
+    os.makedirs(rdir, mode=0o700, exist_ok=True)
+    st = os.lstat(rdir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OSError(errno_mod.EPERM, "not a directory of ours (owner uid %d): refusing to keep "
+                      "freeze records there" % st.st_uid, rdir)
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(rdir, 0o700)
+    return rdir
 
 
 def _ms(start: int, end: int):
@@ -71,7 +133,7 @@ class MountResult:
     @property
     def frozen(self) -> bool:
         """This session froze it (and so thaws it)."""
-        return self.state in ("frozen", "thawing", "thawed", "thaw-failed")
+        return self.state in FROZE and (self.state != "not-frozen" or self.freeze_ms is not None)
 
     def to_dict(self) -> dict:
         return {
@@ -119,6 +181,36 @@ def _targets(mountpoints) -> list:
     return cands
 
 
+# Stacking filesystems write through to others, which we cannot see from
+# their superblock: a record there is never rewritten in the window.
+_STACKING = ("overlay", "aufs", "fuse", "9p", "virtiofs", "nfs", "cifs")
+
+
+def _superblock_of(fd: int, mounts: dict):
+    """(major:minor of the superblock, fstype) of the mount FD is on, or None."""
+    m = mounts.get(fd_mount_id(fd))
+    return (m.device, m.fstype) if m is not None else None
+
+
+def record_may_stay_live(record_fd: int, target_fds) -> bool:
+    """Whether the guardian may rewrite the record during the window: only
+    where writing cannot block on a filesystem we freeze.  Superblocks are
+    compared (mountinfo's major:minor of each fd's mount), not st_dev: a
+    btrfs subvolume's st_dev is not its superblock's."""
+    mounts = {m.mount_id: m for m in mountinfo.read_mountinfo()}
+    rec = _superblock_of(record_fd, mounts)
+    if rec is None or rec[1].split(".")[0] in _STACKING:
+        return False
+    frozen = set()
+    for fd in target_fds:
+        sb = _superblock_of(fd, mounts)
+        if sb is None:
+            return False
+        frozen.add(sb[0])
+        frozen.add(os.fstat(fd).st_dev)
+    return rec[0] not in frozen and os.fstat(record_fd).st_dev not in frozen
+
+
 class FreezeSession:
     """Frozen filesystems, held by a guardian until ``thaw()`` (or the deadline).
 
@@ -126,6 +218,7 @@ class FreezeSession:
 
         with freeze_filesystems(["/data"], timeout=10) as s:
             take_snapshot()          # writes to /data block meanwhile
+            assert s.thawed_early() is None   # every filesystem stayed frozen
         print(s.window_ms, s.mounts)
 
     After the freeze, ``mounts`` holds a MountResult per filesystem and
@@ -133,13 +226,20 @@ class FreezeSession:
     fails to freeze (EOPNOTSUPP, EBUSY: frozen by someone else) is reported,
     not raised; the caller decides.  Nothing that someone else froze is ever
     thawed by the session.
+
+    The cap TIMEOUT counts from the first FIFREEZE; the presync before it
+    has its own bound, PRESYNC_TIMEOUT (default min(timeout, 30 s)), past
+    which the freeze goes on (``presync_timed_out``).  After ``freeze()``,
+    ``deadline_ns`` is the guardian's real deadline (CLOCK_MONOTONIC).
     """
 
     def __init__(self, mountpoints, timeout: float, presync: bool = True,
-                 sequential: bool = False, expedite_rcu: bool = True):
-        if not timeout or timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
-        self.timeout = float(timeout)
+                 sequential: bool = False, expedite_rcu: bool = True,
+                 presync_timeout: float | None = None):
+        self.timeout = _seconds("timeout", timeout)
+        if presync_timeout is None:
+            presync_timeout = min(self.timeout, DEFAULT_PRESYNC_BOUND_S)
+        self.presync_timeout = _seconds("presync_timeout", presync_timeout)
         self.presync = presync
         self.expedite_rcu = expedite_rcu
         self.rcu_expedited = False   # whether the guardian did expedite for this freeze
@@ -149,15 +249,20 @@ class FreezeSession:
             self.targets = [dataclasses.replace(c, level=i) for i, c in enumerate(self.targets)]
         if not self.targets:
             raise FreezeError("no filesystem to freeze")
-        if len(self.targets) > 128:
-            raise FreezeError("at most 128 filesystems per session (got %d)" % len(self.targets))
+        max_fs = core()[1].VMSNAP_MAX_FS
+        if len(self.targets) > max_fs:
+            raise FreezeError("at most %d filesystems per session (got %d)"
+                              % (max_fs, len(self.targets)))
         self.mounts = [MountResult(c.mount.mountpoint, c.mount.fstype, c.mount.device, c.level)
                        for c in self.targets]
         self.deadline_ns = 0
         self.deadline_hit = False
         self.thaw_reason = None
+        self.presync_ms = None
+        self.presync_timed_out = False
         self.guardian_pid = None
         self.record_path = None
+        self.record_live = False
         self.window_ms = None
         self.first_freeze_ns = None   # CLOCK_MONOTONIC of the first FIFREEZE issued
         self.detached = False
@@ -165,6 +270,7 @@ class FreezeSession:
         self._session = None
         self._shared = None
         self._thawed = False
+        self._thaw_code = 0
 
     # -- set-up -----------------------------------------------------------
     def _open_all(self):
@@ -194,49 +300,48 @@ class FreezeSession:
                 pass
         self._fds = []
 
-    def _open_record(self, devs):
-        """The crash record; live (rewritten by the guardian) only where writing it
-        cannot block on a filesystem we freeze."""
-        rdir = runtime_dir()
+    def _open_record(self):
+        """The crash record, in a root-only runtime directory; live (rewritten
+        by the guardian in the window) only where that cannot block."""
         try:
-            os.makedirs(rdir, mode=0o700, exist_ok=True)
+            rdir = ensure_runtime_dir()
             path = os.path.join(rdir, "freeze-%d-%d.rec" % (os.getpid(), time.monotonic_ns()))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError:
             return -1, None, False
-        live = os.fstat(fd).st_dev not in devs
-        return fd, path, live
+        return fd, path, record_may_stay_live(fd, self._fds)
 
     def start(self) -> "FreezeSession":
         """Opens everything and starts the guardian; nothing is frozen yet."""
         ffi, lib = core()
         self._open_all()
-        devs = set()
         init = ffi.new("struct vmsnap_shared *")
         init.n = len(self.targets)
-        self.deadline_ns = time.monotonic_ns() + int(self.timeout * 1e9)
+        init.timeout_ns = int(self.timeout * 1e9)
+        init.presync_timeout_ns = int(self.presync_timeout * 1e9)
+        # the guardian's bound until the freeze command (then its own)
+        self.deadline_ns = time.monotonic_ns() + init.presync_timeout_ns + init.timeout_ns
         init.deadline_ns = self.deadline_ns
         for i, (c, fd) in enumerate(zip(self.targets, self._fds)):
             st = os.fstat(fd)
-            devs.add(st.st_dev)
             e = init.fs[i]
-            e.fd = fd
             e.level = c.level
             e.dev = st.st_dev
-            raw = os.fsencode(c.mount.mountpoint)[:4095]
+            e.ino = st.st_ino
+            raw = os.fsencode(c.mount.mountpoint)[:lib.VMSNAP_PATH_MAX - 1]
             ffi.memmove(e.path, raw, len(raw))
-        record_fd, self.record_path, live = self._open_record(devs)
-        init.record_live = 1 if live else 0
+        record_fd, self.record_path, self.record_live = self._open_record()
+        init.record_live = 1 if self.record_live else 0
         init.expedite_rcu = 1 if self.expedite_rcu else 0
         ret = ffi.new("struct vmsnap_session **")
         try:
-            r = lib.vmsnap_session_start(init, record_fd,
+            r = lib.vmsnap_session_start(init, ffi.new("int32_t[]", self._fds), record_fd,
                                          os.fsencode(self.record_path or ""), ret)
         finally:
             if record_fd >= 0:
                 os.close(record_fd)
+            self._close_fds()   # the session and the guardian hold their own
         if r < 0:
-            self._close_fds()
             self._remove_record()
             raise FreezeError("cannot start the guardian: %s" % os.strerror(-r))
         self._session = ret[0]
@@ -264,7 +369,10 @@ class FreezeSession:
         if self._session is None:
             self.start()
         _, lib = core()
-        wait = self.deadline_ns + int(_REPLY_MARGIN_S * 1e9)
+        # the guardian answers by its deadline: the first FIFREEZE comes at the
+        # latest presync bound + cap after the command, the cap runs from there
+        bound = (self.presync_timeout if self.presync else 0) + 2 * self.timeout + _REPLY_MARGIN_S
+        wait = time.monotonic_ns() + int(bound * 1e9)
         try:
             r = self._call(lib.vmsnap_session_freeze, self._session, 1 if self.presync else 0, wait)
         except BaseException:
@@ -278,6 +386,27 @@ class FreezeSession:
             self.thaw()
             raise FreezeError("freeze did not complete: %s" % os.strerror(-r))
         return self
+
+    def thawed_early(self) -> str | None:
+        """None while every filesystem this session froze is still frozen and
+        the guardian has not begun to thaw; else the cause ('deadline',
+        'signal to the guardian', 'vmsnap thaw --force from another shell',
+        'guardian died', 'controller died', ...).  Asks without waiting: call
+        it after the snapshot step, before ``thaw()``."""
+        if self._session is None:
+            return thaw_cause(self._thaw_code) if self._thawed else "not frozen"
+        _, lib = core()
+        code = lib.vmsnap_session_thaw_cause(self._session)
+        if code:
+            return thaw_cause(code)
+        sh = self._shared
+        if time.monotonic_ns() >= sh.deadline_ns:
+            return thaw_cause(lib.VMSNAP_THAW_DEADLINE)   # the guardian is about to thaw
+        for i, m in enumerate(self.mounts):
+            st = state_name(sh.fs[i].state)
+            if sh.fs[i].freeze_end_ns and st in THAW_BEGUN:
+                return "%s thawed from outside (%s)" % (m.mountpoint, st)
+        return None
 
     def thaw(self) -> "FreezeSession":
         """Thaws what this session froze (idempotent)."""
@@ -305,49 +434,43 @@ class FreezeSession:
         lib.vmsnap_session_free(self._session)
         self._session = None
         self._shared = None
-        self._close_fds()
         return self
 
     def _finish(self):
         _, lib = core()
         self._thawed = True
-        leftover = any(m.state in ("frozen", "freezing", "thaw-failed") for m in self.mounts)
+        leftover = any(m.state in LEFT_OVER for m in self.mounts)
         lib.vmsnap_session_free(self._session)
         self._session = None
         self._shared = None
-        self._close_fds()
         if not leftover:
             self._remove_record()
 
     def _collect(self):
-        ffi, _ = core()
         sh = self._shared
         if sh is None:
             return
         first = last = 0
         for i, m in enumerate(self.mounts):
             e = sh.fs[i]
-            m.state = STATE_NAMES.get(e.state, str(e.state))
+            m.state = state_name(e.state)
             m.sync_ms = _ms(e.sync_start_ns, e.sync_end_ns)
             m.sync_errno = e.sync_errno
             m.freeze_ms = _ms(e.freeze_start_ns, e.freeze_end_ns)
             m.thaw_ms = _ms(e.thaw_start_ns, e.thaw_end_ns)
             err = e.freeze_errno or e.thaw_errno
             m.errno = err
-            if m.state == "busy":
-                m.error = "already frozen by someone else (EBUSY): left alone"
-            elif m.state == "failed":
-                m.error = "freeze failed: %s (%s)" % (os.strerror(err), errno_name(err))
-            elif m.state == "thaw-failed":
-                m.error = "thaw failed: %s (%s)" % (os.strerror(err), errno_name(err))
-            elif m.state == "freezing":
-                m.error = "freeze still in progress in the kernel"
+            m.error = _mount_error(m.state, err)
             if e.freeze_start_ns and (not first or e.freeze_start_ns < first):
                 first = e.freeze_start_ns
             last = max(last, e.thaw_end_ns, e.freeze_end_ns if not e.thaw_end_ns else 0)
+        self.deadline_ns = sh.deadline_ns
         self.deadline_hit = bool(sh.deadline_hit)
         self.rcu_expedited = bool(sh.rcu_expedited)
-        self.thaw_reason = THAW_REASONS.get(sh.thaw_reason)
+        self._thaw_code = sh.thaw_reason
+        self.thaw_reason = thaw_reason_name(sh.thaw_reason)
+        self.presync_ms = _ms(sh.presync_start_ns, sh.presync_end_ns)
+        self.presync_timed_out = bool(sh.presync_timed_out)
         self.window_ms = _ms(first, last) if first else None
         self.first_freeze_ns = first or None
 
@@ -376,20 +499,50 @@ class FreezeSession:
                 pass
 
 
+def _seconds(what: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("%s must be a number of seconds, not %r" % (what, value)) from None
+    if not 0 < v <= MAX_TIMEOUT_S:
+        raise ValueError("%s must be more than 0 and at most %d s (30 days), not %r"
+                         % (what, MAX_TIMEOUT_S, value))
+    return v
+
+
+def _mount_error(state: str, err: int):
+    if state == "busy":
+        return "already frozen by someone else (EBUSY): left alone"
+    if state == "failed":
+        return "freeze failed: %s (%s)" % (os.strerror(err), errno_name(err))
+    if state == "thaw-failed" and err == errno_mod.ESTALE:
+        return "thaw failed: the fd is not the mount point we froze (ESTALE): left alone"
+    if state == "thaw-failed":
+        return "thaw failed: %s (%s)" % (os.strerror(err), errno_name(err))
+    if state == "not-frozen":
+        return "not frozen when the thaw came (EINVAL): thawed by someone else"
+    if state == "freezing":
+        return "freeze still in progress in the kernel"
+    return None
+
+
 def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
-                       sequential: bool = False, expedite_rcu: bool = True) -> FreezeSession:
+                       sequential: bool = False, expedite_rcu: bool = True,
+                       presync_timeout: float | None = None) -> FreezeSession:
     """Returns a FreezeSession for MOUNTPOINTS; entering it freezes, leaving it thaws.
 
-    The guardian thaws after TIMEOUT seconds whatever happens.  Raises
-    OSError (with the path) if a mount point cannot be opened, FreezeError if
-    the guardian cannot be started; per-filesystem failures are in ``mounts``.
-    sequential=True freezes one filesystem at a time (for comparisons).
-    expedite_rcu=True (the default) switches /sys/kernel/rcu_expedited on for
-    the few milliseconds of the freeze waves and back: each FIFREEZE waits
-    for RCU grace periods, ~20 ms each otherwise.
+    The guardian thaws TIMEOUT seconds after the first FIFREEZE whatever
+    happens; the presync before is bounded by PRESYNC_TIMEOUT (default
+    min(timeout, 30 s)).  Raises OSError (with the path) if a mount point
+    cannot be opened, FreezeError if the guardian cannot be started;
+    per-filesystem failures are in ``mounts``.  sequential=True freezes one
+    filesystem at a time (for comparisons).  expedite_rcu=True (the default)
+    switches /sys/kernel/rcu_expedited on for the few milliseconds of the
+    freeze waves and back: each FIFREEZE waits for RCU grace periods, ~20 ms
+    each otherwise.
     """
     return FreezeSession(mountpoints, timeout, presync=presync, sequential=sequential,
-                         expedite_rcu=expedite_rcu)
+                         expedite_rcu=expedite_rcu, presync_timeout=presync_timeout)
 
 
 # -- crash records ------------------------------------------------------------
@@ -397,20 +550,46 @@ def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
 @dataclass
 class RecordedThaw:
     mountpoint: str
-    outcome: str   # "thawed", "not frozen", "guardian thawed", "failed: ..."
+    outcome: str   # "thawed", "not frozen (EINVAL)", "thawed by its guardian", "failed: ..."
+
+
+def _check_runtime_dir(rdir: str):
+    """Why records in RDIR are not to be trusted, or None: only root may
+    have written them (a root-owned directory of mode 0700)."""
+    try:
+        st = os.lstat(rdir)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o700:
+        return "%s is not a root-owned directory of mode 0700 (owner uid %d, mode %o)" % (
+            rdir, st.st_uid, stat.S_IMODE(st.st_mode))
+    return None
 
 
 def _read_record(path: str):
-    ffi, _ = core()
-    with open(path, "rb") as f:
-        data = f.read()
-    size = ffi.sizeof("struct vmsnap_shared")
+    """The record at PATH as (buffer, struct vmsnap_shared *); ValueError if
+    it is not one of ours or anyone but root could have written it."""
+    ffi, lib = core()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o600:
+            raise ValueError("untrusted record (owner uid %d, mode %o; vmsnap writes root's "
+                             "0600): ignored" % (st.st_uid, stat.S_IMODE(st.st_mode)))
+        size = ffi.sizeof("struct vmsnap_shared")
+        data = os.read(fd, size)
+    finally:
+        os.close(fd)
     buf = ffi.new("char[]", size)
-    ffi.memmove(buf, data[:size], min(len(data), size))
+    ffi.memmove(buf, data, len(data))
     sh = ffi.cast("struct vmsnap_shared *", buf)
     header = ffi.offsetof("struct vmsnap_shared", "fs")
-    if len(data) < header or sh.magic != 0x564D534E or not (0 < sh.n <= 128):
-        raise ValueError("%s: not a vmsnap freeze record" % path)
+    if len(data) < header or sh.magic != lib.VMSNAP_RECORD_MAGIC or \
+            not 0 < sh.n <= lib.VMSNAP_MAX_FS:
+        raise ValueError("not a vmsnap freeze record")
+    if sh.abi != lib.VMSNAP_ABI_VERSION:
+        raise ValueError("a record of another vmsnap version (ABI %d, this is %d): thaw its "
+                         "filesystems with fsfreeze -u" % (sh.abi, lib.VMSNAP_ABI_VERSION))
     return buf, sh
 
 
@@ -435,11 +614,17 @@ def _wait_gone(pid: int, starttime: int, timeout: float) -> bool:
             os.close(pfd)
 
 
+def _records() -> list:
+    return sorted(glob.glob(os.path.join(runtime_dir(), "freeze-*.rec")))
+
+
 def active_records() -> list:
     """Paths of freeze records whose guardian is still alive."""
     _, lib = core()
+    if _check_runtime_dir(runtime_dir()):
+        return []
     out = []
-    for path in sorted(glob.glob(os.path.join(runtime_dir(), "freeze-*.rec"))):
+    for path in _records():
         try:
             _, sh = _read_record(path)
         except (OSError, ValueError):
@@ -449,59 +634,93 @@ def active_records() -> list:
     return out
 
 
-def thaw_recorded(timeout: float = 10.0) -> list:
+def _live_run(sh) -> bool:
+    """The record is a run's in progress: not detached and its controller alive."""
+    _, lib = core()
+    return not sh.detached and bool(lib.vmsnap_process_matches(sh.controller_pid,
+                                                               sh.controller_starttime))
+
+
+def _thaw_one_record(path: str, sh, buf, force: bool, timeout: float) -> list:
+    ffi, lib = core()
+    names = [os.fsdecode(ffi.string(sh.fs[i].path)) for i in range(sh.n)]
+    pid, start = sh.guardian_pid, sh.guardian_starttime
+    if lib.vmsnap_process_matches(pid, start):
+        try:
+            os.kill(pid, signal.SIGUSR2)   # the guardian records who asked
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid, start, timeout)
+        if not os.path.exists(path):
+            return [RecordedThaw(mp, "thawed by its guardian") for mp in names]
+        buf, sh = _read_record(path)   # the guardian left the record: its final word
+    before = [state_name(sh.fs[i].state) for i in range(sh.n)]
+    # a record not rewritten in the window never learnt what was frozen
+    unknown = [i for i, st in enumerate(before)
+               if not sh.record_live and st in ("pending", "syncing", "synced")]
+    if force:
+        for i in unknown:
+            sh.fs[i].state = lib.VMSNAP_FS_FREEZING   # thawed as ours, fd checked first
+            before[i] = "unknown"
+        unknown = []
+    lib.vmsnap_thaw_state(sh, ffi.NULL)   # parents first, rcu_expedited restored
+    out, keep = [], bool(unknown)
+    for i, mp in enumerate(names):
+        st, err = state_name(sh.fs[i].state), sh.fs[i].thaw_errno
+        if i in unknown:
+            out.append(RecordedThaw(mp, "failed: state unknown (the record could not be "
+                                        "kept during the freeze): not thawed; `vmsnap thaw "
+                                        "--force` thaws it"))
+        elif before[i] not in MAYBE_OURS | {"unknown"}:
+            out.append(RecordedThaw(mp, "not frozen by vmsnap (%s): left alone" % before[i]))
+        elif st == "thawed":
+            out.append(RecordedThaw(mp, "thawed"))
+        elif st == "not-frozen":
+            out.append(RecordedThaw(mp, "not frozen (EINVAL): nothing to thaw"))
+        elif err == errno_mod.ESTALE:
+            keep = True
+            out.append(RecordedThaw(mp, "failed: the mount point is gone or another "
+                                        "filesystem is there now: left alone, record kept"))
+        else:
+            keep = True
+            out.append(RecordedThaw(mp, "failed: %s (%s)" % (os.strerror(err), errno_name(err))))
+    if not keep:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return out
+
+
+def thaw_recorded(timeout: float = 10.0, force: bool = False) -> list:
     """Thaws whatever earlier sessions left frozen, from their records.
 
-    A live guardian is asked to thaw (SIGUSR1) and waited for; when none is
-    left, each filesystem the record does not show as certainly not ours is
-    thawed directly (after checking it is still the same filesystem).
-    Returns a RecordedThaw per filesystem.
+    A live guardian is asked to thaw (SIGUSR2) and waited for; when none is
+    left, the entries the record shows this run may have frozen are thawed
+    directly, parents first, each after checking that it is still the same
+    directory (the C core's vmsnap_thaw_state()).  Only records root wrote
+    (0600, in a root-owned 0700 directory) are read.  A run still in
+    progress (its controller alive, not a detached `vmsnap freeze`) is left
+    alone unless FORCE: BusyError names it.  Returns a RecordedThaw per
+    filesystem.
     """
-    ffi, lib = core()
+    rdir = runtime_dir()
+    problem = _check_runtime_dir(rdir)
+    if problem:
+        return [RecordedThaw(rdir, "failed: untrusted runtime directory: %s" % problem)]
     results = []
-    for path in sorted(glob.glob(os.path.join(runtime_dir(), "freeze-*.rec"))):
+    for path in _records():
         try:
-            _, sh = _read_record(path)
+            buf, sh = _read_record(path)
         except (OSError, ValueError) as exc:
-            results.append(RecordedThaw(path, "unreadable record: %s" % exc))
+            results.append(RecordedThaw(path, "ignored: %s" % exc))
             continue
-        pid, start = sh.guardian_pid, sh.guardian_starttime
-        if lib.vmsnap_process_matches(pid, start):
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
-            _wait_gone(pid, start, timeout)
-            if not os.path.exists(path):
-                for i in range(sh.n):
-                    results.append(RecordedThaw(os.fsdecode(ffi.string(sh.fs[i].path)),
-                                                "thawed by its guardian"))
-                continue
-            # the guardian left the record: re-read its final word
-            try:
-                _, sh = _read_record(path)
-            except (OSError, ValueError):
-                continue
-        all_ok = True
-        for i in range(sh.n):
-            e = sh.fs[i]
-            mp = os.fsdecode(ffi.string(e.path))
-            if STATE_NAMES.get(e.state) in _NOT_OURS:
-                results.append(RecordedThaw(mp, "not frozen by vmsnap (%s)" % STATE_NAMES[e.state]))
-                continue
-            r = lib.vmsnap_thaw_path(os.fsencode(mp), e.dev)
-            if r == 0:
-                results.append(RecordedThaw(mp, "thawed"))
-            elif r == -errno_mod.EINVAL:
-                results.append(RecordedThaw(mp, "not frozen"))
-            elif r in (-errno_mod.ESTALE, -errno_mod.ENOENT):
-                results.append(RecordedThaw(mp, "another filesystem is there now: left alone"))
-            else:
-                all_ok = False
-                results.append(RecordedThaw(mp, "failed: %s" % os.strerror(-r)))
-        if all_ok:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        if not force and _live_run(sh):
+            raise BusyError("a vmsnap run (pid %d, record %s) holds these filesystems frozen "
+                            "and thaws them itself; `vmsnap thaw --force` thaws them now "
+                            "(the run then reports an early thaw)" % (sh.controller_pid, path))
+        try:
+            results.extend(_thaw_one_record(path, sh, buf, force, timeout))
+        except (OSError, ValueError) as exc:
+            results.append(RecordedThaw(path, "failed: %s" % exc))
     return results

@@ -10,7 +10,7 @@ import fcntl
 import os
 
 from .errors import BusyError
-from .freeze import runtime_dir
+from .freeze import ensure_runtime_dir, runtime_dir
 
 
 class RunLock:
@@ -20,8 +20,8 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            ensure_runtime_dir()   # root's alone: the freeze records live there too
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise BusyError("cannot take the lock %s: %s (vmsnap runs as root)"
                             % (self.path, exc.strerror)) from None

@@ -5,20 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .errors import error_code
-
-
-@dataclass
-class ErrorEntry:
-    code: str
-    number: int
-    message: str
-    action: str
-
-
-def make_error(code: str, message: str) -> ErrorEntry:
-    e = error_code(code)
-    return ErrorEntry(code=e.code, number=e.number, message=message, action=e.action)
+from .errors import Error
 
 
 @dataclass
@@ -31,6 +18,7 @@ class ScriptResult:
     timed_out: bool = False
     duration_ms: float = 0.0
     output: str = ""
+    containment: str | None = None   # how its process tree was held (SPEC §3): cgroup, subreaper
 
     @property
     def ok(self) -> bool:
@@ -44,6 +32,7 @@ class FreezeResult:
     deadline_hit: bool = False
     mounts: list = field(default_factory=list)   # dicts, see MountResult.to_dict
     rcu_expedited: bool = False   # RCU grace periods were expedited for the freeze
+    thawed_early: str | None = None   # why the filesystems thawed before the step ended
 
 
 @dataclass
@@ -54,13 +43,14 @@ class SnapshotResult:
     output: str = ""
     signal: int | None = None
     timed_out: bool = False
+    containment: str | None = None
 
 
 @dataclass
 class Result:
     status: str = "failed"
     consistency: str | None = None
-    errors: list = field(default_factory=list)
+    errors: list = field(default_factory=list)   # Errors (errors.Error), in the order they arose
     warnings: list = field(default_factory=list)
     pre_script: ScriptResult | None = None
     post_script: ScriptResult | None = None
@@ -69,11 +59,11 @@ class Result:
     duration_ms: float = 0.0
     hooks: list = field(default_factory=list)    # per-hook ScriptResults (hooksDirectory)
     phases: list = field(default_factory=list)   # (name, start_ms, duration_ms) timeline
+    plan: dict | None = None   # a dry run: what a run would do (see cycle.describe_plan)
 
-    def error(self, code: str, message: str) -> ErrorEntry:
-        e = make_error(code, message)
-        self.errors.append(e)
-        return e
+    def add_error(self, error: Error) -> Error:
+        self.errors.append(error)
+        return error
 
     def has_error(self, *codes) -> bool:
         return any(e.code in codes for e in self.errors)

@@ -1,0 +1,49 @@
+/* freeze.h: what the guardian (guardian.c), the controller's session
+ * (session.c) and the recorded-thaw path share about the freeze state
+ * (freeze.c; not part of the cffi API). */
+#ifndef VMSNAP_FREEZE_H
+#define VMSNAP_FREEZE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vmsnap.h"
+
+static inline int fs_get_state(const struct vmsnap_fs *f) {
+    return __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
+}
+
+static inline void fs_set_state(struct vmsnap_fs *f, int state) {
+    __atomic_store_n(&f->state, state, __ATOMIC_RELEASE);
+}
+
+static inline int64_t add_saturated(int64_t t, int64_t d) {
+    return d > INT64_MAX - t ? INT64_MAX : t + d;
+}
+
+/* Bytes of the shared block that describe its filesystems: what the record holds. */
+static inline size_t record_size(const struct vmsnap_shared *sh) {
+    return offsetof(struct vmsnap_shared, fs) + (size_t)sh->n * sizeof(struct vmsnap_fs);
+}
+
+/* Writes the record (RECORD_FD < 0: none); -errno if it could not. */
+int record_write(int record_fd, const struct vmsnap_shared *sh);
+
+int max_level(const struct vmsnap_shared *sh);
+
+/* Thaws one entry through FD, this process's own fd on it, and records the
+ * outcome in its state (THAWED, NOT_FROZEN or THAW_FAILED). */
+int fs_thaw_entry(struct vmsnap_fs *f, int fd);
+
+/* The thaw order, written once: parents before children, that is the
+ * highest level first (the freeze went level 0 first).  Calls
+ * THAW_LEVEL(CTX, level) for each level down to 0. */
+void thaw_levels(const struct vmsnap_shared *sh, void (*thaw_level)(void *ctx, int level), void *ctx);
+
+/* rcu_expedited for the freeze waves: switches it on and records in SH the
+ * value to put back (rcu_restore), so that whoever thaws can restore it if
+ * the guardian dies mid-wave; rcu_expedite_end() puts it back. */
+void rcu_expedite_begin(struct vmsnap_shared *sh);
+void rcu_expedite_end(struct vmsnap_shared *sh);
+
+#endif

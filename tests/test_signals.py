@@ -1,0 +1,298 @@
+"""Every way out resumes the application (issue 11 items 1 and 2), with real
+signals on real loop filesystems: a stop signal to `vmsnap run` at each
+phase, an exception after the pre-script, a signal to the guardian during
+the snapshot step, and the reaper's resume command after a SIGKILL."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import vmsnap_native
+from vmsnap_native import process
+
+from .conftest import frozen_state, root_only, thawed_soon
+from .helpers import setup_scripts, write_script
+
+pytestmark = root_only
+
+
+def wait_for(path, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise AssertionError("%s never appeared" % path)
+        time.sleep(0.02)
+
+
+def start_run(tmp_path, cfg, mounts, snapshot=(), extra=()):
+    """`vmsnap run --json` in the background, with its own runtime directory."""
+    args = [sys.executable, "-m", "vmsnap_native", "run", "--json", "--config", str(cfg),
+            "--log-file", str(tmp_path / "vmsnap.log")]
+    for m in mounts:
+        args += ["--mount", m]
+    args += list(extra)
+    if snapshot:
+        args += ["--", *snapshot]
+    env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, stdin=subprocess.DEVNULL)
+
+
+def finish(proc, timeout=60):
+    out, err = proc.communicate(timeout=timeout)
+    try:
+        return proc.returncode, json.loads(out), err
+    except ValueError:
+        raise AssertionError("no result on stdout (exit %s):\n%s\nstderr:\n%s"
+                             % (proc.returncode, out, err)) from None
+
+
+def codes(res):
+    return [e["code"] for e in res["errors"]]
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def hook(tmp_path, log):
+    """A hook that notes its calls in LOG."""
+    d = tmp_path / "hooks"
+    d.mkdir(mode=0o755, exist_ok=True)
+    write_script(d / "10-app", 'echo "$1" >> %s' % log)
+    return str(d)
+
+
+def wait_in_step(tmp_path, name):
+    """A snapshot step (or script body) that says it started, then waits (at most 30 s)."""
+    return "touch %s; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done" % (
+        tmp_path / name)
+
+
+# -- a stop signal to `vmsnap run` ------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_during_the_snapshot_thaws_at_once_then_thaw_hooks_and_post(tmp_path, loopfs,
+                                                                           sig):
+    (m,) = loopfs.make(1)
+    calls = tmp_path / "hook-calls"
+    # the post-script sees the filesystem thawed: it can freeze it (and thaws it again)
+    cfg = setup_scripts(tmp_path, post="touch %s; fsfreeze -f %s && fsfreeze -u %s && touch %s"
+                        % (tmp_path / "post-ran", m, m, tmp_path / "post-saw-it-thawed"),
+                        hooksDirectory=hook(tmp_path, calls))
+    proc = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", wait_in_step(tmp_path, "snap")])
+    wait_for(tmp_path / "snap")
+    assert frozen_state(m)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    rc, res, err = finish(proc)
+    # thawed by vmsnap itself before it exited, not by the guardian a little later
+    assert not frozen_state(m)
+    assert time.monotonic() - t0 < 20
+    assert rc == 1 and res["status"] == "failed" and res["consistency"] is None, err
+    assert codes(res)[-1] == "Interrupted" and res["errors"][-1]["number"] == 402
+    assert signal.Signals(sig).name in res["errors"][-1]["message"]
+    assert (tmp_path / "post-ran").exists(), "the post-script must run"
+    assert (tmp_path / "post-saw-it-thawed").exists(), "the post-script ran before the thaw"
+    assert calls.read_text().split() == ["freeze", "thaw"]
+    assert res["snapshot"]["signal"] is None or res["snapshot"]["exit_code"] != 0
+
+
+def test_signal_during_the_pre_script_stops_it_and_runs_the_post_script(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, pre="echo $$ > %s; %s" % (tmp_path / "pre.pid",
+                                                          wait_in_step(tmp_path, "pre")),
+                        post="touch %s" % (tmp_path / "post-ran"))
+    proc = start_run(tmp_path, cfg, [m], snapshot=["touch", str(tmp_path / "snap")])
+    wait_for(tmp_path / "pre")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc, res, err = finish(proc)
+    assert time.monotonic() - t0 < 20, "the pre-script was waited for"
+    assert rc == 1 and res["status"] == "failed" and codes(res) == ["Interrupted"], err
+    assert not alive(int((tmp_path / "pre.pid").read_text()))
+    assert (tmp_path / "post-ran").exists()
+    assert not (tmp_path / "snap").exists() and res["freeze"]["mounts"] == []
+    assert not frozen_state(m)
+
+
+def test_signal_during_a_hooks_freeze_call_still_gives_it_its_thaw(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    calls = tmp_path / "hook-calls"
+    d = tmp_path / "hooks"
+    d.mkdir(mode=0o755)
+    write_script(d / "10-app", 'echo "$1" >> %s; [ "$1" = thaw ] || { %s; }'
+                 % (calls, wait_in_step(tmp_path, "hook-freezing")))
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"),
+                        hooksDirectory=str(d))
+    proc = start_run(tmp_path, cfg, [m])
+    wait_for(tmp_path / "hook-freezing")
+    proc.send_signal(signal.SIGHUP)
+    rc, res, err = finish(proc)
+    assert rc == 1 and codes(res) == ["Interrupted"], err
+    assert calls.read_text().split() == ["freeze", "thaw"]
+    assert (tmp_path / "post-ran").exists()
+    assert res["freeze"]["mounts"] == [] and not frozen_state(m)
+
+
+def test_signal_during_the_post_script_lets_it_finish(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, post="touch %s; sleep 1; touch %s"
+                        % (tmp_path / "post-started", tmp_path / "post-done"))
+    proc = start_run(tmp_path, cfg, [m])
+    wait_for(tmp_path / "post-started")
+    proc.send_signal(signal.SIGINT)
+    rc, res, err = finish(proc)
+    assert (tmp_path / "post-done").exists(), "the post-script was cut short"
+    assert res["post_script"]["exit_code"] == 0
+    assert rc == 1 and res["status"] == "failed" and codes(res) == ["Interrupted"], err
+
+
+def test_an_exception_after_the_pre_script_still_thaws_and_runs_the_post_script(tmp_path,
+                                                                                loopfs):
+    (m,) = loopfs.make(1)
+    bg = tmp_path / "bg"
+    # the pre-script leaves a process (a lock session, say) that the post-script ends
+    cfg = setup_scripts(tmp_path, pre="sleep 60 & echo $! > %s" % bg,
+                        post="kill -0 $(cat %s) && touch %s; kill $(cat %s)"
+                        % (bg, tmp_path / "post-saw-it", bg))
+    with pytest.raises(TypeError):
+        vmsnap_native.run(config=cfg, snapshot=42, mounts=[m])   # 42: neither argv nor callable
+    assert not frozen_state(m)
+    # the post-script ran, and the pre-script's process was still there for it to end
+    assert (tmp_path / "post-saw-it").exists()
+
+
+# -- an early thaw: the snapshot is not trusted -----------------------------------
+
+def guardian_pid(runtime_dir):
+    from vmsnap_native.freeze import _read_record
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        for path in glob.glob(os.path.join(runtime_dir, "freeze-*.rec")):
+            buf, record = _read_record(path)   # RECORD points into BUF: both held here
+            return int(record.guardian_pid)
+        time.sleep(0.02)
+    raise AssertionError("no freeze record in %s" % runtime_dir)
+
+
+def test_a_signal_to_the_guardian_during_the_snapshot_is_124_and_post_runs(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
+    go = tmp_path / "go"
+    step = "touch %s; while [ ! -e %s ]; do sleep 0.05; done" % (tmp_path / "snap", go)
+    proc = start_run(tmp_path, cfg, [m], snapshot=["timeout", "30", "sh", "-c", step])
+    try:
+        wait_for(tmp_path / "snap")
+        os.kill(guardian_pid(str(tmp_path / "run")), signal.SIGUSR1)
+        assert thawed_soon([m], timeout=10)   # thawed while the step goes on
+    finally:
+        go.touch()
+    rc, res, err = finish(proc)
+    assert rc == 1 and res["status"] == "failed" and res["consistency"] is None, err
+    assert codes(res) == ["FsThawedEarly"] and res["errors"][0]["number"] == 124
+    assert "signal" in res["errors"][0]["message"]
+    assert res["snapshot"]["exit_code"] == 0   # the step itself went well: not trusted anyway
+    assert (tmp_path / "post-ran").exists()
+
+
+def test_vmsnap_thaw_from_another_shell_during_the_snapshot_is_124(tmp_path, loopfs):
+    from .helpers import vmsnap
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
+    go = tmp_path / "go"
+    step = "touch %s; while [ ! -e %s ]; do sleep 0.05; done" % (tmp_path / "snap", go)
+    proc = start_run(tmp_path, cfg, [m], snapshot=["timeout", "30", "sh", "-c", step])
+    env = {"VMSNAP_RUNTIME_DIR": str(tmp_path / "run")}
+    force = ["--force"] if "--force" in vmsnap("thaw", "--help").stdout else []
+    try:
+        wait_for(tmp_path / "snap")
+        p = vmsnap("thaw", *force, env=env, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert thawed_soon([m], timeout=10)
+    finally:
+        go.touch()
+    rc, res, err = finish(proc)
+    assert rc == 1 and res["status"] == "failed" and codes(res) == ["FsThawedEarly"], err
+    assert (tmp_path / "post-ran").exists()
+
+
+# -- a SIGKILL: the reaper resumes the application -----------------------------------
+
+def test_resume_command_runs_thaw_hooks_and_the_post_script(tmp_path):
+    calls = tmp_path / "hook-calls"
+    hooks_dir = hook(tmp_path, calls)
+    cfg = setup_scripts(tmp_path, post='echo "post $*" > %s' % (tmp_path / "post-ran"),
+                        postScriptParams=["a b"], hooksDirectory=hooks_dir)
+    log = tmp_path / "log"
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native._resume", "--config", cfg,
+                        "--log-file", str(log), "--post", "--hook",
+                        os.path.join(hooks_dir, "10-app")], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "post-ran").read_text() == "post a b\n"
+    assert calls.read_text().split() == ["thaw"]
+    assert "resume: post-script done" in log.read_text()
+    # a post-script that fails the policy now is not run, and the log says why
+    os.chmod(tmp_path / "etc" / "post.sh", 0o777)
+    os.unlink(tmp_path / "post-ran")
+    p = subprocess.run([sys.executable, "-m", "vmsnap_native._resume", "--config", cfg,
+                        "--log-file", str(log), "--post"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and not (tmp_path / "post-ran").exists()
+    assert "InsufficientPermissionforPost-Script" in log.read_text()
+
+
+@pytest.mark.skipif(not hasattr(process, "set_resume_command"),
+                    reason="needs the containment branch (process.set_resume_command)")
+def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"), timeoutInSeconds=10)
+    proc = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", wait_in_step(tmp_path, "snap")],
+                     extra=["--freeze-timeout", "30"])
+    wait_for(tmp_path / "snap")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert thawed_soon([m], timeout=10)
+    wait_for(tmp_path / "post-ran", timeout=30)
+    assert "resume: post-script done" in (tmp_path / "vmsnap.log").read_text()
+
+
+def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, monkeypatch):
+    """What the run hands the reaper (the containment branch's
+    process.set_resume_command), seen from inside; the command it registers
+    resumes the application when run as the reaper would run it."""
+    (m,) = loopfs.make(1)
+    calls = []
+    pre_ran = tmp_path / "pre-ran"
+
+    def set_resume_command(argv, env=None, wait_for=()):
+        calls.append("cleared" if argv is None else
+                     (list(argv), dict(env), list(wait_for), pre_ran.exists()))
+
+    monkeypatch.setattr(process, "set_resume_command", set_resume_command, raising=False)
+    cfg = setup_scripts(tmp_path, pre="touch %s" % pre_ran,
+                        post="touch %s" % (tmp_path / "post-ran"))
+    res = vmsnap_native.run(config=cfg, mounts=[m], log_file=str(tmp_path / "log"))
+    assert res.status == "success"
+    (argv, env, wait_for, pre_had_run), (argv2, _, wait_for2, _), last = calls
+    assert not pre_had_run, "registered only after the pre-script ran"
+    assert argv[:3] == [sys.executable, "-m", "vmsnap_native._resume"] and "--post" in argv
+    assert wait_for == [] and len(wait_for2) == 1 and wait_for2[0][0] > 0   # the guardian
+    assert last == "cleared"
+    os.unlink(tmp_path / "post-ran")
+    p = subprocess.run(argv2, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "post-ran").exists()
