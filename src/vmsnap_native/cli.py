@@ -13,8 +13,8 @@ import os
 import stat
 import sys
 
+from . import agents, cycle
 from . import config as config_mod
-from . import cycle
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
 from .errors import BusyError, CoreUnavailable, FreezeError
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
     d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
     d.add_argument("--json", action="store_true")
+    k = sub.add_parser("hook", help="be the freeze hook of an agent: qemu-ga, vmware, gce, dlm")
+    agents.add_arguments(k)
     b = sub.add_parser("bench", help="measure the freeze window, sequential vs parallel")
     b.add_argument("--mount", metavar="M", action="append")
     b.add_argument("--rounds", type=int, default=20)
@@ -377,6 +379,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, snapshot_argv)
+        if args.command == "hook":
+            return agents.main(args)
         return handlers[args.command](args)
     except KeyboardInterrupt:
         err("vmsnap: interrupted")
