@@ -17,8 +17,12 @@ from vmsnap_native import loopfs as loopfs_mod
 IS_ROOT = os.geteuid() == 0
 HAVE_LOOP = os.path.exists("/dev/loop-control") and shutil.which("losetup") is not None
 
-root_only = pytest.mark.skipif(not (IS_ROOT and HAVE_LOOP),
-                               reason="needs root and loop devices")
+ROOT_REASON = "needs root and loop devices"
+root_only = pytest.mark.skipif(not (IS_ROOT and HAVE_LOOP), reason=ROOT_REASON)
+# Under CI=true a skip of a test marked ci_required is a failure: what it
+# needs (root, loop devices, the database servers, qemu-ga) is part of CI.
+# Tests that use loop filesystems are marked so by default.
+CI_STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _RUNTIME_DIR = None
 
@@ -28,6 +32,27 @@ def pytest_configure(config):
     global _RUNTIME_DIR
     if "VMSNAP_RUNTIME_DIR" not in os.environ:
         _RUNTIME_DIR = os.environ["VMSNAP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vmsnap-test-run-")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("ci_optional"):
+            continue
+        needs_root = any(m.kwargs.get("reason") == ROOT_REASON
+                         for m in item.iter_markers("skipif"))
+        if needs_root or "loopfs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ci_required)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if CI_STRICT and rep.skipped and item.get_closest_marker("ci_required") \
+            and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = "required in CI (CI=true) but skipped: %s" % reason
 
 
 def pytest_unconfigure(config):
