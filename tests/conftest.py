@@ -68,6 +68,18 @@ class LoopFilesystems(loopfs_mod.LoopFilesystems):
             pytest.skip("%s is not installed" % loopfs_mod.MKFS[fstype][0])
         return super().make(n, fstype=fstype, size_mb=size_mb, parent=parent)
 
+    def make_at(self, mountpoint: str) -> str:
+        """An ext4 whose image lives in the base directory, mounted at
+        MOUNTPOINT (inside another of ours, say: nested by mount point only)."""
+        img = os.path.join(self.base, "at%d.img" % len(self.mounts))
+        with open(img, "wb") as f:
+            f.truncate(loopfs_mod.MIN_SIZE_MB["ext4"] * 1024 * 1024)
+        loopfs_mod._run(*loopfs_mod.MKFS["ext4"], img)
+        os.makedirs(mountpoint, exist_ok=True)
+        loopfs_mod._run("mount", "-o", "loop", img, mountpoint)
+        self.mounts.append((mountpoint, img))
+        return mountpoint
+
 
 @pytest.fixture
 def loopfs():
@@ -113,6 +125,54 @@ def thawed_soon(mounts, timeout: float = 3.0) -> bool:
         if time.monotonic() > end:
             return False
         time.sleep(0.01)
+
+
+def _proc_table() -> dict:
+    """pid -> (ppid, state letter) of every process."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(d)] = (int(rest[1]), rest[0])
+    return table
+
+
+def descendants(root: int | None = None) -> dict:
+    """pid -> state of every process below ROOT (default: this one)."""
+    root = os.getpid() if root is None else root
+    table = _proc_table()
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out[pid] = table[pid][1]
+        todo += children.get(pid, ())
+    return out
+
+
+def reap_zombie_children() -> None:
+    for pid, state in descendants().items():
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def set_child_subreaper(on: bool) -> None:
+    """Orphans of our descendants come to us, not to init: a process a test
+    left behind stays findable (PR_SET_CHILD_SUBREAPER)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def live_in_group(pgid: int) -> list:
