@@ -14,6 +14,14 @@ import pytest
 
 from vmsnap_native import loopfs as loopfs_mod
 
+try:   # `make mutants` runs the tests once per mutant: fewer examples each time
+    from hypothesis import settings as _hyp_settings
+    _hyp_settings.register_profile("mutants", max_examples=25, deadline=None)
+    if os.environ.get("VMSNAP_HYPOTHESIS_PROFILE"):
+        _hyp_settings.load_profile(os.environ["VMSNAP_HYPOTHESIS_PROFILE"])
+except ImportError:
+    pass
+
 IS_ROOT = os.geteuid() == 0
 HAVE_LOOP = os.path.exists("/dev/loop-control") and shutil.which("losetup") is not None
 
