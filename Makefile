@@ -71,7 +71,7 @@ bench: build ## benchmarks against the alternatives (root; writes bench/results.
 lint: build ## static checks: ruff and a warnings-as-errors C build
 	$(PIP) install -q ruff
 	$(VENV)/bin/ruff check src tests bench
-	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fsyntax-only csrc/*.c $(CTEST_SRC)
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Icsrc -fsyntax-only csrc/*.c $(CTEST_SRC)
 
 clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \

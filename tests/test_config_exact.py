@@ -52,27 +52,47 @@ def test_config_path_order(monkeypatch):
     assert C.config_path() == "/env.json" and C.config_path("/x.json") == "/x.json"
 
 
-@pytest.mark.parametrize("name,good,bad,want", [
-    ("pluginName", "X", 5, "a string"),
-    ("preScriptParams", ["a", "b"], ["a", 1], "a list of strings"),
-    ("postScriptParams", [], "a", "a list of strings"),
-    ("preScriptNoOfRetries", 0, -1, "an integer >= 0"),
-    ("postScriptNoOfRetries", 3, True, "an integer >= 0"),
-    ("timeoutInSeconds", 0.5, 0, "a number > 0"),
-    ("freezeTimeoutInSeconds", 7, False, "a number > 0"),
-    ("continueBackupOnFailure", False, 1, "true or false"),
-    ("fsFreezeEnabled", False, "no", "true or false"),
-    ("expediteRcu", False, None, "true or false"),
-    ("mountsToSkip", ["/a"], [None], "a list of strings"),
-    ("mountsToFreeze", ["/b"], {}, "a list of strings"),
-    ("hooksDirectory", "/h", [], "a string"),
+@pytest.mark.parametrize("name,attr,good,bad,want", [
+    ("pluginName", "plugin_name", "X", 5, "a string"),
+    ("preScriptParams", "pre_params", ["a", "b"], ["a", 1], "a list of strings"),
+    ("postScriptParams", "post_params", ["c"], "a", "a list of strings"),
+    ("preScriptNoOfRetries", "pre_retries", 2, -1, "an integer >= 0"),
+    ("postScriptNoOfRetries", "post_retries", 3, True, "an integer >= 0"),
+    ("timeoutInSeconds", "timeout", 2, 0, "a number > 0"),
+    ("freezeTimeoutInSeconds", "freeze_timeout", 7, False, "a number > 0"),
+    ("continueBackupOnFailure", "continue_on_failure", False, 1, "true or false"),
+    ("fsFreezeEnabled", "fs_freeze_enabled", False, "no", "true or false"),
+    ("expediteRcu", "expedite_rcu", False, None, "true or false"),
+    ("mountsToSkip", "mounts_to_skip", ["/a"], [None], "a list of strings"),
+    ("mountsToFreeze", "mounts_to_freeze", ["/b"], {}, "a list of strings"),
+    ("hooksDirectory", "hooks_directory", "/h", [], "a string"),
+    ("preScriptLocation", "pre_script", "/pre", 5, "a string (full path of the pre-script)"),
+    ("postScriptLocation", "post_script", "/post", None, "a string (full path of the post-script)"),
 ])
-def test_each_field_checked_and_set(name, good, bad, want):
-    attr = C.FIELDS[name][0]
+def test_each_field_checked_and_set(name, attr, good, bad, want):
     got = getattr(parse(**{name: good}), attr)
     assert got == good and type(got) is (float if attr.endswith("timeout") else type(good))
     assert error({**BASE, name: bad}) == "/etc/c.json: %s must be %s, not %s" % (
         name, want, json.dumps(bad))
+
+
+def test_every_wrong_field_is_reported_at_once():
+    assert error({**BASE, "pluginName": 5, "timeoutInSeconds": "x", "expediteRcu": 0}) == (
+        '/etc/c.json: pluginName must be a string, not 5; timeoutInSeconds must be a number '
+        '> 0, not "x"; expediteRcu must be true or false, not 0')
+
+
+def test_the_example_shows_the_defaults():
+    # the example configuration (printed for users) spells out the defaults
+    c = C.parse_config(json.dumps(C.EXAMPLE).encode(), "/ex")
+    d = C.Config(path="/ex", pre_script="/etc/vmsnap/pre.sh", post_script="/etc/vmsnap/post.sh")
+    assert c == d and c.warnings == []
+    assert set(C.EXAMPLE) <= set(C.FIELDS)
+    assert {k: type(v) for k, v in C.EXAMPLE.items()} == {
+        "pluginName": str, "preScriptLocation": str, "postScriptLocation": str,
+        "preScriptParams": list, "postScriptParams": list, "preScriptNoOfRetries": int,
+        "postScriptNoOfRetries": int, "timeoutInSeconds": int, "continueBackupOnFailure": bool,
+        "fsFreezeEnabled": bool, "freezeTimeoutInSeconds": int, "mountsToSkip": list}
 
 
 def test_number_boundaries():
@@ -149,6 +169,14 @@ def test_read_config_file(tmp_path):
         C.read_config_file(str(tmp_path / "loop"))
     assert str(ei.value) == ("%s/loop: cannot open the configuration file: Too many levels of "
                              "symbolic links" % tmp_path)
+
+
+def test_a_fifo_is_refused_at_once(tmp_path):
+    # opened non-blocking: a FIFO at the configured path must not hang the run
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        C.read_config_file(str(fifo))
 
 
 def test_load_config(tmp_path):

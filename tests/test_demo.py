@@ -105,6 +105,7 @@ def run_unprivileged(python, cli_args):
                        % (base, list(cli_args))])
 
 
+@pytest.mark.ci_required
 @pytest.mark.parametrize("args", [
     ["demo"],
     ["run", "--mount", "/nonexistent"],
@@ -116,6 +117,7 @@ def test_privileged_commands_without_root_say_so_without_a_traceback(unprivilege
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.ci_required
 def test_dry_run_check_and_mounts_work_without_root(unprivileged_python):
     for args in (["run", "--dry-run", "--json", "--log-file", "", "--config", "/nonexistent"],
                  ["check", "--config", "/nonexistent"], ["mounts", "--json"]):

@@ -64,6 +64,17 @@ def tree(tmp_path):
     return d
 
 
+def test_an_unsafe_root_directory_is_named(monkeypatch):
+    real_lstat = os.lstat
+
+    def lstat(p):
+        return fake_stat(0, 0o40777) if p == "/" else real_lstat(p)
+
+    monkeypatch.setattr(policy.os, "lstat", lstat)
+    assert policy.resolve_checked("/etc/x") == (
+        None, "/: writable by group or others (mode 777)")
+
+
 def test_relative_path_is_refused():
     assert policy.resolve_checked("etc/x") == (None, "etc/x: not a full path")
 
@@ -76,6 +87,9 @@ def test_dot_and_dotdot_components(tree):
     assert policy.resolve_checked("%s/./s" % tree) == (target, None)
     assert policy.resolve_checked("%s/sub/../s" % tree) == (target, None)
     assert policy.resolve_checked("/..%s/s" % tree) == (target, None)   # .. of / is /
+    (tree / "X").mkdir()   # a name of one repeated letter: ".." is one level up, exactly
+    os.chmod(tree / "X", 0o755)
+    assert policy.resolve_checked("%s/X/../s" % tree) == (target, None)
     # ".." goes up from where the link led, not from the link's own name
     os.symlink(str(tree / "sub"), tree / "to-sub")
     assert policy.resolve_checked("%s/to-sub/../s" % tree) == (target, None)
