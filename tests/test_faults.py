@@ -87,6 +87,7 @@ def nothing_left_behind(loopfs, tmp_path):
     """After every fault: the kernel says none of the test's filesystems is
     frozen, no process the test started (or one of those started, even
     orphaned) is alive, and a plain run on the same filesystems succeeds."""
+    before = set(descendants())   # this process's own helpers, from earlier tests
     set_child_subreaper(True)
     try:
         yield
@@ -99,7 +100,8 @@ def nothing_left_behind(loopfs, tmp_path):
     end = time.monotonic() + 5
     while True:
         reap_zombie_children()
-        left = {pid: state for pid, state in descendants().items() if state not in "ZX"}
+        left = {pid: state for pid, state in descendants().items()
+                if state not in "ZX" and pid not in before}
         if not left or time.monotonic() > end:
             break
         time.sleep(0.05)
@@ -218,10 +220,13 @@ def test_controller_killed_in_a_pinned_freeze_phase(tmp_path, loopfs, phase):
     with open(os.path.join(parent, "dirt"), "wb") as f:   # something for the presync to write
         f.write(os.urandom(1 << 20))
     if phase != "presync":
-        os.sync()
-    ctl = subprocess.Popen([sys.executable, "-c", CONTROLLER, phase, want_parent, *mounts],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # written out now (syncfs of ours only: a global sync would wait on
+        # any frozen filesystem of the machine)
+        subprocess.run(["sync", "-f", *mounts, holder], check=True, timeout=60)
+    ctl = None
     try:
+        ctl = subprocess.Popen([sys.executable, "-c", CONTROLLER, phase, want_parent, *mounts],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if phase == "thaw":
             assert all(st == "frozen" for st in json.loads(ctl.stdout.readline()).values())
             subprocess.run(["fsfreeze", "-f", holder], check=True)
@@ -241,8 +246,9 @@ def test_controller_killed_in_a_pinned_freeze_phase(tmp_path, loopfs, phase):
             assert not any(frozen_state(c) for c in children), "frozen after the controller died"
     finally:
         subprocess.run(["fsfreeze", "-u", holder], stderr=subprocess.DEVNULL)
-        ctl.kill()
-        ctl.wait()
+        if ctl is not None:
+            ctl.kill()
+            ctl.wait()
     # the held-up call returns; the guardian finishes the job
     assert thawed_soon(mounts), "left frozen after a kill in phase %s" % phase
     time.sleep(0.3)
