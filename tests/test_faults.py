@@ -184,8 +184,9 @@ CONTROLLER = textwrap.dedent("""
     def states():
         return {m.mountpoint: STATE_NAMES[s._shared.fs[i].state] for i, m in enumerate(s.mounts)}
 
-    def report():
-        while states()[mounts[0]] != want:
+    def report():   # prints what it sees after 30 s at most: the test fails, not hangs
+        end = time.monotonic() + 30
+        while states()[mounts[0]] != want and time.monotonic() < end:
             time.sleep(0.002)
         time.sleep(0.3)   # the others settle; the parent stays held up
         print(json.dumps(states()), flush=True)
@@ -207,7 +208,16 @@ PHASES = {
 }
 
 
-@pytest.mark.parametrize("phase", sorted(PHASES))
+NO_SYNCFS = any(x in os.environ.get("VMSNAP_COMPAT_DISABLE", "") for x in ("syncfs", "all"))
+
+
+@pytest.mark.parametrize("phase", [
+    "freeze",
+    pytest.param("presync", marks=[
+        pytest.mark.ci_optional,   # skipped only where the fallback run switches syncfs off
+        pytest.mark.skipif(NO_SYNCFS, reason="syncfs switched off: there is no presync phase")]),
+    "thaw",
+])
 def test_controller_killed_in_a_pinned_freeze_phase(tmp_path, loopfs, phase):
     # The parent's image lives on a holder filesystem that is not in the
     # session; freezing the holder holds up every write of the parent's, so
