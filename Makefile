@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 ARCH ?= aarch64
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/vmsnap_native/_version.py)
-# the core: every C file in csrc/ but the C tests (as in csrc/build_ffi.py)
-CORE_SRC := $(filter-out csrc/ctest.c,$(wildcard csrc/*.c))
+# the core: every C file in csrc/ (the C tests live in tests/c/)
+CORE_SRC := $(wildcard csrc/*.c)
+CTEST_SRC := tests/c/ctest.c
 CORE_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Wno-unused-parameter -Icsrc \
                -DVMSNAP_VERSION='"$(VERSION)"'
 
@@ -27,19 +28,28 @@ $(STAMP): pyproject.toml setup.py csrc/*.c csrc/*.h csrc/build_ffi.py
 build: $(STAMP) ## set up .venv and build the native core (editable install)
 	$(PY) setup.py -q build_ext --inplace
 
-test: build ## run the whole test suite (needs root for the freeze tests)
-	$(PY) -m pytest -q tests
+test: build ## run the whole test suite (as root it first installs the system packages it needs)
+	sh tools/install-test-deps.sh
+	$(PY) -m pytest -q -ra tests
 
-build/ctest: csrc/*.c csrc/*.h
+# the modules under mutation; the lead adds the decision module here
+MUTATE ?= src/vmsnap_native/policy.py src/vmsnap_native/config.py
+# the fast unit tests each mutant is judged by (no root, no loop devices)
+MUTANT_TESTS ?= tests/test_policy.py tests/test_policy_exact.py tests/test_config.py tests/test_config_exact.py
+mutants: build ## mutation testing of MUTATE against MUTANT_TESTS; last line: mutants: K killed of N (P%)
+	$(PIP) install -q 'mutmut>=2.4,<3'
+	$(PY) tools/mutants.py --modules "$(MUTATE)" --tests "$(MUTANT_TESTS)"
+
+build/ctest: csrc/*.c csrc/*.h $(CTEST_SRC)
 	mkdir -p build
-	$(CC) $(CORE_CFLAGS) -o $@ csrc/ctest.c $(CORE_SRC) -lpthread
+	$(CC) $(CORE_CFLAGS) -o $@ $(CTEST_SRC) $(CORE_SRC) -lpthread
 
 ctest: build/ctest ## C tests of the core (as root they also freeze a scratch loop filesystem)
 	sh tools/run-ctest.sh build/ctest
 
-build/$(ARCH)/ctest: csrc/*.c csrc/*.h
+build/$(ARCH)/ctest: csrc/*.c csrc/*.h $(CTEST_SRC)
 	mkdir -p build/$(ARCH)
-	$(ARCH)-linux-gnu-gcc $(CORE_CFLAGS) -static -o $@ csrc/ctest.c $(CORE_SRC) -lpthread
+	$(ARCH)-linux-gnu-gcc $(CORE_CFLAGS) -static -o $@ $(CTEST_SRC) $(CORE_SRC) -lpthread
 
 cross: build/$(ARCH)/ctest ## cross-build the core's C tests for ARCH (aarch64) and run them under qemu-user
 	sh tools/run-ctest.sh build/$(ARCH)/ctest qemu-$(ARCH)
@@ -61,10 +71,10 @@ bench: build ## benchmarks against the alternatives (root; writes bench/results.
 lint: build ## static checks: ruff and a warnings-as-errors C build
 	$(PIP) install -q ruff
 	$(VENV)/bin/ruff check src tests bench
-	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fsyntax-only csrc/*.c
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Icsrc -fsyntax-only csrc/*.c $(CTEST_SRC)
 
 clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test ctest cross cross-system wheel demo bench lint clean
+.PHONY: help build test ctest cross cross-system wheel demo bench lint mutants clean

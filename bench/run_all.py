@@ -48,10 +48,11 @@ def targets(res) -> list:
          idle16t.get("window_median_ms"), (idle16t.get("window_median_ms") or 99) <= 5),
         ("spawn-and-wait, ratio to subprocess.run", "<= 0.5", spawn.get("ratio"),
          (spawn.get("ratio") or 9) <= 0.5),
-        ("timeout overshoot p99 ms (beyond deadline+grace)", "<= 5", over.get("p99_ms"),
-         (over.get("p99_ms") or 99) <= 5),
-        ("guardian thaw after SIGKILL p99 ms", "<= 50", gd[0].get("p99_ms"),
-         (gd[0].get("p99_ms") or 999) <= 50),
+        # max of N: too few rounds for a 99th percentile, so the figure says what it is
+        ("timeout overshoot, max of %s rounds, ms (beyond deadline+grace)" % over.get("n"), "<= 5",
+         over.get("max_ms"), (over.get("max_ms") or 99) <= 5),
+        ("guardian thaw after SIGKILL, max of %s rounds, ms" % gd[0].get("n"), "<= 50",
+         gd[0].get("max_ms"), (gd[0].get("max_ms") or 999) <= 50),
         ("vmsnap run end to end, median ms", "<= 150", e2e[0].get("median_ms"),
          (e2e[0].get("median_ms") or 999) <= 150),
     ]
@@ -100,8 +101,8 @@ def main() -> int:
                 ["filesystems", "backing", "load", "strategy", "window_min_ms", "window_median_ms", "window_p95_ms",
                  "stall_max_ms", "ratio_to_fsfreeze"]))
     print(table("\nprocess supervision:", res["supervision"],
-                ["benchmark", "tool", "median_ms", "p99_ms", "ratio", "survivors"]))
-    print(table("\nguardian:", res["guardian"], ["tool", "median_ms", "p99_ms", "max_ms", "thawed"]))
+                ["benchmark", "tool", "median_ms", "max_ms", "n", "ratio", "survivors"]))
+    print(table("\nguardian:", res["guardian"], ["tool", "median_ms", "max_ms", "n", "thawed"]))
     print(table("\nend to end:", res["end_to_end"], ["benchmark", "median_ms", "p95_ms",
                                                      "window_median_ms"]))
     print(table("\nmicro-benchmarks:", res["micro"], ["name", "median_us"]))

@@ -14,11 +14,23 @@ import pytest
 
 from vmsnap_native import loopfs as loopfs_mod
 
+try:   # `make mutants` runs the tests once per mutant: fewer examples each time
+    from hypothesis import settings as _hyp_settings
+    _hyp_settings.register_profile("mutants", max_examples=25, deadline=None)
+    if os.environ.get("VMSNAP_HYPOTHESIS_PROFILE"):
+        _hyp_settings.load_profile(os.environ["VMSNAP_HYPOTHESIS_PROFILE"])
+except ImportError:
+    pass
+
 IS_ROOT = os.geteuid() == 0
 HAVE_LOOP = os.path.exists("/dev/loop-control") and shutil.which("losetup") is not None
 
-root_only = pytest.mark.skipif(not (IS_ROOT and HAVE_LOOP),
-                               reason="needs root and loop devices")
+ROOT_REASON = "needs root and loop devices"
+root_only = pytest.mark.skipif(not (IS_ROOT and HAVE_LOOP), reason=ROOT_REASON)
+# Under CI=true a skip of a test marked ci_required is a failure: what it
+# needs (root, loop devices, the database servers, qemu-ga) is part of CI.
+# Tests that use loop filesystems are marked so by default.
+CI_STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _RUNTIME_DIR = None
 
@@ -28,6 +40,27 @@ def pytest_configure(config):
     global _RUNTIME_DIR
     if "VMSNAP_RUNTIME_DIR" not in os.environ:
         _RUNTIME_DIR = os.environ["VMSNAP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vmsnap-test-run-")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("ci_optional"):
+            continue
+        needs_root = any(m.kwargs.get("reason") == ROOT_REASON
+                         for m in item.iter_markers("skipif"))
+        if needs_root or "loopfs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ci_required)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if CI_STRICT and rep.skipped and item.get_closest_marker("ci_required") \
+            and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = "required in CI (CI=true) but skipped: %s" % reason
 
 
 def pytest_unconfigure(config):
@@ -42,6 +75,18 @@ class LoopFilesystems(loopfs_mod.LoopFilesystems):
         if shutil.which(loopfs_mod.MKFS[fstype][0]) is None:
             pytest.skip("%s is not installed" % loopfs_mod.MKFS[fstype][0])
         return super().make(n, fstype=fstype, size_mb=size_mb, parent=parent)
+
+    def make_at(self, mountpoint: str) -> str:
+        """An ext4 whose image lives in the base directory, mounted at
+        MOUNTPOINT (inside another of ours, say: nested by mount point only)."""
+        img = os.path.join(self.base, "at%d.img" % len(self.mounts))
+        with open(img, "wb") as f:
+            f.truncate(loopfs_mod.MIN_SIZE_MB["ext4"] * 1024 * 1024)
+        loopfs_mod._run(*loopfs_mod.MKFS["ext4"], img)
+        os.makedirs(mountpoint, exist_ok=True)
+        loopfs_mod._run("mount", "-o", "loop", img, mountpoint)
+        self.mounts.append((mountpoint, img))
+        return mountpoint
 
 
 @pytest.fixture
@@ -88,6 +133,54 @@ def thawed_soon(mounts, timeout: float = 3.0) -> bool:
         if time.monotonic() > end:
             return False
         time.sleep(0.01)
+
+
+def _proc_table() -> dict:
+    """pid -> (ppid, state letter) of every process."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(d)] = (int(rest[1]), rest[0])
+    return table
+
+
+def descendants(root: int | None = None) -> dict:
+    """pid -> state of every process below ROOT (default: this one)."""
+    root = os.getpid() if root is None else root
+    table = _proc_table()
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out[pid] = table[pid][1]
+        todo += children.get(pid, ())
+    return out
+
+
+def reap_zombie_children() -> None:
+    for pid, state in descendants().items():
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def set_child_subreaper(on: bool) -> None:
+    """Orphans of our descendants come to us, not to init: a process a test
+    left behind stays findable (PR_SET_CHILD_SUBREAPER)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def live_in_group(pgid: int) -> list:

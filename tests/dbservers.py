@@ -5,11 +5,39 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import shutil
 import subprocess
 import time
 
 import pytest
+
+
+def _need_user(name: str, server: str) -> None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        pytest.skip("%s is not installed (no '%s' user)" % (server, name))
+
+
+def require_postgres() -> None:
+    """Skips (with the reason) unless a PostgreSQL server can be had here;
+    called before anything is chowned to its user."""
+    for name in ("postgres", "initdb", "pg_ctl", "pg_amcheck"):
+        pg_bin(name)
+    for tool in ("psql", "pgbench", "runuser"):
+        if shutil.which(tool) is None:
+            pytest.skip("%s is not installed (PostgreSQL client tools, util-linux)" % tool)
+    _need_user("postgres", "PostgreSQL server")
+
+
+def require_mariadb() -> None:
+    """Skips (with the reason) unless a MariaDB server can be had here;
+    called before anything is chowned to its user."""
+    for tool in ("mariadb-install-db", "mariadbd", "mariadb"):
+        if shutil.which(tool) is None:
+            pytest.skip("MariaDB server is not installed (no %s)" % tool)
+    _need_user("mysql", "MariaDB server")
 
 
 def pg_bin(name: str) -> str:
@@ -38,6 +66,7 @@ class Postgres:
         self.log = os.path.join(sockdir, "server-%d.log" % port)
 
     def init(self):
+        require_postgres()
         os.makedirs(self.datadir, exist_ok=True)
         shutil.chown(self.datadir, "postgres", "postgres")
         os.chmod(self.datadir, 0o700)
@@ -74,8 +103,7 @@ class MariaDB:
         self.proc = None
 
     def init(self):
-        if shutil.which("mariadb-install-db") is None:
-            pytest.skip("MariaDB server is not installed")
+        require_mariadb()
         os.makedirs(self.datadir, exist_ok=True)
         shutil.chown(self.datadir, "mysql", "mysql")
         sh("mariadb-install-db", "--user=mysql", "--datadir=%s" % self.datadir,

@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import vmsnap_native as vmsnap
-from vmsnap_native import cycle
 
 from .conftest import frozen_state, root_only, thawed_soon
 from .helpers import codes, run_json, setup_scripts, write_config
@@ -81,12 +81,18 @@ def test_freeze_then_thaw(loopfs):
 
 
 def test_freeze_then_nothing_thaws_at_timeout(loopfs):
+    # the guardian holds the freeze after the CLI exits, and thaws at the
+    # deadline; bounds generous for a loaded machine
     (m,) = loopfs.make(1)
-    p = cli("freeze", "--timeout", "1", "--mount", m)
-    assert p.returncode == 0
-    assert frozen_state(m)
-    time.sleep(1.5)
-    assert not frozen_state(m)
+    t0 = time.monotonic()
+    p = cli("freeze", "--timeout", "5", "--mount", m)
+    returned = time.monotonic() - t0
+    assert p.returncode == 0 and returned < 4, (returned, p.stderr)
+    assert frozen_state(m), "not held after the CLI exited"
+    while frozen_state(m) and time.monotonic() - t0 < 20:
+        time.sleep(0.05)
+    thawed_after = time.monotonic() - t0
+    assert 4.5 < thawed_after < 20, "thawed %.1f s after the start, deadline 5 s" % thawed_after
 
 
 def test_freeze_refuses_a_non_mount(tmp_path):
@@ -148,6 +154,33 @@ def test_stale_lock_and_record_are_recovered(tmp_path, loopfs):
     assert not frozen_state(m)
 
 
+def test_recovery_leaves_another_filesystem_mounted_in_its_place_alone(tmp_path, loopfs):
+    # the record names a mount point and its device; a different filesystem
+    # mounted there since is not thawed (nor anything else done to it)
+    recorded, other = loopfs.make(2)
+    code = ("import sys, os, signal, vmsnap_native as v\n"
+            "s = v.freeze_filesystems([sys.argv[1]], timeout=60); s.freeze()\n"
+            "os.kill(s.guardian_pid, signal.SIGKILL); os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code, recorded])
+    assert frozen_state(recorded)
+    subprocess.run(["fsfreeze", "-f", other], check=True)   # frozen by "someone else"
+    # the other filesystem's device mounted over the recorded mount point
+    dev = subprocess.run(["findmnt", "-n", "-o", "SOURCE", other], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    subprocess.run(["mount", dev, recorded], check=True)
+    try:
+        p = cli("thaw", "--json")
+        out = json.loads(p.stdout)
+        assert [f["mountpoint"] for f in out["filesystems"]] == [recorded]
+        assert out["filesystems"][0]["outcome"] == "another filesystem is there now: left alone"
+        assert frozen_state(other), "vmsnap thawed a filesystem that was not the recorded one"
+    finally:
+        subprocess.run(["umount", recorded])
+        subprocess.run(["fsfreeze", "-u", other])
+    assert frozen_state(recorded)   # hidden under the other one: reported, not guessed
+    subprocess.run(["fsfreeze", "-u", recorded], check=True)
+
+
 def test_python_m_works_like_vmsnap():
     p = subprocess.run([sys.executable, "-m", "vmsnap_native", "--version"], capture_output=True,
                        text=True)
@@ -195,26 +228,42 @@ def test_api_callable_that_raises_is_snapshot_failed(tmp_path, loopfs):
     assert "disk API said no" in res.errors[0].message
 
 
-def test_no_module_imported_and_nothing_printed_in_the_window(tmp_path, loopfs, capfd):
-    (m,) = loopfs.make(1)
-    cfg = setup_scripts(tmp_path)
-    imported = []
+WINDOW_WATCH = textwrap.dedent("""
+    import json, os, sys
+    import vmsnap_native as vmsnap
+    from vmsnap_native import cycle
+    imported, seen = [], {}
 
-    def hook(event, args):
+    def hook(event, args):   # lives and dies with this process
         if event == "import" and cycle.in_window:
             imported.append(args[0])
 
     sys.addaudithook(hook)
-    seen = {}
 
     def snapshot():
         seen["in_window"] = cycle.in_window
-        seen["out"] = capfd.readouterr()
+        seen["printed"] = os.fstat(1).st_size + os.fstat(2).st_size
 
-    res = vmsnap.run(config=cfg, snapshot=snapshot, mounts=[m], log_file=str(tmp_path / "l"))
-    assert res.status == "success" and seen["in_window"] is True
-    assert imported == []
-    assert seen["out"].out == "" and seen["out"].err == ""
+    cfg, mount, log, report = sys.argv[1:]
+    res = vmsnap.run(config=cfg, snapshot=snapshot, mounts=[mount], log_file=log)
+    with open(report, "w") as f:
+        json.dump({"status": res.status, "imported": imported, **seen}, f)
+""")
+
+
+def test_no_module_imported_and_nothing_printed_in_the_window(tmp_path, loopfs):
+    # in a child of its own: an audit hook cannot be removed once installed
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    out, err, report = (tmp_path / n for n in ("stdout", "stderr", "report.json"))
+    with open(out, "w") as fo, open(err, "w") as fe:
+        subprocess.run([sys.executable, "-c", WINDOW_WATCH, cfg, m, str(tmp_path / "l"),
+                        str(report)], stdout=fo, stderr=fe, timeout=60, check=True)
+    seen = json.loads(report.read_text())
+    assert seen["status"] == "success" and seen["in_window"] is True
+    assert seen["imported"] == []
+    assert seen["printed"] == 0, "printed before or in the window: %r %r" % (
+        out.read_text(), err.read_text())
 
 
 def test_freeze_refuses_to_print_into_a_filesystem_it_would_freeze(loopfs):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 
@@ -26,6 +27,36 @@ def start_writer(mountpoint, name="w"):
     return subprocess.Popen(["sh", "-c", "echo data > '%s/%s'" % (mountpoint, name)])
 
 
+def blocked_in_kernel(pid, timeout=5.0):
+    """True once PID sleeps uninterruptibly (state D): a writer held by a
+    frozen filesystem's write barrier, not merely slow to start."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "D":
+                    return True
+        except OSError:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+TIMED_WRITER = textwrap.dedent("""
+    import sys, time
+    with open(sys.argv[1], "w") as f:
+        f.write("data")
+    print(time.monotonic(), flush=True)
+""")
+
+
+def dirty(mounts, mb=16):
+    """Unwritten data on each filesystem, so that its FIFREEZE takes a while."""
+    for m in mounts:
+        with open(os.path.join(m, "dirt"), "wb") as f:
+            f.write(os.urandom(mb << 20))
+
+
 def wait_exit(proc, timeout):
     try:
         proc.wait(timeout=timeout)
@@ -35,17 +66,20 @@ def wait_exit(proc, timeout):
 
 
 def test_parallel_freeze_blocks_writers_until_thaw(loopfs):
-    mounts = loopfs.make(4)
-    with vmsnap.freeze_filesystems(mounts, timeout=20) as s:
+    mounts = loopfs.make(4, size_mb=64)
+    dirty(mounts)   # no presync: each FIFREEZE writes its data out, and takes a while
+    with vmsnap.freeze_filesystems(mounts, timeout=20, presync=False) as s:
         assert s.all_frozen, [m.to_dict() for m in s.mounts]
         writers = [start_writer(m) for m in mounts]
-        time.sleep(0.3)
+        assert all(blocked_in_kernel(w.pid) for w in writers), "a writer was not held"
+        time.sleep(0.3)   # held for a while: the window below covers it
         assert all(w.poll() is None for w in writers), "a write went through a frozen fs"
-        # freezes overlapped in time: the parallel strategy, not one after another
+        # every freeze began before any ended: all four in flight at once,
+        # not one after another
         shared = s._shared
         starts = [shared.fs[i].freeze_start_ns for i in range(4)]
         ends = [shared.fs[i].freeze_end_ns for i in range(4)]
-        assert max(starts) < max(ends)
+        assert max(starts) < min(ends), (starts, ends)
     assert all(wait_exit(w, 5) for w in writers)
     assert all(w.returncode == 0 for w in writers)
     assert s.window_ms is not None and s.window_ms > 250
@@ -56,13 +90,17 @@ def test_parallel_freeze_blocks_writers_until_thaw(loopfs):
 
 
 def test_presync_runs_before_the_freeze(loopfs):
-    (mnt,) = loopfs.make(1)
-    with vmsnap.freeze_filesystems([mnt], timeout=10, presync=True) as s:
-        pass
-    assert s.mounts[0].sync_ms is not None
-    with vmsnap.freeze_filesystems([mnt], timeout=10, presync=False) as s2:
-        pass
-    assert s2.mounts[0].sync_ms is None
+    mounts = loopfs.make(2, size_mb=64)
+    dirty(mounts, mb=8)
+    with vmsnap.freeze_filesystems(mounts, timeout=10, presync=True) as s:
+        fs = [s._shared.fs[i] for i in range(2)]
+        # every syncfs ended before the first FIFREEZE began
+        assert all(f.sync_start_ns > 0 for f in fs)
+        assert max(f.sync_end_ns for f in fs) <= min(f.freeze_start_ns for f in fs)
+    assert all(m.sync_ms is not None for m in s.mounts)
+    with vmsnap.freeze_filesystems(mounts, timeout=10, presync=False) as s2:
+        assert all(s2._shared.fs[i].sync_start_ns == 0 for i in range(2))
+    assert all(m.sync_ms is None for m in s2.mounts)
 
 
 def test_deadline_thaws_on_time(loopfs):
@@ -88,7 +126,9 @@ FREEZER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_of_controller_thaws_within_100ms(loopfs):
+def test_sigkill_of_controller_thaws_promptly(loopfs):
+    # The README measures ~5 ms (bench/); here a generous bound: the writers
+    # time their own completion (CLOCK_MONOTONIC is one clock for all processes)
     mounts = loopfs.make(2)
     ctl = subprocess.Popen([sys.executable, "-c", FREEZER, *mounts], stdout=subprocess.PIPE,
                            text=True)
@@ -96,15 +136,14 @@ def test_sigkill_of_controller_thaws_within_100ms(loopfs):
         line = ctl.stdout.readline()
         assert line.startswith("frozen"), line
         assert all(frozen_state(m) for m in mounts)
-        writers = [start_writer(m) for m in mounts]
-        time.sleep(0.1)
-        assert all(w.poll() is None for w in writers)
+        writers = [subprocess.Popen([sys.executable, "-c", TIMED_WRITER, os.path.join(m, "w")],
+                                    stdout=subprocess.PIPE, text=True) for m in mounts]
+        assert all(blocked_in_kernel(w.pid, timeout=10) for w in writers)
         t0 = time.monotonic()
         ctl.send_signal(signal.SIGKILL)
-        for w in writers:
-            assert wait_exit(w, 5)
-        latency = time.monotonic() - t0
-        assert latency < 0.1, "thawed %.1f ms after SIGKILL" % (latency * 1e3)
+        done = [float(w.communicate(timeout=10)[0]) for w in writers]
+        latency = max(done) - t0
+        assert latency < 0.5, "thawed %.1f ms after SIGKILL" % (latency * 1e3)
     finally:
         ctl.kill()
         ctl.wait()
@@ -177,19 +216,29 @@ def test_unfreezable_filesystem_reported_not_raised(loopfs):
     assert not frozen_state(mnt)
 
 
-def test_nested_loop_filesystem_freezes_inner_first(loopfs):
+def test_nested_loop_filesystem_freezes_inner_first_and_thaws_it_last(loopfs, monkeypatch):
     (outer,) = loopfs.make(1, size_mb=96)
     (inner,) = loopfs.make(1, parent=outer)   # its image lives on the outer fs
+    times = {}
+    finish = freeze_mod.FreezeSession._finish
+
+    def keep_times(self):   # the shared states are released at the end of the session
+        for i, m in enumerate(self.mounts):
+            f = self._shared.fs[i]
+            times[m.mountpoint] = dict(freeze_start_ns=f.freeze_start_ns,
+                                       freeze_end_ns=f.freeze_end_ns,
+                                       thaw_start_ns=f.thaw_start_ns, thaw_end_ns=f.thaw_end_ns)
+        finish(self)
+
+    monkeypatch.setattr(freeze_mod.FreezeSession, "_finish", keep_times)
     with vmsnap.freeze_filesystems([outer, inner], timeout=10) as s:
         by = {m.mountpoint: m for m in s.mounts}
         assert by[inner].level < by[outer].level
         assert s.all_frozen
-        sh = s._shared
-        idx = {os.fsdecode(bytes(s.targets[i].mount.mountpoint, "utf-8")): i
-               for i in range(2)}
-        assert sh.fs[idx[inner]].freeze_end_ns <= sh.fs[idx[outer]].freeze_start_ns
-    sh_times = {m.mountpoint: m for m in s.mounts}
-    assert all(m.state == "thawed" for m in sh_times.values())
+    fs = {m: types.SimpleNamespace(**t) for m, t in times.items()}
+    assert fs[inner].freeze_end_ns <= fs[outer].freeze_start_ns, "inner not frozen first"
+    assert fs[outer].thaw_end_ns <= fs[inner].thaw_start_ns, "inner not thawed last"
+    assert all(m.state == "thawed" for m in s.mounts)
 
 
 def test_missing_mount_point_raises_with_path(loopfs):
@@ -244,8 +293,21 @@ def test_detach_holds_until_thaw_recorded(loopfs):
 RCU = "/sys/kernel/rcu_expedited"
 
 
-@pytest.mark.skipif(not os.path.exists(RCU), reason="kernel without rcu_expedited")
+def rcu_writable():
+    """Skips unless this machine lets us switch rcu_expedited (a read-only
+    /sys in a container does not): the guardian then leaves it alone."""
+    if not os.path.exists(RCU):
+        pytest.skip("kernel without rcu_expedited")
+    try:
+        with open(RCU, "w") as f:
+            f.write(open(RCU).read().strip())
+    except OSError as exc:
+        pytest.skip("rcu_expedited is not writable here: %s" % exc.strerror)
+
+
+@pytest.mark.ci_optional   # a kernel and container property, not the suite's
 def test_rcu_expedited_only_for_the_freeze_and_restored(loopfs):
+    rcu_writable()
     (mnt,) = loopfs.make(1)
     before = open(RCU).read().strip()
     if before != "0":
@@ -259,17 +321,21 @@ def test_rcu_expedited_only_for_the_freeze_and_restored(loopfs):
     assert open(RCU).read().strip() == "0"
 
 
-@pytest.mark.skipif(not os.path.exists(RCU), reason="kernel without rcu_expedited")
+@pytest.mark.ci_optional   # a kernel and container property, not the suite's
 def test_expedited_freeze_of_idle_filesystems_is_fast(loopfs):
     # an idle ext4 freeze is mostly RCU grace periods (~20 ms each); expedited,
-    # well under that.  Generous bound: a loaded CI machine must not flake.
+    # a fraction of that.  Compared with the same freeze not expedited,
+    # interleaved, so that a loaded machine slows both alike.
+    rcu_writable()
     mounts = loopfs.make(4)
     with vmsnap.freeze_filesystems(mounts, timeout=10):
         pass   # the first freeze of a fresh ext4 writes out what mkfs left
-    windows = []
+    windows = {True: [], False: []}
     for _ in range(5):
-        time.sleep(0.1)   # long enough for the percpu rwsems to return to the fast path
-        with vmsnap.freeze_filesystems(mounts, timeout=10) as s:
-            pass
-        windows.append(s.window_ms)
-    assert sorted(windows)[2] < 15, windows
+        for expedite in (True, False):
+            time.sleep(0.1)   # long enough for the percpu rwsems to return to the fast path
+            with vmsnap.freeze_filesystems(mounts, timeout=10, expedite_rcu=expedite) as s:
+                pass
+            windows[expedite].append(s.window_ms)
+    fast, slow = sorted(windows[True])[2], sorted(windows[False])[2]
+    assert fast < slow / 2, windows

@@ -14,7 +14,11 @@ from .helpers import run_json, vmsnap
 
 pytestmark = root_only
 
-WRITER_BLOCKED = ("sh -c 'echo x > %s/probe' & sleep 0.3; kill -0 $! && echo blocked-%s")
+# A writer started inside the snapshot step; "blocked-N" once the kernel
+# holds it (state D: asleep on the frozen filesystem's write barrier).
+WRITER_BLOCKED = ("sh -c 'echo x > %s/probe' & w=$!; i=0; while [ $i -lt 100 ]; do "
+                  "[ \"$(cut -d' ' -f3 /proc/$w/stat)\" = D ] && { echo blocked-%s; break; }; "
+                  "sleep 0.05; i=$((i+1)); done")
 
 
 def probe_all(mounts):

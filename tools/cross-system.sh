@@ -61,9 +61,11 @@ cat > "$root/init" <<INIT
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $order; do insmod /lib/modules/\$m.ko 2>/dev/null; done
 mount -t ext4 /dev/vda /mnt || echo "cannot mount the test disk"
+mkdir -p /mnt/inner && mount -t ext4 /dev/vdb /mnt/inner || echo "cannot mount the inner disk"
 echo "kernel \$(uname -r) \$(uname -m)"
-/ctest /mnt
+/ctest /mnt /mnt/inner
 echo "CTEST-EXIT \$?"
+umount /mnt/inner
 umount /mnt
 poweroff -f
 INIT
@@ -71,14 +73,17 @@ chmod 755 "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.cpio.gz"
 
 disk=$work/disk.img
-rm -f "$disk"
-truncate -s 64M "$disk"
+inner=$work/inner.img   # mounted inside the first: the freeze-wave tests
+rm -f "$disk" "$inner"
+truncate -s 64M "$disk" "$inner"
 mkfs.ext4 -q -F "$disk"
+mkfs.ext4 -q -F "$inner"
 
 log=$work/console.log
 timeout 900 $qemu $machine -m 768 -smp 2 -nographic -no-reboot -nic none \
     -kernel "$kernel" -initrd "$work/initramfs.cpio.gz" \
     -append "console=$console panic=-1 quiet" \
     -drive file="$disk",format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0 \
+    -drive file="$inner",format=raw,if=none,id=d1 -device virtio-blk-device,drive=d1 \
     </dev/null | tee "$log" | grep -E "^(kernel|FAIL|SKIP|vmsnap core|[0-9]+ passed|CTEST-EXIT|cannot)"
 grep -q "^CTEST-EXIT 0" "$log"

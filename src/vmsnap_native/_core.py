@@ -15,8 +15,6 @@ from .errors import CoreUnavailable
 # The ABI this Python code was written for (VMSNAP_ABI_VERSION in csrc/vmsnap.h).
 EXPECTED_ABI = 10
 
-# Lets tests (and an operator reproducing a report) simulate a broken core.
-_BREAK_ENV = "VMSNAP_SIMULATE_BROKEN_CORE"
 # Switches off newer kernel/libc paths (comma-separated names) to exercise
 # the fallbacks an old machine gets: pidfd, close_range, syncfs, cgroup (no
 # usable cgroup v2: subreaper containment), cgroup_kill (before 5.14).
@@ -38,8 +36,6 @@ def compat_flags(text: str) -> int:
 
 
 def _load():
-    if os.environ.get(_BREAK_ENV):
-        raise CoreUnavailable("native core disabled by %s (simulated failure)" % _BREAK_ENV)
     try:
         from ._vmsnap_core import ffi, lib
     except ImportError as exc:

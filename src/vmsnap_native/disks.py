@@ -1,11 +1,13 @@
 """The one-disk rule: do all selected filesystems live on one top-level disk?
 
 Each filesystem's device is followed through sysfs to the disk(s) under it:
-a partition to its disk, device-mapper and md devices through their slaves.
+a partition to its disk, device-mapper and md devices through their slaves,
+and a btrfs filesystem through every device it spans (mountinfo names one).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 
 
@@ -42,16 +44,33 @@ def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> s
     return {os.path.basename(node)}
 
 
+def btrfs_devices(device: tuple, sysfs: str = "/sys") -> list:
+    """Every device of the btrfs filesystem that DEVICE (major, minor) belongs
+    to, from /sys/fs/btrfs/FSID/devices/; [DEVICE] when none lists it."""
+    for devices_dir in sorted(glob.glob(os.path.join(sysfs, "fs", "btrfs", "*", "devices"))):
+        members = [_dev_of(os.path.realpath(os.path.join(devices_dir, name)))
+                   for name in sorted(os.listdir(devices_dir))]
+        if device in members:
+            return [m for m in members if m is not None]
+    return [device]
+
+
 def mount_disks(mount, sysfs: str = "/sys") -> set:
     major, minor = mount.major, mount.minor
     if major == 0 and mount.source.startswith("/dev/"):
-        # btrfs and friends: an anonymous device number; the source names the disk
+        # btrfs and friends: an anonymous device number; the source names a device
         try:
             rdev = os.stat(mount.source).st_rdev
             major, minor = os.major(rdev), os.minor(rdev)
         except OSError:
             pass
-    return top_disks(major, minor, sysfs)
+    devices = [(major, minor)]
+    if mount.fstype == "btrfs":
+        devices = btrfs_devices((major, minor), sysfs)   # one filesystem, several disks
+    out = set()
+    for dev in devices:
+        out |= top_disks(dev[0], dev[1], sysfs)
+    return out
 
 
 def disks_of(mounts, sysfs: str = "/sys") -> set:

@@ -1,13 +1,15 @@
 /* ctest.c: C tests of the native core, no framework.
  *
- *     ctest [MOUNTPOINT]
+ *     ctest [MOUNTPOINT [INNER...]]
  *
  * Supervision tests always run (on the pidfd path and on the fallback).
  * Freeze tests run when MOUNTPOINT (a scratch filesystem the caller made
- * for this) is given.  Where FIFREEZE answers ENOSYS — qemu-user does not
- * pass these ioctls through — the freeze tests are reported as skipped,
- * "not supported by the emulator", which is not a failure.  The last line
- * is "N passed, N failed, N skipped".
+ * for this) is given; the wave tests when INNER filesystems, mounted
+ * inside MOUNTPOINT, are given too (children frozen first, thawed last).
+ * Where FIFREEZE answers ENOSYS — qemu-user does not pass these ioctls
+ * through — the freeze tests are reported as skipped, "not supported by
+ * the emulator", which is not a failure.  The last line is "N passed,
+ * N failed, N skipped".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -214,6 +216,7 @@ static void test_freeze(const char *mount) {
 
     /* the deadline thaws */
     r = start_session(fd, mount, 200, &s);
+    CHECK(r == 0, "session start (deadline test): %s", strerror(-r));
     if (r == 0) {
         vmsnap_session_freeze(s, 0, vmsnap_now_ns() + 10000000000LL);
         struct timespec ts = {0, 400000000};
@@ -229,9 +232,10 @@ static void test_freeze(const char *mount) {
     if (child == 0) {
         struct vmsnap_session *cs;
         if (start_session(fd, mount, 30000, &cs) == 0 &&
-            vmsnap_session_freeze(cs, 0, vmsnap_now_ns() + 10000000000LL) == 0)
+            vmsnap_session_freeze(cs, 0, vmsnap_now_ns() + 10000000000LL) == 0 &&
+            is_frozen(fd))
             kill(getpid(), SIGKILL);
-        _exit(1);
+        _exit(1);   /* not frozen: the check below fails on the exit status */
     }
     int status;
     waitpid(child, &status, 0);
@@ -285,12 +289,68 @@ static void test_freeze(const char *mount) {
     close(fd);
 }
 
+/* A session over MOUNT (level 1) and the N filesystems mounted inside it
+ * (level 0): the children freeze in the first wave, the parent after them;
+ * the parent thaws first. */
+static void test_waves(const char *mount, char **inner, int n) {
+    static struct vmsnap_shared init;
+    memset(&init, 0, sizeof init);
+    init.n = n + 1;
+    init.deadline_ns = vmsnap_now_ns() + 10000000000LL;
+    for (int i = 0; i <= n; i++) {
+        const char *path = i == 0 ? mount : inner[i - 1];
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            printf("FAIL cannot open %s: %s\n", path, strerror(errno));
+            failed++;
+            return;
+        }
+        init.fs[i].fd = fd;
+        init.fs[i].dev = st.st_dev;
+        init.fs[i].level = i == 0 ? 1 : 0;
+        snprintf(init.fs[i].path, sizeof init.fs[i].path, "%s", path);
+    }
+    struct vmsnap_session *s;
+    int r = vmsnap_session_start(&init, -1, NULL, &s);
+    CHECK(r == 0, "session start (waves): %s", strerror(-r));
+    if (r == 0) {
+        struct vmsnap_shared *sh = vmsnap_session_shared(s);
+        r = vmsnap_session_freeze(s, 1, vmsnap_now_ns() + 10000000000LL);
+        int all_frozen = 1;
+        for (int i = 0; i <= n; i++)
+            all_frozen &= sh->fs[i].state == VMSNAP_FS_FROZEN && is_frozen(init.fs[i].fd);
+        CHECK(r == 0 && all_frozen, "waves: freeze %d, all frozen %d", r, all_frozen);
+        r = vmsnap_session_thaw(s, vmsnap_now_ns() + 10000000000LL);
+        CHECK(r == 0, "waves: thaw %d", r);
+        for (int i = 1; i <= n; i++) {
+            struct vmsnap_fs *c = &sh->fs[i], *p = &sh->fs[0];
+            CHECK(c->freeze_end_ns <= p->freeze_start_ns, "%s frozen after its parent", c->path);
+            CHECK(p->thaw_end_ns <= c->thaw_start_ns, "%s thawed before its parent", c->path);
+            CHECK(c->state == VMSNAP_FS_THAWED && !is_frozen(c->fd), "%s left frozen", c->path);
+        }
+        CHECK(!is_frozen(init.fs[0].fd), "%s left frozen", mount);
+        vmsnap_session_free(s);
+    }
+    for (int i = 0; i <= n; i++)
+        close(init.fs[i].fd);
+}
+
 int main(int argc, char **argv) {
     printf("vmsnap core %s (ABI %d) C tests\n", vmsnap_core_version(), vmsnap_core_abi());
     test_supervision(0);
     test_supervision(VMSNAP_SPAWN_NO_PIDFD);
     if (argc > 1) {
+        int before = skipped;
         test_freeze(argv[1]);
+        if (skipped > before) {
+            skipped++;   /* no FIFREEZE here: no waves either */
+        } else if (argc > 2) {
+            test_waves(argv[1], argv + 2, argc - 2);
+        } else {
+            printf("SKIP wave tests: no filesystem inside the scratch mount point given\n");
+            skipped++;
+        }
     } else {
         printf("SKIP freeze tests: no scratch mount point given\n");
         skipped += 13;

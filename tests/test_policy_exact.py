@@ -1,0 +1,175 @@
+"""The permission policy's exact answers: codes, messages (they name the
+path and the reason), and the path resolver's edge cases (".", "..",
+symlink chains and loops).  Fast, for `make mutants`."""
+
+from __future__ import annotations
+
+import os
+import stat
+import types
+
+import pytest
+
+from vmsnap_native import policy
+
+from .conftest import IS_ROOT
+from .helpers import write_script
+
+root = pytest.mark.skipif(not IS_ROOT, reason="needs root to own files as root")
+
+
+def fake_stat(uid=0, mode=0o100600):
+    return types.SimpleNamespace(st_uid=uid, st_mode=mode)
+
+
+# -- the configuration file ---------------------------------------------------------
+
+def test_config_stat_messages():
+    assert policy.check_config_stat(fake_stat(0, 0o100600), "/c") is None
+    assert policy.check_config_stat(fake_stat(0, 0o100400), "/c") is None
+    p = policy.check_config_stat(fake_stat(65534, 0o100644), "/etc/c.json")
+    assert p == policy.Problem("InsufficientPermissionforJSONConfigFile",
+                               "/etc/c.json: owned by uid 65534, not root, mode 644 (must be 600 "
+                               "or 400: no group/other bits, no execute bit)")
+    p = policy.check_config_stat(fake_stat(0, 0o100700), "/c")
+    assert p.message == "/c: mode 700 (must be 600 or 400: no group/other bits, no execute bit)"
+    p = policy.check_config_stat(fake_stat(7, 0o100600), "/c")
+    assert p.message == "/c: owned by uid 7, not root"
+
+
+def test_unsafe_dir_reasons():
+    assert policy._unsafe_dir(fake_stat(0, 0o40755)) is None
+    assert policy._unsafe_dir(fake_stat(0, 0o41777)) is None      # sticky, like /tmp
+    assert policy._unsafe_dir(fake_stat(0, 0o40775)) == "writable by group or others (mode 775)"
+    assert policy._unsafe_dir(fake_stat(0, 0o40757)) == "writable by group or others (mode 757)"
+    assert policy._unsafe_dir(fake_stat(5, 0o40755)) == "owned by uid 5, not root"
+
+
+def test_script_check_defaults_and_ok():
+    chk = policy.ScriptCheck(path="/x", role="pre")
+    assert chk.problem is None and chk.argv_prefix == () and chk.resolved is None
+    assert chk.ok is True
+    chk.problem = policy.Problem("c", "m")
+    assert chk.ok is False
+
+
+# -- the resolver ---------------------------------------------------------------------
+
+@pytest.fixture
+def tree(tmp_path):
+    d = tmp_path / "t"
+    d.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(d, 0o755)
+    return d
+
+
+def test_an_unsafe_root_directory_is_named(monkeypatch):
+    real_lstat = os.lstat
+
+    def lstat(p):
+        return fake_stat(0, 0o40777) if p == "/" else real_lstat(p)
+
+    monkeypatch.setattr(policy.os, "lstat", lstat)
+    assert policy.resolve_checked("/etc/x") == (
+        None, "/: writable by group or others (mode 777)")
+
+
+def test_relative_path_is_refused():
+    assert policy.resolve_checked("etc/x") == (None, "etc/x: not a full path")
+
+
+@root
+def test_dot_and_dotdot_components(tree):
+    (tree / "sub").mkdir()
+    os.chmod(tree / "sub", 0o755)
+    target = write_script(tree / "s", "exit 0")
+    assert policy.resolve_checked("%s/./s" % tree) == (target, None)
+    assert policy.resolve_checked("%s/sub/../s" % tree) == (target, None)
+    assert policy.resolve_checked("/..%s/s" % tree) == (target, None)   # .. of / is /
+    (tree / "X").mkdir()   # a name of one repeated letter: ".." is one level up, exactly
+    os.chmod(tree / "X", 0o755)
+    assert policy.resolve_checked("%s/X/../s" % tree) == (target, None)
+    # ".." goes up from where the link led, not from the link's own name
+    os.symlink(str(tree / "sub"), tree / "to-sub")
+    assert policy.resolve_checked("%s/to-sub/../s" % tree) == (target, None)
+
+
+@root
+def test_symlink_chains_up_to_40_and_loops(tree):
+    target = write_script(tree / "s", "exit 0")
+    prev = "s"
+    for i in range(40):   # l39 -> ... -> l0 -> s: 40 links, accepted
+        os.symlink(prev, tree / ("l%d" % i))
+        prev = "l%d" % i
+    assert policy.resolve_checked("%s/l39" % tree) == (target, None)
+    os.symlink("l39", tree / "l40")   # 41 links
+    path = "%s/l40" % tree
+    assert policy.resolve_checked(path) == (None, "%s: too many levels of symbolic links" % path)
+    os.symlink("loop", tree / "loop")
+    loop = "%s/loop" % tree
+    assert policy.resolve_checked(loop)[1] == "%s: too many levels of symbolic links" % loop
+    # an absolute target restarts from /
+    os.symlink(str(tree / "s"), tree / "abs")
+    assert policy.resolve_checked("%s/abs" % tree) == (target, None)
+
+
+@root
+def test_file_in_the_middle_and_unsafe_directory(tree):
+    write_script(tree / "f", "exit 0")
+    assert policy.resolve_checked("%s/f/s" % tree) == (None, "%s/f: not a directory" % tree)
+    (tree / "open").mkdir()
+    os.chmod(tree / "open", 0o777)
+    write_script(tree / "open" / "s", "exit 0")
+    assert policy.resolve_checked("%s/open/s" % tree) == (
+        None, "directory %s/open on the script's path is writable by group or others "
+        "(mode 777)" % tree)
+
+
+# -- check_script -----------------------------------------------------------------------
+
+def test_empty_location_names_the_role():
+    for role, tag in (("pre", "Pre"), ("post", "Post"), ("hook", "Pre")):
+        chk = policy.check_script("", role)
+        assert chk.problem == policy.Problem("%s-ScriptNotFound" % tag,
+                                             "%sScriptLocation is empty" % role)
+        assert chk.ok is False and chk.argv_prefix == ()
+
+
+@root
+def test_not_found_messages(tree):
+    missing = "%s/nope" % tree
+    chk = policy.check_script(missing, "post")
+    assert chk.problem == policy.Problem("Post-ScriptNotFound", "%s: no such file" % missing)
+    long_name = "%s/%s" % (tree, "x" * 300)
+    chk = policy.check_script(long_name, "pre")
+    assert chk.problem == policy.Problem("Pre-ScriptNotFound", "%s: File name too long" % long_name)
+    chk = policy.check_script(str(tree), "hook")
+    assert chk.problem == policy.Problem("Pre-ScriptNotFound", "%s: not a regular file" % tree)
+
+
+@root
+def test_every_permission_problem_in_one_message(tree):
+    s = write_script(tree / "s", "exit 0")
+    os.chown(s, 65534, 65534)
+    os.chmod(s, 0o4777)
+    chk = policy.check_script(s, "post")
+    assert chk.problem == policy.Problem(
+        "InsufficientPermissionforPost-Script",
+        "%s: owned by uid 65534, not root, mode 4777 has group/other bits (use 700; 500, 600, "
+        "400 accepted), setuid/setgid bit set (mode 4777)" % s)
+    assert chk.resolved is None and chk.argv_prefix == ()
+    os.chown(s, 0, 0)
+    os.chmod(s, 0o2700)
+    chk = policy.check_script(s, "pre")
+    assert chk.problem.message == "%s: setuid/setgid bit set (mode 2700)" % s
+
+
+@root
+def test_accepted_script_modes_and_how_they_run(tree):
+    for mode, argv in ((0o700, None), (0o500, None), (0o600, "/bin/sh"), (0o400, "/bin/sh")):
+        s = write_script(tree / ("m%o" % mode), "exit 0", mode=mode)
+        chk = policy.check_script(s, "pre")
+        assert chk.ok is True and chk.problem is None and chk.resolved == s
+        assert chk.argv_prefix == ((s,) if argv is None else (argv, s))
+    assert stat.S_IMODE(os.stat(tree / "m700").st_mode) == 0o700
