@@ -33,12 +33,14 @@ test: build ## run the whole test suite (as root it first installs the system pa
 	$(PY) -m pytest -q -ra tests
 
 # the modules under mutation; the lead adds the decision module here
-MUTATE ?= src/vmsnap_native/policy.py src/vmsnap_native/config.py
+MUTATE ?= src/vmsnap_native/policy.py src/vmsnap_native/config.py src/vmsnap_native/decide.py
 # the fast unit tests each mutant is judged by (no root, no loop devices)
-MUTANT_TESTS ?= tests/test_policy.py tests/test_policy_exact.py tests/test_config.py tests/test_config_exact.py
+MUTANT_TESTS ?= tests/test_policy.py tests/test_policy_exact.py tests/test_config.py tests/test_config_exact.py tests/test_decide.py
 mutants: build ## mutation testing of MUTATE against MUTANT_TESTS; last line: mutants: K killed of N (P%)
 	$(PIP) install -q 'mutmut>=2.4,<3'
 	$(PY) tools/mutants.py --modules "$(MUTATE)" --tests "$(MUTANT_TESTS)"
+
+include mk/fleet.mk
 
 build/ctest: csrc/*.c csrc/*.h $(CTEST_SRC)
 	mkdir -p build

@@ -294,9 +294,12 @@ static void test_freeze(const char *mount) {
  * the parent thaws first. */
 static void test_waves(const char *mount, char **inner, int n) {
     static struct vmsnap_shared init;
+    int32_t fds[VMSNAP_MAX_FS];
     memset(&init, 0, sizeof init);
     init.n = n + 1;
-    init.deadline_ns = vmsnap_now_ns() + 10000000000LL;
+    init.timeout_ns = 10000000000LL;
+    init.presync_timeout_ns = init.timeout_ns;
+    init.deadline_ns = vmsnap_now_ns() + 2 * init.timeout_ns;
     for (int i = 0; i <= n; i++) {
         const char *path = i == 0 ? mount : inner[i - 1];
         int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -304,22 +307,27 @@ static void test_waves(const char *mount, char **inner, int n) {
         if (fd < 0 || fstat(fd, &st) < 0) {
             printf("FAIL cannot open %s: %s\n", path, strerror(errno));
             failed++;
+            for (int j = 0; j < i; j++)
+                close(fds[j]);
+            if (fd >= 0)
+                close(fd);
             return;
         }
-        init.fs[i].fd = fd;
+        fds[i] = fd;
         init.fs[i].dev = st.st_dev;
+        init.fs[i].ino = st.st_ino;
         init.fs[i].level = i == 0 ? 1 : 0;
         snprintf(init.fs[i].path, sizeof init.fs[i].path, "%s", path);
     }
     struct vmsnap_session *s;
-    int r = vmsnap_session_start(&init, -1, NULL, &s);
+    int r = vmsnap_session_start(&init, fds, -1, NULL, &s);
     CHECK(r == 0, "session start (waves): %s", strerror(-r));
     if (r == 0) {
         struct vmsnap_shared *sh = vmsnap_session_shared(s);
         r = vmsnap_session_freeze(s, 1, vmsnap_now_ns() + 10000000000LL);
         int all_frozen = 1;
         for (int i = 0; i <= n; i++)
-            all_frozen &= sh->fs[i].state == VMSNAP_FS_FROZEN && is_frozen(init.fs[i].fd);
+            all_frozen &= sh->fs[i].state == VMSNAP_FS_FROZEN && is_frozen(fds[i]);
         CHECK(r == 0 && all_frozen, "waves: freeze %d, all frozen %d", r, all_frozen);
         r = vmsnap_session_thaw(s, vmsnap_now_ns() + 10000000000LL);
         CHECK(r == 0, "waves: thaw %d", r);
@@ -327,13 +335,13 @@ static void test_waves(const char *mount, char **inner, int n) {
             struct vmsnap_fs *c = &sh->fs[i], *p = &sh->fs[0];
             CHECK(c->freeze_end_ns <= p->freeze_start_ns, "%s frozen after its parent", c->path);
             CHECK(p->thaw_end_ns <= c->thaw_start_ns, "%s thawed before its parent", c->path);
-            CHECK(c->state == VMSNAP_FS_THAWED && !is_frozen(c->fd), "%s left frozen", c->path);
+            CHECK(c->state == VMSNAP_FS_THAWED && !is_frozen(fds[i]), "%s left frozen", c->path);
         }
-        CHECK(!is_frozen(init.fs[0].fd), "%s left frozen", mount);
+        CHECK(!is_frozen(fds[0]), "%s left frozen", mount);
         vmsnap_session_free(s);
     }
     for (int i = 0; i <= n; i++)
-        close(init.fs[i].fd);
+        close(fds[i]);
 }
 
 int main(int argc, char **argv) {
