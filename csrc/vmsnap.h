@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 9
+#define VMSNAP_ABI_VERSION 10
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -48,7 +48,8 @@ struct vmsnap_fs {
     int32_t sync_errno;
     int32_t freeze_errno;
     int32_t thaw_errno;
-    int32_t reserved;
+    int32_t late;            /* just-in-time: its freeze started after the slow ones
+                              * of its level had frozen (it had little to flush) */
     uint64_t dev;            /* st_dev and st_ino of the mount point: a thaw checks */
     uint64_t ino;            /*   its fd (or the path it opens) against them first */
     int64_t sync_start_ns;
@@ -58,6 +59,16 @@ struct vmsnap_fs {
     int64_t thaw_start_ns;
     int64_t thaw_end_ns;
     char path[4096];
+};
+
+/* How the freezes of one level start (the levels still go in order,
+ * children first, and every FIFREEZE has returned before the freeze
+ * command answers: everything is frozen when the snapshot starts). */
+enum vmsnap_schedule {
+    VMSNAP_SCHEDULE_PARALLEL = 0, /* all of a level at once */
+    VMSNAP_SCHEDULE_JIT = 1       /* just in time: those with much to flush (by
+                                   * their presync) first, the others once those
+                                   * are frozen, so they are not blocked meanwhile */
 };
 
 /* Why the guardian thawed (or began to). */
@@ -90,6 +101,8 @@ struct vmsnap_shared {
     int32_t rcu_expedited;   /* done: we set /sys/kernel/rcu_expedited for the freeze waves */
     int32_t rcu_restore;     /* the rcu_expedited value still to put back; -1: nothing */
     int32_t presync_timed_out; /* the presync bound passed: the freeze went on */
+    int32_t schedule;        /* enum vmsnap_schedule: how each level's freezes start */
+    int32_t reserved;
     int64_t timeout_ns;      /* the freeze cap, counted from the first FIFREEZE */
     int64_t presync_timeout_ns; /* bound on the presync */
     int64_t deadline_ns;     /* the guardian thaws then: before the freeze a bound on

@@ -35,6 +35,10 @@ _REPLY_MARGIN_S = 10.0
 # snapshot needs and keeps CLOCK_MONOTONIC nanoseconds far from overflowing.
 MAX_TIMEOUT_S = 30 * 24 * 3600
 DEFAULT_PRESYNC_BOUND_S = 30.0
+# How each level's freezes start (enum vmsnap_schedule): "jit" starts those
+# the presync found quick only once the slow ones are frozen (bench/busy.py).
+SCHEDULES = ("jit", "parallel")
+DEFAULT_SCHEDULE = "jit"
 # What the states of enum vmsnap_fs_state say, defined once here:
 # the session froze it (it thaws it):
 FROZE = frozenset({"frozen", "thawing", "thawed", "thaw-failed", "not-frozen"})
@@ -129,6 +133,9 @@ class MountResult:
     sync_errno: int = 0           # ENOSYS: no syncfs here, the presync was skipped
     freeze_ms: float | None = None
     thaw_ms: float | None = None
+    # what its writers felt: its FIFREEZE issued -> its FITHAW returned
+    blocked_ms: float | None = None
+    late: bool = False            # just in time: its freeze started after the slow ones
 
     @property
     def frozen(self) -> bool:
@@ -139,7 +146,8 @@ class MountResult:
         return {
             "mountpoint": self.mountpoint, "fstype": self.fstype, "device": self.device,
             "frozen": self.frozen, "state": self.state, "freeze_ms": self.freeze_ms,
-            "thaw_ms": self.thaw_ms, "sync_ms": self.sync_ms, "error": self.error,
+            "thaw_ms": self.thaw_ms, "sync_ms": self.sync_ms, "blocked_ms": self.blocked_ms,
+            "error": self.error,
         }
 
 
@@ -235,8 +243,11 @@ class FreezeSession:
 
     def __init__(self, mountpoints, timeout: float, presync: bool = True,
                  sequential: bool = False, expedite_rcu: bool = True,
-                 presync_timeout: float | None = None):
+                 presync_timeout: float | None = None, schedule: str = DEFAULT_SCHEDULE):
         self.timeout = _seconds("timeout", timeout)
+        if schedule not in SCHEDULES:
+            raise ValueError("schedule must be one of %s, not %r" % (", ".join(SCHEDULES), schedule))
+        self.schedule = schedule
         if presync_timeout is None:
             presync_timeout = min(self.timeout, DEFAULT_PRESYNC_BOUND_S)
         self.presync_timeout = _seconds("presync_timeout", presync_timeout)
@@ -333,6 +344,8 @@ class FreezeSession:
         record_fd, self.record_path, self.record_live = self._open_record()
         init.record_live = 1 if self.record_live else 0
         init.expedite_rcu = 1 if self.expedite_rcu else 0
+        init.schedule = lib.VMSNAP_SCHEDULE_JIT if self.schedule == "jit" else \
+            lib.VMSNAP_SCHEDULE_PARALLEL
         ret = ffi.new("struct vmsnap_session **")
         try:
             r = lib.vmsnap_session_start(init, ffi.new("int32_t[]", self._fds), record_fd,
@@ -458,6 +471,8 @@ class FreezeSession:
             m.sync_errno = e.sync_errno
             m.freeze_ms = _ms(e.freeze_start_ns, e.freeze_end_ns)
             m.thaw_ms = _ms(e.thaw_start_ns, e.thaw_end_ns)
+            m.blocked_ms = _ms(e.freeze_start_ns, e.thaw_end_ns)
+            m.late = bool(e.late)
             err = e.freeze_errno or e.thaw_errno
             m.errno = err
             m.error = _mount_error(m.state, err)
@@ -528,7 +543,8 @@ def _mount_error(state: str, err: int):
 
 def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
                        sequential: bool = False, expedite_rcu: bool = True,
-                       presync_timeout: float | None = None) -> FreezeSession:
+                       presync_timeout: float | None = None,
+                       schedule: str = DEFAULT_SCHEDULE) -> FreezeSession:
     """Returns a FreezeSession for MOUNTPOINTS; entering it freezes, leaving it thaws.
 
     The guardian thaws TIMEOUT seconds after the first FIFREEZE whatever
@@ -539,10 +555,15 @@ def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
     filesystem at a time (for comparisons).  expedite_rcu=True (the default)
     switches /sys/kernel/rcu_expedited on for the few milliseconds of the
     freeze waves and back: each FIFREEZE waits for RCU grace periods, ~20 ms
-    each otherwise.
+    each otherwise.  schedule="jit" (the default) starts, within a level,
+    the freezes the presync found quick only once the slow ones are frozen,
+    so a quiet filesystem is not blocked while a busy neighbour flushes;
+    "parallel" starts a whole level at once.  Either way every FIFREEZE has
+    returned before the freeze is reported done.
     """
     return FreezeSession(mountpoints, timeout, presync=presync, sequential=sequential,
-                         expedite_rcu=expedite_rcu, presync_timeout=presync_timeout)
+                         expedite_rcu=expedite_rcu, presync_timeout=presync_timeout,
+                         schedule=schedule)
 
 
 # -- crash records ------------------------------------------------------------
