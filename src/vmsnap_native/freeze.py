@@ -147,6 +147,7 @@ class MountResult:
             "mountpoint": self.mountpoint, "fstype": self.fstype, "device": self.device,
             "frozen": self.frozen, "state": self.state, "freeze_ms": self.freeze_ms,
             "thaw_ms": self.thaw_ms, "sync_ms": self.sync_ms, "blocked_ms": self.blocked_ms,
+            "late": self.late,
             "error": self.error,
         }
 

@@ -1,0 +1,129 @@
+"""Just-in-time freezing (issue 13): within a level the filesystems with
+much to flush start first and the quiet ones once those are frozen; levels
+still go children first; everything is frozen when freeze() returns; each
+filesystem's blocked time is reported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import vmsnap_native as vmsnap
+
+from .conftest import frozen_state, root_only
+
+pytestmark = root_only
+
+# Rewrites a 96 MiB file in 1 MiB writes until killed: its presync (and
+# freeze) must flush what it re-dirties meanwhile.
+STREAM = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+block = b"s" * (1 << 20)
+i = 0
+while True:
+    os.pwrite(fd, block, (i % 96) << 20)
+    i += 1
+"""
+
+
+class Streaming:
+    def __init__(self, mountpoint):
+        self.proc = subprocess.Popen([sys.executable, "-c", STREAM, os.path.join(mountpoint, "s")],
+                                     start_new_session=True)
+        time.sleep(1.0)   # the file exists and is dirty
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def entries(s):
+    """mountpoint -> its entry in the shared block (absolute times)."""
+    return {s.targets[i].mount.mountpoint: s._shared.fs[i] for i in range(len(s.targets))}
+
+
+def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
+    busy, quiet1, quiet2 = loopfs.make(3, size_mb=256)
+    w = Streaming(busy)
+    try:
+        s = vmsnap.freeze_filesystems([busy, quiet1, quiet2], timeout=30, schedule="jit")
+        s.freeze()
+        returned = time.monotonic_ns()
+        try:
+            by = entries(s)
+            # everything is frozen at the instant the snapshot may start
+            assert s.all_frozen, s.failures
+            for m in (busy, quiet1, quiet2):
+                assert by[m].freeze_end_ns <= returned
+                assert frozen_state(m), "%s not frozen when freeze() returned" % m
+            late = {m.mountpoint: m.late for m in s.mounts}
+            assert late == {busy: False, quiet1: True, quiet2: True}
+            for q in (quiet1, quiet2):
+                assert by[q].freeze_start_ns >= by[busy].freeze_end_ns
+        finally:
+            s.thaw()
+    finally:
+        w.stop()
+    res = {m.mountpoint: m for m in s.mounts}
+    assert all(m.state == "thawed" for m in res.values())
+    for m in res.values():
+        d = m.to_dict()
+        assert d["blocked_ms"] == m.blocked_ms and m.blocked_ms is not None
+        assert m.freeze_ms <= m.blocked_ms <= s.window_ms + 0.001
+    # the quiet ones were not blocked while their neighbour flushed
+    assert res[quiet1].blocked_ms < res[busy].blocked_ms
+    assert res[quiet2].blocked_ms < res[busy].blocked_ms
+
+
+def test_children_still_before_parents_with_late_children(loopfs):
+    busy, = loopfs.make(1, size_mb=256)
+    outer, = loopfs.make(1, size_mb=96)
+    inner, = loopfs.make(1, parent=outer)   # level 0, quiet: late
+    w = Streaming(busy)
+    try:
+        with vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit") as s:
+            by = entries(s)
+            res = {m.mountpoint: m for m in s.mounts}
+            assert res[inner].level == res[busy].level < res[outer].level
+            assert res[inner].late and not res[busy].late
+            assert s.all_frozen, s.failures
+            # the parent's freeze starts only after every child's has returned
+            assert by[outer].freeze_start_ns >= by[inner].freeze_end_ns
+            assert by[outer].freeze_start_ns >= by[busy].freeze_end_ns
+    finally:
+        w.stop()
+    assert all(m.state == "thawed" for m in s.mounts)
+
+
+def test_parallel_schedule_starts_a_level_at_once(loopfs):
+    busy, quiet = loopfs.make(2, size_mb=256)
+    w = Streaming(busy)
+    try:
+        with vmsnap.freeze_filesystems([busy, quiet], timeout=30, schedule="parallel") as s:
+            by = entries(s)
+            assert not any(m.late for m in s.mounts)
+            # the quiet one starts with the busy one, not after it
+            assert by[quiet].freeze_start_ns < by[busy].freeze_end_ns
+    finally:
+        w.stop()
+
+
+def test_idle_filesystems_all_start_together(loopfs):
+    mounts = loopfs.make(3)
+    with vmsnap.freeze_filesystems(mounts, timeout=10) as s:
+        assert s.all_frozen and not any(m.late for m in s.mounts)
+
+
+def test_unknown_schedule_is_refused_with_the_choices(loopfs):
+    (m,) = loopfs.make(1)
+    with pytest.raises(ValueError, match="jit, parallel.*'fast'"):
+        vmsnap.freeze_filesystems([m], timeout=10, schedule="fast")
