@@ -133,7 +133,7 @@ def vmsnap(mounts, **kw):
 
 
 def no_freeze(mounts):
-    time.sleep(0.3)
+    time.sleep(1.0)   # about as long as the operations: the probe's own worst over it
     return {}
 
 
@@ -183,17 +183,14 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
                     quiet_stall = max([worst_write_ms(p, t0, t1) for p in quiet] or [0])
                     time.sleep(0.7)
                     t2 = time.monotonic_ns()
-                    # what the writers did from the start to 0.7 s after the end,
-                    # against their rate over the same span before the start
-                    span = t2 - t0
-                    before = streamed_mb(writers, t0 - span, t0)
-                    after = streamed_mb(writers, t0, t2)
+                    # what the writers did from the start to 0.7 s after the end
+                    written = (streamed_mb(writers, t0, t2), (t2 - t0) / 1e9)
                     e = res[k]
                     e["stall"].append(stall)
                     e["quiet"].append(quiet_stall)
                     e["op"].append((t1 - t0) / 1e6)
                     e["window"].append(out.get("window_ms"))
-                    e["lost_mb"].append(before - after if writers else None)
+                    e["lost_mb"].append(written if writers else None)
                     e["blocked"].extend(out.get("blocked_ms", {}).values())
                 if log:
                     log("  %d fs %s: round %d/%d" % (n, load, r + 1, rounds))
@@ -201,6 +198,12 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
             for p in probes + quiet + writers:
                 p.stop()
     base = summary(res[BASELINE]["stall"])["median"] if BASELINE in res else None
+    # the writers' loss: their no-freeze rate over the same span, minus what they wrote
+    ref = [mb / s for mb, s in filter(None, res.get("no freeze", {}).get("lost_mb", []))]
+    rate = summary(ref)["median"] if ref else None
+    for e in res.values():
+        e["lost_mb"] = [rate * s - mb if rate and w else None
+                        for w in e["lost_mb"] for mb, s in [w or (0, 0)]]
     rows = []
     for k in names:
         e = res[k]
@@ -212,6 +215,7 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
                      "window_median_ms": summary(e["window"])["median"],
                      "blocked_median_ms": summary(e["blocked"])["median"],
                      "blocked_max_ms": summary(e["blocked"])["max"],
+                     "writers_mb_s_no_freeze": rate,
                      "writers_lost_mb_median": summary(e["lost_mb"])["median"],
                      "stall_ratio_to_fsfreeze": ratio(st["median"], base),
                      "stalls_ms": e["stall"], "ops_ms": e["op"]})
