@@ -127,3 +127,40 @@ def test_unknown_schedule_is_refused_with_the_choices(loopfs):
     (m,) = loopfs.make(1)
     with pytest.raises(ValueError, match="jit, parallel.*'fast'"):
         vmsnap.freeze_filesystems([m], timeout=10, schedule="fast")
+
+
+# -- `vmsnap bench --load` and its progress ---------------------------------------
+
+def test_bench_under_load_reports_worst_writes_and_cleans_up(loopfs):
+    import json as json_mod
+    from .helpers import vmsnap as run_cli
+    a, b = loopfs.make(2)
+    p = run_cli("bench", "--mount", a, "--mount", b, "--rounds", "2", "--load", "light", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json_mod.loads(p.stdout)
+    assert report["load"] == "light"
+    for k in ("sequential", "parallel", "jit"):
+        assert report["window_ms"][k]["n"] == 2
+        assert report["worst_write_ms"][k]["n"] == 2 and report["worst_write_ms"][k]["max"] > 0
+    assert "round 1 of" not in p.stderr   # --json: no progress
+    # the writers and probes are gone, and so are their files
+    for m in (a, b):
+        assert not [f for f in os.listdir(m) if f.startswith(".vmsnap-bench")]
+    left = subprocess.run(["pgrep", "-f", "vmsnap-bench-load"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_bench_shows_rounds_done_on_a_terminal(loopfs):
+    (m,) = loopfs.make(1)
+    cmd = "%s -m vmsnap_native bench --mount %s --rounds 3" % (sys.executable, m)
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout
+    assert "round 3 of 3" in p.stdout and "load: none" in p.stdout
+
+
+def test_bench_refuses_an_unknown_load(loopfs):
+    from .helpers import vmsnap as run_cli
+    (m,) = loopfs.make(1)
+    p = run_cli("bench", "--mount", m, "--rounds", "1", "--load", "heavy")
+    assert p.returncode == 2 and "streaming" in p.stderr
