@@ -81,9 +81,7 @@ enum event do_freeze_waves(struct guardian *g) {
         enum event ev = late ? wait_event(g, early_settled, level, 0) : EV_PRED;
         if (ev != EV_PRED)
             return ev;
-        if (late && count(g, level, level, BIT(VMSNAP_FS_FAILED)))
-            break; /* the late ones stay unfrozen (skipped at the thaw) */
-        if (late)
+        if (late) /* even after a failure: each of a level is tried, as in a parallel wave */
             release(g, level, 1);
         ev = wait_event(g, level_settled, level, 0);
         if (ev != EV_PRED)
