@@ -146,7 +146,8 @@ def alternatives() -> dict:
         "no freeze": no_freeze,
         "util-linux fsfreeze": fsfreeze_one_by_one,
         "ioctl loop": ioctl_loop,
-        "vmsnap parallel": lambda m: vmsnap(m, schedule="parallel"),
+        "vmsnap parallel": lambda m: vmsnap(m, schedule="parallel", dirty_cap_mb=0),
+        "vmsnap jit, no cap": lambda m: vmsnap(m, schedule="jit", dirty_cap_mb=0),
         "vmsnap jit": lambda m: vmsnap(m, schedule="jit"),
     }
     return alts

@@ -84,6 +84,7 @@ static void *worker_main(void *arg) {
     while (!g->go[w->idx] && !g->abort)
         pthread_cond_wait(&g->cv, &g->mu);
     if (g->abort) {
+        dirty_cap_end_one(f);
         fs_set_state(f, VMSNAP_FS_SKIPPED);
         pthread_mutex_unlock(&g->mu);
         notify(g);
@@ -97,6 +98,7 @@ static void *worker_main(void *arg) {
 
     int r = vmsnap_fifreeze(fd);
     f->freeze_end_ns = now_ns();
+    dirty_cap_end_one(f); /* frozen (or not at all): the cap has done its work */
     if (r < 0) {
         f->freeze_errno = -r;
         /* EBUSY: someone else holds a freeze; it is theirs to thaw. */
@@ -242,6 +244,7 @@ static void thaw_all(struct guardian *g, int reason) {
     if (!g->sh->thaw_reason)
         g->sh->thaw_reason = reason;
     set_phase(g, &g->abort, 1);
+    dirty_cap_end(g->sh);
     thaw_levels(g->sh, thaw_level_by_workers, g);
 }
 
@@ -249,6 +252,7 @@ static void thaw_all(struct guardian *g, int reason) {
  * on, and a flush still running becomes part of its filesystem's freeze. */
 static enum event do_presync(struct guardian *g) {
     struct vmsnap_shared *sh = g->sh;
+    dirty_cap_begin(sh, g->record_fd);
     sh->presync_start_ns = now_ns();
     g->presync = 1;
     set_phase(g, &g->sync_go, 1);

@@ -133,6 +133,7 @@ def test_unknown_schedule_is_refused_with_the_choices(loopfs):
 
 def test_bench_under_load_reports_worst_writes_and_cleans_up(loopfs):
     import json as json_mod
+
     from .helpers import vmsnap as run_cli
     a, b = loopfs.make(2)
     p = run_cli("bench", "--mount", a, "--mount", b, "--rounds", "2", "--load", "light", "--json")

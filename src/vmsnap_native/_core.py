@@ -13,7 +13,7 @@ from ._version import __version__
 from .errors import CoreUnavailable
 
 # The ABI this Python code was written for (VMSNAP_ABI_VERSION in csrc/vmsnap.h).
-EXPECTED_ABI = 10
+EXPECTED_ABI = 11
 
 # Lets tests (and an operator reproducing a report) simulate a broken core.
 _BREAK_ENV = "VMSNAP_SIMULATE_BROKEN_CORE"
