@@ -165,3 +165,141 @@ def test_bench_refuses_an_unknown_load(loopfs):
     (m,) = loopfs.make(1)
     p = run_cli("bench", "--mount", m, "--rounds", "1", "--load", "heavy")
     assert p.returncode == 2 and "streaming" in p.stderr
+
+
+# -- the dirty cap during the presync: applied, and always put back ---------------
+
+def bdi_of(mountpoint):
+    dev = os.stat(mountpoint).st_dev
+    return "/sys/class/bdi/%d:%d" % (os.major(dev), os.minor(dev))
+
+
+def bdi_values(mountpoint):
+    b = bdi_of(mountpoint)
+    with open(b + "/strict_limit") as f1, open(b + "/max_ratio_fine") as f2:
+        return int(f1.read()), int(f2.read())
+
+
+class CapWatch:
+    """Polls a device's strict_limit every ms; `seen` once the cap was on."""
+
+    def __init__(self, mountpoint):
+        import threading
+        self.mountpoint, self.seen, self.done = mountpoint, threading.Event(), False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done:
+            if bdi_values(self.mountpoint)[0] == 1:
+                self.seen.set()
+            time.sleep(0.001)
+
+    def stop(self):
+        self.done = True
+        self.thread.join()
+
+
+def test_dirty_cap_is_on_during_the_presync_and_off_once_frozen(loopfs):
+    busy, quiet = loopfs.make(2, size_mb=256)
+    before = {m: bdi_values(m) for m in (busy, quiet)}
+    assert before[busy][0] == 0, "the loop device already has strict_limit on"
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    try:
+        s = vmsnap.freeze_filesystems([busy, quiet], timeout=30, dirty_cap_mb=64)
+        s.freeze()
+        try:
+            assert s.all_frozen
+            # frozen: the cap has done its work and is already put back
+            assert {m: bdi_values(m) for m in (busy, quiet)} == before
+        finally:
+            s.thaw()
+    finally:
+        watch.stop()
+        w.stop()
+    assert watch.seen.is_set(), "the cap was never on"
+
+
+def test_no_cap_leaves_the_devices_alone(loopfs):
+    busy, = loopfs.make(1, size_mb=256)
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    try:
+        with vmsnap.freeze_filesystems([busy], timeout=30, dirty_cap_mb=0) as s:
+            assert s.all_frozen
+    finally:
+        watch.stop()
+        w.stop()
+    assert not watch.seen.is_set()
+
+
+def test_dirty_cap_put_back_when_the_guardian_is_killed_under_it(loopfs):
+    import threading
+    busy, = loopfs.make(1, size_mb=256)
+    before = bdi_values(busy)
+    assert before[0] == 0, "the loop device already has strict_limit on"
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    outcome = []
+    try:
+        s = vmsnap.freeze_filesystems([busy], timeout=30, dirty_cap_mb=64)
+        s.start()
+
+        def freeze():
+            try:
+                s.freeze()
+                outcome.append("returned")
+            except vmsnap.FreezeError as exc:
+                outcome.append(str(exc))
+        t = threading.Thread(target=freeze)
+        t.start()
+        assert watch.seen.wait(10), "the cap never came on"
+        os.kill(s.guardian_pid, signal.SIGKILL)   # in the presync, cap on
+        t.join(30)
+        s.thaw()
+    finally:
+        watch.stop()
+        w.stop()
+    assert outcome and "guardian died" in outcome[0]
+    assert bdi_values(busy) == before   # the controller put it back
+    assert not frozen_state(busy)
+
+
+FREEZER = r"""
+import sys, vmsnap_native as v
+s = v.freeze_filesystems(sys.argv[1:], timeout=60, dirty_cap_mb=64)
+s.start()
+print("guardian", s.guardian_pid, flush=True)
+s.freeze()
+print("frozen", flush=True)
+import time; time.sleep(60)
+"""
+
+
+def test_dirty_cap_put_back_by_vmsnap_thaw_after_both_die(loopfs):
+    busy, = loopfs.make(1, size_mb=256)
+    before = bdi_values(busy)
+    assert before[0] == 0, "the loop device already has strict_limit on"
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    ctl = subprocess.Popen([sys.executable, "-c", FREEZER, busy], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        guardian = int(ctl.stdout.readline().split()[1])
+        assert watch.seen.wait(10), "the cap never came on"
+        # both die with the cap on: neither can put it back, only the record says
+        os.kill(guardian, signal.SIGSTOP)
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait()
+        os.kill(guardian, signal.SIGKILL)
+        time.sleep(0.05)
+        assert bdi_values(busy)[0] == 1   # still capped
+        vmsnap.thaw_recorded(force=True)
+    finally:
+        watch.stop()
+        w.stop()
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+    assert bdi_values(busy) == before
