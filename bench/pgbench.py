@@ -10,12 +10,14 @@ directory, and is stopped (and its filesystems taken down) at the end.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from busy import STREAM, Stamps, alternatives
@@ -24,6 +26,7 @@ from common import Scratch
 from vmsnap_native.stats import percentile, ratio, summary
 
 PGBIN = "/usr/lib/postgresql/15/bin"
+_LIBC = ctypes.CDLL(None, use_errno=True)
 PORT = 55432
 CLIENTS = 4
 BASELINE = "util-linux fsfreeze"
@@ -74,6 +77,23 @@ class Server:
                         self.data, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
 
 
+def flush_only(mounts):
+    """Control: the flushes without any freeze (syncfs of every filesystem in
+    parallel, twice, as presync + freeze do): what sharing the disk costs."""
+    fds = [os.open(m, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for m in mounts]
+    try:
+        for _ in range(2):
+            ts = [threading.Thread(target=_LIBC.syncfs, args=(fd,)) for fd in fds]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return {}
+
+
 def read_log(prefix: str) -> list:
     """(end wall-clock s, latency s) of every transaction pgbench logged."""
     out = []
@@ -93,6 +113,7 @@ def run(quick: bool = False, rounds: int | None = None, log=None) -> list:
         return [{"skipped": why}]
     rounds = rounds or (2 if quick else 4)
     alts = alternatives()
+    alts["control: flushes, no freeze"] = flush_only
     names = list(alts)
     work = tempfile.mkdtemp(prefix="vmsnap-pgbench-", dir="/dev/shm")
     with Scratch(4, size_mb=512) as sc:
