@@ -45,6 +45,7 @@ def draw(res: dict, out: str) -> str | None:
             ax.plot(d, [i] * len(d), "o", ms=3, alpha=0.6)
         ax.set_yticks(range(1, len(labels) + 1), labels)
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("ms (log)")
         ax.set_title(title, fontsize=9)
     m = res.get("machine", {})

@@ -84,9 +84,9 @@ static void *worker_main(void *arg) {
     while (!g->go[w->idx] && !g->abort)
         pthread_cond_wait(&g->cv, &g->mu);
     if (g->abort) {
-        dirty_cap_end_one(f);
         fs_set_state(f, VMSNAP_FS_SKIPPED);
         pthread_mutex_unlock(&g->mu);
+        dirty_cap_end_one(f);
         notify(g);
         return NULL;
     }
