@@ -40,7 +40,10 @@ def draw(res: dict, out: str) -> str | None:
             data = [r["worst_ms"] for r in rows]
             title = "PostgreSQL 15, pgbench -c 4, streaming neighbour: worst transaction per round"
         labels = [r["strategy"] for r in rows]
-        ax.boxplot(data, vert=False, whis=(0, 100))
+        try:
+            ax.boxplot(data, orientation="horizontal", whis=(0, 100))
+        except TypeError:   # matplotlib < 3.10
+            ax.boxplot(data, vert=False, whis=(0, 100))
         for i, d in enumerate(data, 1):
             ax.plot(d, [i] * len(d), "o", ms=3, alpha=0.6)
         ax.set_yticks(range(1, len(labels) + 1), labels)
