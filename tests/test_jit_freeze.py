@@ -303,3 +303,10 @@ def test_dirty_cap_put_back_by_vmsnap_thaw_after_both_die(loopfs):
             ctl.kill()
             ctl.wait()
     assert bdi_values(busy) == before
+
+
+def test_a_dirty_cap_of_a_few_mib_is_refused(loopfs):
+    (m,) = loopfs.make(1)
+    # the kernel would round it to a ratio of 0: every writer sleeping in 200 ms steps
+    with pytest.raises(ValueError, match="dirty_cap_mb must be 0 .*16"):
+        vmsnap.freeze_filesystems([m], timeout=10, dirty_cap_mb=4)
