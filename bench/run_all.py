@@ -15,9 +15,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import busy  # noqa: E402
 import end_to_end  # noqa: E402
 import freeze_window  # noqa: E402
 import guardian  # noqa: E402
+import pgbench  # noqa: E402
+import plot  # noqa: E402
 import supervision  # noqa: E402
 from common import machine, table  # noqa: E402
 
@@ -39,7 +42,22 @@ def targets(res) -> list:
                    strategy="vmsnap parallel+presync")
     spawn = find(sup, tool="vmsnap run_process")
     over = [r for r in sup if r["tool"].startswith("vmsnap") and "overshoot" in r["benchmark"]][0]
-    out = [
+    out = []
+    for n in (4, 16):
+        st = find(res["busy"], filesystems=n, load="streaming", strategy="vmsnap jit")
+        out.append(("worst write stall, %d fs, streaming writers on half, ratio to util-linux "
+                    "one by one" % n, "<= 0.25", st.get("stall_ratio_to_fsfreeze"),
+                    (st.get("stall_ratio_to_fsfreeze") or 9) <= 0.25))
+        par = find(res["busy"], filesystems=n, load="streaming", strategy="vmsnap parallel")
+        r = (st.get("op_median_ms") or 0) / (par.get("op_median_ms") or 1e-9)
+        out.append(("whole operation, %d fs streaming, jit / before (parallel)" % n, "<= 2",
+                    round(r, 3), r <= 2))
+    pg = find(res["pgbench"], strategy="vmsnap jit")
+    out.append(("pgbench worst transaction during a freeze, ratio to util-linux one by one",
+                "<= 0.25", pg.get("ratio_to_fsfreeze"), (pg.get("ratio_to_fsfreeze") or 9) <= 0.25))
+    out.append(("pgbench failed transactions", "0", pg.get("failed_transactions"),
+                pg.get("failed_transactions") == 0))
+    out += [
         ("freeze window, 4 fs under load, ratio to util-linux sequential", "<= 0.5",
          load4.get("ratio_to_fsfreeze"), (load4.get("ratio_to_fsfreeze") or 9) <= 0.5),
         ("freeze window, 16 idle fs (images on disk), median ms", "<= 5",
@@ -75,10 +93,14 @@ def main() -> int:
     t0 = time.time()
     res = {"machine": machine(), "quick": args.quick}
     res["machine"]["runtime_dir"] = "tmpfs (/dev/shm)"
-    for name, mod in (("freeze_window", freeze_window), ("supervision", supervision),
-                      ("guardian", guardian), ("end_to_end", end_to_end)):
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+    for name, mod in (("busy", busy), ("pgbench", pgbench), ("freeze_window", freeze_window),
+                      ("supervision", supervision), ("guardian", guardian),
+                      ("end_to_end", end_to_end)):
         print("running %s ..." % name, file=sys.stderr, flush=True)
-        res[name] = mod.run(quick=args.quick)
+        res[name] = mod.run(quick=args.quick, log=log) if mod in (busy, pgbench) else \
+            mod.run(quick=args.quick)
     res["targets"] = targets(res)
     micro = os.path.join(os.path.dirname(args.out), "results-micro.json")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -94,9 +116,19 @@ def main() -> int:
     shutil.rmtree(rundir, ignore_errors=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
+    why = plot.draw(res, os.path.join(os.path.dirname(args.out), "busy.png"))
     m = res["machine"]
     print("\nmachine: %s cores (%s), kernel %s, root fs %s, %s; %s" % (
         m["cores"], m["cpu"], m["kernel"], m["root_fs"], m["date"], m["scratch"]))
+    print(table("\nbusy filesystems (issue 13): worst single write() of a 4 KiB/ms probe on the "
+                "loaded ones (quiet: on the others), ms; light = 8 MiB rewriter, streaming = "
+                "256 MiB rewriter, each on half the filesystems:", res["busy"],
+                ["filesystems", "load", "strategy", "rounds", "stall_median_ms", "stall_max_ms",
+                 "quiet_stall_median_ms", "op_median_ms", "blocked_median_ms",
+                 "writers_lost_mb_median", "stall_ratio_to_fsfreeze"]))
+    print(table("\nPostgreSQL 15 under pgbench -c 4 (its own fs; streaming writer on another):",
+                res["pgbench"], ["strategy", "rounds", "worst_txn_median_ms", "worst_txn_max_ms",
+                                 "p99_txn_median_ms", "failed_transactions", "ratio_to_fsfreeze"]))
     print(table("\nfreeze window (ms) and worst write stall seen by a 1 ms probe:", res["freeze_window"],
                 ["filesystems", "backing", "load", "strategy", "window_min_ms", "window_median_ms", "window_p95_ms",
                  "stall_max_ms", "ratio_to_fsfreeze"]))
@@ -107,7 +139,7 @@ def main() -> int:
                                                      "window_median_ms"]))
     print(table("\nmicro-benchmarks:", res["micro"], ["name", "median_us"]))
     print(table("\ntargets:", res["targets"], ["target", "goal", "measured", "met"]))
-    print("\n%s written in %.0f s" % (args.out, res["seconds"]))
+    print("\n%s written in %.0f s; plot: %s" % (args.out, res["seconds"], why or "bench/busy.png"))
     return 0
 
 

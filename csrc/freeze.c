@@ -140,6 +140,7 @@ int vmsnap_thaw_state(struct vmsnap_shared *sh, const int32_t *fds) {
     if (sh->n < 0 || sh->n > VMSNAP_MAX_FS)
         return -EINVAL;
     struct state_thaw t = {.sh = sh, .fds = fds};
+    dirty_cap_end(sh); /* first: nothing it does can block on a frozen filesystem */
     thaw_levels(sh, thaw_level_in_turn, &t);
     rcu_expedite_end(sh);
     return t.failures ? -EIO : 0;

@@ -46,4 +46,12 @@ void thaw_levels(const struct vmsnap_shared *sh, void (*thaw_level)(void *ctx, i
 void rcu_expedite_begin(struct vmsnap_shared *sh);
 void rcu_expedite_end(struct vmsnap_shared *sh);
 
+/* The dirty cap for the presync (dirtycap.c): saves each device's
+ * strict_limit and max_ratio_fine in SH (and the record, RECORD_FD),
+ * then caps it at sh->dirty_cap_mb; the ends put back what was saved
+ * (idempotent: each saved value is restored once). */
+void dirty_cap_begin(struct vmsnap_shared *sh, int record_fd);
+void dirty_cap_end_one(struct vmsnap_fs *f);
+void dirty_cap_end(struct vmsnap_shared *sh);
+
 #endif

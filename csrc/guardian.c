@@ -10,15 +10,15 @@
  *
  * Inside the guardian one worker thread per filesystem, created before the
  * window, waits for its wave: presync (syncfs) all in parallel, bounded,
- * then freeze level 0 (children) in parallel, then level 1, ...; thaw the
- * other way (thaw_levels()).  The guardian thaws through its own fds, which
- * helper_detach() may renumber; the shared block holds no fd numbers.
+ * then freeze level 0 (children), then level 1, ...; within a level all at
+ * once or just in time (schedule.c); thaw the other way (thaw_levels()).
+ * The guardian thaws through its own fds, which helper_detach() may
+ * renumber; the shared block holds no fd numbers.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,25 +30,9 @@
 #include "guardian.h"
 #include "helper.h"
 #include "protocol.h"
+#include "schedule.h"
+#include "waves.h"
 #include "util.h"
-
-struct guardian {
-    struct vmsnap_shared *sh;
-    int fds[VMSNAP_MAX_FS]; /* ours: the controller's, dup'ed by the fork */
-    int sock;        /* to the controller; -1 once it is gone */
-    int ctl_pidfd;   /* the controller's pidfd, or -1 */
-    int sigfd;
-    int evfd;        /* workers write 1 here after each state change */
-    int record_fd;
-    int signal_reason; /* the thaw reason of the last watched signal */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int presync;
-    int sync_go;
-    int freeze_level;  /* workers with level <= this may freeze */
-    int thaw_level;    /* frozen workers with level >= this thaw */
-    int abort;         /* no new syncs or freezes */
-};
 
 struct worker {
     struct guardian *g;
@@ -89,7 +73,7 @@ static void *worker_main(void *arg) {
     int fd = g->fds[w->idx];
 
     pthread_mutex_lock(&g->mu);
-    while (!g->sync_go && g->freeze_level < f->level && !g->abort)
+    while (!g->sync_go && !g->go[w->idx] && !g->abort)
         pthread_cond_wait(&g->cv, &g->mu);
     int do_sync = g->presync && g->sync_go && !g->abort;
     pthread_mutex_unlock(&g->mu);
@@ -97,11 +81,12 @@ static void *worker_main(void *arg) {
         worker_presync(g, f, fd);
 
     pthread_mutex_lock(&g->mu);
-    while (g->freeze_level < f->level && !g->abort)
+    while (!g->go[w->idx] && !g->abort)
         pthread_cond_wait(&g->cv, &g->mu);
     if (g->abort) {
         fs_set_state(f, VMSNAP_FS_SKIPPED);
         pthread_mutex_unlock(&g->mu);
+        dirty_cap_end_one(f);
         notify(g);
         return NULL;
     }
@@ -113,6 +98,7 @@ static void *worker_main(void *arg) {
 
     int r = vmsnap_fifreeze(fd);
     f->freeze_end_ns = now_ns();
+    dirty_cap_end_one(f); /* frozen (or not at all): the cap has done its work */
     if (r < 0) {
         f->freeze_errno = -r;
         /* EBUSY: someone else holds a freeze; it is theirs to thaw. */
@@ -131,20 +117,6 @@ static void *worker_main(void *arg) {
     notify(g);
     return NULL;
 }
-
-enum event {
-    EV_PRED,            /* the awaited condition holds */
-    EV_TIMEOUT,         /* the caller's bound passed (not the deadline) */
-    EV_CMD_FREEZE,
-    EV_CMD_PRESYNC_FREEZE,
-    EV_CMD_THAW,
-    EV_CMD_DETACH,
-    EV_DEADLINE,
-    EV_CONTROLLER_GONE,
-    EV_SIGNAL,
-};
-
-typedef int (*predicate)(struct guardian *g, int arg);
 
 static void drain_eventfd(struct guardian *g) {
     for (uint64_t v; read(g->evfd, &v, sizeof v) < 0 && errno == EINTR;)
@@ -180,7 +152,7 @@ static enum event read_command(struct guardian *g) {
 }
 
 /* Waits until PRED(g, arg) holds, BOUND (0: none) passes, or something else happens. */
-static enum event wait_event(struct guardian *g, predicate pred, int arg, int64_t bound) {
+enum event wait_event(struct guardian *g, predicate pred, int arg, int64_t bound) {
     for (;;) {
         if (pred && pred(g, arg))
             return EV_PRED;
@@ -221,9 +193,8 @@ static enum event wait_event(struct guardian *g, predicate pred, int arg, int64_
     }
 }
 
-#define BIT(state) (1u << (state))
 /* How many entries with a level in [LO, HI] are in one of the STATES (a bit set). */
-static int count(struct guardian *g, int lo, int hi, unsigned states) {
+int count(struct guardian *g, int lo, int hi, unsigned states) {
     int k = 0;
     for (int i = 0; i < g->sh->n; i++) {
         struct vmsnap_fs *f = &g->sh->fs[i];
@@ -234,10 +205,6 @@ static int count(struct guardian *g, int lo, int hi, unsigned states) {
 
 static int all_synced(struct guardian *g, int arg) {
     return !count(g, 0, INT_MAX, BIT(VMSNAP_FS_PENDING) | BIT(VMSNAP_FS_SYNCING));
-}
-
-static int level_settled(struct guardian *g, int level) {
-    return !count(g, level, level, ~(BIT(VMSNAP_FS_FROZEN) | BIT(VMSNAP_FS_BUSY) | BIT(VMSNAP_FS_FAILED)));
 }
 
 /* Nothing at LEVEL or above is frozen or thawing (stuck freezes excepted). */
@@ -277,26 +244,15 @@ static void thaw_all(struct guardian *g, int reason) {
     if (!g->sh->thaw_reason)
         g->sh->thaw_reason = reason;
     set_phase(g, &g->abort, 1);
+    dirty_cap_end(g->sh);
     thaw_levels(g->sh, thaw_level_by_workers, g);
-}
-
-static enum event do_freeze_waves(struct guardian *g) {
-    int top = max_level(g->sh);
-    for (int level = 0; level <= top; level++) {
-        set_phase(g, &g->freeze_level, level);
-        enum event ev = wait_event(g, level_settled, level, 0);
-        if (ev != EV_PRED)
-            return ev;
-        if (count(g, level, level, BIT(VMSNAP_FS_FAILED)))
-            break; /* the controller thaws; deeper waves would only add to undo */
-    }
-    return EV_PRED;
 }
 
 /* The presync, bounded by presync_timeout_ns: past the bound the freeze goes
  * on, and a flush still running becomes part of its filesystem's freeze. */
 static enum event do_presync(struct guardian *g) {
     struct vmsnap_shared *sh = g->sh;
+    dirty_cap_begin(sh, g->record_fd);
     sh->presync_start_ns = now_ns();
     g->presync = 1;
     set_phase(g, &g->sync_go, 1);
@@ -421,7 +377,7 @@ void guardian_main(struct vmsnap_shared *sh, const int32_t *fds, int sock, int c
                    int record_fd, const char *record_path) {
     struct guardian g = {
         .sh = sh, .sock = sock, .ctl_pidfd = ctl_pidfd, .record_fd = record_fd,
-        .freeze_level = -1, .thaw_level = INT_MAX, .sigfd = -1, .evfd = -1,
+        .thaw_level = INT_MAX, .sigfd = -1, .evfd = -1,
     };
     int *keep[VMSNAP_MAX_FS + 3] = {&g.sock, &g.ctl_pidfd, &g.record_fd};
     int nkeep = 3;

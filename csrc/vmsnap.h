@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 10
+#define VMSNAP_ABI_VERSION 12
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -48,7 +48,11 @@ struct vmsnap_fs {
     int32_t sync_errno;
     int32_t freeze_errno;
     int32_t thaw_errno;
-    int32_t reserved;
+    int32_t late;            /* just-in-time: its freeze started after the slow ones
+                              * of its level had frozen (it had little to flush) */
+    int32_t bdi_saved;       /* the dirty cap: 0 nothing to restore, else 1 + the
+                              * strict_limit its device had (dirtycap.c) */
+    int32_t bdi_max_ratio_fine; /* ... and its max_ratio_fine */
     uint64_t dev;            /* st_dev and st_ino of the mount point: a thaw checks */
     uint64_t ino;            /*   its fd (or the path it opens) against them first */
     int64_t sync_start_ns;
@@ -58,6 +62,16 @@ struct vmsnap_fs {
     int64_t thaw_start_ns;
     int64_t thaw_end_ns;
     char path[4096];
+};
+
+/* How the freezes of one level start (the levels still go in order,
+ * children first, and every FIFREEZE has returned before the freeze
+ * command answers: everything is frozen when the snapshot starts). */
+enum vmsnap_schedule {
+    VMSNAP_SCHEDULE_PARALLEL = 0, /* all of a level at once */
+    VMSNAP_SCHEDULE_JIT = 1       /* just in time: those with much to flush (by
+                                   * their presync) first, the others once those
+                                   * are frozen, so they are not blocked meanwhile */
 };
 
 /* Why the guardian thawed (or began to). */
@@ -90,6 +104,9 @@ struct vmsnap_shared {
     int32_t rcu_expedited;   /* done: we set /sys/kernel/rcu_expedited for the freeze waves */
     int32_t rcu_restore;     /* the rcu_expedited value still to put back; -1: nothing */
     int32_t presync_timed_out; /* the presync bound passed: the freeze went on */
+    int32_t schedule;        /* enum vmsnap_schedule: how each level's freezes start */
+    int32_t dirty_cap_mb;    /* asked: cap each device's dirty data at this during the
+                              * presync (strict_limit + max_bytes), 0: no cap */
     int64_t timeout_ns;      /* the freeze cap, counted from the first FIFREEZE */
     int64_t presync_timeout_ns; /* bound on the presync */
     int64_t deadline_ns;     /* the guardian thaws then: before the freeze a bound on
@@ -127,7 +144,8 @@ int vmsnap_fithaw(int fd);
  * (freezing, frozen, thawing, thaw-failed) through FDS[i], the calling
  * process's own fd for entry i, or (FDS NULL) by opening its path; the fd
  * must be the recorded directory (dev, ino) or the entry is left alone
- * (ESTALE).  Restores rcu_expedited if SH says it is still to be restored.
+ * (ESTALE).  Restores rcu_expedited and the devices' dirty limits if SH
+ * says they are still to be restored.
  * Updates the states in SH; returns 0 when no entry may still be frozen by
  * us, -EIO otherwise. */
 int vmsnap_thaw_state(struct vmsnap_shared *sh, const int32_t *fds);

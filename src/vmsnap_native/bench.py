@@ -1,11 +1,21 @@
 """``vmsnap bench``: the freeze window of this machine's filesystems,
-sequential (one at a time, as the usual tools do) vs parallel (vmsnap),
-alternating, each round under the guardian with a short deadline."""
+sequential (one at a time, as the usual tools do) vs parallel (a whole
+level at once) vs jit (vmsnap's default: quiet filesystems start once the
+busy ones are frozen), alternating, each round under the guardian with a
+short deadline.  ``--load streaming|light`` runs a writer on each selected
+filesystem meanwhile (a 256 MiB or an 8 MiB rewrite, in a hidden file
+removed at the end) and a probe writing 4 KiB every ms beside it: the
+report then has the worst single write() the probe saw blocked."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import struct
+import subprocess
 import sys
+import threading
 import time
 
 from . import mountinfo
@@ -14,18 +24,97 @@ from .freeze import FreezeSession
 from .stats import ratio, summary
 
 DEADLINE_S = 5.0
-STRATEGIES = ("sequential", "parallel")
+STRATEGIES = ("sequential", "parallel", "jit")
+LOADS = ("none", "light", "streaming")
+
+# The writer: rewrites LOAD_MIB MiB in 1 MiB writes until killed (light: paced).
+_WRITER = r"""
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+size, pause = int(sys.argv[2]), float(sys.argv[3])
+block = b"w" * (1 << 20)
+i = 0
+while True:
+    os.pwrite(fd, block, (i % size) << 20)
+    i += 1
+    if pause:
+        time.sleep(pause)
+"""
+# The probe: 4 KiB every ms; reports each write as (start, end) ns.
+_PROBE = r"""
+import os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+out = sys.stdout.buffer
+n = 0
+while True:
+    t0 = time.monotonic_ns()
+    os.pwrite(fd, b"p" * 4096, (n % 256) * 4096)
+    out.write(struct.pack("qq", t0, time.monotonic_ns())); out.flush()
+    n += 1
+    time.sleep(0.001)
+"""
+_LOAD_ARGS = {"streaming": ("256", "0"), "light": ("8", "0.002")}
 
 
-def measure(cands, sequential: bool) -> float | None:
-    s = FreezeSession(cands, timeout=DEADLINE_S, presync=True, sequential=sequential)
+class _Load:
+    """A writer and a probe on each mount point, in hidden files removed at the end."""
+
+    def __init__(self, mountpoints, load: str):
+        self.files, self.procs, self.writes = [], [], []
+        try:
+            for m in mountpoints:
+                w = os.path.join(m, ".vmsnap-bench-load-%d" % os.getpid())
+                pr = os.path.join(m, ".vmsnap-bench-probe-%d" % os.getpid())
+                self.files += [w, pr]
+                self.procs.append(subprocess.Popen([sys.executable, "-c", _WRITER, w,
+                                                    *_LOAD_ARGS[load]], start_new_session=True))
+                p = subprocess.Popen([sys.executable, "-c", _PROBE, pr], stdout=subprocess.PIPE,
+                                     start_new_session=True)
+                self.procs.append(p)
+                threading.Thread(target=self._read, args=(p.stdout,), daemon=True).start()
+        except BaseException:
+            self.stop()
+            raise
+        time.sleep(2.0)   # the writers reach their steady state
+
+    def _read(self, f):
+        while len(b := f.read(16)) == 16:
+            self.writes.append(struct.unpack("qq", b))
+
+    def worst_write_ms(self, t0: int, t1: int) -> float:
+        """The longest single probe write() overlapping [t0, t1]."""
+        time.sleep(0.02)   # the write that ended the stall lands
+        worst = max((b - a for a, b in list(self.writes) if b >= t0 and a <= t1), default=0)
+        return round(worst / 1e6, 3)
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        for f in self.files:
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+
+
+def measure(cands, strategy: str) -> float | None:
+    s = FreezeSession(cands, timeout=DEADLINE_S, presync=True,
+                      sequential=strategy == "sequential",
+                      schedule="parallel" if strategy == "parallel" else "jit",
+                      # jit is vmsnap's default (dirty cap included); the others as before
+                      **({} if strategy == "jit" else {"dirty_cap_mb": 0}))
     with s:
         if not s.all_frozen:
             raise FreezeError("; ".join("%s: %s" % (m.mountpoint, m.error) for m in s.failures))
     return s.window_ms
 
 
-def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = False) -> int:
+def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = False,
+         load: str = "none") -> int:
     sel = mountinfo.discover(only=mounts or None)
     if sel.missing:
         print("vmsnap bench: not a mount point: %s" % ", ".join(sel.missing), file=sys.stderr)
@@ -41,34 +130,61 @@ def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = Fals
     if rounds < 1:
         print("vmsnap bench: --rounds must be at least 1", file=sys.stderr)
         return 2
+    if load not in LOADS:
+        print("vmsnap bench: --load must be one of %s, not %r" % (", ".join(LOADS), load),
+              file=sys.stderr)
+        return 2
+    progress = sys.stderr.isatty() and not json_out
     windows = {k: [] for k in STRATEGIES}
+    stalls = {k: [] for k in STRATEGIES}
+    work = None
     try:
+        if load != "none":
+            work = _Load([c.mount.mountpoint for c in sel.eligible], load)
         for r in range(rounds):
-            order = STRATEGIES if r % 2 == 0 else tuple(reversed(STRATEGIES))
+            order = STRATEGIES[r % len(STRATEGIES):] + STRATEGIES[:r % len(STRATEGIES)]
             for strategy in order:
-                windows[strategy].append(measure(sel.eligible, strategy == "sequential"))
-                time.sleep(0.01)
+                t0 = time.monotonic_ns()
+                windows[strategy].append(measure(sel.eligible, strategy))
+                if work:
+                    stalls[strategy].append(work.worst_write_ms(t0, time.monotonic_ns()))
+                time.sleep(0.2 if work else 0.01)
+            if progress:
+                print("\rvmsnap bench: round %d of %d" % (r + 1, rounds), end="",
+                      file=sys.stderr, flush=True)
     except (FreezeError, CoreUnavailable, OSError) as exc:
         print("vmsnap bench: %s (nothing is left frozen)" % exc, file=sys.stderr)
         return 1
+    finally:
+        if work:
+            work.stop()
+        if progress:
+            print(file=sys.stderr)
     stats = {k: summary(v) for k, v in windows.items()}
     report = {
         "filesystems": [c.mount.mountpoint for c in sel.eligible],
         "rounds": rounds,
+        "load": load,
         "window_ms": stats,
         "ratio_parallel_to_sequential": ratio(stats["parallel"]["median"],
                                               stats["sequential"]["median"]),
+        "ratio_jit_to_sequential": ratio(stats["jit"]["median"], stats["sequential"]["median"]),
     }
+    if work:
+        report["worst_write_ms"] = {k: summary(v) for k, v in stalls.items()}
     out = sys.stderr if json_out else sys.stdout
-    print("freeze window of %d filesystem(s), %d rounds each, alternating:"
-          % (len(sel.eligible), rounds), file=out)
-    print("  %-11s %9s %9s %9s %9s" % ("strategy", "min ms", "median", "p95", "max"), file=out)
+    print("freeze window of %d filesystem(s), %d rounds each, alternating, load: %s:"
+          % (len(sel.eligible), rounds, load), file=out)
+    print("  %-11s %9s %9s %9s %9s" % ("strategy", "min ms", "median", "p95", "max")
+          + ("  %s" % "worst write, median ms" if work else ""), file=out)
     for k in STRATEGIES:
         st = stats[k]
         print("  %-11s %9.3f %9.3f %9.3f %9.3f" % (k, st["min"], st["median"], st["p95"],
-                                                   st["max"]), file=out)
+                                                   st["max"])
+              + ("  %9.3f" % report["worst_write_ms"][k]["median"] if work else ""), file=out)
     print("  parallel / sequential (median): %s" % report["ratio_parallel_to_sequential"],
           file=out)
+    print("  jit / sequential (median): %s" % report["ratio_jit_to_sequential"], file=out)
     if json_out:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0

@@ -291,7 +291,8 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
-    return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes)
+    return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes,
+                      load=args.load)
 
 
 # -- parser -----------------------------------------------------------------------
@@ -350,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=20)
     b.add_argument("--json", action="store_true")
     b.add_argument("--yes", action="store_true", help="agree to freeze / if it is selected")
+    b.add_argument("--load", choices=("none", "light", "streaming"), default="none",
+                   help="write meanwhile on each filesystem (streaming: a 256 MiB rewrite, "
+                        "light: 8 MiB) and report the worst write() a 1 ms probe saw")
     return p
 
 

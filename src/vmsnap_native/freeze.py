@@ -35,6 +35,16 @@ _REPLY_MARGIN_S = 10.0
 # snapshot needs and keeps CLOCK_MONOTONIC nanoseconds far from overflowing.
 MAX_TIMEOUT_S = 30 * 24 * 3600
 DEFAULT_PRESYNC_BOUND_S = 30.0
+# How each level's freezes start (enum vmsnap_schedule): "jit" starts those
+# the presync found quick only once the slow ones are frozen (bench/busy.py).
+SCHEDULES = ("jit", "parallel")
+DEFAULT_SCHEDULE = "jit"
+# During the presync each device's dirty data is capped at this (MiB; 0: no
+# cap), so that a streaming writer leaves the freeze little to flush
+# (csrc/dirtycap.c).  Not a few MiB: the kernel rounds it to a ratio, and 0
+# makes every writer of the device sleep in 200 ms steps.
+DEFAULT_DIRTY_CAP_MB = 64
+MIN_DIRTY_CAP_MB = 16
 # What the states of enum vmsnap_fs_state say, defined once here:
 # the session froze it (it thaws it):
 FROZE = frozenset({"frozen", "thawing", "thawed", "thaw-failed", "not-frozen"})
@@ -129,6 +139,9 @@ class MountResult:
     sync_errno: int = 0           # ENOSYS: no syncfs here, the presync was skipped
     freeze_ms: float | None = None
     thaw_ms: float | None = None
+    # what its writers felt: its FIFREEZE issued -> its FITHAW returned
+    blocked_ms: float | None = None
+    late: bool = False            # just in time: its freeze started after the slow ones
 
     @property
     def frozen(self) -> bool:
@@ -139,7 +152,9 @@ class MountResult:
         return {
             "mountpoint": self.mountpoint, "fstype": self.fstype, "device": self.device,
             "frozen": self.frozen, "state": self.state, "freeze_ms": self.freeze_ms,
-            "thaw_ms": self.thaw_ms, "sync_ms": self.sync_ms, "error": self.error,
+            "thaw_ms": self.thaw_ms, "sync_ms": self.sync_ms, "blocked_ms": self.blocked_ms,
+            "late": self.late,
+            "error": self.error,
         }
 
 
@@ -235,8 +250,16 @@ class FreezeSession:
 
     def __init__(self, mountpoints, timeout: float, presync: bool = True,
                  sequential: bool = False, expedite_rcu: bool = True,
-                 presync_timeout: float | None = None):
+                 presync_timeout: float | None = None, schedule: str = DEFAULT_SCHEDULE,
+                 dirty_cap_mb: int = DEFAULT_DIRTY_CAP_MB):
         self.timeout = _seconds("timeout", timeout)
+        if schedule not in SCHEDULES:
+            raise ValueError("schedule must be one of %s, not %r" % (", ".join(SCHEDULES), schedule))
+        self.schedule = schedule
+        if dirty_cap_mb and not MIN_DIRTY_CAP_MB <= int(dirty_cap_mb) <= 1 << 20:
+            raise ValueError("dirty_cap_mb must be 0 (no cap) or %d..%d MiB, not %r"
+                             % (MIN_DIRTY_CAP_MB, 1 << 20, dirty_cap_mb))
+        self.dirty_cap_mb = int(dirty_cap_mb or 0)
         if presync_timeout is None:
             presync_timeout = min(self.timeout, DEFAULT_PRESYNC_BOUND_S)
         self.presync_timeout = _seconds("presync_timeout", presync_timeout)
@@ -333,6 +356,9 @@ class FreezeSession:
         record_fd, self.record_path, self.record_live = self._open_record()
         init.record_live = 1 if self.record_live else 0
         init.expedite_rcu = 1 if self.expedite_rcu else 0
+        init.schedule = lib.VMSNAP_SCHEDULE_JIT if self.schedule == "jit" else \
+            lib.VMSNAP_SCHEDULE_PARALLEL
+        init.dirty_cap_mb = self.dirty_cap_mb
         ret = ffi.new("struct vmsnap_session **")
         try:
             r = lib.vmsnap_session_start(init, ffi.new("int32_t[]", self._fds), record_fd,
@@ -458,6 +484,8 @@ class FreezeSession:
             m.sync_errno = e.sync_errno
             m.freeze_ms = _ms(e.freeze_start_ns, e.freeze_end_ns)
             m.thaw_ms = _ms(e.thaw_start_ns, e.thaw_end_ns)
+            m.blocked_ms = _ms(e.freeze_start_ns, e.thaw_end_ns)
+            m.late = bool(e.late)
             err = e.freeze_errno or e.thaw_errno
             m.errno = err
             m.error = _mount_error(m.state, err)
@@ -528,7 +556,9 @@ def _mount_error(state: str, err: int):
 
 def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
                        sequential: bool = False, expedite_rcu: bool = True,
-                       presync_timeout: float | None = None) -> FreezeSession:
+                       presync_timeout: float | None = None,
+                       schedule: str = DEFAULT_SCHEDULE,
+                       dirty_cap_mb: int = DEFAULT_DIRTY_CAP_MB) -> FreezeSession:
     """Returns a FreezeSession for MOUNTPOINTS; entering it freezes, leaving it thaws.
 
     The guardian thaws TIMEOUT seconds after the first FIFREEZE whatever
@@ -539,10 +569,18 @@ def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
     filesystem at a time (for comparisons).  expedite_rcu=True (the default)
     switches /sys/kernel/rcu_expedited on for the few milliseconds of the
     freeze waves and back: each FIFREEZE waits for RCU grace periods, ~20 ms
-    each otherwise.
+    each otherwise.  schedule="jit" (the default) starts, within a level,
+    the freezes the presync found quick only once the slow ones are frozen,
+    so a quiet filesystem is not blocked while a busy neighbour flushes;
+    "parallel" starts a whole level at once.  Either way every FIFREEZE has
+    returned before the freeze is reported done.  dirty_cap_mb caps each
+    device's dirty data during the presync (strict_limit and max_bytes under
+    /sys/class/bdi, put back as soon as its freeze returns, by whoever thaws
+    if the guardian dies); 0 leaves the devices alone.
     """
     return FreezeSession(mountpoints, timeout, presync=presync, sequential=sequential,
-                         expedite_rcu=expedite_rcu, presync_timeout=presync_timeout)
+                         expedite_rcu=expedite_rcu, presync_timeout=presync_timeout,
+                         schedule=schedule, dirty_cap_mb=dirty_cap_mb)
 
 
 # -- crash records ------------------------------------------------------------

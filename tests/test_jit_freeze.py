@@ -1,0 +1,312 @@
+"""Just-in-time freezing (issue 13): within a level the filesystems with
+much to flush start first and the quiet ones once those are frozen; levels
+still go children first; everything is frozen when freeze() returns; each
+filesystem's blocked time is reported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import vmsnap_native as vmsnap
+
+from .conftest import frozen_state, root_only
+
+pytestmark = root_only
+
+# Rewrites a 96 MiB file in 1 MiB writes until killed: its presync (and
+# freeze) must flush what it re-dirties meanwhile.
+STREAM = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+block = b"s" * (1 << 20)
+i = 0
+while True:
+    os.pwrite(fd, block, (i % 96) << 20)
+    i += 1
+"""
+
+
+class Streaming:
+    def __init__(self, mountpoint):
+        self.proc = subprocess.Popen([sys.executable, "-c", STREAM, os.path.join(mountpoint, "s")],
+                                     start_new_session=True)
+        time.sleep(1.0)   # the file exists and is dirty
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def entries(s):
+    """mountpoint -> its entry in the shared block (absolute times)."""
+    return {s.targets[i].mount.mountpoint: s._shared.fs[i] for i in range(len(s.targets))}
+
+
+def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
+    busy, quiet1, quiet2 = loopfs.make(3, size_mb=256)
+    w = Streaming(busy)
+    try:
+        s = vmsnap.freeze_filesystems([busy, quiet1, quiet2], timeout=30, schedule="jit")
+        s.freeze()
+        returned = time.monotonic_ns()
+        try:
+            by = entries(s)
+            # everything is frozen at the instant the snapshot may start
+            assert s.all_frozen, s.failures
+            for m in (busy, quiet1, quiet2):
+                assert by[m].freeze_end_ns <= returned
+                assert frozen_state(m), "%s not frozen when freeze() returned" % m
+            late = {m.mountpoint: m.late for m in s.mounts}
+            assert late == {busy: False, quiet1: True, quiet2: True}
+            for q in (quiet1, quiet2):
+                assert by[q].freeze_start_ns >= by[busy].freeze_end_ns
+        finally:
+            s.thaw()
+    finally:
+        w.stop()
+    res = {m.mountpoint: m for m in s.mounts}
+    assert all(m.state == "thawed" for m in res.values())
+    for m in res.values():
+        d = m.to_dict()
+        assert d["blocked_ms"] == m.blocked_ms and m.blocked_ms is not None
+        assert m.freeze_ms <= m.blocked_ms <= s.window_ms + 0.001
+    # the quiet ones were not blocked while their neighbour flushed
+    assert res[quiet1].blocked_ms < res[busy].blocked_ms
+    assert res[quiet2].blocked_ms < res[busy].blocked_ms
+
+
+def test_children_still_before_parents_with_late_children(loopfs):
+    busy, = loopfs.make(1, size_mb=256)
+    outer, = loopfs.make(1, size_mb=96)
+    inner, = loopfs.make(1, parent=outer)   # level 0, quiet: late
+    w = Streaming(busy)
+    try:
+        with vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit") as s:
+            by = entries(s)
+            res = {m.mountpoint: m for m in s.mounts}
+            assert res[inner].level == res[busy].level < res[outer].level
+            assert res[inner].late and not res[busy].late
+            assert s.all_frozen, s.failures
+            # the parent's freeze starts only after every child's has returned
+            assert by[outer].freeze_start_ns >= by[inner].freeze_end_ns
+            assert by[outer].freeze_start_ns >= by[busy].freeze_end_ns
+    finally:
+        w.stop()
+    assert all(m.state == "thawed" for m in s.mounts)
+
+
+def test_parallel_schedule_starts_a_level_at_once(loopfs):
+    busy, quiet = loopfs.make(2, size_mb=256)
+    w = Streaming(busy)
+    try:
+        with vmsnap.freeze_filesystems([busy, quiet], timeout=30, schedule="parallel") as s:
+            by = entries(s)
+            assert not any(m.late for m in s.mounts)
+            # the quiet one starts with the busy one, not after it
+            assert by[quiet].freeze_start_ns < by[busy].freeze_end_ns
+    finally:
+        w.stop()
+
+
+def test_idle_filesystems_all_start_together(loopfs):
+    mounts = loopfs.make(3)
+    with vmsnap.freeze_filesystems(mounts, timeout=10) as s:
+        assert s.all_frozen and not any(m.late for m in s.mounts)
+
+
+def test_unknown_schedule_is_refused_with_the_choices(loopfs):
+    (m,) = loopfs.make(1)
+    with pytest.raises(ValueError, match="jit, parallel.*'fast'"):
+        vmsnap.freeze_filesystems([m], timeout=10, schedule="fast")
+
+
+# -- `vmsnap bench --load` and its progress ---------------------------------------
+
+def test_bench_under_load_reports_worst_writes_and_cleans_up(loopfs):
+    import json as json_mod
+
+    from .helpers import vmsnap as run_cli
+    a, b = loopfs.make(2)
+    p = run_cli("bench", "--mount", a, "--mount", b, "--rounds", "2", "--load", "light", "--json")
+    assert p.returncode == 0, p.stderr
+    report = json_mod.loads(p.stdout)
+    assert report["load"] == "light"
+    for k in ("sequential", "parallel", "jit"):
+        assert report["window_ms"][k]["n"] == 2
+        assert report["worst_write_ms"][k]["n"] == 2 and report["worst_write_ms"][k]["max"] > 0
+    assert "round 1 of" not in p.stderr   # --json: no progress
+    # the writers and probes are gone, and so are their files
+    for m in (a, b):
+        assert not [f for f in os.listdir(m) if f.startswith(".vmsnap-bench")]
+    left = subprocess.run(["pgrep", "-f", "vmsnap-bench-load"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_bench_shows_rounds_done_on_a_terminal(loopfs):
+    (m,) = loopfs.make(1)
+    cmd = "%s -m vmsnap_native bench --mount %s --rounds 3" % (sys.executable, m)
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout
+    assert "round 3 of 3" in p.stdout and "load: none" in p.stdout
+
+
+def test_bench_refuses_an_unknown_load(loopfs):
+    from .helpers import vmsnap as run_cli
+    (m,) = loopfs.make(1)
+    p = run_cli("bench", "--mount", m, "--rounds", "1", "--load", "heavy")
+    assert p.returncode == 2 and "streaming" in p.stderr
+
+
+# -- the dirty cap during the presync: applied, and always put back ---------------
+
+def bdi_of(mountpoint):
+    dev = os.stat(mountpoint).st_dev
+    return "/sys/class/bdi/%d:%d" % (os.major(dev), os.minor(dev))
+
+
+def bdi_values(mountpoint):
+    b = bdi_of(mountpoint)
+    with open(b + "/strict_limit") as f1, open(b + "/max_ratio_fine") as f2:
+        return int(f1.read()), int(f2.read())
+
+
+class CapWatch:
+    """Polls a device's strict_limit every ms; `seen` once the cap was on."""
+
+    def __init__(self, mountpoint):
+        import threading
+        self.mountpoint, self.seen, self.done = mountpoint, threading.Event(), False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done:
+            if bdi_values(self.mountpoint)[0] == 1:
+                self.seen.set()
+            time.sleep(0.001)
+
+    def stop(self):
+        self.done = True
+        self.thread.join()
+
+
+def test_dirty_cap_is_on_during_the_presync_and_off_once_frozen(loopfs):
+    busy, quiet = loopfs.make(2, size_mb=256)
+    before = {m: bdi_values(m) for m in (busy, quiet)}
+    assert before[busy][0] == 0, "the loop device already has strict_limit on"
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    try:
+        s = vmsnap.freeze_filesystems([busy, quiet], timeout=30, dirty_cap_mb=64)
+        s.freeze()
+        try:
+            assert s.all_frozen
+            # frozen: the cap has done its work and is already put back
+            assert {m: bdi_values(m) for m in (busy, quiet)} == before
+        finally:
+            s.thaw()
+    finally:
+        watch.stop()
+        w.stop()
+    assert watch.seen.is_set(), "the cap was never on"
+
+
+def test_no_cap_leaves_the_devices_alone(loopfs):
+    busy, = loopfs.make(1, size_mb=256)
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    try:
+        with vmsnap.freeze_filesystems([busy], timeout=30, dirty_cap_mb=0) as s:
+            assert s.all_frozen
+    finally:
+        watch.stop()
+        w.stop()
+    assert not watch.seen.is_set()
+
+
+def test_dirty_cap_put_back_when_the_guardian_is_killed_under_it(loopfs):
+    import threading
+    busy, = loopfs.make(1, size_mb=256)
+    before = bdi_values(busy)
+    assert before[0] == 0, "the loop device already has strict_limit on"
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    outcome = []
+    try:
+        s = vmsnap.freeze_filesystems([busy], timeout=30, dirty_cap_mb=64)
+        s.start()
+
+        def freeze():
+            try:
+                s.freeze()
+                outcome.append("returned")
+            except vmsnap.FreezeError as exc:
+                outcome.append(str(exc))
+        t = threading.Thread(target=freeze)
+        t.start()
+        assert watch.seen.wait(10), "the cap never came on"
+        os.kill(s.guardian_pid, signal.SIGKILL)   # in the presync, cap on
+        t.join(30)
+        s.thaw()
+    finally:
+        watch.stop()
+        w.stop()
+    assert outcome and "guardian died" in outcome[0]
+    assert bdi_values(busy) == before   # the controller put it back
+    assert not frozen_state(busy)
+
+
+FREEZER = r"""
+import sys, vmsnap_native as v
+s = v.freeze_filesystems(sys.argv[1:], timeout=60, dirty_cap_mb=64)
+s.start()
+print("guardian", s.guardian_pid, flush=True)
+s.freeze()
+print("frozen", flush=True)
+import time; time.sleep(60)
+"""
+
+
+def test_dirty_cap_put_back_by_vmsnap_thaw_after_both_die(loopfs):
+    busy, = loopfs.make(1, size_mb=256)
+    before = bdi_values(busy)
+    assert before[0] == 0, "the loop device already has strict_limit on"
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    ctl = subprocess.Popen([sys.executable, "-c", FREEZER, busy], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        guardian = int(ctl.stdout.readline().split()[1])
+        assert watch.seen.wait(10), "the cap never came on"
+        # both die with the cap on: neither can put it back, only the record says
+        os.kill(guardian, signal.SIGSTOP)
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait()
+        os.kill(guardian, signal.SIGKILL)
+        time.sleep(0.05)
+        assert bdi_values(busy)[0] == 1   # still capped
+        vmsnap.thaw_recorded(force=True)
+    finally:
+        watch.stop()
+        w.stop()
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+    assert bdi_values(busy) == before
+
+
+def test_a_dirty_cap_of_a_few_mib_is_refused(loopfs):
+    (m,) = loopfs.make(1)
+    # the kernel would round it to a ratio of 0: every writer sleeping in 200 ms steps
+    with pytest.raises(ValueError, match="dirty_cap_mb must be 0 .*16"):
+        vmsnap.freeze_filesystems([m], timeout=10, dirty_cap_mb=4)
