@@ -312,3 +312,31 @@ def test_any_bytes_give_a_config_or_a_config_error(data):
     else:
         assert isinstance(cfg, Config) and isinstance(cfg.pre_script, str)
         assert 0 < cfg.timeout <= 2592000 and 0 <= cfg.pre_retries <= 1000
+
+
+@pytest.mark.parametrize("value, ok", [(0, True), (16, True), (64, True), (8, False), (-1, False),
+                                       (True, False), ("64", False), (1 << 21, False)])
+def test_presync_dirty_cap_field(value, ok):
+    """presyncDirtyCapMiB: 0 turns the cap off; a few MiB would throttle writers to a crawl."""
+    data = {"preScriptLocation": "/a", "postScriptLocation": "/b", "presyncDirtyCapMiB": value}
+    if ok:
+        assert parse_config(json.dumps(data).encode(), "c.json").dirty_cap_mib == value
+    else:
+        with pytest.raises(ConfigError, match="presyncDirtyCapMiB.*from 16"):
+            parse_config(json.dumps(data).encode(), "c.json")
+
+
+def test_presync_dirty_cap_reaches_the_freeze(tmp_path, monkeypatch):
+    """The run hands the configured cap to its freeze session."""
+    seen = {}
+
+    def spy(*args, **kw):
+        seen["cap"] = kw.get("dirty_cap_mb")
+        raise OSError(2, "stop here", "/nowhere")
+
+    monkeypatch.setattr(cycle, "FreezeSession", spy)
+    cfg = Config(pre_script=None, dirty_cap_mib=0)
+    plan = cycle.make_plan(cfg, mounts=["/"])
+    c = cycle.Cycle(plan, None, cycle.Logbook(None))
+    c.run_freeze()   # the spy stops it before anything is opened or frozen
+    assert seen.get("cap") == 0

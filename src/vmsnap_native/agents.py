@@ -550,7 +550,8 @@ class HookCall:
         try:
             session = FreezeSession([m["mountpoint"] for m in selection],
                                     timeout=plan.freeze_timeout,
-                                    expedite_rcu=plan.settings.expedite_rcu)
+                                    expedite_rcu=plan.settings.expedite_rcu,
+                                    dirty_cap_mb=plan.settings.dirty_cap_mib)
             session.freeze()
         except (OSError, FreezeError) as exc:
             res.add_error(Error.of("FsFreezeFailed", str(exc)))

@@ -236,7 +236,9 @@ def cmd_freeze(args) -> int:
             problem = _output_on(plan.selection.eligible)
             if problem:
                 raise FreezeError(problem)
-            s = FreezeSession(plan.selection.eligible, timeout=args.timeout)
+            s = FreezeSession(plan.selection.eligible, timeout=args.timeout,
+                              expedite_rcu=plan.settings.expedite_rcu,
+                              dirty_cap_mb=plan.settings.dirty_cap_mib)
             s.freeze()
             report["mounts"] = [m.to_dict() for m in s.mounts]
             if not s.all_frozen:

@@ -29,6 +29,10 @@ DEFAULT_HOOKS_DIRECTORY = "/etc/vmsnap/hooks.d"
 MAX_CONFIG_BYTES = 1024 * 1024
 # Bounds that keep every deadline computable (a 1e10 s timeout overflows the core's ns clock).
 MAX_SECONDS = 30 * 24 * 3600
+# the presync's per-device dirty cap (presyncDirtyCapMiB), in MiB
+DEFAULT_DIRTY_CAP_MIB = 64
+MIN_DIRTY_CAP_MIB = 16
+MAX_DIRTY_CAP_MIB = 1 << 20
 MAX_RETRIES = 1000
 # Azure's PluginHost caps each script's timeout here (VMSnapshotPluginHost.conf, documented).
 AZURE_TIMEOUT_CAP = 1800
@@ -73,6 +77,7 @@ class Config:
     hooks_directory: str = DEFAULT_HOOKS_DIRECTORY
     expedite_rcu: bool = True
     metrics_file: str | None = None   # Prometheus textfile written after each run
+    dirty_cap_mib: int = DEFAULT_DIRTY_CAP_MIB   # per-device dirty limit in the presync; 0: none
     warnings: list = field(default_factory=list)
     azure_differences: list = field(default_factory=list)
 
@@ -268,6 +273,16 @@ def _azure_seconds(v, name, found):
     return value
 
 
+def _dirty_cap(v, name, found):
+    # the kernel pauses any write of a capped device for up to 200 ms: a cap of a
+    # few MiB throttles writers to a crawl, hence the floor
+    if isinstance(v, bool) or not isinstance(v, int) or not (
+            v == 0 or MIN_DIRTY_CAP_MIB <= v <= MAX_DIRTY_CAP_MIB):
+        raise _Bad("0 (no cap) or an integer from %d to %d (MiB)"
+                   % (MIN_DIRTY_CAP_MIB, MAX_DIRTY_CAP_MIB))
+    return v
+
+
 def _freeze_seconds(v, name, found):
     return _seconds(v, name, found, azure=False)
 
@@ -291,6 +306,7 @@ FIELDS = {
     "hooksDirectory": ("hooks_directory", _full_path, False),
     "expediteRcu": ("expedite_rcu", _vmsnap_boolean, False),
     "metricsFile": ("metrics_file", _full_path, False),
+    "presyncDirtyCapMiB": ("dirty_cap_mib", _dirty_cap, False),
 }
 
 # Fields Azure reads that vmsnap has no use for, and why.
@@ -311,6 +327,7 @@ VMSNAP_ONLY_FIELDS = {
     "hooksDirectory": "it has no hooks",
     "expediteRcu": "it does not speed up the freeze",
     "metricsFile": "it writes no metrics",
+    "presyncDirtyCapMiB": "it flushes without a cap",
 }
 
 

@@ -218,7 +218,8 @@ class Cycle:
             return
         try:
             self.session = FreezeSession(plan.selection.eligible, timeout=plan.freeze_timeout,
-                                         expedite_rcu=plan.settings.expedite_rcu)
+                                         expedite_rcu=plan.settings.expedite_rcu,
+                                         dirty_cap_mb=plan.settings.dirty_cap_mib)
             self.session.start()
         except OSError as exc:
             self.session = None

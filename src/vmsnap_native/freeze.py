@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from . import mountinfo
 from ._core import core
+from .config import DEFAULT_DIRTY_CAP_MIB, MIN_DIRTY_CAP_MIB
 from .errors import BusyError, FreezeError
 
 RUNTIME_DIR_ENV = "VMSNAP_RUNTIME_DIR"
@@ -43,8 +44,8 @@ DEFAULT_SCHEDULE = "jit"
 # cap), so that a streaming writer leaves the freeze little to flush
 # (csrc/dirtycap.c).  Not a few MiB: the kernel rounds it to a ratio, and 0
 # makes every writer of the device sleep in 200 ms steps.
-DEFAULT_DIRTY_CAP_MB = 64
-MIN_DIRTY_CAP_MB = 16
+DEFAULT_DIRTY_CAP_MB = DEFAULT_DIRTY_CAP_MIB
+MIN_DIRTY_CAP_MB = MIN_DIRTY_CAP_MIB
 # What the states of enum vmsnap_fs_state say, defined once here:
 # the session froze it (it thaws it):
 FROZE = frozenset({"frozen", "thawing", "thawed", "thaw-failed", "not-frozen"})
