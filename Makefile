@@ -67,7 +67,8 @@ wheel: build ## manylinux wheels: native (suite run against the install) and ARC
 demo: build ## the built-in demonstration on a sandbox filesystem (root)
 	$(VENV)/bin/vmsnap demo
 
-bench: build ## benchmarks against the alternatives (root; writes bench/results.json)
+bench: build ## benchmarks against the alternatives (root; writes bench/results.json and bench/busy.png)
+	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/run_all.py
 
 lint: build ## static checks: ruff and a warnings-as-errors C build
