@@ -310,6 +310,12 @@ class Cycle:
         fr.mounts = [m.to_dict() for m in s.mounts]
         if self.out.freeze == decide.FROZEN and s.deadline_hit and not self.out.thawed_early:
             self.out.thawed_early = decide.DEADLINE   # the guardian's thaw won the race
+        if self.out.freeze == decide.FROZEN and not self.out.thawed_early:
+            # an outside FITHAW (`fsfreeze -u`) leaves no trace but our thaw's EINVAL
+            outside = [m.mountpoint for m in s.mounts if m.state == "not-frozen" and m.frozen]
+            if outside:
+                self.out.thawed_early = ("%s thawed from outside (not frozen any more when "
+                                         "vmsnap thawed: `fsfreeze -u`?)" % ", ".join(outside))
         fr.thawed_early = self.out.thawed_early
         for e in decide.window_errors(self.out, self.settings):
             if e is not self.out.snapshot_error:   # that one was logged as it happened
