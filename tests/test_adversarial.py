@@ -6,8 +6,12 @@ proves an attack refused."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 
-from .conftest import frozen_state, root_only
+import pytest
+
+from .conftest import frozen_state, root_only, thawed_soon
 from .helpers import codes, run_json, setup_scripts
 
 pytestmark = root_only
@@ -28,3 +32,114 @@ def test_fsfreeze_u_from_outside_during_the_snapshot_is_124(tmp_path, loopfs):
     assert m in res["errors"][0]["message"]
     assert (tmp_path / "post-ran").exists()
     assert not frozen_state(m)
+
+
+# -- (b) nothing left frozen or running ------------------------------------------------
+
+def _pids_with(tag):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if f.read().split(b"\0")[0].startswith(tag.encode()):
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def _gone_soon(tag, timeout=15.0):
+    end = time.monotonic() + timeout
+    while _pids_with(tag):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("containment", ["cgroup", "subreaper"])
+def test_sigkill_of_vmsnap_kills_a_setsid_step_child_that_ignores_sigterm(tmp_path, loopfs,
+                                                                         containment):
+    """vmsnap is SIGKILLed while the snapshot step has a setsid() child that
+    ignores SIGTERM: the filesystem is thawed, the post-script runs, and no
+    process of the step survives."""
+    from .test_signals import start_run, wait_for
+    (m,) = loopfs.make(1)
+    tag = "rv-step-%d-%s" % (os.getpid(), containment)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
+    step = ("trap '' TERM; setsid bash -c \"trap '' TERM; exec -a %s sleep 300\" & "
+            "touch %s; exec -a %s-2 sleep 301" % (tag, tmp_path / "snap", tag))
+    env_key = "VMSNAP_COMPAT_DISABLE"
+    old = os.environ.get(env_key)
+    os.environ[env_key] = "cgroup" if containment == "subreaper" else ""
+    try:
+        proc = start_run(tmp_path, cfg, [m], snapshot=["bash", "-c", step],
+                         extra=["--freeze-timeout", "30"])
+    finally:
+        if old is None:
+            del os.environ[env_key]
+        else:
+            os.environ[env_key] = old
+    try:
+        wait_for(tmp_path / "snap")
+        time.sleep(0.3)
+        assert len(_pids_with(tag)) == 2
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert thawed_soon([m], timeout=10)
+        wait_for(tmp_path / "post-ran", timeout=30)
+        assert _gone_soon(tag), "step processes survived: %s" % _pids_with(tag)
+    finally:
+        for pid in _pids_with(tag):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- (a) root writes only where root decided ---------------------------------------
+
+def as_nobody(*argv):
+    """Runs ARGV as the unprivileged user nobody."""
+    import subprocess
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                   check=True)
+
+
+@pytest.fixture
+def arena():
+    """A root-owned 755 directory under /tmp, which nobody can reach
+    (pytest's own base directory is 0700)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    d = Path(tempfile.mkdtemp(prefix="vmsnap-review-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "users-file"])
+def test_what_a_user_plants_at_the_log_file_path_is_not_written(tmp_path, loopfs, arena,
+                                                                 planted):
+    """The log file sits in a sticky directory (/tmp-like): a user plants a
+    symlink to a root file, a FIFO (root's open would block) or a file of
+    their own (they would read the scripts' output) at its name; root writes
+    to none of them (fs.protected_* sysctls are not relied on)."""
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    sticky = arena / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    victim = tmp_path / "etc" / "victim"
+    victim.write_text("root's file\n")
+    os.chmod(victim, 0o600)
+    log = sticky / "vmsnap.log"
+    as_nobody(*{"symlink": ["ln", "-s", str(victim), str(log)],
+                "fifo": ["mkfifo", str(log)],
+                "users-file": ["touch", str(log)]}[planted])
+    rc, res, p = run_json(tmp_path, cfg, [m], extra=["--log-file", str(log)], timeout=60)
+    assert victim.read_text() == "root's file\n"
+    if planted == "users-file":
+        assert log.read_text() == ""
+    assert rc == 0 and any(str(log) in w for w in res["warnings"]), res
