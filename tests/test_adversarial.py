@@ -143,3 +143,25 @@ def test_what_a_user_plants_at_the_log_file_path_is_not_written(tmp_path, loopfs
     if planted == "users-file":
         assert log.read_text() == ""
     assert rc == 0 and any(str(log) in w for w in res["warnings"]), res
+
+
+def test_a_user_cannot_add_a_hook_to_a_sticky_hooks_directory(tmp_path, loopfs, arena):
+    """What is in the hooks directory decides what runs, so a sticky 1777
+    one is not root-controlled: a user moves a root-owned 700 file (left in
+    their directory) into it, and root would run it as a hook."""
+    from .helpers import write_script
+    (m,) = loopfs.make(1)
+    hooks_dir = arena / "hooks"
+    hooks_dir.mkdir()
+    os.chmod(hooks_dir, 0o1777)
+    theirs = arena / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    marker = arena / "pwned"
+    write_script(theirs / "roots-file", "touch %s" % marker)   # root-owned, 700
+    as_nobody("mv", str(theirs / "roots-file"), str(hooks_dir / "10-evil"))
+    cfg = setup_scripts(tmp_path, hooksDirectory=str(hooks_dir))
+    rc, res, p = run_json(tmp_path, cfg, [m])
+    assert not marker.exists(), "root ran a hook a user put there"
+    assert "InsufficientPermissionforPre-Script" in codes(res), res["errors"]
+    assert str(hooks_dir) in res["errors"][0]["message"]

@@ -41,8 +41,8 @@ def _config(path: str):
 
 
 def _run(log: Logbook, path: str, role: str, params, retries: int, timeout: float,
-         name: str) -> bool:
-    chk = policy.check_script(path, role)
+         name: str, check=policy.check_script) -> bool:
+    chk = check(path, role)
     if not chk.ok:
         log.error("resume: %s not run: %s (%s)", name, chk.problem.message, chk.problem.code)
         return False
@@ -63,7 +63,8 @@ def resume(config: str, post: bool, hook_paths, log: Logbook) -> bool:
     ok = True
     for path in reversed(hook_paths):
         name = "hook %s thaw" % os.path.basename(path)
-        ok = _run(log, path, "post", ["thaw"], cfg.post_retries, cfg.timeout, name) and ok
+        ok = _run(log, path, "post", ["thaw"], cfg.post_retries, cfg.timeout, name,
+                  policy.check_hook) and ok
     if post:
         ok = _run(log, cfg.post_script or "", "post", cfg.post_params, cfg.post_retries,
                   cfg.timeout, "post-script") and ok

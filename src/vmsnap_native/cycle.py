@@ -189,7 +189,7 @@ class Cycle:
         if action == "freeze":
             todo = [(h, chk) for h, chk in self.plan.hook_checks()]
         else:
-            todo = [(h, policy.check_script(h.path, "post")) for h in reversed(self.hooks_started)]
+            todo = [(h, policy.check_hook(h.path, "post")) for h in reversed(self.hooks_started)]
         if not todo:
             return
         t = time.monotonic_ns()

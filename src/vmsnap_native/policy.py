@@ -360,3 +360,22 @@ def check_script(path: str, role: str) -> ScriptCheck:
     if chk.problem:
         chk.resolved, chk.argv_prefix, chk.hint, chk.check_problems = None, (), None, []
     return chk
+
+
+def check_hook(path: str, role: str) -> ScriptCheck:
+    """check_script for a hook, whose directory must be writable by root
+    alone: what it holds decides what runs, and in a sticky directory anyone
+    can add an entry (a root-owned file moved out of their own directory)."""
+    directory = os.path.dirname(path)
+    try:
+        _, st = resolve_checked(directory)
+        why = _unsafe_dir(st, sticky_ok=False) if stat.S_ISDIR(st.st_mode) else None
+    except (Unsafe, OSError):
+        why = None   # check_script names the path's problem
+    if why is None:
+        return check_script(path, role)
+    chk = ScriptCheck(path=path, role=role)
+    chk.problem = Problem("InsufficientPermissionfor%s-Script" % _tag(role),
+                          "hooks directory %s is %s: anyone could add a hook (chmod 755)"
+                          % (directory, why))
+    return chk
