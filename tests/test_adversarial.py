@@ -165,3 +165,32 @@ def test_a_user_cannot_add_a_hook_to_a_sticky_hooks_directory(tmp_path, loopfs, 
     assert not marker.exists(), "root ran a hook a user put there"
     assert "InsufficientPermissionforPre-Script" in codes(res), res["errors"]
     assert str(hooks_dir) in res["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("split", ['"{p}"', "'{p}'", "{h}${{X}}{t}", "{p}\\_arg"])
+def test_env_split_string_with_quotes_or_escapes_is_followed_or_refused(tmp_path, monkeypatch,
+                                                                      split):
+    """`#!/usr/bin/env -S "prog"`: env unquotes (and expands ${X}, and reads
+    \\_ as a space) before it searches PATH; a check that takes the word
+    literally finds nothing, only hints, and root runs whatever env finds,
+    here a program a user owns in a root-owned PATH directory."""
+    import shutil
+    from vmsnap_native import policy
+    from vmsnap_native.process import clean_environment, run_process
+    from .helpers import write_script
+    bindir, scripts = tmp_path / "bin", tmp_path / "scripts"
+    for d in (bindir, scripts):
+        d.mkdir()
+        os.chmod(d, 0o755)
+    monkeypatch.setattr(policy, "STANDARD_PATH", (str(bindir),) + policy.STANDARD_PATH)
+    marker = tmp_path / "pwned"
+    prog = write_script(bindir / "vmsnap-rv-prog", "touch %s" % marker, mode=0o755)
+    os.chown(prog, 65534, 65534)   # a user's program in a root-owned directory
+    name = os.path.basename(prog)
+    line = "#!%s -S %s" % (shutil.which("env", path="/usr/bin:/bin"),
+                           split.format(p=name, h=name[:4], t=name[4:]))
+    chk = policy.check_script(write_script(scripts / "pre.sh", "exit 0", shebang=line), "pre")
+    if chk.ok:
+        run_process(list(chk.argv_prefix), timeout=30, env=clean_environment())
+    assert not marker.exists(), "root ran a user's program: %s" % line
+    assert chk.problem and chk.problem.code == "InsufficientPermissionforPre-Script"

@@ -240,8 +240,12 @@ def _env_command(env_arg: str | None, who: str) -> str | None:
     """The program `#!/usr/bin/env ENV_ARG` runs (None: env alone runs nothing)."""
     if env_arg is None:
         return None
-    words = env_arg[2:].split() if env_arg.startswith("-S") else [env_arg]
-    if not words or words[0].startswith("-") or "=" in words[0]:
+    split = env_arg.startswith("-S")
+    words = env_arg[2:].split() if split else [env_arg]
+    # env -S unquotes, unescapes (\_ is a space) and expands ${VAR} before it
+    # searches PATH: a word with that syntax is not the name it will search
+    if not words or words[0].startswith("-") or "=" in words[0] or (
+            split and any(c in words[0] for c in "\"'\\$")):
         raise Unsafe("%s: cannot tell which program `env %s` runs; name the interpreter "
                      "by its full path" % (who, env_arg))
     return words[0]
