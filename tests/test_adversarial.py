@@ -194,3 +194,18 @@ def test_env_split_string_with_quotes_or_escapes_is_followed_or_refused(tmp_path
         run_process(list(chk.argv_prefix), timeout=30, env=clean_environment())
     assert not marker.exists(), "root ran a user's program: %s" % line
     assert chk.problem and chk.problem.code == "InsufficientPermissionforPre-Script"
+
+
+def test_a_post_script_that_reports_the_quiesce_lost_is_not_retried_into_a_pass(tmp_path,
+                                                                              loopfs):
+    """The MariaDB example's post.sh exits 10 when the lock session died
+    (and cleans up); a retry then finds no session and exits 1.  With
+    postScriptNoOfRetries the last attempt used to decide: 'application'."""
+    (m,) = loopfs.make(1)
+    count = tmp_path / "attempts"
+    post = ('echo x >> %s; [ "$(wc -l < %s)" -eq 1 ] && exit 10; exit 1' % (count, count))
+    cfg = setup_scripts(tmp_path, post=post, postScriptNoOfRetries=2)
+    rc, res, p = run_json(tmp_path, cfg, [m])
+    assert res["consistency"] == "filesystem", res
+    assert any("quiesce was lost" in e["message"] for e in res["errors"]), res["errors"]
+    assert res["post_script"]["exit_code"] == 10
