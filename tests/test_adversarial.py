@@ -209,3 +209,46 @@ def test_a_post_script_that_reports_the_quiesce_lost_is_not_retried_into_a_pass(
     assert res["consistency"] == "filesystem", res
     assert any("quiesce was lost" in e["message"] for e in res["errors"]), res["errors"]
     assert res["post_script"]["exit_code"] == 10
+
+
+def test_a_python_script_in_a_sticky_directory_imports_no_users_module(tmp_path, loopfs,
+                                                                      arena):
+    """Python puts the script's own directory first on sys.path: a root-owned
+    700 script directly in a sticky directory (accepted: nobody can replace
+    it) imports whatever module a user planted beside it."""
+    from .helpers import write_script
+    (m,) = loopfs.make(1)
+    sticky = arena / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    marker = arena / "pwned"
+    pre = write_script(sticky / "pre.py", "import json  # noqa\nprint('good')",
+                       shebang="#!/usr/bin/python3")
+    as_nobody("/usr/bin/python3", "-c", "open(%r, 'w').write(%r)"
+              % (str(sticky / "json.py"), "open(%r, 'w')\n" % str(marker)))
+    cfg = setup_scripts(tmp_path, preScriptLocation=pre)
+    rc, res, p = run_json(tmp_path, cfg, [m])
+    assert not marker.exists(), "root imported a user's module"
+    assert "InsufficientPermissionforPre-Script" in codes(res), res["errors"]
+    assert str(sticky) in res["errors"][0]["message"]
+
+
+def test_an_interpreter_in_a_sticky_directory_is_refused(tmp_path, arena):
+    """An interpreter reads files beside itself (python: pyvenv.cfg, which
+    names its library's home): one directly in a sticky directory is not
+    root-controlled even when its own file is root's."""
+    import shutil
+    from vmsnap_native import policy
+    from .helpers import write_script
+    sticky = arena / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    interp = sticky / "sh"
+    shutil.copy("/bin/sh", interp)
+    os.chmod(interp, 0o755)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    chk = policy.check_script(write_script(safe / "pre.sh", "exit 0", shebang="#!%s" % interp),
+                              "pre")
+    assert chk.problem and chk.problem.code == "InsufficientPermissionforPre-Script"
+    assert "directory %s holding %s" % (sticky, interp) in chk.problem.message

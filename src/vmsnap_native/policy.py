@@ -281,6 +281,9 @@ def _check_program(chk: ScriptCheck, program: str, arg, who: str, nested: int, h
     if st.st_uid != 0 or st.st_mode & 0o022:
         raise Unsafe("%s runs %s: %s, mode %s (must be root-owned, not writable by group or "
                      "others)" % (who, program, _owner(st.st_uid), _mode(st)))
+    beside = _holder_problem(resolved, program)
+    if beside:
+        raise Unsafe("%s runs %s: %s" % (who, program, beside))
     inner = _shebang(first_line)
     if inner:
         if nested >= MAX_NESTED_INTERPRETERS:
@@ -340,6 +343,21 @@ def _not_found(path: str, role: str) -> str | None:
     return None
 
 
+def _holder_problem(resolved: str, what: str) -> str | None:
+    """Why the directory holding RESOLVED (already walked) may not hold what
+    runs: interpreters read files beside it (python's sys.path[0], its
+    pyvenv.cfg, a script's `. "$(dirname "$0")/lib.sh"`), and in a sticky
+    directory anyone can add one."""
+    holder = os.path.dirname(resolved) or "/"
+    _, st = resolve_checked(holder)
+    why = _unsafe_dir(st, sticky_ok=False)
+    if why:
+        return ("directory %s holding %s is %s: anyone could put a file beside it that it "
+                "reads (a module, a library); move it to a directory only root can write"
+                % (holder, what, why))
+    return None
+
+
 def check_script(path: str, role: str) -> ScriptCheck:
     """Checks a configured script; ``problem`` says why it must not run."""
     tag = _tag(role)
@@ -352,7 +370,7 @@ def check_script(path: str, role: str) -> ScriptCheck:
         resolved, st = resolve_checked(path)
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(2, "not a regular file")
-        bad = _script_file_problem(path, st)
+        bad = _script_file_problem(path, st) or _holder_problem(resolved, path)
         if bad:
             raise Unsafe(bad)
         chk.resolved = resolved
