@@ -6,13 +6,21 @@ proves an attack refused."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from vmsnap_native import policy
+from vmsnap_native.process import clean_environment, run_process
+
 from .conftest import frozen_state, root_only, thawed_soon
-from .helpers import codes, run_json, setup_scripts
+from .helpers import codes, run_json, setup_scripts, write_script
+from .test_signals import start_run, wait_for
 
 pytestmark = root_only
 
@@ -64,7 +72,6 @@ def test_sigkill_of_vmsnap_kills_a_setsid_step_child_that_ignores_sigterm(tmp_pa
     """vmsnap is SIGKILLed while the snapshot step has a setsid() child that
     ignores SIGTERM: the filesystem is thawed, the post-script runs, and no
     process of the step survives."""
-    from .test_signals import start_run, wait_for
     (m,) = loopfs.make(1)
     tag = "rv-step-%d-%s" % (os.getpid(), containment)
     cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
@@ -99,7 +106,6 @@ def test_sigkill_of_vmsnap_kills_a_setsid_step_child_that_ignores_sigterm(tmp_pa
 
 def as_nobody(*argv):
     """Runs ARGV as the unprivileged user nobody."""
-    import subprocess
     subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
                    check=True)
 
@@ -108,9 +114,6 @@ def as_nobody(*argv):
 def arena():
     """A root-owned 755 directory under /tmp, which nobody can reach
     (pytest's own base directory is 0700)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
     d = Path(tempfile.mkdtemp(prefix="vmsnap-review-", dir="/tmp"))
     os.chmod(d, 0o755)
     try:
@@ -149,7 +152,6 @@ def test_a_user_cannot_add_a_hook_to_a_sticky_hooks_directory(tmp_path, loopfs, 
     """What is in the hooks directory decides what runs, so a sticky 1777
     one is not root-controlled: a user moves a root-owned 700 file (left in
     their directory) into it, and root would run it as a hook."""
-    from .helpers import write_script
     (m,) = loopfs.make(1)
     hooks_dir = arena / "hooks"
     hooks_dir.mkdir()
@@ -174,10 +176,6 @@ def test_env_split_string_with_quotes_or_escapes_is_followed_or_refused(tmp_path
     \\_ as a space) before it searches PATH; a check that takes the word
     literally finds nothing, only hints, and root runs whatever env finds,
     here a program a user owns in a root-owned PATH directory."""
-    import shutil
-    from vmsnap_native import policy
-    from vmsnap_native.process import clean_environment, run_process
-    from .helpers import write_script
     bindir, scripts = tmp_path / "bin", tmp_path / "scripts"
     for d in (bindir, scripts):
         d.mkdir()
@@ -216,7 +214,6 @@ def test_a_python_script_in_a_sticky_directory_imports_no_users_module(tmp_path,
     """Python puts the script's own directory first on sys.path: a root-owned
     700 script directly in a sticky directory (accepted: nobody can replace
     it) imports whatever module a user planted beside it."""
-    from .helpers import write_script
     (m,) = loopfs.make(1)
     sticky = arena / "sticky"
     sticky.mkdir()
@@ -237,9 +234,6 @@ def test_an_interpreter_in_a_sticky_directory_is_refused(tmp_path, arena):
     """An interpreter reads files beside itself (python: pyvenv.cfg, which
     names its library's home): one directly in a sticky directory is not
     root-controlled even when its own file is root's."""
-    import shutil
-    from vmsnap_native import policy
-    from .helpers import write_script
     sticky = arena / "sticky"
     sticky.mkdir()
     os.chmod(sticky, 0o1777)
