@@ -5,6 +5,7 @@ proves an attack refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -246,3 +247,29 @@ def test_an_interpreter_in_a_sticky_directory_is_refused(tmp_path, arena):
                               "pre")
     assert chk.problem and chk.problem.code == "InsufficientPermissionforPre-Script"
     assert "directory %s holding %s" % (sticky, interp) in chk.problem.message
+
+
+def test_a_killed_runs_resume_never_releases_the_next_runs_quiesce(tmp_path, loopfs):
+    """vmsnap is SIGKILLed mid-snapshot and run again at once (a retry): the
+    first run's resume command (its post-script) must not resume the
+    application in the middle of the second run's snapshot, which would then
+    say application-consistent."""
+    (m,) = loopfs.make(1)
+    paused, events = tmp_path / "app-paused", tmp_path / "events"
+    cfg = setup_scripts(tmp_path, pre="touch %s; echo pre >> %s" % (paused, events),
+                        post="sleep 0.5; rm -f %s; echo post >> %s" % (paused, events))
+    first = start_run(tmp_path, cfg, [m],
+                      snapshot=["sh", "-c", "touch %s; sleep 30" % (tmp_path / "snap1")])
+    wait_for(tmp_path / "snap1")
+    first.kill()
+    first.communicate(timeout=30)
+    check = "sleep 2; [ -e %s ] && echo still-paused || echo resumed-mid-snapshot" % paused
+    second = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", check])
+    out, err = second.communicate(timeout=60)
+    res = json.loads(out)
+    if codes(res) != ["AnotherRunInProgress"]:   # else: the resume held the lock first
+        assert res["snapshot"]["output"] == "still-paused\n", (res, err)
+    end = time.monotonic() + 30   # and the first run's post-script does run
+    while events.read_text().count("post") < (1 if codes(res) else 2):
+        assert time.monotonic() < end, events.read_text()
+        time.sleep(0.1)

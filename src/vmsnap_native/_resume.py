@@ -23,7 +23,8 @@ import sys
 
 from . import policy
 from .config import parse_config, read_config_file
-from .errors import ConfigError
+from .errors import BusyError, ConfigError
+from .lock import RunLock
 from .logbook import Logbook
 from .scripts import run_script
 
@@ -79,9 +80,17 @@ def main(argv=None) -> int:
     p.add_argument("--hook", action="append", default=[])
     args = p.parse_args(argv)
     log = Logbook(args.log_file)
+    # the run lock, as a run holds it: a run started right after the SIGKILL
+    # must not have its quiesce released by this post-script mid-snapshot
+    lock = RunLock()
     try:
+        try:
+            lock.acquire(wait=True)
+        except BusyError as exc:
+            log.error("resume: %s; resuming anyway", exc)
         return 0 if resume(args.config, args.post, args.hook, log) else 1
     finally:
+        lock.release()
         log.close()
 
 

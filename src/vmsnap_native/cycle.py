@@ -32,7 +32,7 @@ from .errors import (
     Error,
     FreezeError,
 )
-from .freeze import FreezeSession, active_records, thaw_recorded
+from .freeze import FreezeSession, active_records, runtime_dir, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
 from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
@@ -150,7 +150,9 @@ class Cycle:
         wait_for = []
         if self.session is not None and self.session.guardian_pid:
             wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
-        env = process.clean_environment({"PYTHONDONTWRITEBYTECODE": "1"})
+        # the runtime directory: the resume takes the run lock there, as a run does
+        env = process.clean_environment({"PYTHONDONTWRITEBYTECODE": "1",
+                                         "VMSNAP_RUNTIME_DIR": runtime_dir()})
         set_resume(argv, env, wait_for=wait_for)
         self.resume_registered = True
 
