@@ -273,3 +273,24 @@ def test_a_killed_runs_resume_never_releases_the_next_runs_quiesce(tmp_path, loo
     while events.read_text().count("post") < (1 if codes(res) else 2):
         assert time.monotonic() < end, events.read_text()
         time.sleep(0.1)
+
+
+def test_the_oom_killer_spares_the_reaper():
+    """The reaper exists for the controller's SIGKILL, and the OOM killer is
+    the usual sender: forked from the controller, the reaper counts as big
+    as it, so it must be exempt (as the guardian is), or the OOM kill that
+    takes the run may take the reaper first and nobody resumes the
+    application."""
+    from vmsnap_native import process
+    probe = subprocess.run(["sh", "-c", "echo -1000 > /proc/self/oom_score_adj"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this host does not let root lower oom_score_adj (a container)")
+    process._ensure_reaper()
+    pid = process.reaper_pid()
+    end = time.monotonic() + 10   # it sets it once it runs
+    while open("/proc/%d/oom_score_adj" % pid).read().strip() != "-1000":
+        assert time.monotonic() < end, "the reaper's oom_score_adj is not -1000"
+        time.sleep(0.02)
+    with open("/proc/%d/oom_score" % pid) as f:
+        assert f.read().strip() == "0"
