@@ -294,3 +294,37 @@ def test_the_oom_killer_spares_the_reaper():
         time.sleep(0.02)
     with open("/proc/%d/oom_score" % pid) as f:
         assert f.read().strip() == "0"
+
+
+@pytest.mark.parametrize("stop", [None, signal.SIGTERM])
+def test_a_stuck_freeze_ends_and_nothing_is_frozen_once_it_lands(tmp_path, loopfs, stop):
+    """The filesystem's image lives on a filesystem someone else froze, so
+    the flush and FIFREEZE hang.  The run ends (at its cap, or at once on
+    SIGTERM) with the post-script run, and when the outer filesystem is
+    thawed later, the late FIFREEZE is not left standing."""
+    from .test_signals import finish
+    from .test_thaw_paths import dirty, fsfreeze
+    (outer,) = loopfs.make(1, size_mb=96)
+    (inner,) = loopfs.make(1, parent=outer)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
+    dirty(inner)
+    assert fsfreeze("-f", outer).returncode == 0
+    try:
+        t0 = time.monotonic()
+        proc = start_run(tmp_path, cfg, [inner], extra=["--freeze-timeout", "3"],
+                         snapshot=["touch", str(tmp_path / "step-ran")])
+        if stop:
+            time.sleep(1.5)
+            t0 = time.monotonic()
+            proc.send_signal(stop)
+        rc, res, err = finish(proc, timeout=90)
+        took = time.monotonic() - t0
+        expected = ["Interrupted"] if stop else ["FsFreezeTimeout"]
+        assert codes(res) == expected and rc != 0, (res["errors"], err)
+        assert took < (15 if stop else 60), took
+        assert (tmp_path / "post-ran").exists()
+    finally:
+        fsfreeze("-u", outer)
+    time.sleep(2)   # the flush and the late FIFREEZE land now
+    assert thawed_soon([inner], timeout=10)
+    assert not frozen_state(inner)
