@@ -204,6 +204,11 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struc
     int *keep[] = {&sock, &ctl_pidfd};
     helper_detach("vmsnap-reaper", keep, 2);
     prctl(PR_SET_DUMPABLE, 0); /* no core dump to a filesystem that may be frozen */
+    /* forked from the controller, we count its resident pages as ours: without
+     * this, the OOM killer that SIGKILLs the controller may take us first */
+    _cleanup_close_ int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0)
+        (void)!write(oom, "-1000", 5);
 
     for (;;) {
         struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = ctl_pidfd, .events = POLLIN}};

@@ -68,6 +68,45 @@ def pytest_unconfigure(config):
         shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 
 
+def _pending_resumes(runtime: str) -> list:
+    """PIDs of this suite's reapers whose controller died (parent not us) and
+    of the resume commands they started: the resume takes the run lock."""
+    mark = b"VMSNAP_RUNTIME_DIR=" + runtime.encode()
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                stat = f.read()
+            with open("/proc/%s/environ" % d, "rb") as f:
+                env = f.read().split(b"\0")
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        if mark not in env or fields[0] in "ZX":
+            continue
+        if b"vmsnap_native._resume" in cmdline or (
+                comm == "vmsnap-reaper" and int(fields[1]) != os.getpid()):
+            out.append(int(d))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _resumes_done_after_the_test():
+    """A run SIGKILLed by a test leaves its resume command to its reaper, and
+    the resume takes the run lock while it runs the post-script: the next
+    test starts once that is over (at most 30 s), not with
+    AnotherRunInProgress."""
+    yield
+    import time
+    runtime = os.environ.get("VMSNAP_RUNTIME_DIR")
+    end = time.monotonic() + 30
+    while runtime and _pending_resumes(runtime) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 class LoopFilesystems(loopfs_mod.LoopFilesystems):
     """The package's helper; a missing mkfs skips the test."""
 

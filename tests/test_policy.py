@@ -71,11 +71,15 @@ def test_directory_owned_by_someone_else_refused(tmp_path):
     assert chk.problem and "owned by uid 65534" in chk.problem.message
 
 
-def test_sticky_world_writable_directory_accepted(tmp_path):
+def test_sticky_world_writable_directory_accepted_on_the_path(tmp_path):
     d = tmp_path / "sticky"
     d.mkdir()
     os.chmod(d, 0o1777)
-    assert policy.check_script(write_script(d / "a", "exit 0"), "pre").ok
+    (d / "app").mkdir(mode=0o755)
+    assert policy.check_script(write_script(d / "app" / "a", "exit 0"), "pre").ok
+    # not as the script's own directory: anyone could add a file it reads (review)
+    chk = policy.check_script(write_script(d / "a", "exit 0"), "pre")
+    assert chk.problem and "directory %s holding" % d in chk.problem.message
 
 
 def test_symlink_to_non_root_file_refused(safe_dir, tmp_path):

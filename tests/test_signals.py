@@ -267,7 +267,10 @@ def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, l
     proc.communicate(timeout=30)
     assert thawed_soon([m], timeout=10)
     wait_for(tmp_path / "post-ran", timeout=30)
-    assert "resume: post-script done" in (tmp_path / "vmsnap.log").read_text()
+    end = time.monotonic() + 30   # the line comes once the post-script has returned
+    while "resume: post-script done" not in (tmp_path / "vmsnap.log").read_text():
+        assert time.monotonic() < end, (tmp_path / "vmsnap.log").read_text()
+        time.sleep(0.05)
 
 
 def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, monkeypatch):

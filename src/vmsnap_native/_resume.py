@@ -23,7 +23,8 @@ import sys
 
 from . import policy
 from .config import parse_config, read_config_file
-from .errors import ConfigError
+from .errors import BusyError, ConfigError
+from .lock import RunLock
 from .logbook import Logbook
 from .scripts import run_script
 
@@ -41,8 +42,8 @@ def _config(path: str):
 
 
 def _run(log: Logbook, path: str, role: str, params, retries: int, timeout: float,
-         name: str) -> bool:
-    chk = policy.check_script(path, role)
+         name: str, check=policy.check_script) -> bool:
+    chk = check(path, role)
     if not chk.ok:
         log.error("resume: %s not run: %s (%s)", name, chk.problem.message, chk.problem.code)
         return False
@@ -63,7 +64,8 @@ def resume(config: str, post: bool, hook_paths, log: Logbook) -> bool:
     ok = True
     for path in reversed(hook_paths):
         name = "hook %s thaw" % os.path.basename(path)
-        ok = _run(log, path, "post", ["thaw"], cfg.post_retries, cfg.timeout, name) and ok
+        ok = _run(log, path, "post", ["thaw"], cfg.post_retries, cfg.timeout, name,
+                  policy.check_hook) and ok
     if post:
         ok = _run(log, cfg.post_script or "", "post", cfg.post_params, cfg.post_retries,
                   cfg.timeout, "post-script") and ok
@@ -78,9 +80,17 @@ def main(argv=None) -> int:
     p.add_argument("--hook", action="append", default=[])
     args = p.parse_args(argv)
     log = Logbook(args.log_file)
+    # the run lock, as a run holds it: a run started right after the SIGKILL
+    # must not have its quiesce released by this post-script mid-snapshot
+    lock = RunLock()
     try:
+        try:
+            lock.acquire(wait=True)
+        except BusyError as exc:
+            log.error("resume: %s; resuming anyway", exc)
         return 0 if resume(args.config, args.post, args.hook, log) else 1
     finally:
+        lock.release()
         log.close()
 
 

@@ -32,7 +32,7 @@ from .errors import (
     Error,
     FreezeError,
 )
-from .freeze import FreezeSession, active_records, thaw_recorded
+from .freeze import FreezeSession, active_records, runtime_dir, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
 from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
@@ -150,7 +150,9 @@ class Cycle:
         wait_for = []
         if self.session is not None and self.session.guardian_pid:
             wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
-        env = process.clean_environment({"PYTHONDONTWRITEBYTECODE": "1"})
+        # the runtime directory: the resume takes the run lock there, as a run does
+        env = process.clean_environment({"PYTHONDONTWRITEBYTECODE": "1",
+                                         "VMSNAP_RUNTIME_DIR": runtime_dir()})
         set_resume(argv, env, wait_for=wait_for)
         self.resume_registered = True
 
@@ -189,7 +191,7 @@ class Cycle:
         if action == "freeze":
             todo = [(h, chk) for h, chk in self.plan.hook_checks()]
         else:
-            todo = [(h, policy.check_script(h.path, "post")) for h in reversed(self.hooks_started)]
+            todo = [(h, policy.check_hook(h.path, "post")) for h in reversed(self.hooks_started)]
         if not todo:
             return
         t = time.monotonic_ns()
@@ -311,6 +313,12 @@ class Cycle:
         fr.mounts = [m.to_dict() for m in s.mounts]
         if self.out.freeze == decide.FROZEN and s.deadline_hit and not self.out.thawed_early:
             self.out.thawed_early = decide.DEADLINE   # the guardian's thaw won the race
+        if self.out.freeze == decide.FROZEN and not self.out.thawed_early:
+            # an outside FITHAW (`fsfreeze -u`) leaves no trace but our thaw's EINVAL
+            outside = [m.mountpoint for m in s.mounts if m.state == "not-frozen" and m.frozen]
+            if outside:
+                self.out.thawed_early = ("%s thawed from outside (not frozen any more when "
+                                         "vmsnap thawed: `fsfreeze -u`?)" % ", ".join(outside))
         fr.thawed_early = self.out.thawed_early
         for e in decide.window_errors(self.out, self.settings):
             if e is not self.out.snapshot_error:   # that one was logged as it happened

@@ -71,7 +71,7 @@ def discover(directory: str) -> list:
 def run_hook(hook: Hook, action: str, retries: int, timeout: float, log=None,
              watched: list | None = None) -> HookRun:
     role = "pre" if action == "freeze" else "post"
-    chk = policy.check_script(hook.path, role)
+    chk = policy.check_hook(hook.path, role)
     if not chk.ok:
         problem = policy.Problem(chk.problem.code, "hook %s: %s" % (hook.name, chk.problem.message))
         return HookRun(hook, action, ScriptResult(path=hook.path, ran=False), problem=problem)

@@ -18,7 +18,9 @@ class RunLock:
         self.path = os.path.join(runtime_dir(), "lock")
         self._fd = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, wait: bool = False) -> "RunLock":
+        """Takes the lock; WAIT: blocks until the holder is done instead of
+        raising BusyError."""
         try:
             ensure_runtime_dir()   # root's alone: the freeze records live there too
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -26,7 +28,7 @@ class RunLock:
             raise BusyError("cannot take the lock %s: %s (vmsnap runs as root)"
                             % (self.path, exc.strerror)) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             try:
                 holder = os.pread(fd, 32, 0).decode().strip() or "?"

@@ -9,7 +9,9 @@ lines are held through the window as well."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 
 DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
@@ -40,6 +42,21 @@ def journal_line(text: str, level: str = "INFO") -> str:
     return "\n".join(prefix + line for line in text.split("\n"))
 
 
+def _open_own_log(path: str) -> int:
+    """PATH opened for appending, if it is (or is created as) a plain file of
+    ours: in a sticky directory a user may plant a symlink, a FIFO, a hard
+    link or a file of their own at that name (protected_* sysctls are not
+    relied on), and root must not write through it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                 | os.O_NONBLOCK, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, "not a plain file of this user's (a link, a FIFO or "
+                      "someone else's file): not written to")
+    return fd
+
+
 class Logbook:
     def __init__(self, path: str | None = None, journal: bool | None = None):
         self.path = path
@@ -51,8 +68,7 @@ class Logbook:
         self.open_error = None
         if path:
             try:
-                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                                   0o600)
+                self._fd = _open_own_log(path)
             except OSError as exc:
                 self.open_error = "cannot write the log file %s: %s" % (path, exc.strerror)
 

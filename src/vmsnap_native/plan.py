@@ -39,7 +39,7 @@ class Plan:
 
     def hook_checks(self) -> list:
         """(hook, its policy check) for each hook; checked as its freeze call runs it."""
-        return [(h, policy.check_script(h.path, "pre")) for h in self.hooks]
+        return [(h, policy.check_hook(h.path, "pre")) for h in self.hooks]
 
     def problems(self) -> list:
         """Every problem the checks find, as Errors (what `check` prints)."""

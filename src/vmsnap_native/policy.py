@@ -240,8 +240,12 @@ def _env_command(env_arg: str | None, who: str) -> str | None:
     """The program `#!/usr/bin/env ENV_ARG` runs (None: env alone runs nothing)."""
     if env_arg is None:
         return None
-    words = env_arg[2:].split() if env_arg.startswith("-S") else [env_arg]
-    if not words or words[0].startswith("-") or "=" in words[0]:
+    split = env_arg.startswith("-S")
+    words = env_arg[2:].split() if split else [env_arg]
+    # env -S unquotes, unescapes (\_ is a space) and expands ${VAR} before it
+    # searches PATH: a word with that syntax is not the name it will search
+    if not words or words[0].startswith("-") or "=" in words[0] or (
+            split and any(c in words[0] for c in "\"'\\$")):
         raise Unsafe("%s: cannot tell which program `env %s` runs; name the interpreter "
                      "by its full path" % (who, env_arg))
     return words[0]
@@ -277,6 +281,9 @@ def _check_program(chk: ScriptCheck, program: str, arg, who: str, nested: int, h
     if st.st_uid != 0 or st.st_mode & 0o022:
         raise Unsafe("%s runs %s: %s, mode %s (must be root-owned, not writable by group or "
                      "others)" % (who, program, _owner(st.st_uid), _mode(st)))
+    beside = _holder_problem(resolved, program)
+    if beside:
+        raise Unsafe("%s runs %s: %s" % (who, program, beside))
     inner = _shebang(first_line)
     if inner:
         if nested >= MAX_NESTED_INTERPRETERS:
@@ -336,6 +343,21 @@ def _not_found(path: str, role: str) -> str | None:
     return None
 
 
+def _holder_problem(resolved: str, what: str) -> str | None:
+    """Why the directory holding RESOLVED (already walked) may not hold what
+    runs: interpreters read files beside it (python's sys.path[0], its
+    pyvenv.cfg, a script's `. "$(dirname "$0")/lib.sh"`), and in a sticky
+    directory anyone can add one."""
+    holder = os.path.dirname(resolved) or "/"
+    _, st = resolve_checked(holder)
+    why = _unsafe_dir(st, sticky_ok=False)
+    if why:
+        return ("directory %s holding %s is %s: anyone could put a file beside it that it "
+                "reads (a module, a library); move it to a directory only root can write"
+                % (holder, what, why))
+    return None
+
+
 def check_script(path: str, role: str) -> ScriptCheck:
     """Checks a configured script; ``problem`` says why it must not run."""
     tag = _tag(role)
@@ -348,7 +370,7 @@ def check_script(path: str, role: str) -> ScriptCheck:
         resolved, st = resolve_checked(path)
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(2, "not a regular file")
-        bad = _script_file_problem(path, st)
+        bad = _script_file_problem(path, st) or _holder_problem(resolved, path)
         if bad:
             raise Unsafe(bad)
         chk.resolved = resolved
@@ -359,4 +381,23 @@ def check_script(path: str, role: str) -> ScriptCheck:
         chk.problem = Problem("%s-ScriptNotFound" % tag, "%s: %s" % (path, exc.strerror))
     if chk.problem:
         chk.resolved, chk.argv_prefix, chk.hint, chk.check_problems = None, (), None, []
+    return chk
+
+
+def check_hook(path: str, role: str) -> ScriptCheck:
+    """check_script for a hook, whose directory must be writable by root
+    alone: what it holds decides what runs, and in a sticky directory anyone
+    can add an entry (a root-owned file moved out of their own directory)."""
+    directory = os.path.dirname(path)
+    try:
+        _, st = resolve_checked(directory)
+        why = _unsafe_dir(st, sticky_ok=False) if stat.S_ISDIR(st.st_mode) else None
+    except (Unsafe, OSError):
+        why = None   # check_script names the path's problem
+    if why is None:
+        return check_script(path, role)
+    chk = ScriptCheck(path=path, role=role)
+    chk.problem = Problem("InsufficientPermissionfor%s-Script" % _tag(role),
+                          "hooks directory %s is %s: anyone could add a hook (chmod 755)"
+                          % (directory, why))
     return chk

@@ -4,6 +4,7 @@ the whole process group, output kept and logged."""
 
 from __future__ import annotations
 
+from .decide import QUIESCE_LOST_EXIT
 from .policy import ScriptCheck
 from .process import ProcessResult, clean_environment, run_process
 from .result import ScriptResult
@@ -43,7 +44,9 @@ def run_script(check: ScriptCheck, params, retries: int, timeout: float, log=Non
                      last.describe(), last.duration_ms)
             if last.output:
                 log.info("%s output:\n%s", label, last.output.rstrip("\n"))
-        if last.ok:
+        # exit 10 from a post-script (or a thaw call) reports a lost quiesce: a
+        # retry cannot undo that, and its own result would hide the report
+        if last.ok or (check.role == "post" and last.exit_code == QUIESCE_LOST_EXIT):
             break
     res.exit_code = last.exit_code
     res.signal = last.signal
