@@ -172,13 +172,21 @@ def test_recovery_leaves_another_filesystem_mounted_in_its_place_alone(tmp_path,
         p = cli("thaw", "--json")
         out = json.loads(p.stdout)
         assert [f["mountpoint"] for f in out["filesystems"]] == [recorded]
-        assert out["filesystems"][0]["outcome"] == "another filesystem is there now: left alone"
+        assert out["filesystems"][0]["outcome"] == (
+            "failed: the mount point is gone or another filesystem is there now: left alone, "
+            "record kept")
         assert frozen_state(other), "vmsnap thawed a filesystem that was not the recorded one"
     finally:
         subprocess.run(["umount", recorded])
         subprocess.run(["fsfreeze", "-u", other])
     assert frozen_state(recorded)   # hidden under the other one: reported, not guessed
-    subprocess.run(["fsfreeze", "-u", recorded], check=True)
+    # the record was kept: once the impostor is gone, `vmsnap thaw` finishes the job
+    try:
+        out = json.loads(cli("thaw", "--json").stdout)
+        assert [f["outcome"] for f in out["filesystems"]] == ["thawed"]
+        assert not frozen_state(recorded)
+    finally:
+        subprocess.run(["fsfreeze", "-u", recorded], stderr=subprocess.DEVNULL)
 
 
 def test_python_m_works_like_vmsnap():

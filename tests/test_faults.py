@@ -185,13 +185,13 @@ def test_killed_during_post_script(tmp_path, loopfs):
 # kill will land.  "thaw" first freezes, says so, and waits for a line.
 CONTROLLER = textwrap.dedent("""
     import json, sys, threading, time, vmsnap_native as v
-    from vmsnap_native.freeze import STATE_NAMES
+    from vmsnap_native.freeze import state_name
     phase, want, mounts = sys.argv[1], sys.argv[2], sys.argv[3:]
     s = v.freeze_filesystems(mounts, timeout=120, presync=(phase == "presync"))
     s.start()
 
     def states():
-        return {m.mountpoint: STATE_NAMES[s._shared.fs[i].state] for i, m in enumerate(s.mounts)}
+        return {m.mountpoint: state_name(s._shared.fs[i].state) for i, m in enumerate(s.mounts)}
 
     def report():   # prints what it sees after 30 s at most: the test fails, not hangs
         end = time.monotonic() + 30
