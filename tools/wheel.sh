@@ -24,8 +24,8 @@ tmp=$(mktemp -d /tmp/vmsnap-wheeltest.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 base=$("$py" -c "import sys; print(sys._base_executable)")
 "$base" -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install -q "$whl" pytest hypothesis pytest-benchmark pytest-timeout
-cp -r tests examples pyproject.toml "$tmp/"
+"$tmp/venv/bin/pip" install -q "$whl" pytest hypothesis pytest-benchmark pytest-timeout prometheus_client
+cp -r tests examples contrib pyproject.toml "$tmp/"
 cd "$tmp"
 "$tmp/venv/bin/python" - "$checkout" <<'PY'
 import sys, vmsnap_native
