@@ -370,8 +370,16 @@ def run(quick: bool = False, rounds: int | None = None, log=None, whole: list | 
 
 if __name__ == "__main__":
     whole_rows = []
-    os.environ.setdefault("VMSNAP_RUNTIME_DIR", tempfile.mkdtemp(prefix="vmsnap-bench-run-",
-                                                                 dir="/dev/shm"))
-    for row in run(rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 4,
-                   log=lambda s: print(s, file=sys.stderr), whole=whole_rows) + whole_rows:
+    # vmsnap run's records and lock on tmpfs, as run_all.py puts them
+    rundir = None
+    if "VMSNAP_RUNTIME_DIR" not in os.environ:
+        rundir = os.environ["VMSNAP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vmsnap-bench-run-",
+                                                                     dir="/dev/shm")
+    try:
+        rows = run(rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 4,
+                   log=lambda s: print(s, file=sys.stderr), whole=whole_rows)
+    finally:
+        if rundir:
+            shutil.rmtree(rundir, ignore_errors=True)
+    for row in rows + whole_rows:
         print(json.dumps(row))
