@@ -1,6 +1,7 @@
 """Draws bench/results.json's distributions as bench/busy.png: the worst
-write stall per alternative for each load and filesystem count, and the
-worst PostgreSQL transaction latency under pgbench.  Needs matplotlib, a
+write stall per alternative for each load and filesystem count, the
+worst PostgreSQL transaction latency under pgbench during a freeze, and
+during a whole `vmsnap run` vs an Azure-style flow.  Needs matplotlib, a
 bench-only extra (pip install -e '.[bench]'); never a runtime dependency.
 
     python bench/plot.py [results.json] [out.png]
@@ -26,7 +27,9 @@ def draw(res: dict, out: str) -> str | None:
     busy = [r for r in res.get("busy", []) if r.get("stalls_ms")]
     pg = [r for r in res.get("pgbench", []) if r.get("worst_ms")]
     groups = sorted({(r["filesystems"], r["load"]) for r in busy})
-    panels = [("stall", g) for g in groups] + ([("pg", None)] if pg else [])
+    whole = [r for r in res.get("pgbench_run", []) if r.get("worst_ms")]
+    panels = [("stall", g) for g in groups] + ([("pg", None)] if pg else []) + \
+        ([("whole", None)] if whole else [])
     if not panels:
         return "no busy/pgbench results to draw"
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), squeeze=False)
@@ -35,11 +38,19 @@ def draw(res: dict, out: str) -> str | None:
             rows = [r for r in busy if (r["filesystems"], r["load"]) == g]
             data = [r["stalls_ms"] for r in rows]
             title = "%d loop ext4, %s load: worst single write() blocked per round" % g
-        else:
+        elif kind == "pg":
             rows = pg
             data = [r["worst_ms"] for r in rows]
             title = "PostgreSQL 15, pgbench -c 4, streaming neighbour: worst transaction per round"
+        else:
+            rows = whole
+            data = [r["worst_ms"] for r in rows]
+            title = ("PostgreSQL 15, pgbench -c 4: worst transaction during a whole run "
+                     "(scripts, freeze, snapshot step, thaw)")
         labels = [r["strategy"] for r in rows]
+        if kind == "whole":   # the operation's length and freeze window say why
+            labels = ["%s\nop %.1f s, window %.0f ms" % (r["strategy"], r["op_median_ms"] / 1e3,
+                                                         r["window_median_ms"]) for r in rows]
         try:
             ax.boxplot(data, orientation="horizontal", whis=(0, 100))
         except TypeError:   # matplotlib < 3.10

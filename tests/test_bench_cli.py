@@ -47,3 +47,61 @@ def test_bench_refuses_to_freeze_root_without_yes():
 def test_bench_refuses_a_non_mount(tmp_path):
     p = vmsnap("bench", "--mount", str(tmp_path), "--rounds", "1")
     assert p.returncode == 1 and "not a mount point" in p.stderr
+
+
+def _bench_pgbench():
+    """bench/pgbench.py, importable from the tests (it imports its neighbours)."""
+    import importlib
+    import os
+    import sys
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("pgbench")
+
+
+@root_only
+def test_pgbench_whole_run_installs_what_vmsnap_check_accepts():
+    # the benchmark's `vmsnap run` must run the example scripts as a user's
+    # install does: anything vmsnap refuses would measure a run without them
+    from types import SimpleNamespace
+    pgbench = _bench_pgbench()
+    inst = pgbench.Installed(SimpleNamespace(sock="/run/pg-sock"))
+    try:
+        p = vmsnap("check", "--config", inst.config, "--json")
+        assert p.returncode == 0, p.stdout + p.stderr
+        with open(inst.config) as f:
+            doc = json.load(f)
+        assert doc["preScriptParams"] == ["-h", "/run/pg-sock", "-p", str(pgbench.PORT)]
+    finally:
+        inst.close()
+
+
+@root_only
+def test_pgbench_azure_flow_polls_and_freezes_one_by_one(loopfs, tmp_path, monkeypatch):
+    # the Azure-style flow sees each script's end only at a poll and waits a
+    # fixed delay before the freeze: a 0.1 s script still costs a whole poll
+    from types import SimpleNamespace
+    pgbench = _bench_pgbench()
+    monkeypatch.setattr(pgbench, "AZURE_POLL_S", 0.5)
+    monkeypatch.setattr(pgbench, "AZURE_FREEZE_DELAY_S", 0.4)
+    mounts = loopfs.make(2)
+    pre, post = tmp_path / "pre.sh", tmp_path / "post.sh"
+    pre.write_text("sleep 0.1\n")
+    post.write_text("exit 0\n")
+    inst = SimpleNamespace(pre=str(pre), post=str(post), params=[])
+    import time
+    t0 = time.monotonic()
+    out = pgbench.azure_flow(inst, mounts)
+    took = time.monotonic() - t0
+    assert took >= 2 * 0.5 + 0.4 + 0.2, took        # two polls, the delay, the snapshot step
+    assert 200 <= out["window_ms"] < took * 1e3, out
+    assert not any(frozen_state(m) for m in mounts)
+    post.write_text("exit 3\n")                       # a failed script is an error, not a result
+    try:
+        pgbench.azure_flow(inst, mounts)
+    except RuntimeError as e:
+        assert "exited 3" in str(e)
+    else:
+        raise AssertionError("a failed post-script went unnoticed")
+    assert not any(frozen_state(m) for m in mounts)
