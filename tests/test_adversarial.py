@@ -275,6 +275,7 @@ def test_a_killed_runs_resume_never_releases_the_next_runs_quiesce(tmp_path, loo
         time.sleep(0.1)
 
 
+@pytest.mark.ci_optional   # a container may forbid -1000 even to root: a fact of the host
 def test_the_oom_killer_spares_the_reaper():
     """The reaper exists for the controller's SIGKILL, and the OOM killer is
     the usual sender: forked from the controller, the reaper counts as big
