@@ -13,7 +13,6 @@ difference is also kept as an ``AzureDifference`` for ``vmsnap check --azure``.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -337,6 +336,7 @@ def did_you_mean(name: str) -> str | None:
     for k in known:
         if k.lower() == name.lower():
             return k
+    import difflib  # only for an unknown field: not worth its import time on every run
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
     return close[0] if close else None
 
