@@ -228,6 +228,40 @@ def test_api_callable_that_raises_is_snapshot_failed(tmp_path, loopfs):
     assert "disk API said no" in res.errors[0].message
 
 
+def test_api_records_reach_the_agents_logging_after_the_thaw(tmp_path, loopfs):
+    # an embedding agent routes the "vmsnap" logger; nothing reaches it while frozen
+    import logging
+
+    from vmsnap_native import cycle
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, pre="echo pre-output-marker")
+    got = []
+
+    class AgentHandler(logging.Handler):
+        def emit(self, record):
+            got.append((record.getMessage(), record.levelname, record.created, cycle.in_window))
+
+    handler = AgentHandler()
+    logger = logging.getLogger("vmsnap")
+    logger.addHandler(handler)
+    old_level, snapped = logger.level, {}
+    logger.setLevel(logging.INFO)
+    try:
+        res = vmsnap.run(config=cfg, snapshot=lambda: snapped.setdefault("at", time.time()),
+                         mounts=[m], log_file=str(tmp_path / "log"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert res.status == "success", res.errors
+    messages = [g[0] for g in got]
+    assert any("pre-output-marker" in t for t in messages), messages
+    assert any(t.startswith("result: status success") for t in messages), messages
+    # records made in the window (the freeze phase) arrive, stamped when made
+    window = [g for g in got if g[0].startswith("phase freeze")]
+    assert window and window[0][2] <= snapped["at"], got
+    assert [g for g in got if g[3]] == [], "emitted while frozen"
+
+
 WINDOW_WATCH = textwrap.dedent("""
     import json, os, sys
     import vmsnap_native as vmsnap
