@@ -13,7 +13,7 @@ import time
 
 from common import Scratch
 
-from vmsnap_native.stats import summary
+from vmsnap_native.devtools.stats import summary
 
 # the installed console script next to this interpreter (what a user runs)
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "vmsnap")

@@ -18,7 +18,7 @@ from common import Load, Probe, Scratch
 
 from vmsnap_native import freeze_filesystems
 from vmsnap_native._core import core
-from vmsnap_native.stats import ratio, summary
+from vmsnap_native.devtools.stats import ratio, summary
 
 STRATEGIES = ["util-linux fsfreeze", "ioctl loop", "vmsnap parallel", "vmsnap parallel+presync",
               "vmsnap parallel+presync, RCU normal"]

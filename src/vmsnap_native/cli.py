@@ -287,12 +287,12 @@ def cmd_thaw(args) -> int:
 # -- demo / bench ---------------------------------------------------------------
 
 def cmd_demo(args) -> int:
-    from . import demo
+    from .devtools import demo
     return demo.main(keep=args.keep, json_out=args.json)
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from .devtools import bench
     return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes,
                       load=args.load)
 

@@ -18,9 +18,9 @@ import sys
 import threading
 import time
 
-from . import mountinfo
-from .errors import CoreUnavailable, FreezeError
-from .freeze import FreezeSession
+from .. import mountinfo
+from ..errors import CoreUnavailable, FreezeError
+from ..freeze import FreezeSession
 from .stats import ratio, summary
 
 DEADLINE_S = 5.0
