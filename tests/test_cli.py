@@ -95,6 +95,20 @@ def test_freeze_then_nothing_thaws_at_timeout(loopfs):
     assert 4.5 < thawed_after < 20, "thawed %.1f s after the start, deadline 5 s" % thawed_after
 
 
+def test_held_freeze_is_a_library_call_an_agent_can_make(tmp_path, loopfs):
+    # the cycle behind `vmsnap freeze`, in-process: left frozen under the guardian
+    from vmsnap_native.held import freeze_and_hold
+    (m,) = loopfs.make(1)
+    held = freeze_and_hold(str(tmp_path / "absent"), [m], 30)
+    assert held.status == "frozen" and held.errors == [], held
+    assert frozen_state(m) and [d["mountpoint"] for d in held.mounts] == [m]
+    os.kill(held.guardian_pid, 0)   # alive, holding it
+    assert [r.outcome for r in vmsnap.thaw_recorded()] == ["thawed by its guardian"]
+    assert not frozen_state(m)
+    refused = freeze_and_hold(str(tmp_path / "absent"), [str(tmp_path)], 30)
+    assert refused.status == "failed" and "not a mount point" in refused.errors[0]
+
+
 def test_freeze_refuses_a_non_mount(tmp_path):
     p = cli("freeze", "--timeout", "5", "--mount", str(tmp_path), "--json")
     assert p.returncode == 1 and "not a mount point" in json.loads(p.stdout)["errors"][0]
