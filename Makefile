@@ -71,9 +71,13 @@ bench: build ## benchmarks against the alternatives (root; writes bench/results.
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/run_all.py
 
-lint: build ## static checks: ruff and a warnings-as-errors C build
-	$(PIP) install -q ruff
+# the public API's modules, type-checked strictly (mypy --strict); the rest is not typed yet
+TYPED ?= src/vmsnap_native/__init__.py src/vmsnap_native/result.py \
+         src/vmsnap_native/errors.py src/vmsnap_native/decide.py
+lint: build ## static checks: ruff, mypy --strict on the public API, a warnings-as-errors C build
+	$(PIP) install -q ruff mypy
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict --follow-imports=silent $(TYPED)
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Icsrc -fsyntax-only csrc/*.c $(CTEST_SRC)
 
 clean: ## remove build products and the virtual environment

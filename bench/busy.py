@@ -23,7 +23,7 @@ from common import Scratch
 
 from vmsnap_native import freeze_filesystems
 from vmsnap_native._core import core
-from vmsnap_native.stats import ratio, summary
+from vmsnap_native.devtools.stats import ratio, summary
 
 # Writes 4 KiB every ms; reports each write as (start, end) CLOCK_MONOTONIC ns.
 PROBE = r"""

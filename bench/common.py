@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 
-from vmsnap_native import loopfs
+from vmsnap_native.devtools import loopfs
 
 PROBE = r"""
 import os, struct, sys, time

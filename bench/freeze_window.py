@@ -18,7 +18,7 @@ from common import Load, Probe, Scratch
 
 from vmsnap_native import freeze_filesystems
 from vmsnap_native._core import core
-from vmsnap_native.stats import ratio, summary
+from vmsnap_native.devtools.stats import ratio, summary
 
 STRATEGIES = ["util-linux fsfreeze", "ioctl loop", "vmsnap parallel", "vmsnap parallel+presync",
               "vmsnap parallel+presync, RCU normal"]
@@ -103,7 +103,7 @@ def scenario(n: int, loaded: bool, rounds: int, backing: str = "disk") -> list:
         rows.append({"filesystems": n, "backing": backing,
                      "load": "writers on half" if loaded else "idle",
                      "window_min_ms": w["min"],
-                     "strategy": k, "window_median_ms": w["median"], "window_p95_ms": w["p95"],
+                     "strategy": k, "window_median_ms": w["median"], "window_p95_ms": w.get("p95"),
                      "stall_max_ms": s["max"], "stall_median_ms": s["median"],
                      "ratio_to_fsfreeze": ratio(w["median"], base), "rounds": rounds})
     return rows

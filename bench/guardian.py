@@ -12,7 +12,7 @@ import time
 
 from common import Scratch
 
-from vmsnap_native.stats import summary
+from vmsnap_native.devtools.stats import summary
 
 FREEZER = r"""
 import sys, time, vmsnap_native as v

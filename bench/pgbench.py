@@ -35,7 +35,7 @@ import time
 from busy import STREAM, Stamps, alternatives
 from common import Scratch
 
-from vmsnap_native.stats import percentile, ratio, summary
+from vmsnap_native.devtools.stats import percentile, ratio, summary
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 _LIBC = ctypes.CDLL(None, use_errno=True)

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from vmsnap_native import run_process
-from vmsnap_native.stats import ratio, summary
+from vmsnap_native.devtools.stats import ratio, summary
 
 # the child sleeps; its grandchild ignores SIGTERM and would live 2 s
 STUBBORN = "sh -c \"trap '' TERM; sleep 2\" & sleep 30"

@@ -3,8 +3,23 @@
 #ifndef VMSNAP_HELPER_H
 #define VMSNAP_HELPER_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* What every program the core starts (scripts, the snapshot step, the
+ * resume command) gets: umask 022 (SPEC §3). */
+#define CHILD_UMASK 022
+
+/* A program that could not be started exits as a shell reports it: 127 when
+ * it is not there (ENOENT, ENOTDIR), 126 when it is there but cannot be run.
+ * The one errno -> exit status mapping of the core. */
+#define EXIT_NOT_FOUND 127
+#define EXIT_NOT_EXECUTABLE 126
+
+static inline int exec_failure_status(int err) {
+    return err == ENOENT || err == ENOTDIR ? EXIT_NOT_FOUND : EXIT_NOT_EXECUTABLE;
+}
 
 /* fork() with every signal blocked across it: the child must never run a
  * handler of the parent's (Python's); it starts with all signals blocked and

@@ -183,7 +183,7 @@ static void run_resume(struct reaper_resume *r) {
     if (fork() != 0)
         return; /* the command is on its own (init's, once we exit) */
     setsid();
-    umask(022);
+    umask(CHILD_UMASK);
     helper_default_signals();
     int devnull = open("/dev/null", O_RDWR);
     for (int fd = 0; fd <= 2; fd++)
@@ -191,12 +191,12 @@ static void run_resume(struct reaper_resume *r) {
             dup2(devnull, fd);
     compat_close_range(3, ~0U);
     if (chdir("/") < 0)
-        _exit(127);
+        _exit(exec_failure_status(errno));
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     execve(argv[0], argv, envp);
-    _exit(127);
+    _exit(exec_failure_status(errno));
 }
 
 __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struct reaper_shared *sh) {

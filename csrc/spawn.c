@@ -31,6 +31,9 @@
 #include "util.h"
 #include "vmsnap.h"
 
+#define WAITER_STACK (64 * 1024) /* the exit waiter thread: one blocking waitid */
+#define READ_CHUNK 65536         /* output read from the pipe per read() */
+
 struct exit_waiter {
     pid_t pid;
     int fd;
@@ -63,7 +66,7 @@ static int start_exit_waiter(struct vmsnap_proc *p) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_attr_setstacksize(&attr, WAITER_STACK);
     pthread_t t;
     int r = pthread_create(&t, &attr, exit_waiter_main, w);
     pthread_attr_destroy(&attr);
@@ -111,7 +114,7 @@ static int child_main(void *arg) {
     helper_default_signals(); /* every signal is still blocked (the caller's doing) */
     if (setsid() < 0)
         goto fail;
-    umask(022);
+    umask(CHILD_UMASK);
     stage = STAGE_CGROUP;
     if (a->procs_fd >= 0 && write(a->procs_fd, "0", 1) != 1) /* born in its cgroup */
         goto fail;
@@ -134,7 +137,7 @@ fail:;
      * by a fork (qemu-user), the memory is not shared */
     int msg[2] = {stage, errno};
     (void)!write(a->err_fd, msg, sizeof msg);
-    _exit(127);
+    _exit(exec_failure_status(msg[1])); /* unseen: the parent reports it (spawn_failed) */
 }
 
 #define CHILD_STACK (64 * 1024)
@@ -181,7 +184,7 @@ static pid_t clone_child(struct child_args *a, int want_pidfd, int *pidfd) {
 
 static void spawn_failed(struct vmsnap_proc *p, int err) {
     p->spawn_errno = err;
-    p->exit_code = err == ENOENT || err == ENOTDIR ? 127 : 126; /* as a shell reports them */
+    p->exit_code = exec_failure_status(err);
     p->exited = p->reaped = 1;
     p->end_ns = p->done_ns = now_ns();
 }
@@ -294,7 +297,7 @@ static void store_output(struct vmsnap_proc *p, const char *buf, size_t n) {
 
 /* Reads what the pipe holds now; closes it at EOF. */
 static void drain_output(struct vmsnap_proc *p) {
-    char buf[65536];
+    char buf[READ_CHUNK];
     while (p->out_fd >= 0) {
         ssize_t k = read(p->out_fd, buf, sizeof buf);
         if (k > 0) {

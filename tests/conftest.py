@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from vmsnap_native import loopfs as loopfs_mod
+from vmsnap_native.devtools import loopfs as loopfs_mod
 
 try:   # `make mutants` runs the tests once per mutant: fewer examples each time
     from hypothesis import settings as _hyp_settings

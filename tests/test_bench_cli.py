@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from vmsnap_native import mountinfo
+from vmsnap_native.devtools.stats import summary
 
 from .conftest import frozen_state, root_only
 from .helpers import vmsnap
@@ -27,11 +28,23 @@ def test_bench_compares_sequential_and_parallel(loopfs):
     for k in ("sequential", "parallel"):
         w = windows[k]
         assert w["n"] == 30 and 0 < w["min"] <= w["median"] <= w["max"], w
+        # 30 rounds: a p95 (the 29th of 30) but no "p99", which would be the max again
+        assert "p99" not in w and w["median"] <= w["p95"] <= w["max"], w
     ratio = report["ratio_parallel_to_sequential"]
     assert ratio == round(windows["parallel"]["median"] / windows["sequential"]["median"], 3)
     assert ratio < 0.75, "parallel no faster than sequential: %s" % windows
     assert "parallel / sequential (median): %s" % ratio in p.stderr
+    assert "max of 30" in p.stderr and "p99" not in p.stderr
     assert not any(frozen_state(m) for m in mounts)
+
+
+def test_summary_reports_a_percentile_only_where_it_is_not_the_max():
+    few = summary([float(x) for x in range(1, 21)])   # 20 rounds: p95 is the 19th, no p99
+    assert few == {"n": 20, "min": 1.0, "median": 10.5, "p95": 19.0, "max": 20.0}
+    assert "p95" not in summary([1.0] * 19) and summary([]) == {
+        "n": 0, "min": None, "median": None, "max": None}
+    many = summary([float(x) for x in range(1, 101)])
+    assert many["p99"] == 99.0 and many["max"] == 100.0
 
 
 def test_bench_refuses_to_freeze_root_without_yes():

@@ -95,6 +95,20 @@ def test_freeze_then_nothing_thaws_at_timeout(loopfs):
     assert 4.5 < thawed_after < 20, "thawed %.1f s after the start, deadline 5 s" % thawed_after
 
 
+def test_held_freeze_is_a_library_call_an_agent_can_make(tmp_path, loopfs):
+    # the cycle behind `vmsnap freeze`, in-process: left frozen under the guardian
+    from vmsnap_native.held import freeze_and_hold
+    (m,) = loopfs.make(1)
+    held = freeze_and_hold(str(tmp_path / "absent"), [m], 30)
+    assert held.status == "frozen" and held.errors == [], held
+    assert frozen_state(m) and [d["mountpoint"] for d in held.mounts] == [m]
+    os.kill(held.guardian_pid, 0)   # alive, holding it
+    assert [r.outcome for r in vmsnap.thaw_recorded()] == ["thawed by its guardian"]
+    assert not frozen_state(m)
+    refused = freeze_and_hold(str(tmp_path / "absent"), [str(tmp_path)], 30)
+    assert refused.status == "failed" and "not a mount point" in refused.errors[0]
+
+
 def test_freeze_refuses_a_non_mount(tmp_path):
     p = cli("freeze", "--timeout", "5", "--mount", str(tmp_path), "--json")
     assert p.returncode == 1 and "not a mount point" in json.loads(p.stdout)["errors"][0]
@@ -234,6 +248,40 @@ def test_api_callable_that_raises_is_snapshot_failed(tmp_path, loopfs):
     res = vmsnap.run(config=str(tmp_path / "absent"), snapshot=boom, mounts=[m])
     assert res.status == "failed" and res.errors[0].code == "SnapshotFailed"
     assert "disk API said no" in res.errors[0].message
+
+
+def test_api_records_reach_the_agents_logging_after_the_thaw(tmp_path, loopfs):
+    # an embedding agent routes the "vmsnap" logger; nothing reaches it while frozen
+    import logging
+
+    from vmsnap_native import cycle
+    (m,) = loopfs.make(1)
+    cfg = setup_scripts(tmp_path, pre="echo pre-output-marker")
+    got = []
+
+    class AgentHandler(logging.Handler):
+        def emit(self, record):
+            got.append((record.getMessage(), record.levelname, record.created, cycle.in_window))
+
+    handler = AgentHandler()
+    logger = logging.getLogger("vmsnap")
+    logger.addHandler(handler)
+    old_level, snapped = logger.level, {}
+    logger.setLevel(logging.INFO)
+    try:
+        res = vmsnap.run(config=cfg, snapshot=lambda: snapped.setdefault("at", time.time()),
+                         mounts=[m], log_file=str(tmp_path / "log"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert res.status == "success", res.errors
+    messages = [g[0] for g in got]
+    assert any("pre-output-marker" in t for t in messages), messages
+    assert any(t.startswith("result: status success") for t in messages), messages
+    # records made in the window (the freeze phase) arrive, stamped when made
+    window = [g for g in got if g[0].startswith("phase freeze")]
+    assert window and window[0][2] <= snapped["at"], got
+    assert [g for g in got if g[3]] == [], "emitted while frozen"
 
 
 WINDOW_WATCH = textwrap.dedent("""

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import stat
 import sys
 
 from . import agents, cycle
 from . import config as config_mod
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
-from .errors import BusyError, CoreUnavailable, FreezeError
+from .errors import BusyError, CoreUnavailable
 from .logbook import DEFAULT_LOG_FILE, journal_line
 
 EXIT_USAGE = 2
@@ -199,66 +198,16 @@ def cmd_mounts(args) -> int:
 
 # -- freeze / thaw --------------------------------------------------------------
 
-def _output_on(cands) -> str | None:
-    """A stream of ours that is a file on one of these filesystems: printing
-    to it while they are frozen would block until the thaw."""
-    devs = {}
-    for c in cands:
-        try:
-            devs[os.stat(c.mount.mountpoint).st_dev] = c.mount.mountpoint
-        except OSError:
-            pass
-    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-        try:
-            st = os.fstat(stream.fileno())
-        except (OSError, ValueError):
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_dev in devs:
-            return "%s is a file on %s, which would be frozen: redirect it elsewhere" % (
-                name, devs[st.st_dev])
-    return None
-
-
 def cmd_freeze(args) -> int:
-    from .freeze import FreezeSession
-    from .lock import RunLock
-    from .logbook import Logbook
-    report = {"status": "failed", "guardian_pid": None, "timeout": args.timeout, "record": None,
-              "mounts": [], "errors": []}
-    try:
-        with RunLock():
-            cycle.recover_stale(Logbook(None))
-            plan = cycle.make_plan(args.config, mounts=args.mount or None)
-            if plan.selection.missing:
-                raise FreezeError("not a mount point: %s" % ", ".join(plan.selection.missing))
-            if not plan.selection.eligible:
-                raise FreezeError("no filesystem to freeze")
-            problem = _output_on(plan.selection.eligible)
-            if problem:
-                raise FreezeError(problem)
-            s = FreezeSession(plan.selection.eligible, timeout=args.timeout,
-                              expedite_rcu=plan.settings.expedite_rcu,
-                              dirty_cap_mb=plan.settings.dirty_cap_mib)
-            s.freeze()
-            report["mounts"] = [m.to_dict() for m in s.mounts]
-            if not s.all_frozen:
-                s.thaw()
-                report["mounts"] = [m.to_dict() for m in s.mounts]
-                report["errors"] = ["%s: %s" % (m.mountpoint, m.error) for m in s.failures]
-            else:
-                report.update(status="frozen", guardian_pid=s.guardian_pid, record=s.record_path)
-                s.detach()
-    except (BusyError, FreezeError, CoreUnavailable) as exc:
-        report["errors"].append(str(exc))
-    except OSError as exc:
-        report["errors"].append("%s: %s" % (exc.filename, exc.strerror))
+    from .held import freeze_and_hold
+    held = freeze_and_hold(args.config, args.mount, args.timeout)
     if args.json:
-        emit_json(report)
-    if report["status"] == "frozen":
+        emit_json(held.to_dict())
+    if held.status == "frozen":
         err("vmsnap: %d filesystem(s) frozen; the guardian (pid %d) thaws them at `vmsnap thaw` "
-            "or in %gs" % (len(report["mounts"]), report["guardian_pid"], args.timeout))
+            "or in %gs" % (len(held.mounts), held.guardian_pid, args.timeout))
         return 0
-    err("vmsnap: freeze failed, nothing left frozen", *("  %s" % e for e in report["errors"]))
+    err("vmsnap: freeze failed, nothing left frozen", *("  %s" % e for e in held.errors))
     return 1
 
 
@@ -287,12 +236,12 @@ def cmd_thaw(args) -> int:
 # -- demo / bench ---------------------------------------------------------------
 
 def cmd_demo(args) -> int:
-    from . import demo
+    from .devtools import demo
     return demo.main(keep=args.keep, json_out=args.json)
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from .devtools import bench
     return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes,
                       load=args.load)
 

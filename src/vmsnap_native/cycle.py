@@ -18,9 +18,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 
 from . import decide, metrics, policy, process, step
 from ._core import core
+from .config import Config
 from .decide import Outcome, StepFact
 from .errors import (
     FS_FREEZE_FAILED,
@@ -450,8 +452,11 @@ def recover_stale(log: Logbook) -> list:
     return notes
 
 
-def run(config=None, snapshot=None, mounts=None, freeze_timeout=None, *, log_file=None,
-        dry_run=False, metrics_file=None) -> Result:
+def run(config: str | os.PathLike[str] | Config | None = None,
+        snapshot: Sequence[str] | Callable[[], object] | None = None,
+        mounts: Iterable[str] | None = None, freeze_timeout: float | None = None, *,
+        log_file: str | None = None, dry_run: bool = False,
+        metrics_file: str | None = None) -> Result:
     """The whole cycle of SPEC §1–§5; returns a Result (SPEC §7).
 
     config: a path, a Config, or None for $VMSNAP_CONFIG or the default path;

@@ -76,14 +76,14 @@ class Outcome:
     one_disk: bool = True
     hooks_configured: bool = False      # hooks quiesce when no pre-script is configured
     pre: StepFact = field(default_factory=lambda: StepFact("pre"))
-    hook_freeze: list = field(default_factory=list)    # StepFacts, in order
+    hook_freeze: list[StepFact] = field(default_factory=list)    # StepFacts, in order
     freeze: str = PENDING
-    freeze_errors: list = field(default_factory=list)  # Errors: 121, 122, 123 per mount
+    freeze_errors: list[Error] = field(default_factory=list)  # Errors: 121, 122, 123 per mount
     snapshot: str = NOT_TAKEN
     snapshot_error: Error | None = None
     thawed_early: str | None = None     # the cause, if thawed before the step ended
-    thaw_errors: list = field(default_factory=list)    # Errors: a filesystem that did not thaw
-    hook_thaw: list = field(default_factory=list)      # StepFacts, in order
+    thaw_errors: list[Error] = field(default_factory=list)    # Errors: a filesystem that did not thaw
+    hook_thaw: list[StepFact] = field(default_factory=list)      # StepFacts, in order
     post: StepFact = field(default_factory=lambda: StepFact("post", NOT_NEEDED))
     interrupted: str | None = None      # the signal's name
 
@@ -100,7 +100,7 @@ class Settings:
 class Verdict(NamedTuple):
     status: str                 # "success" | "degraded" | "failed"
     consistency: str | None     # "application" | "filesystem" | "crash" | None
-    errors: tuple               # Errors, in the order they arose
+    errors: tuple[Error, ...]   # Errors, in the order they arose
 
 
 def scripts_failed(o: Outcome) -> bool:
@@ -137,7 +137,7 @@ def step_error(f: StepFact, s: Settings) -> Error | None:
     return None   # OK, not run by design, or stopped (the Interrupted error says why)
 
 
-def window_errors(o: Outcome, s: Settings) -> list:
+def window_errors(o: Outcome, s: Settings) -> list[Error]:
     """The snapshot step's errors, the deadline's and an early thaw's."""
     out = [o.snapshot_error] if o.snapshot_error else []
     frozen = o.freeze == FROZEN
@@ -156,8 +156,8 @@ def window_errors(o: Outcome, s: Settings) -> list:
     return out
 
 
-def _errors(o: Outcome, s: Settings) -> tuple:
-    out = [o.config_error] if o.config_error else []
+def _errors(o: Outcome, s: Settings) -> tuple[Error, ...]:
+    out: list[Error | None] = [o.config_error] if o.config_error else []
     out += [step_error(f, s) for f in [o.pre, *o.hook_freeze]]
     out += o.freeze_errors + window_errors(o, s) + o.thaw_errors
     out += [step_error(f, s) for f in [*o.hook_thaw, o.post]]

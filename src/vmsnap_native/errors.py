@@ -13,6 +13,7 @@ exception) is converted to it once, by ``Error.of`` / ``VmsnapError.error``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Error:
         """From a code name another module reports (policy.Problem): looked up, never retyped."""
         return CODES[code].error(message)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -20,7 +20,9 @@ import select
 import signal
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from . import mountinfo
 from ._core import core
@@ -149,7 +151,7 @@ class MountResult:
         """This session froze it (and so thaws it)."""
         return self.state in FROZE and (self.state != "not-frozen" or self.freeze_ms is not None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "mountpoint": self.mountpoint, "fstype": self.fstype, "device": self.device,
             "frozen": self.frozen, "state": self.state, "freeze_ms": self.freeze_ms,
@@ -249,10 +251,10 @@ class FreezeSession:
     ``deadline_ns`` is the guardian's real deadline (CLOCK_MONOTONIC).
     """
 
-    def __init__(self, mountpoints, timeout: float, presync: bool = True,
+    def __init__(self, mountpoints: Iterable[str | mountinfo.Candidate], timeout: float, presync: bool = True,
                  sequential: bool = False, expedite_rcu: bool = True,
                  presync_timeout: float | None = None, schedule: str = DEFAULT_SCHEDULE,
-                 dirty_cap_mb: int = DEFAULT_DIRTY_CAP_MB):
+                 dirty_cap_mb: int = DEFAULT_DIRTY_CAP_MB) -> None:
         self.timeout = _seconds("timeout", timeout)
         if schedule not in SCHEDULES:
             raise ValueError("schedule must be one of %s, not %r" % (", ".join(SCHEDULES), schedule))
@@ -266,7 +268,7 @@ class FreezeSession:
         self.presync_timeout = _seconds("presync_timeout", presync_timeout)
         self.presync = presync
         self.expedite_rcu = expedite_rcu
-        self.rcu_expedited = False   # whether the guardian did expedite for this freeze
+        self.rcu_expedited: bool = False   # whether the guardian did expedite for this freeze
         self.targets = _targets(list(mountpoints))
         if sequential:
             # one filesystem per wave, in the same order: how the peers freeze
@@ -277,19 +279,19 @@ class FreezeSession:
         if len(self.targets) > max_fs:
             raise FreezeError("at most %d filesystems per session (got %d)"
                               % (max_fs, len(self.targets)))
-        self.mounts = [MountResult(c.mount.mountpoint, c.mount.fstype, c.mount.device, c.level)
+        self.mounts: list[MountResult] = [MountResult(c.mount.mountpoint, c.mount.fstype, c.mount.device, c.level)
                        for c in self.targets]
-        self.deadline_ns = 0
-        self.deadline_hit = False
-        self.thaw_reason = None
-        self.presync_ms = None
-        self.presync_timed_out = False
-        self.guardian_pid = None
-        self.record_path = None
-        self.record_live = False
-        self.window_ms = None
-        self.first_freeze_ns = None   # CLOCK_MONOTONIC of the first FIFREEZE issued
-        self.detached = False
+        self.deadline_ns: int = 0
+        self.deadline_hit: bool = False
+        self.thaw_reason: str | None = None
+        self.presync_ms: float | None = None
+        self.presync_timed_out: bool = False
+        self.guardian_pid: int | None = None
+        self.record_path: str | None = None
+        self.record_live: bool = False
+        self.window_ms: float | None = None
+        self.first_freeze_ns: int | None = None   # CLOCK_MONOTONIC of the first FIFREEZE issued
+        self.detached: bool = False
         self._fds = []
         self._session = None
         self._shared = None
@@ -335,7 +337,7 @@ class FreezeSession:
             return -1, None, False
         return fd, path, record_may_stay_live(fd, self._fds)
 
-    def start(self) -> "FreezeSession":
+    def start(self) -> FreezeSession:
         """Opens everything and starts the guardian; nothing is frozen yet."""
         ffi, lib = core()
         self._open_all()
@@ -392,7 +394,7 @@ class FreezeSession:
             if r != -errno_mod.EINTR:
                 return r
 
-    def freeze(self) -> "FreezeSession":
+    def freeze(self) -> FreezeSession:
         if self._session is None:
             self.start()
         _, lib = core()
@@ -435,7 +437,7 @@ class FreezeSession:
                 return "%s thawed from outside (%s)" % (m.mountpoint, st)
         return None
 
-    def thaw(self) -> "FreezeSession":
+    def thaw(self) -> FreezeSession:
         """Thaws what this session froze (idempotent)."""
         if self._thawed or self._session is None:
             return self
@@ -448,7 +450,7 @@ class FreezeSession:
         self._finish()
         return self
 
-    def detach(self) -> "FreezeSession":
+    def detach(self) -> FreezeSession:
         """Leaves the guardian holding the freeze until its deadline or
         ``thaw_recorded()``; this process may then exit."""
         _, lib = core()
@@ -509,13 +511,13 @@ class FreezeSession:
         return all(m.frozen for m in self.mounts)
 
     @property
-    def failures(self) -> list:
+    def failures(self) -> list[MountResult]:
         return [m for m in self.mounts if not m.frozen]
 
-    def __enter__(self):
+    def __enter__(self) -> FreezeSession:
         return self.freeze()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.thaw()
         return False
 
@@ -555,7 +557,7 @@ def _mount_error(state: str, err: int):
     return None
 
 
-def freeze_filesystems(mountpoints, timeout: float, presync: bool = True,
+def freeze_filesystems(mountpoints: Iterable[str | mountinfo.Candidate], timeout: float, presync: bool = True,
                        sequential: bool = False, expedite_rcu: bool = True,
                        presync_timeout: float | None = None,
                        schedule: str = DEFAULT_SCHEDULE,
@@ -731,7 +733,7 @@ def _thaw_one_record(path: str, sh, buf, force: bool, timeout: float) -> list:
     return out
 
 
-def thaw_recorded(timeout: float = 10.0, force: bool = False) -> list:
+def thaw_recorded(timeout: float = 10.0, force: bool = False) -> list[RecordedThaw]:
     """Thaws whatever earlier sessions left frozen, from their records.
 
     A live guardian is asked to thaw (SIGUSR2) and waited for; when none is

@@ -5,11 +5,16 @@ written after the thaw (a write to a frozen filesystem would block).
 Under systemd, when stderr is the journal (``JOURNAL_STREAM`` names stderr's
 device and inode), every record also goes to stderr with its syslog priority
 as a ``<N>`` prefix, so that ``journalctl -p err`` shows the errors.  Those
-lines are held through the window as well."""
+lines are held through the window as well.
+
+Every record also goes to the standard ``logging`` module, on the ``vmsnap``
+logger, for an agent that embeds ``run()`` to route as it likes; held
+through the window too, and emitted after the thaw with its own time."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import time
@@ -18,6 +23,12 @@ DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
 
 # syslog priorities (sd-daemon.h: SD_ERR, SD_WARNING, SD_INFO)
 PRIORITY = {"ERROR": 3, "WARNING": 4, "INFO": 6}
+
+# The agent's way in; a library's logger gets a NullHandler so that, with no
+# handler configured anywhere, warnings are not printed to stderr by logging's
+# last resort (the CLI prints what it means to print).
+LOGGER = logging.getLogger("vmsnap")
+LOGGER.addHandler(logging.NullHandler())
 
 
 def stderr_is_journal(fd: int = 2) -> bool:
@@ -55,6 +66,18 @@ def _open_own_log(path: str) -> int:
         raise OSError(errno.EPERM, "not a plain file of this user's (a link, a FIFO or "
                       "someone else's file): not written to")
     return fd
+
+
+def _to_logging(record) -> None:
+    """RECORD on the vmsnap logger, stamped with the time it was made (not
+    the time a held record is released)."""
+    ts, level, msg = record
+    levelno = logging.getLevelName(level)
+    if not LOGGER.isEnabledFor(levelno):
+        return
+    rec = LOGGER.makeRecord(LOGGER.name, levelno, __file__, 0, msg, None, None)
+    rec.created, rec.msecs = ts, ts % 1 * 1000
+    LOGGER.handle(rec)
 
 
 class Logbook:
@@ -98,6 +121,7 @@ class Logbook:
                 os.write(2, text.encode("utf-8", "replace"))
             except OSError:
                 pass
+        _to_logging(record)
 
     def info(self, msg, *args):
         self._emit("INFO", msg, args)

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import policy
@@ -150,7 +151,7 @@ def clean_environment(extra: dict | None = None) -> dict:
 
 @dataclass
 class ProcessResult:
-    argv: list
+    argv: list[str]
     exit_code: int | None        # None when killed by a signal
     signal: int | None           # the signal that killed it
     timed_out: bool
@@ -334,8 +335,9 @@ class Process:
         return self.result
 
 
-def run_process(argv, timeout: float | None = None, grace: float = DEFAULT_GRACE, env=None,
-                cwd=None, output_limit: int = DEFAULT_OUTPUT_LIMIT, deadline_ns: int | None = None,
+def run_process(argv: Sequence[str], timeout: float | None = None,
+                grace: float = DEFAULT_GRACE, env: Mapping[str, str] | None = None,
+                cwd: str | None = None, output_limit: int = DEFAULT_OUTPUT_LIMIT, deadline_ns: int | None = None,
                 executable: str | None = None, force_fallback: bool = False,
                 keep_watched: bool = False) -> ProcessResult:
     """Runs ARGV under supervision and returns a ProcessResult.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .errors import Error
 
@@ -30,14 +31,14 @@ class FreezeResult:
     enabled: bool = True
     window_ms: float | None = None
     deadline_hit: bool = False
-    mounts: list = field(default_factory=list)   # dicts, see MountResult.to_dict
+    mounts: list[dict[str, Any]] = field(default_factory=list)   # dicts, see MountResult.to_dict
     rcu_expedited: bool = False   # RCU grace periods were expedited for the freeze
     thawed_early: str | None = None   # why the filesystems thawed before the step ended
 
 
 @dataclass
 class SnapshotResult:
-    argv: list
+    argv: list[str]
     exit_code: int | None = None
     duration_ms: float = 0.0
     output: str = ""
@@ -50,30 +51,30 @@ class SnapshotResult:
 class Result:
     status: str = "failed"
     consistency: str | None = None
-    errors: list = field(default_factory=list)   # Errors (errors.Error), in the order they arose
-    warnings: list = field(default_factory=list)
+    errors: list[Error] = field(default_factory=list)   # Errors (errors.Error), in the order they arose
+    warnings: list[str] = field(default_factory=list)
     pre_script: ScriptResult | None = None
     post_script: ScriptResult | None = None
     freeze: FreezeResult = field(default_factory=FreezeResult)
     snapshot: SnapshotResult | None = None
     duration_ms: float = 0.0
-    hooks: list = field(default_factory=list)    # per-hook ScriptResults (hooksDirectory)
-    phases: list = field(default_factory=list)   # (name, start_ms, duration_ms) timeline
-    plan: dict | None = None   # a dry run: what a run would do (see cycle.describe_plan)
+    hooks: list[ScriptResult] = field(default_factory=list)    # per-hook ScriptResults (hooksDirectory)
+    phases: list[dict[str, Any]] = field(default_factory=list)   # {phase, start_ms, duration_ms}
+    plan: dict[str, Any] | None = None   # a dry run: what a run would do (see cycle.describe_plan)
 
     def add_error(self, error: Error) -> Error:
         self.errors.append(error)
         return error
 
-    def has_error(self, *codes) -> bool:
+    def has_error(self, *codes: str) -> bool:
         return any(e.code in codes for e in self.errors)
 
     @property
     def exit_status(self) -> int:
         return {"success": 0, "degraded": 3}.get(self.status, 1)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_json(self, **kw) -> str:
+    def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from .cycle import run
+from ..cycle import run
 from .loopfs import LoopError, LoopFilesystems
 from .loopfs import available as loopfs_available
 
@@ -113,7 +113,7 @@ class Sandbox:
 
     def start_app(self):
         self.db = os.path.join(self.data, "app.db")
-        self.app = subprocess.Popen([sys.executable, "-m", "vmsnap_native.demo_app", self.db,
+        self.app = subprocess.Popen([sys.executable, "-m", "vmsnap_native.devtools.demo_app", self.db,
                                      self.ctl], stdin=subprocess.DEVNULL)
         status = os.path.join(self.ctl, "app.status")
         for _ in range(500):

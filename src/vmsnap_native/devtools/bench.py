@@ -18,9 +18,9 @@ import sys
 import threading
 import time
 
-from . import mountinfo
-from .errors import CoreUnavailable, FreezeError
-from .freeze import FreezeSession
+from .. import mountinfo
+from ..errors import CoreUnavailable, FreezeError
+from ..freeze import FreezeSession
 from .stats import ratio, summary
 
 DEADLINE_S = 5.0
@@ -175,12 +175,15 @@ def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = Fals
     out = sys.stderr if json_out else sys.stdout
     print("freeze window of %d filesystem(s), %d rounds each, alternating, load: %s:"
           % (len(sel.eligible), rounds, load), file=out)
-    print("  %-11s %9s %9s %9s %9s" % ("strategy", "min ms", "median", "p95", "max")
+    # a p95 only from enough rounds (stats.enough_for); below that the max says it all
+    p95 = all("p95" in stats[k] for k in STRATEGIES)
+    print("  %-11s %9s %9s" % ("strategy", "min ms", "median") + (" %9s" % "p95" if p95 else "")
+          + " %11s" % ("max of %d" % rounds)
           + ("  %s" % "worst write, median ms" if work else ""), file=out)
     for k in STRATEGIES:
         st = stats[k]
-        print("  %-11s %9.3f %9.3f %9.3f %9.3f" % (k, st["min"], st["median"], st["p95"],
-                                                   st["max"])
+        print("  %-11s %9.3f %9.3f" % (k, st["min"], st["median"])
+              + (" %9.3f" % st["p95"] if p95 else "") + " %11.3f" % st["max"]
               + ("  %9.3f" % report["worst_write_ms"][k]["median"] if work else ""), file=out)
     print("  parallel / sequential (median): %s" % report["ratio_parallel_to_sequential"],
           file=out)

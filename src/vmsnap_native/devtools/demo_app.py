@@ -1,6 +1,6 @@
 """The demo's sample application: writes continuously to an SQLite database.
 
-    python -m vmsnap_native.demo_app DB CONTROL_DIR
+    python -m vmsnap_native.devtools.demo_app DB CONTROL_DIR
 
 SIGUSR1: commit and pause (then writes "paused ROWS" to CONTROL_DIR/app.status);
 SIGUSR2: resume ("running ROWS"); SIGTERM: stop.  The status file lives
