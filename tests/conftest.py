@@ -100,11 +100,20 @@ def _resumes_done_after_the_test():
     test starts once that is over (at most 30 s), not with
     AnotherRunInProgress."""
     yield
+    resumes_done()
+
+
+def resumes_done(timeout: float = 30.0) -> bool:
+    """Waits until no resume command of a run this suite SIGKILLed is pending
+    (it holds the run lock while it runs the post-script)."""
     import time
     runtime = os.environ.get("VMSNAP_RUNTIME_DIR")
-    end = time.monotonic() + 30
-    while runtime and _pending_resumes(runtime) and time.monotonic() < end:
+    end = time.monotonic() + timeout
+    while runtime and _pending_resumes(runtime):
+        if time.monotonic() > end:
+            return False
         time.sleep(0.05)
+    return True
 
 
 class LoopFilesystems(loopfs_mod.LoopFilesystems):

@@ -13,7 +13,7 @@ import time
 
 import vmsnap_native as vmsnap
 
-from .conftest import frozen_state, root_only, thawed_soon
+from .conftest import frozen_state, resumes_done, root_only, thawed_soon
 from .helpers import codes, run_json, setup_scripts, write_config
 from .helpers import vmsnap as cli
 
@@ -129,6 +129,8 @@ def test_run_killed_during_snapshot_is_thawed_and_next_run_works(tmp_path, loopf
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert thawed_soon([m])
+    # the reaper resumes the application (post-script) under the run lock first
+    assert resumes_done(), "the killed run's resume command did not finish"
     rc, res, _ = run_json(tmp_path, cfg, [m])
     assert rc == 0 and res["consistency"] == "application"
 

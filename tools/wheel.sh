@@ -25,7 +25,7 @@ trap 'rm -rf "$tmp"' EXIT
 base=$("$py" -c "import sys; print(sys._base_executable)")
 "$base" -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q "$whl" pytest hypothesis pytest-benchmark pytest-timeout prometheus_client
-cp -r tests examples contrib pyproject.toml "$tmp/"
+cp -r tests examples contrib bench pyproject.toml "$tmp/"
 cd "$tmp"
 "$tmp/venv/bin/python" - "$checkout" <<'PY'
 import sys, vmsnap_native
