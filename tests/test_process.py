@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vmsnap_native import run_process
+from vmsnap_native import policy, run_process
 
 from .conftest import live_in_group
 
@@ -52,7 +52,9 @@ def test_stdin_is_dev_null_and_environment_is_clean(monkeypatch):
     r = run_process(["sh", "-c", "cat; env"], timeout=5)
     assert r.exit_code == 0
     assert "LD_PRELOAD" not in r.output and "PYTHONPATH" not in r.output
-    assert "PATH=/usr/local/sbin" in r.output
+    # the standard directories that pass the policy (all six here; fewer in a sysroot)
+    path = [line[5:] for line in r.output.splitlines() if line.startswith("PATH=")]
+    assert path == [policy.trusted_search_path()] and "/usr/bin" in path[0].split(":")
 
 
 def test_own_session_and_default_signals():
