@@ -5,6 +5,7 @@ symlink chains and loops).  Fast, for `make mutants`."""
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 import types
 
@@ -24,25 +25,38 @@ def fake_stat(uid=0, mode=0o100600):
 
 # -- the configuration file ---------------------------------------------------------
 
+NOBODY = "uid 65534 (%s)" % pwd.getpwuid(65534).pw_name   # the name is the machine's
+UNNAMED = 54321   # a uid with no passwd entry: the message says the number alone
+
+
+def test_owner_names_the_user_when_there_is_one():
+    assert pwd.getpwall() and not any(u.pw_uid == UNNAMED for u in pwd.getpwall())
+    assert policy._owner(0) == "uid 0 (root)"
+    assert policy._owner(UNNAMED) == "uid 54321"
+
+
 def test_config_stat_messages():
     assert policy.check_config_stat(fake_stat(0, 0o100600), "/c") is None
     assert policy.check_config_stat(fake_stat(0, 0o100400), "/c") is None
     p = policy.check_config_stat(fake_stat(65534, 0o100644), "/etc/c.json")
     assert p == policy.Problem("InsufficientPermissionforJSONConfigFile",
-                               "/etc/c.json: owned by uid 65534, not root, mode 644 (must be 600 "
-                               "or 400: no group/other bits, no execute bit)")
+                               "/etc/c.json: owned by %s, not root, mode 644 (must be 600 "
+                               "or 400: no group/other bits, no execute bit)" % NOBODY)
     p = policy.check_config_stat(fake_stat(0, 0o100700), "/c")
     assert p.message == "/c: mode 700 (must be 600 or 400: no group/other bits, no execute bit)"
-    p = policy.check_config_stat(fake_stat(7, 0o100600), "/c")
-    assert p.message == "/c: owned by uid 7, not root"
+    p = policy.check_config_stat(fake_stat(UNNAMED, 0o100600), "/c")
+    assert p.message == "/c: owned by uid 54321, not root"
 
 
 def test_unsafe_dir_reasons():
     assert policy._unsafe_dir(fake_stat(0, 0o40755)) is None
     assert policy._unsafe_dir(fake_stat(0, 0o41777)) is None      # sticky, like /tmp
+    assert policy._unsafe_dir(fake_stat(0, 0o41777), sticky_ok=False) == (
+        "writable by group or others (mode 1777)")
+    assert policy._unsafe_dir(fake_stat(0, 0o41755), sticky_ok=False) is None
     assert policy._unsafe_dir(fake_stat(0, 0o40775)) == "writable by group or others (mode 775)"
     assert policy._unsafe_dir(fake_stat(0, 0o40757)) == "writable by group or others (mode 757)"
-    assert policy._unsafe_dir(fake_stat(5, 0o40755)) == "owned by uid 5, not root"
+    assert policy._unsafe_dir(fake_stat(UNNAMED, 0o40755)) == "owned by uid 54321, not root"
 
 
 def test_script_check_defaults_and_ok():
@@ -64,19 +78,38 @@ def tree(tmp_path):
     return d
 
 
+def resolved(path):
+    """Where PATH leads, checking that the stat returned is that file's own."""
+    where, st = policy.resolve_checked(path)
+    assert (st.st_dev, st.st_ino) == (os.lstat(where).st_dev, os.lstat(where).st_ino)
+    return where
+
+
+def refused(path, exc_type=policy.Unsafe):
+    with pytest.raises(exc_type) as ei:
+        policy.resolve_checked(path)
+    return ei.value
+
+
 def test_an_unsafe_root_directory_is_named(monkeypatch):
-    real_lstat = os.lstat
+    real_open = policy._Walk._open
 
-    def lstat(p):
-        return fake_stat(0, 0o40777) if p == "/" else real_lstat(p)
+    def open_with_a_writable_root(self, name, dir_fd):
+        fd, st = real_open(self, name, dir_fd)
+        return (fd, fake_stat(0, 0o40777)) if name == "/" else (fd, st)
 
-    monkeypatch.setattr(policy.os, "lstat", lstat)
-    assert policy.resolve_checked("/etc/x") == (
-        None, "/: writable by group or others (mode 777)")
+    monkeypatch.setattr(policy._Walk, "_open", open_with_a_writable_root)
+    assert str(refused("/etc/x")) == (
+        "directory / on the path of /etc/x is writable by group or others (mode 777)")
 
 
 def test_relative_path_is_refused():
-    assert policy.resolve_checked("etc/x") == (None, "etc/x: not a full path")
+    assert str(refused("etc/x")) == "etc/x: not a full path"
+    chk = policy.check_script("etc/x", "post")
+    assert chk.problem == policy.Problem(
+        "Post-ScriptNotFound", "etc/x: not a full path; the script location must be a full path "
+        "starting with / (vmsnap does not expand ~ or look in any directory)")
+    assert chk.argv_prefix == () and chk.resolved is None
 
 
 @root
@@ -84,15 +117,18 @@ def test_dot_and_dotdot_components(tree):
     (tree / "sub").mkdir()
     os.chmod(tree / "sub", 0o755)
     target = write_script(tree / "s", "exit 0")
-    assert policy.resolve_checked("%s/./s" % tree) == (target, None)
-    assert policy.resolve_checked("%s/sub/../s" % tree) == (target, None)
-    assert policy.resolve_checked("/..%s/s" % tree) == (target, None)   # .. of / is /
+    assert resolved("%s/./s" % tree) == target
+    assert resolved("%s/sub/../s" % tree) == target
+    assert resolved("/..%s/s" % tree) == target   # .. of / is /
     (tree / "X").mkdir()   # a name of one repeated letter: ".." is one level up, exactly
     os.chmod(tree / "X", 0o755)
-    assert policy.resolve_checked("%s/X/../s" % tree) == (target, None)
+    assert resolved("%s/X/../s" % tree) == target
     # ".." goes up from where the link led, not from the link's own name
     os.symlink(str(tree / "sub"), tree / "to-sub")
-    assert policy.resolve_checked("%s/to-sub/../s" % tree) == (target, None)
+    assert resolved("%s/to-sub/../s" % tree) == target
+    # a path that ends in a directory (or "/.") resolves to it
+    assert resolved("%s/sub/." % tree) == "%s/sub" % tree
+    assert resolved("/") == "/"
 
 
 @root
@@ -102,28 +138,67 @@ def test_symlink_chains_up_to_40_and_loops(tree):
     for i in range(40):   # l39 -> ... -> l0 -> s: 40 links, accepted
         os.symlink(prev, tree / ("l%d" % i))
         prev = "l%d" % i
-    assert policy.resolve_checked("%s/l39" % tree) == (target, None)
+    assert resolved("%s/l39" % tree) == target
     os.symlink("l39", tree / "l40")   # 41 links
     path = "%s/l40" % tree
-    assert policy.resolve_checked(path) == (None, "%s: too many levels of symbolic links" % path)
+    assert str(refused(path)) == "%s: too many levels of symbolic links" % path
     os.symlink("loop", tree / "loop")
     loop = "%s/loop" % tree
-    assert policy.resolve_checked(loop)[1] == "%s: too many levels of symbolic links" % loop
+    assert str(refused(loop)) == "%s: too many levels of symbolic links" % loop
     # an absolute target restarts from /
     os.symlink(str(tree / "s"), tree / "abs")
-    assert policy.resolve_checked("%s/abs" % tree) == (target, None)
+    assert resolved("%s/abs" % tree) == target
+
+
+@root
+def test_a_symlink_not_owned_by_root_is_refused(tree):
+    write_script(tree / "s", "exit 0")
+    os.symlink("s", tree / "theirs")
+    os.lchown(tree / "theirs", UNNAMED, UNNAMED)
+    path = "%s/theirs" % tree
+    assert str(refused(path)) == (
+        "symlink %s on the path of %s is owned by uid 54321, not root" % (path, path))
+    chk = policy.check_script(path, "pre")
+    assert chk.problem == policy.Problem(
+        "InsufficientPermissionforPre-Script",
+        "symlink %s on the path of %s is owned by uid 54321, not root" % (path, path))
 
 
 @root
 def test_file_in_the_middle_and_unsafe_directory(tree):
     write_script(tree / "f", "exit 0")
-    assert policy.resolve_checked("%s/f/s" % tree) == (None, "%s/f: not a directory" % tree)
+    exc = refused("%s/f/s" % tree, NotADirectoryError)
+    assert (exc.strerror, exc.filename) == ("not a directory", "%s/f" % tree)
+    assert policy.check_script("%s/f/s" % tree, "post").problem == policy.Problem(
+        "Post-ScriptNotFound", "%s/f/s: not a directory" % tree)
     (tree / "open").mkdir()
     os.chmod(tree / "open", 0o777)
     write_script(tree / "open" / "s", "exit 0")
-    assert policy.resolve_checked("%s/open/s" % tree) == (
-        None, "directory %s/open on the script's path is writable by group or others "
-        "(mode 777)" % tree)
+    assert str(refused("%s/open/s" % tree)) == (
+        "directory %s/open on the path of %s/open/s is writable by group or others "
+        "(mode 777)" % (tree, tree))
+
+
+@root
+def test_scripts_own_directory_must_be_root_only(tree):
+    # sticky is fine on the way, not for the directory holding what runs
+    (tree / "st").mkdir()
+    os.chmod(tree / "st", 0o1777)
+    s = write_script(tree / "st" / "s", "exit 0")
+    assert resolved(s) == s
+    chk = policy.check_script(s, "pre")
+    assert chk.problem == policy.Problem(
+        "InsufficientPermissionforPre-Script",
+        "directory %s/st holding %s is writable by group or others (mode 1777): anyone could "
+        "put a file beside it that it reads (a module, a library); move it to a directory "
+        "only root can write" % (tree, s))
+    hook = policy.check_hook(s, "post")
+    assert hook.problem == policy.Problem(
+        "InsufficientPermissionforPost-Script",
+        "hooks directory %s/st is writable by group or others (mode 1777): anyone could add a "
+        "hook (chmod 755)" % tree)
+    os.chmod(tree / "st", 0o755)
+    assert policy.check_hook(s, "post").ok is True
 
 
 # -- check_script -----------------------------------------------------------------------
@@ -140,7 +215,7 @@ def test_empty_location_names_the_role():
 def test_not_found_messages(tree):
     missing = "%s/nope" % tree
     chk = policy.check_script(missing, "post")
-    assert chk.problem == policy.Problem("Post-ScriptNotFound", "%s: no such file" % missing)
+    assert chk.problem == policy.Problem("Post-ScriptNotFound", "%s: No such file or directory" % missing)
     long_name = "%s/%s" % (tree, "x" * 300)
     chk = policy.check_script(long_name, "pre")
     assert chk.problem == policy.Problem("Pre-ScriptNotFound", "%s: File name too long" % long_name)
@@ -156,8 +231,8 @@ def test_every_permission_problem_in_one_message(tree):
     chk = policy.check_script(s, "post")
     assert chk.problem == policy.Problem(
         "InsufficientPermissionforPost-Script",
-        "%s: owned by uid 65534, not root, mode 4777 has group/other bits (use 700; 500, 600, "
-        "400 accepted), setuid/setgid bit set (mode 4777)" % s)
+        "%s: owned by %s, not root, mode 4777 has group/other bits (use 700; 500, 600, "
+        "400 accepted), setuid/setgid bit set (mode 4777)" % (s, NOBODY))
     assert chk.resolved is None and chk.argv_prefix == ()
     os.chown(s, 0, 0)
     os.chmod(s, 0o2700)
