@@ -5,6 +5,7 @@ filesystem, no process: these run as any user."""
 from __future__ import annotations
 
 import copy
+import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,15 @@ from vmsnap_native.errors import (
     PRE_SCRIPT_NOT_FOUND,
     SNAPSHOT_FAILED,
 )
+
+# `make mutants` runs these once per mutant: a few hundred examples each time
+# (an explicit max_examples overrides its hypothesis profile, so cap it here)
+MUTANTS = os.environ.get("VMSNAP_HYPOTHESIS_PROFILE") == "mutants"
+
+
+def examples(n):
+    return min(n, 200) if MUTANTS else n
+
 
 KEEP_GOING, STRICT = Settings(continue_on_failure=True), Settings(continue_on_failure=False)
 
@@ -204,7 +214,7 @@ def settings_():
                      script_timeout=st.sampled_from([1.0, 30.0]))
 
 
-@settings(max_examples=1500, deadline=None, database=None)
+@settings(max_examples=examples(1500), deadline=None, database=None)
 @given(outcomes(), settings_())
 def test_the_verdict_follows_the_table(o, s):
     before = copy.deepcopy(o)
@@ -258,7 +268,7 @@ def test_the_verdict_follows_the_table(o, s):
         assert got[0] == "IncorrectJSONConfigFile"
 
 
-@settings(max_examples=1000, deadline=None, database=None)
+@settings(max_examples=examples(1000), deadline=None, database=None)
 @given(outcomes(), settings_())
 def test_the_snapshot_is_taken_unless_a_strict_policy_on_several_disks_says_no(o, s):
     take = decide.take_snapshot(o, s)
