@@ -248,3 +248,44 @@ def test_accepted_script_modes_and_how_they_run(tree):
         assert chk.ok is True and chk.problem is None and chk.resolved == s
         assert chk.argv_prefix == ((s,) if argv is None else (argv, s))
     assert stat.S_IMODE(os.stat(tree / "m700").st_mode) == 0o700
+
+
+# -- what runs: the trusted PATH, the #! head, chains of programs ---------------------
+
+def test_the_standard_path_in_its_order():
+    assert policy.STANDARD_PATH == (
+        "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+    if all(policy._trusted_dir(d) for d in policy.STANDARD_PATH):   # as on a stock system
+        assert policy.trusted_search_path() == (
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+@root
+def test_the_shebang_line_is_read_as_far_as_the_kernel_reads_it(tree):
+    # the kernel reads 256 bytes for the #! line: a longer name is cut there
+    s = write_script(tree / "s", "exit 0", shebang="#!/usr/bin/env " + "n" * 300)
+    chk = policy.check_script(s, "pre")
+    assert chk.ok is True and chk.argv_prefix == (s,)
+    assert [p.message for p in chk.check_problems] == [
+        "/usr/bin/env %s runs %r, which is not on the trusted PATH (%s)"
+        % ("n" * 241, "n" * 241, policy.trusted_search_path())]
+    assert chk.hint == chk.check_problems[0].message
+
+
+@root
+@pytest.mark.parametrize("inner,ok", [(False, True), (True, False)])
+def test_a_chain_of_programs_is_bounded(tree, inner, ok):
+    # each `#!/usr/bin/env /full/path` is two programs (env, then the one it runs) and
+    # a #! interpreter one: six env links and /bin/sh are 13 programs, the most there
+    # may be; one more #! interpreter is one too many
+    prev = write_script(tree / "end", "exit 0", shebang="#!%s" % (
+        write_script(tree / "inner", "exit 0") if inner else "/bin/sh"))
+    for i in range(6):
+        prev = write_script(tree / ("p%d" % i), "exit 0", shebang="#!/usr/bin/env %s" % prev)
+    chk = policy.check_script(prev, "post")
+    if ok:
+        assert chk.ok is True and chk.argv_prefix == (prev,) and chk.check_problems == []
+    else:
+        assert chk.problem == policy.Problem(
+            "InsufficientPermissionforPost-Script",
+            "%s: too many programs in its chain (a loop?)" % prev)
