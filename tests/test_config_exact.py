@@ -204,3 +204,244 @@ def test_load_config(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps(BASE))
     assert C.load_config(str(f)).post_script == "/q"
+
+
+# -- Azure's forms: accepted with their meaning, and what Azure would do instead ----------
+
+CONTINUE_AZURE = ("read any non-empty string as true%s: with a missing or refused script the "
+                  "backup goes on, and with a failed or timed-out script its extension stops "
+                  "with an error (it cannot combine true with a string): no snapshot, no "
+                  "post-script")
+RETRY_AZURE = ("keep the string: a script that succeeds at once is unaffected, but after a "
+               "failure its retry check compares a number with a string and fails, the result "
+               "never arrives, and Azure reports PluginhostPreTimeout/PluginhostPostTimeout "
+               "(310/311) after waiting out the whole timeout, without retrying")
+NO_RETRY_AZURE = ("never run the script again (its retry loop only polls the process that "
+                  "already exited): one attempt in all")
+TIMEOUT_AZURE = ("fail on the string (its min() of a string and a number raises): "
+                 "PluginhostConfigParsing (304), scripts skipped, a filesystem-consistent backup")
+
+
+def differences(cfg):
+    return [(d.topic, d.where, d.azure, d.vmsnap, d.warn) for d in cfg.azure_differences]
+
+
+def parse_timed(**fields):
+    # timeoutInSeconds set: no timeout-default difference in the way
+    return parse(**{"timeoutInSeconds": 30, **fields})
+
+
+@pytest.mark.parametrize("name,value,meaning,azure", [
+    ("continueBackupOnFailure", " False ", False, CONTINUE_AZURE % ' (so "false" is true)'),
+    ("continueBackupOnFailure", "true", True, CONTINUE_AZURE % ""),
+    ("fsFreezeEnabled", "false", False, "read any non-empty string as true: it would freeze anyway"),
+    ("fsFreezeEnabled", "TRUE", True, "read any non-empty string as true: it would freeze"),
+])
+def test_string_booleans(name, value, meaning, azure):
+    c = parse_timed(**{name: value})
+    assert getattr(c, C.FIELDS[name][0]) is meaning
+    vmsnap = "reads the string %s as %s" % (json.dumps(value), json.dumps(meaning))
+    assert differences(c) == [("string-boolean", name, azure, vmsnap, True)]
+    assert c.warnings == ["/etc/c.json: %s: %s; Azure would %s" % (name, vmsnap, azure)]
+
+
+@pytest.mark.parametrize("name,value", [("continueBackupOnFailure", 0), ("fsFreezeEnabled", 1)])
+def test_number_booleans(name, value):
+    c = parse_timed(**{name: value})
+    word = json.dumps(bool(value))
+    assert getattr(c, C.FIELDS[name][0]) is bool(value)
+    assert differences(c) == [("number-boolean", name, "read %d as %s too: write %s"
+                               % (value, word, word), "reads %d as %s" % (value, word), True)]
+    assert c.warnings == ["/etc/c.json: %s: reads %d as %s; Azure would read %d as %s too: "
+                          "write %s" % (name, value, word, value, word, word)]
+
+
+def test_vmsnap_fields_take_no_azure_forms():
+    assert error({**BASE, "expediteRcu": "true"}) == (
+        '/etc/c.json: expediteRcu must be true or false, not the string "true"')
+    assert error({**BASE, "expediteRcu": 1}) == (
+        "/etc/c.json: expediteRcu must be true or false, not 1")
+    assert error({**BASE, "freezeTimeoutInSeconds": "5"}) == (
+        '/etc/c.json: freezeTimeoutInSeconds must be %s, not the string "5"' % SECONDS)
+
+
+def test_retries_as_strings_and_whole_floats():
+    c = parse_timed(preScriptNoOfRetries=" 2 ")
+    assert c.pre_retries == 2 and type(c.pre_retries) is int
+    assert differences(c) == [
+        ("string-number", "preScriptNoOfRetries", RETRY_AZURE, 'reads the string " 2 " as 2', True),
+        ("retries", "preScriptNoOfRetries", NO_RETRY_AZURE,
+         "runs the script again after a failure, up to 2 more times", False)]
+    assert c.warnings == ['/etc/c.json: preScriptNoOfRetries: reads the string " 2 " as 2; '
+                          'Azure would ' + RETRY_AZURE]
+    c = parse_timed(postScriptNoOfRetries=1.0)
+    assert c.post_retries == 1 and type(c.post_retries) is int and c.warnings == []
+    assert differences(c) == [("retries", "postScriptNoOfRetries", NO_RETRY_AZURE,
+                               "runs the script again after a failure, up to 1 more time", False)]
+    c = parse_timed(postScriptNoOfRetries="1000")
+    assert c.post_retries == 1000 and [d[0] for d in differences(c)] == ["string-number", "retries"]
+    e = pytest.raises(ConfigError, C.parse_config, json.dumps(
+        {**BASE, "postScriptNoOfRetries": "1001"}).encode(), "/etc/c.json").value
+    assert str(e) == '/etc/c.json: postScriptNoOfRetries must be %s, not the string "1001"' % RETRIES
+    assert e.azure_differences == [] and e.warnings == []
+    assert error({**BASE, "preScriptNoOfRetries": 2.5}) == (
+        "/etc/c.json: preScriptNoOfRetries must be %s, not 2.5" % RETRIES)
+    assert error({**BASE, "preScriptNoOfRetries": "-1"}) == (
+        '/etc/c.json: preScriptNoOfRetries must be %s, not the string "-1"' % RETRIES)
+    assert error({**BASE, "preScriptNoOfRetries": "1e3"}) == (
+        '/etc/c.json: preScriptNoOfRetries must be %s, not the string "1e3"' % RETRIES)
+
+
+@pytest.mark.parametrize("text,value", [("45", 45.0), (" 2.5 ", 2.5)])
+def test_timeout_as_a_string(text, value):
+    c = parse(timeoutInSeconds=text)
+    assert c.timeout == value and type(c.timeout) is float
+    vmsnap = "reads the string %s as %s seconds" % (json.dumps(text), text.strip())
+    assert differences(c) == [("string-number", "timeoutInSeconds", TIMEOUT_AZURE, vmsnap, True)]
+    assert c.warnings == ["/etc/c.json: timeoutInSeconds: %s; Azure would %s"
+                          % (vmsnap, TIMEOUT_AZURE)]
+
+
+def test_timeout_strings_that_are_not_plain_numbers_are_refused():
+    for text in ("1e3", "-5", "0", "", "4.", "0x10"):
+        assert error({**BASE, "timeoutInSeconds": text}) == (
+            "/etc/c.json: timeoutInSeconds must be %s, not the string %s" % (
+                SECONDS, json.dumps(text)))
+
+
+def test_the_azure_timeout_cap():
+    assert differences(parse(timeoutInSeconds=1800)) == [] and parse(timeoutInSeconds=1800).warnings == []
+    c = parse(timeoutInSeconds=1800.5)
+    azure = ("cap it at 1800 seconds (its plugin host's limit): a script still running then "
+             "is a timeout")
+    assert differences(c) == [("timeout-cap", "timeoutInSeconds", azure, "keeps 1800.5 seconds", True)]
+    assert c.warnings == ["/etc/c.json: timeoutInSeconds: keeps 1800.5 seconds; Azure would " + azure]
+    # the freeze timeout is vmsnap's own: no cap
+    assert [d[0] for d in differences(parse_timed(freezeTimeoutInSeconds=3600))] == ["vmsnap-only"]
+
+
+def test_absent_timeout_and_retries_are_listed_for_check_azure_only():
+    c = parse(preScriptNoOfRetries=1, postScriptNoOfRetries=2)
+    assert c.warnings == []
+    assert differences(c) == [
+        ("timeout-default", "timeoutInSeconds", "use 10 seconds (its ScriptRunner's default; "
+         "Microsoft's README says 30)", "uses 30 seconds (absent)", False),
+        ("retries", "preScriptNoOfRetries", NO_RETRY_AZURE,
+         "runs the script again after a failure, up to 1 more time", False),
+        ("retries", "postScriptNoOfRetries", NO_RETRY_AZURE,
+         "runs the script again after a failure, up to 2 more times", False)]
+    assert differences(parse_timed()) == []
+
+
+def test_vmsnap_only_fields_are_listed_in_field_order():
+    c = parse_timed(presyncDirtyCapMiB=0, metricsFile="/m", expediteRcu=True, hooksDirectory="/h",
+                    mountsToFreeze=["/"], mountsToSkip=[], freezeTimeoutInSeconds=5)
+    assert differences(c) == [("vmsnap-only", name, "ignore it (%s)" % why, "uses it", False)
+                              for name, why in C.VMSNAP_ONLY_FIELDS.items()]
+    assert list(C.VMSNAP_ONLY_FIELDS) == [
+        "freezeTimeoutInSeconds", "mountsToSkip", "mountsToFreeze", "hooksDirectory",
+        "expediteRcu", "metricsFile", "presyncDirtyCapMiB"]
+    assert [d.to_dict() for d in c.azure_differences][:1] == [
+        {"topic": "vmsnap-only", "where": "freezeTimeoutInSeconds",
+         "azure": "ignore it (its freeze helper has its own limit)", "vmsnap": "uses it"}]
+    assert (c.metrics_file, c.dirty_cap_mib, c.warnings) == ("/m", 0, [])
+
+
+def test_numbers_in_params():
+    c = parse_timed(preScriptParams=[1, 2.5, "x"])
+    assert c.pre_params == ["1", "2.5", "x"] and differences(c) == []
+    assert c.warnings == [
+        "/etc/c.json: preScriptParams[0]: the number 1 is passed as the argument '1', as Azure "
+        "passes it; write it as a string",
+        "/etc/c.json: preScriptParams[1]: the number 2.5 is passed as the argument '2.5', as "
+        "Azure passes it; write it as a string"]
+    assert error({**BASE, "postScriptParams": ["a", True]}) == (
+        "/etc/c.json: postScriptParams must be an array of strings (item 1 is true), not an array")
+    assert error(b'{"preScriptLocation": "/p", "postScriptLocation": "/q", '
+                 b'"preScriptParams": [1e999]}') == (
+        "/etc/c.json: preScriptParams must be an array of strings (item 0 is Infinity), "
+        "not an array")
+    assert error({**BASE, "preScriptParams": ["a\0"]}) == (
+        "/etc/c.json: preScriptParams must be without a NUL byte, not an array")
+
+
+def test_a_lone_surrogate_is_refused():
+    assert error(b'{"preScriptLocation": "/p\\ud800", "postScriptLocation": "/q"}') == (
+        "/etc/c.json: preScriptLocation must be valid Unicode text (it holds a lone surrogate "
+        'such as \\ud800, which no program can receive), not the string "/p\\ud800"')
+
+
+def test_azure_only_fields_are_explained():
+    c = parse_timed(ScriptsExecutionPollTimeSeconds=3, appName="x")
+    assert c.warnings == [
+        "/etc/c.json: ScriptsExecutionPollTimeSeconds: " + C.AZURE_ONLY_FIELDS[
+            "ScriptsExecutionPollTimeSeconds"],
+        "/etc/c.json: appName: Azure only sends it to its telemetry: ignored"]
+    assert C.AZURE_ONLY_FIELDS["ScriptsExecutionPollTimeSeconds"] == (
+        "Azure checks its scripts every 1-5 s (this field, default 3); vmsnap waits on each "
+        "script's exit directly and reacts within milliseconds, so it has no poll interval: "
+        "ignored")
+    assert differences(c) == [(
+        "poll-time", "ScriptsExecutionPollTimeSeconds", "look at a running script only every "
+        "1-5 s (3 unless this field says 1 to 5): each script's end is seen up to that late, "
+        "and its timeout counts in those steps", "waits on each script's exit directly", False)]
+    assert differences(parse_timed(appName="x")) == []
+
+
+def test_slips_in_field_names():
+    doc = {"PreScriptLocation": "/x", "postScriptLocation": "/q"}
+    e = pytest.raises(ConfigError, C.parse_config, json.dumps(doc).encode(), "/c").value
+    hint = "unknown field 'PreScriptLocation': did you mean 'preScriptLocation'? (field names are case-sensitive)"
+    assert str(e) == ("/c: preScriptLocation is required (the file has 'PreScriptLocation': "
+                      "field names are case-sensitive); " + hint)
+    assert e.warnings == ["/c: " + hint]
+    # a close spelling, and a slip whose real field is also there (then merely unknown)
+    assert parse(timeoutInSecond=5).warnings == [
+        "/etc/c.json: unknown field 'timeoutInSecond': did you mean 'timeoutInSeconds'? "
+        "(field names are case-sensitive)"]
+    assert parse_timed(timeoutInSecond=5).warnings == [
+        "/etc/c.json: unknown field 'timeoutInSecond' ignored"]
+    assert C.did_you_mean("APPNAME") == "appName"
+    assert C.did_you_mean("scriptsexecutionpolltimeseconds") == "ScriptsExecutionPollTimeSeconds"
+    assert C.did_you_mean("preScriptLocaton") == "preScriptLocation"
+    assert C.did_you_mean("preScript") is None and C.did_you_mean("zzz") is None
+
+
+def test_an_empty_freeze_list_says_nothing_is_frozen():
+    c = parse_timed(mountsToFreeze=[])
+    assert c.mounts_to_freeze == [] and c.warnings == [
+        "/etc/c.json: mountsToFreeze is an empty list: no filesystem will be frozen (leave the "
+        "field out to freeze every eligible filesystem)"]
+
+
+@pytest.mark.parametrize("value,ok", [
+    (0, True), (15, False), (16, True), (1 << 20, True), ((1 << 20) + 1, False), (True, False),
+    (64.0, False), (-16, False)])
+def test_dirty_cap_bounds(value, ok):
+    if ok:
+        assert parse(presyncDirtyCapMiB=value).dirty_cap_mib == value
+    else:
+        assert error({**BASE, "presyncDirtyCapMiB": value}) == (
+            "/etc/c.json: presyncDirtyCapMiB must be 0 (no cap) or an integer from 16 to "
+            "1048576 (MiB), not %s" % json.dumps(value))
+
+
+def test_seconds_on_the_command_line():
+    assert C.seconds_option("2.5") == 2.5 and C.seconds_option("2592000") == 2592000.0
+    for text, why in (("abc", "'abc' is not a number"),
+                      ("0", "must be a number of seconds > 0 and at most 2592000 (30 days), not '0'"),
+                      ("2592001", "must be a number of seconds > 0 and at most 2592000 (30 days), "
+                                  "not '2592001'"),
+                      ("nan", "must be a number of seconds > 0 and at most 2592000 (30 days), "
+                              "not 'nan'")):
+        with pytest.raises(ValueError) as ei:
+            C.seconds_option(text)
+        assert str(ei.value) == why
+
+
+def test_describe_and_json_type():
+    assert [C.json_type(v) for v in (None, True, 1, 1.5, "s", [], {})] == [
+        "null", "boolean", "number", "number", "string", "array", "object"]
+    assert C.describe("x" * 58) == 'the string "%s"' % ("x" * 58)   # 60 characters: whole
+    assert C.describe("x" * 59) == 'the string "%s...' % ("x" * 56)
+    assert C.describe({}) == "an object" and C.describe(False) == "false"
