@@ -289,3 +289,130 @@ def test_a_chain_of_programs_is_bounded(tree, inner, ok):
         assert chk.problem == policy.Problem(
             "InsufficientPermissionforPost-Script",
             "%s: too many programs in its chain (a loop?)" % prev)
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@root
+def test_a_walk_leaves_no_fd_open_and_dotdot_climbs_one_level(tree):
+    target = write_script(tree / "s", "exit 0")
+    before = open_fds()
+    for _ in range(3):
+        resolved(target)
+        refused("%s/nope" % tree, FileNotFoundError)
+    assert open_fds() == before
+    top = "/" + str(tree).split("/")[1]   # "/tmp/..": back to / from the first level
+    assert resolved("%s/..%s/s" % (top, tree)) == target
+    exc = refused("%s/s/x" % tree, NotADirectoryError)
+    assert (exc.errno, exc.strerror) == (20, "not a directory")
+
+
+def test_the_shebang_line_as_the_kernel_splits_it():
+    assert policy._shebang(b"#!/bin/sh") == ("/bin/sh", None)
+    assert policy._shebang(b"#! \t/bin/sh \t-e  x \t") == ("/bin/sh", "-e  x")
+    assert policy._shebang(b"#!/usr/bin/env python3") == ("/usr/bin/env", "python3")
+    assert policy._shebang(b"#!") is None and policy._shebang(b"#!  ") is None
+    assert policy._shebang(b"echo") is None and policy._shebang(b" #!/bin/sh") is None
+
+
+def test_which_program_env_runs():
+    assert policy._env_command(None, "w") is None
+    assert policy._env_command("python3", "w") == "python3"
+    assert policy._env_command("x'y", "w") == "x'y"   # no -S: the word is taken as it is
+    assert policy._env_command("-S python3 -u", "w") == "python3"
+    assert policy._env_command("-S  /usr/bin/perl", "w") == "/usr/bin/perl"
+    for arg in ("-i", "A=1", "-S", "-S -i x", "-S A=1 x", "-S 'x'", '-S "x"', "-S x\\_y",
+                "-S ${X}"):
+        with pytest.raises(policy.Unsafe) as ei:
+            policy._env_command(arg, "the #! line of /s")
+        assert str(ei.value) == ("the #! line of /s: cannot tell which program `env %s` runs; "
+                                 "name the interpreter by its full path" % arg)
+
+
+@root
+def test_what_the_shebang_names_is_checked(tree):
+    (tree / "d").mkdir()
+    s = write_script(tree / "nodir", "exit 0", shebang="#!%s/d" % tree)
+    chk = policy.check_script(s, "post")
+    why = "the #! line of %s names %s/d: not a regular file" % (s, tree)
+    assert chk.ok is True and chk.argv_prefix == (s,) and chk.hint == why
+    assert chk.check_problems == [policy.Problem("Post-ScriptExecutionFailed", why)]
+    s = write_script(tree / "missing", "exit 0", shebang="#!%s/none" % tree)
+    assert policy.check_script(s, "hook").check_problems == [policy.Problem(
+        "Pre-ScriptExecutionFailed",
+        "the #! line of %s names %s/none: No such file or directory" % (s, tree))]
+    for owner, mode, who in ((UNNAMED, 0o755, "uid 54321"), (0, 0o775, "uid 0 (root)"),
+                             (0, 0o757, "uid 0 (root)")):
+        interp = write_script(tree / "interp", "exit 0", mode=mode)
+        os.chown(interp, owner, 0)
+        os.chmod(interp, mode)
+        s = write_script(tree / "s", "exit 0", shebang="#!%s" % interp)
+        chk = policy.check_script(s, "pre")
+        assert chk.problem == policy.Problem(
+            "InsufficientPermissionforPre-Script",
+            "the #! line of %s runs %s: %s, mode %o (must be root-owned, not writable by group "
+            "or others)" % (s, interp, who, mode))
+        assert (chk.argv_prefix, chk.resolved, chk.hint, chk.check_problems) == ((), None, None, [])
+    # a root-owned 755 interpreter in a sticky directory: anyone could add files beside it
+    (tree / "st").mkdir()
+    os.chmod(tree / "st", 0o1777)
+    interp = write_script(tree / "st" / "i", "exit 0", mode=0o755)
+    s = write_script(tree / "s2", "exit 0", shebang="#!%s" % interp)
+    assert policy.check_script(s, "pre").problem.message == (
+        "the #! line of %s runs %s: directory %s/st holding %s is writable by group or others "
+        "(mode 1777): anyone could put a file beside it that it reads (a module, a library); "
+        "move it to a directory only root can write" % (s, interp, tree, interp))
+
+
+@root
+@pytest.mark.parametrize("depth,ok", [(4, True), (5, False)])
+def test_nested_interpreters_to_the_kernels_depth(tree, depth, ok):
+    prev = write_script(tree / "i0", "exit 0", mode=0o755)   # #!/bin/sh: the last
+    for i in range(1, depth + 1):
+        prev = write_script(tree / ("i%d" % i), "exit 0", shebang="#!%s" % prev,
+                            mode=0o755 if i < depth else 0o700)
+    chk = policy.check_script(prev, "pre")
+    if ok:
+        assert chk.ok is True and chk.argv_prefix == (prev,) and chk.check_problems == []
+    else:
+        assert chk.problem.message == (
+            "%s: #! interpreters nested more than 4 deep (the kernel refuses that)" % prev)
+
+
+@root
+def test_how_a_script_runs(tree):
+    def plan(name, content, mode):
+        path = str(tree / name)
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        chk = policy.check_script(path, "pre")
+        assert chk.ok is True and chk.resolved == path
+        return chk.argv_prefix, chk.hint
+    elf = open("/bin/sh", "rb").read(64)
+    assert plan("a", b"#!/bin/sh\nexit 0\n", 0o700) == (("%s/a" % tree,), None)
+    assert plan("b", b"#!/bin/sh\nexit 0\n", 0o600) == ((policy.SH, "%s/b" % tree), None)
+    assert plan("c", b"exit 0\n", 0o700) == ((policy.SH, "%s/c" % tree), None)
+    assert plan("d", elf, 0o700) == (("%s/d" % tree,), None)
+    assert plan("e", elf, 0o600) == ((policy.SH, "%s/e" % tree), None)
+    assert plan("f", b"#!\nexit 0\n", 0o700) == ((policy.SH, "%s/f" % tree), None)
+    f = "%s/g" % tree
+    assert plan("g", b"#!/bin/sh\r\nexit 0\r\n", 0o700) == ((policy.SH, f), (
+        "the script has Windows line endings (CRLF): its #! line names '/bin/sh\\r'; convert it "
+        "with `sed -i 's/\\r$//' %s` or `dos2unix %s`" % (f, f)))
+    f = "%s/h" % tree
+    assert plan("h", b"exit 0\r\n", 0o500) == ((policy.SH, f), (
+        "the script has Windows line endings (CRLF); convert it with `sed -i 's/\\r$//' %s` "
+        "or `dos2unix %s`" % (f, f)))
+
+
+@root
+def test_a_hook_directory_that_is_not_a_directory_is_left_to_the_script_check(tree):
+    write_script(tree / "f", "exit 0")
+    chk = policy.check_hook("%s/f/h" % tree, "post")
+    assert chk.problem == policy.Problem("Post-ScriptNotFound", "%s/f/h: not a directory" % tree)
+    chk = policy.check_hook("%s/none/h" % tree, "pre")
+    assert chk.problem == policy.Problem("Pre-ScriptNotFound",
+                                         "%s/none/h: No such file or directory" % tree)
