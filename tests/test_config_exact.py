@@ -36,6 +36,7 @@ def test_defaults():
     assert c.has_scripts is False and C.Config(pre_script="/p").has_scripts is True
     assert C.Config().pre_params is not c.pre_params   # not shared between instances
     assert C.MAX_CONFIG_BYTES == 1048576
+    assert (c.metrics_file, c.dirty_cap_mib, c.azure_differences) == (None, 64, [])
 
 
 def test_a_parsed_file_keeps_the_defaults_it_does_not_set():
@@ -445,3 +446,16 @@ def test_describe_and_json_type():
     assert C.describe("x" * 58) == 'the string "%s"' % ("x" * 58)   # 60 characters: whole
     assert C.describe("x" * 59) == 'the string "%s...' % ("x" * 56)
     assert C.describe({}) == "an object" and C.describe(False) == "false"
+
+
+def test_full_paths_and_text_in_vmsnap_fields():
+    for name in ("hooksDirectory", "metricsFile"):
+        assert error({**BASE, name: "rel/x"}) == (
+            '/etc/c.json: %s must be a full path (starting with /), not the string "rel/x"' % name)
+        assert error({**BASE, name: 7}) == (
+            "/etc/c.json: %s must be a string (a full path), not 7" % name)
+    assert error({**BASE, "mountsToSkip": ["/a\0"]}) == (
+        "/etc/c.json: mountsToSkip must be without a NUL byte, not an array")
+    assert error(b'{"preScriptLocation": "/p", "postScriptLocation": "/q", '
+                 b'"postScriptNoOfRetries": 1e999}') == (
+        "/etc/c.json: postScriptNoOfRetries must be %s, not Infinity" % RETRIES)
