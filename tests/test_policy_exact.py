@@ -4,9 +4,11 @@ symlink chains and loops).  Fast, for `make mutants`."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
+import threading
 import types
 
 import pytest
@@ -416,3 +418,34 @@ def test_a_hook_directory_that_is_not_a_directory_is_left_to_the_script_check(tr
     chk = policy.check_hook("%s/none/h" % tree, "pre")
     assert chk.problem == policy.Problem("Pre-ScriptNotFound",
                                          "%s/none/h: No such file or directory" % tree)
+
+
+@root
+def test_the_head_is_read_from_the_checked_file_only(tree):
+    target = write_script(tree / "s", "exit 0")
+    st = os.stat(target)
+    assert policy._read_head(target, st) == b"#!/bin/sh\nexit 0\n"
+    # swapped for a symlink after the walk: not followed, even to the same file
+    os.symlink(target, tree / "link")
+    with pytest.raises(OSError) as ei:
+        policy._read_head(str(tree / "link"), st)
+    assert ei.value.errno == errno.ELOOP
+    # swapped for another file
+    other = write_script(tree / "other", "exit 0")
+    with pytest.raises(policy.Unsafe) as ei:
+        policy._read_head(other, st)
+    assert str(ei.value) == "%s changed while it was checked" % other
+    # swapped for a FIFO: opened without waiting for a writer
+    os.mkfifo(tree / "fifo")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(
+        policy._read_head(str(tree / "fifo"), os.stat(tree / "fifo"))), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert got == [b""]
+
+
+def test_the_crlf_hint_names_what_the_kernel_would_look_for():
+    assert policy._crlf_hint("/s", b"#! \tXY\r") == (
+        "the script has Windows line endings (CRLF): its #! line names 'XY\\r'; convert it "
+        "with `sed -i 's/\\r$//' /s` or `dos2unix /s`")
