@@ -449,3 +449,41 @@ def test_the_crlf_hint_names_what_the_kernel_would_look_for():
     assert policy._crlf_hint("/s", b"#! \tXY\r") == (
         "the script has Windows line endings (CRLF): its #! line names 'XY\\r'; convert it "
         "with `sed -i 's/\\r$//' /s` or `dos2unix /s`")
+
+
+def test_env_split_strings_are_read_as_env_reads_them():
+    assert policy._env_command("-Spython3 -u", "w") == "python3"   # -S joined to its text
+    assert policy._env_command("-S X11prog", "w") == "X11prog"
+
+
+@root
+def test_what_env_is_asked_to_run(tree, monkeypatch):
+    s = write_script(tree / "s", "exit 0", shebang="#!/usr/bin/env %s/none" % tree)
+    assert [p.message for p in policy.check_script(s, "pre").check_problems] == [
+        "/usr/bin/env %s/none names %s/none: No such file or directory" % (tree, tree)]
+    # on the trusted PATH only an executable file counts, not a directory or a plain file
+    (tree / "bin").mkdir()
+    monkeypatch.setattr(policy, "STANDARD_PATH", (str(tree / "bin"),))
+    (tree / "bin" / "adir").mkdir()
+    write_script(tree / "bin" / "plain", "exit 0", mode=0o644)
+    write_script(tree / "bin" / "prog", "exit 0", mode=0o755)
+    for name in ("adir", "plain"):
+        s = write_script(tree / "s", "exit 0", shebang="#!/usr/bin/env %s" % name)
+        chk = policy.check_script(s, "pre")
+        assert chk.ok and [p.message for p in chk.check_problems] == [
+            "/usr/bin/env %s runs %r, which is not on the trusted PATH (%s/bin)" % (name, name, tree)]
+    s = write_script(tree / "s", "exit 0", shebang="#!/usr/bin/env prog")
+    chk = policy.check_script(s, "pre")
+    assert chk.ok is True and chk.check_problems == [] and chk.hint is None
+
+
+@root
+def test_an_interpreter_reached_through_someone_elses_directory(tree):
+    (tree / "theirs").mkdir()
+    interp = write_script(tree / "theirs" / "i", "exit 0", mode=0o755)
+    os.chown(tree / "theirs", UNNAMED, UNNAMED)
+    s = write_script(tree / "s", "exit 0", shebang="#!%s" % interp)
+    assert policy.check_script(s, "post").problem == policy.Problem(
+        "InsufficientPermissionforPost-Script",
+        "the #! line of %s runs %s: directory %s/theirs on the path of %s is owned by uid 54321, "
+        "not root" % (s, interp, tree, interp))
