@@ -487,3 +487,47 @@ def test_an_interpreter_reached_through_someone_elses_directory(tree):
         "InsufficientPermissionforPost-Script",
         "the #! line of %s runs %s: directory %s/theirs on the path of %s is owned by uid 54321, "
         "not root" % (s, interp, tree, interp))
+
+
+def interpreter_chain(tree, depth):
+    """i{depth} -> ... -> i0 -> /bin/sh: DEPTH nested #! interpreters below i{depth}."""
+    prev = write_script(tree / "i0", "exit 0", mode=0o755)
+    for i in range(1, depth + 1):
+        prev = write_script(tree / ("i%d" % i), "exit 0", shebang="#!%s" % prev, mode=0o755)
+    return prev
+
+
+@root
+def test_a_new_exec_starts_the_nesting_count_again(tree, monkeypatch):
+    top = interpreter_chain(tree, 3)   # as deep as the kernel allows below one exec
+    s = write_script(tree / "s", "exit 0", shebang="#!/usr/bin/env %s" % top)
+    chk = policy.check_script(s, "pre")
+    assert chk.ok is True and chk.check_problems == []
+    # /bin/sh running a plain script is a new exec too
+    monkeypatch.setattr(policy, "SH", top)
+    plain = write_script(tree / "plain", "exit 0", shebang=None)
+    chk = policy.check_script(plain, "pre")
+    assert chk.ok is True and chk.argv_prefix == (top, plain)
+
+
+@root
+def test_a_program_chain_counted_from_sh(tree, monkeypatch):
+    # sh is the first program: 5 env links, a #! interpreter and /bin/sh make 13
+    prev = write_script(tree / "end", "exit 0", shebang="#!%s" % write_script(tree / "inner", "exit 0"))
+    for i in range(5):
+        prev = write_script(tree / ("p%d" % i), "exit 0", shebang="#!/usr/bin/env %s" % prev,
+                            mode=0o755)
+    monkeypatch.setattr(policy, "SH", prev)
+    plain = write_script(tree / "plain", "exit 0", shebang=None)
+    chk = policy.check_script(plain, "post")
+    assert chk.ok is True and chk.argv_prefix == (prev, plain)
+
+
+@root
+def test_a_nested_interpreter_is_named_with_the_line_that_names_it(tree):
+    top = interpreter_chain(tree, 2)
+    os.chown(tree / "i0", UNNAMED, 0)
+    s = write_script(tree / "s", "exit 0", shebang="#!%s" % top)
+    assert policy.check_script(s, "pre").problem.message == (
+        "the #! line of %s runs %s/i0: uid 54321, mode 755 (must be root-owned, not writable by "
+        "group or others)" % (tree / "i1", tree))
