@@ -4,6 +4,7 @@ at its boundaries, the size limit to the byte, and every error message
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -459,3 +460,11 @@ def test_full_paths_and_text_in_vmsnap_fields():
     assert error(b'{"preScriptLocation": "/p", "postScriptLocation": "/q", '
                  b'"postScriptNoOfRetries": 1e999}') == (
         "/etc/c.json: postScriptNoOfRetries must be %s, not Infinity" % RETRIES)
+
+
+def test_a_difference_is_a_value():
+    d = parse(timeoutInSeconds=3600).azure_differences[0]
+    assert d == C.AzureDifference("timeout-cap", "timeoutInSeconds", d.azure, "keeps 3600 seconds")
+    assert len({d, C.AzureDifference(*d.to_dict().values())}) == 1   # hashable: kept in sets
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.warn = False
