@@ -465,6 +465,6 @@ def test_full_paths_and_text_in_vmsnap_fields():
 def test_a_difference_is_a_value():
     d = parse(timeoutInSeconds=3600).azure_differences[0]
     assert d == C.AzureDifference("timeout-cap", "timeoutInSeconds", d.azure, "keeps 3600 seconds")
-    assert len({d, C.AzureDifference(*d.to_dict().values())}) == 1   # hashable: kept in sets
+    assert len({d, C.AzureDifference(*d.to_dict().values())}) == 1   # frozen: hashable
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.warn = False
