@@ -430,6 +430,7 @@ def test_dirty_cap_bounds(value, ok):
 
 def test_seconds_on_the_command_line():
     assert C.seconds_option("2.5") == 2.5 and C.seconds_option("2592000") == 2592000.0
+    assert C.seconds_option("0.5") == 0.5 and C.seconds_option("1e-9") == 1e-9
     for text, why in (("abc", "'abc' is not a number"),
                       ("0", "must be a number of seconds > 0 and at most 2592000 (30 days), not '0'"),
                       ("2592001", "must be a number of seconds > 0 and at most 2592000 (30 days), "
