@@ -340,9 +340,14 @@ def test_vmsnap_only_fields_are_listed_in_field_order():
                     mountsToFreeze=["/"], mountsToSkip=[], freezeTimeoutInSeconds=5)
     assert differences(c) == [("vmsnap-only", name, "ignore it (%s)" % why, "uses it", False)
                               for name, why in C.VMSNAP_ONLY_FIELDS.items()]
-    assert list(C.VMSNAP_ONLY_FIELDS) == [
-        "freezeTimeoutInSeconds", "mountsToSkip", "mountsToFreeze", "hooksDirectory",
-        "expediteRcu", "metricsFile", "presyncDirtyCapMiB"]
+    assert list(C.VMSNAP_ONLY_FIELDS.items()) == [
+        ("freezeTimeoutInSeconds", "its freeze helper has its own limit"),
+        ("mountsToSkip", "it freezes every filesystem it handles"),
+        ("mountsToFreeze", "it freezes every filesystem it handles"),
+        ("hooksDirectory", "it has no hooks"),
+        ("expediteRcu", "it does not speed up the freeze"),
+        ("metricsFile", "it writes no metrics"),
+        ("presyncDirtyCapMiB", "it flushes without a cap")]
     assert [d.to_dict() for d in c.azure_differences][:1] == [
         {"topic": "vmsnap-only", "where": "freezeTimeoutInSeconds",
          "azure": "ignore it (its freeze helper has its own limit)", "vmsnap": "uses it"}]
