@@ -5,7 +5,9 @@ filesystem, no process: these run as any user."""
 from __future__ import annotations
 
 import copy
+import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +21,15 @@ from vmsnap_native.errors import (
     PRE_SCRIPT_NOT_FOUND,
     SNAPSHOT_FAILED,
 )
+
+# `make mutants` runs these once per mutant: a few hundred examples each time
+# (an explicit max_examples overrides its hypothesis profile, so cap it here)
+MUTANTS = os.environ.get("VMSNAP_HYPOTHESIS_PROFILE") == "mutants"
+
+
+def examples(n):
+    return min(n, 200) if MUTANTS else n
+
 
 KEEP_GOING, STRICT = Settings(continue_on_failure=True), Settings(continue_on_failure=False)
 
@@ -204,7 +215,7 @@ def settings_():
                      script_timeout=st.sampled_from([1.0, 30.0]))
 
 
-@settings(max_examples=1500, deadline=None, database=None)
+@settings(max_examples=examples(1500), deadline=None, database=None)
 @given(outcomes(), settings_())
 def test_the_verdict_follows_the_table(o, s):
     before = copy.deepcopy(o)
@@ -258,7 +269,7 @@ def test_the_verdict_follows_the_table(o, s):
         assert got[0] == "IncorrectJSONConfigFile"
 
 
-@settings(max_examples=1000, deadline=None, database=None)
+@settings(max_examples=examples(1000), deadline=None, database=None)
 @given(outcomes(), settings_())
 def test_the_snapshot_is_taken_unless_a_strict_policy_on_several_disks_says_no(o, s):
     take = decide.take_snapshot(o, s)
@@ -275,3 +286,82 @@ def test_the_snapshot_is_taken_unless_a_strict_policy_on_several_disks_says_no(o
     o2.pre, o2.post = pre(decide.WITHHELD), post(decide.REFUSED)
     if not (o.hook_freeze or o.freeze == decide.FREEZE_FAILED):
         assert decide.take_snapshot(o2, s)
+
+
+# -- the exact words of each error (what the user reads) ------------------------------------
+
+def messages(verdict):
+    return [(e.code, e.number, e.message) for e in verdict.errors]
+
+
+def test_each_script_fate_in_words():
+    s = Settings(script_timeout=2.5)
+    assert decide.step_error(pre(decide.TIMED_OUT), s) == decide.SCRIPT_CODES["pre"].timeout.error(
+        "/etc/pre.sh: every attempt exceeded 2.5s (exited with status 4 (attempts: 1))")
+    assert decide.step_error(post(decide.FAILED), s) == decide.SCRIPT_CODES["post"].failed.error(
+        "/etc/post.sh exited with status 2 (attempts: 1)")
+    assert decide.step_error(post(decide.QUIESCE_LOST), s).message == (
+        "/etc/post.sh reports that the application's quiesce was lost before the snapshot "
+        "finished (exit 10): not application-consistent")
+    assert decide.step_error(post(decide.QUIESCE_LOST), s).code == "Post-ScriptExecutionFailed"
+    assert decide.step_error(pre(decide.REFUSED), s) == PRE_SCRIPT_NOT_FOUND.error(
+        "/etc/pre.sh: no such file")
+    for state in (decide.OK, decide.STOPPED, decide.WITHHELD, decide.NOT_CONFIGURED):
+        assert decide.step_error(pre(state), s) is None
+    assert decide.QUIESCE_LOST_EXIT == 10
+
+
+def test_the_window_in_words():
+    s = Settings(freeze_timeout=7.5)
+    v = decide.decide(ran(snapshot=decide.PAST_DEADLINE), s)
+    assert messages(v) == [("FsFreezeTimeout", 122, "the snapshot step was still running at the "
+                            "freeze deadline (7.5s): thawed and stopped")]
+    v = decide.decide(ran(snapshot=decide.PAST_DEADLINE, freeze=decide.DISABLED), s)
+    assert messages(v) == [("SnapshotFailed", 400,
+                            "the snapshot step exceeded 7.5s and was stopped")]
+    v = decide.decide(ran(thawed_early=decide.DEADLINE), s)
+    assert messages(v) == [("FsFreezeTimeout", 122,
+                            "the guardian thawed at the freeze deadline (7.5s)")]
+    # past the deadline and thawed by the guardian there: one error, not two
+    v = decide.decide(ran(snapshot=decide.PAST_DEADLINE, thawed_early=decide.DEADLINE), s)
+    assert [m[0] for m in messages(v)] == ["FsFreezeTimeout"]
+    # not frozen: nothing was thawed early
+    assert decide.decide(ran(freeze=decide.DISABLED, thawed_early="signal"), s).errors == ()
+    assert decide.decide(ran(freeze=decide.DISABLED, thawed_early=decide.DEADLINE), s).errors == ()
+
+
+@pytest.mark.parametrize("cause,words", [
+    ("signal", "the guardian got a signal (`vmsnap thaw --force` sends SIGUSR1)"),
+    ("requested", "a thaw was requested"),
+    ("controller-died", "the guardian saw its controller die"),
+    ("emergency", "the guardian died; the controller thawed"),
+    ("guardian-died", "the guardian died"),
+    ("something new", "something new"),
+])
+def test_each_early_thaw_cause_in_words(cause, words):
+    v = decide.decide(ran(thawed_early=cause), KEEP_GOING)
+    assert messages(v) == [("FsThawedEarly", 124, "the filesystems were thawed before the "
+                            "snapshot step ended (%s): the snapshot is not trusted" % words)]
+
+
+def test_interrupted_in_words_after_the_others_in_order():
+    o = ran(config_error=CONFIG_INVALID.error("bad"), pre=pre(decide.FAILED),
+            hook_freeze=[StepFact("pre", decide.TIMED_OUT, "hook a freeze", "attempts: 1")],
+            snapshot=decide.STEP_FAILED, snapshot_error=SNAPSHOT_FAILED.error("exit 9"),
+            thaw_errors=[FS_FREEZE_FAILED.error("/x: EIO")],
+            hook_thaw=[StepFact("post", decide.FAILED, "hook a thaw", "exit 3")],
+            post=post(decide.TIMED_OUT), interrupted="SIGHUP")
+    v = decide.decide(o, Settings(script_timeout=30.0))   # shown as 30
+    assert [m[0] for m in messages(v)] == [
+        "IncorrectJSONConfigFile", "Pre-ScriptExecutionFailed", "Pre-ScriptTimeout",
+        "SnapshotFailed", "FsFreezeFailed", "Post-ScriptExecutionFailed", "Post-ScriptTimeout",
+        "Interrupted"]
+    assert v.errors[-1].message == (
+        "vmsnap got SIGHUP: it thawed at once, ran the thaw hooks and the post-script (if the "
+        "pre-script ran); no snapshot is trusted")
+    assert v.errors[2].message == "hook a freeze: every attempt exceeded 30s (attempts: 1)"
+
+
+def test_the_default_settings():
+    assert Settings() == Settings(continue_on_failure=True, freeze_timeout=60.0,
+                                  script_timeout=30.0)
