@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from . import cycle, hooks, scripts
 from ._core import core
+from .decide import QUIESCE_LOST_EXIT
 from .errors import BusyError, Error, FreezeError
 from .freeze import FreezeSession, runtime_dir, thaw_recorded
 from .lock import RunLock
@@ -35,8 +36,6 @@ from .logbook import DEFAULT_LOG_FILE, Logbook
 from .process import unwatch_group
 from .result import FreezeResult, Result, ScriptResult
 
-# A post-script or thaw hook exits 10 to say the quiesce was lost (cycle.QUIESCE_LOST_EXIT).
-QUIESCE_LOST_EXIT = 10
 # How long the last phase waits for the watchdog to stand down and let go of the lock.
 STAND_DOWN_WAIT_S = 10.0
 
