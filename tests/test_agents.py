@@ -37,21 +37,21 @@ def runtime(tmp_path, monkeypatch):
     safe.mkdir()
     monkeypatch.setenv("VMSNAP_CONFIG", write_config(safe / "config.json", mountsToFreeze=[]))
     yield str(rdir)
-    for path in glob.glob(os.path.join(str(rdir), "hook-*.json*")):
+    for path in glob.glob(os.path.join(str(rdir), "hook-*.json")):
         try:
             with open(path) as f:
                 state = json.load(f)
         except (OSError, ValueError):
             continue
-        os.rename(path, path + ".teardown")
-        wd = (state.get("watchdog") or {}).get("pid")
-        if wd:
-            try:
-                os.kill(wd, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
         for m in state.get("selection", []):
             subprocess.run(["fsfreeze", "-u", m["mountpoint"]], capture_output=True)
+        wd = (state.get("watchdog") or {}).get("pid")
+        if wd:   # the session ends as a stopped one: thaw, thaw hooks, post-script
+            try:
+                os.kill(wd, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            wait_for(lambda: not alive(wd), 60)
 
 
 def stamping_config(tmp_path, mounts, pre_extra="", post_extra="", **fields):

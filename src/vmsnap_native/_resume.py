@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--log-file")
     p.add_argument("--post", action="store_true")
     p.add_argument("--hook", action="append", default=[])
+    p.add_argument("--thaw-record", action="append", default=[],
+                   help="a record of filesystems an agent may have left frozen: thawed first")
     args = p.parse_args(argv)
     log = Logbook(args.log_file)
     # the run lock, as a run holds it: a run started right after the SIGKILL
@@ -88,6 +90,10 @@ def main(argv=None) -> int:
             lock.acquire(wait=True)
         except BusyError as exc:
             log.error("resume: %s; resuming anyway", exc)
+        for record in args.thaw_record:
+            from .agents.agentfs import thaw_agent_record
+            for note in thaw_agent_record(record):
+                log.warning("resume: thaw: %s", note)
         return 0 if resume(args.config, args.post, args.hook, log) else 1
     finally:
         lock.release()

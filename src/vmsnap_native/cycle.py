@@ -149,6 +149,9 @@ class Cycle:
             argv.append("--post")
         for h in self.hooks_started:
             argv += ["--hook", h.path]
+        record = self.resume_record()
+        if record:
+            argv += ["--thaw-record", record]
         wait_for = []
         if self.session is not None and self.session.guardian_pid:
             wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
@@ -157,6 +160,11 @@ class Cycle:
                                          "VMSNAP_RUNTIME_DIR": runtime_dir()})
         set_resume(argv, env, wait_for=wait_for)
         self.resume_registered = True
+
+    def resume_record(self) -> str | None:
+        """A freeze record the resume thaws before it resumes (none: the
+        guardian's own thaw is waited for)."""
+        return None
 
     def _clear_resume(self):
         if not self.resume_registered:

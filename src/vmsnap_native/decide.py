@@ -32,6 +32,7 @@ DISABLED = "disabled"              # fsFreezeEnabled: false
 NOTHING = "nothing"                # no filesystem to freeze
 NOT_ATTEMPTED = "not-attempted"    # no snapshot is taken, so no freeze either
 FROZEN = "frozen"                  # every filesystem froze
+AGENT_FROZE = "agent"              # the agent vmsnap is the hook of froze (qemu-ga, VMware)
 FREEZE_FAILED = "failed"           # some did not (errors in ``freeze_errors``); all thawed
 
 # The snapshot step (``Outcome.snapshot``).
@@ -140,8 +141,12 @@ def step_error(f: StepFact, s: Settings) -> Error | None:
 def window_errors(o: Outcome, s: Settings) -> list[Error]:
     """The snapshot step's errors, the deadline's and an early thaw's."""
     out = [o.snapshot_error] if o.snapshot_error else []
-    frozen = o.freeze == FROZEN
-    if o.snapshot == PAST_DEADLINE:
+    frozen = o.freeze in (FROZEN, AGENT_FROZE)
+    if o.snapshot == PAST_DEADLINE and o.freeze == AGENT_FROZE:
+        out.append(errors.FS_FREEZE_TIMEOUT.error(
+            "the agent's last call did not come within freezeTimeoutInSeconds (%gs): vmsnap "
+            "thawed every filesystem the agent could have frozen" % s.freeze_timeout))
+    elif o.snapshot == PAST_DEADLINE:
         out.append(errors.FS_FREEZE_TIMEOUT.error(
             "the snapshot step was still running at the freeze deadline (%gs): thawed and "
             "stopped" % s.freeze_timeout) if frozen else errors.SNAPSHOT_FAILED.error(
@@ -180,7 +185,7 @@ def consistency(o: Outcome) -> str:
     quiesced = all(h.state == OK for h in o.hook_freeze) and (
         o.pre.state == OK or (o.pre.state == NOT_CONFIGURED and o.hooks_configured))
     lost = any(f.state == QUIESCE_LOST for f in [*o.hook_thaw, o.post])
-    if o.freeze == FROZEN:
+    if o.freeze in (FROZEN, AGENT_FROZE):
         return "application" if quiesced and not lost else "filesystem"
     if o.freeze in (DISABLED, NOTHING):   # no freeze asked for, or nothing to freeze
         return "application" if quiesced and not lost else "crash"

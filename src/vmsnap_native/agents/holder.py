@@ -1,0 +1,393 @@
+"""The session of one agent snapshot: a ``Cycle`` whose snapshot step is
+the agent's own, from its first call to its last.
+
+The first phase forks this process (the session holder, the "watchdog" of
+the session file) and hands it the run lock.  It runs the very cycle
+``vmsnap run`` runs -- pre-script, hooks' ``freeze``, the freeze where
+vmsnap freezes for the agent -- and its snapshot step waits for the agent's
+last call on the session's socket, until freezeTimeoutInSeconds.  So the
+stop handlers, the reaper's resume, the run lock and the verdict (``decide``)
+are the ones of a run, not copies:
+
+- the last call comes: thaw (where vmsnap froze), thaw hooks, post-script;
+- it does not come in time, or the session is told to stop (SIGTERM,
+  SIGINT, SIGHUP), or the first call dies before its answer, or a new first
+  call supersedes it: the same, with the verdict saying why; where the agent
+  froze, every filesystem it could have frozen is thawed first, parents
+  first (agentfs);
+- this process is SIGKILLed: the guardian (vmsnap's freeze) or the reaper's
+  resume (the agent's freeze, from its record) thaws, and the resume runs
+  the thaw hooks and the post-script.
+
+A late last call finds no session (or this one's end) and is told so; it
+runs nothing and thaws nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+from .. import cycle, decide
+from ..cycle import Cycle
+from ..errors import Error
+from ..freeze import runtime_dir
+from ..logbook import Logbook
+from ..plan import make_plan
+from .agentfs import AgentFilesystems, _starttime
+from .table import AgentSpec
+
+# How long a session waits for its first call to take its answer.
+ACK_WAIT_S = 10.0
+
+
+def session_path(agent: str) -> str:
+    return os.path.join(runtime_dir(), "hook-%s.json" % agent)
+
+
+def expired_path(agent: str) -> str:
+    """What a session that ended without its last call leaves for that call."""
+    return os.path.join(runtime_dir(), "hook-%s.expired.json" % agent)
+
+
+def write_atomically(path: str, data: dict) -> None:
+    """Root-only 0600, written to a fresh temporary file and renamed: never half a file."""
+    tmp = "%s.tmp-%s" % (path, os.urandom(6).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def read_trusted(path: str) -> dict:
+    """A session file, if it is ours (owned by us, no group/other bits, a
+    regular file): it names the process to signal and the socket to call."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000 == 0o100000) or st.st_uid != os.geteuid() \
+                or st.st_mode & 0o077:
+            raise ValueError("%s is not vmsnap's (owner uid %d, mode %o): ignored"
+                             % (path, st.st_uid, st.st_mode & 0o777))
+        return json.loads(os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+
+
+def send(sock: socket.socket, msg: dict) -> bool:
+    try:
+        sock.sendall(json.dumps(msg).encode() + b"\n")
+        return True
+    except OSError:
+        return False
+
+
+def receive(sock: socket.socket, timeout: float | None) -> dict | None:
+    """One newline-terminated JSON message, or None (EOF, timeout, garbage)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+            if len(data) > 1 << 22:
+                return None
+        return json.loads(data)
+    except (OSError, ValueError):
+        return None
+
+
+def peer_is_root(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid == 0
+
+
+class AgentStep:
+    """The snapshot step of an agent session: waits on the session's socket
+    for the agent's last call (or a first call that supersedes this one)."""
+
+    def __init__(self, session: "AgentSession"):
+        self.s = session
+        self.__qualname__ = "%s snapshot (until `%s`)" % (session.spec.name,
+                                                          session.spec.last[0])
+
+    def __call__(self):
+        s = self.s
+        s.armed.set()      # the first call gets its answer now
+        while not s.step_over:
+            try:
+                conn, _ = s.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return None
+            if not peer_is_root(conn):
+                conn.close()
+                continue
+            req = receive(conn, 5.0) or {}
+            phase = req.get("phase")
+            if s.step_over:
+                conn.close()   # too late: this call gets no answer, so it says so
+                return None
+            if req.get("supersede"):
+                s.callers.append(conn)
+                s.ended_by = "superseded"
+                raise SessionEnded("a new `%s` came before the `%s` of this snapshot: %s "
+                                   "restarted or gave up on it" % (req.get("supersede"),
+                                                                   s.spec.last[0], s.spec.name))
+            if phase in s.spec.last:
+                s.callers.append(conn)
+                s.ended_by = "last"
+                s.last_phase = phase
+                if phase in s.spec.failed_last:
+                    raise SessionEnded("%s says the snapshot failed (%s)" % (s.spec.name, phase))
+                return "%s `%s`" % (s.spec.name, phase)
+            send(conn, {"error": "unexpected call %r" % phase})
+            conn.close()
+        return None
+
+
+class SessionEnded(Exception):
+    """The agent's step ended without a snapshot (a failure the agent reported,
+    or a newer first call)."""
+
+
+class AgentSession(Cycle):
+    """One agent snapshot, run as a Cycle in the session holder."""
+
+    def __init__(self, plan, spec: AgentSpec, log: Logbook, listener: socket.socket):
+        self.spec = spec
+        self.listener = listener
+        self.listener.settimeout(0.2)
+        self.armed = threading.Event()
+        self.step_over = False
+        self.ended_by: str | None = None     # "last", "superseded", or None (not ended by a call)
+        self.last_phase: str | None = None
+        self.callers: list[socket.socket] = []   # calls waiting for this session's verdict
+        self.agent_fs: AgentFilesystems | None = None
+        super().__init__(plan, AgentStep(self), log)
+
+    # -- who freezes -------------------------------------------------------------------
+    def run_freeze(self):
+        if not self.spec.agent_freezes:
+            return super().run_freeze()
+        # the agent freezes once the first call returns: from now on nothing is
+        # written (the log is held) until it has thawed or vmsnap has thawed for it
+        self.agent_fs = AgentFilesystems.open()
+        if self.agent_fs.left_out:
+            self.res.warnings.append("not thawed by vmsnap if %s leaves it frozen: %s"
+                                     % (self.spec.name, ", ".join(self.agent_fs.left_out)))
+        if self.resume_registered:
+            self._register_resume()   # the resume now also thaws from the agent's record
+        self.log.hold()
+        cycle.in_window = True
+        self.out.freeze = decide.AGENT_FROZE
+
+    def finish_freeze(self):
+        self.step_over = True
+        if self.agent_fs is not None:
+            if self.ended_by != "last":   # no `thaw` came: vmsnap thaws what the agent froze
+                self.thawed_for_agent = self.agent_fs.thaw()
+            else:
+                self.thawed_for_agent = []
+        super().finish_freeze()
+        for n in getattr(self, "thawed_for_agent", []):
+            self.log.warning("thawed what %s left frozen: %s", self.spec.name, n)
+        if self.agent_fs is not None:
+            self.agent_fs.close()
+
+    def resume_record(self) -> str | None:
+        return self.agent_fs.record_path if self.agent_fs is not None else None
+
+
+def outcome_of(res, first: bool, armed: bool) -> str:
+    """What the agent is told, as an AgentSpec outcome."""
+    codes = {e.code for e in res.errors}
+    if first and not armed:
+        if "Pre-ScriptTimeout" in codes:
+            return "pre-timeout"
+        if codes & {"FsFreezeFailed", "UnableToOpenMount", "FsFreezeTimeout"}:
+            return "freeze-failed"
+        return "pre-failed"
+    if codes & {"FsFreezeTimeout", "FsThawedEarly", "Interrupted"}:
+        return "expired"
+    if any(e.code.startswith("Post-") for e in res.errors):
+        return "post-failed"
+    return "ok"
+
+
+def summary(agent: str, phase: str, res) -> list:
+    head = "vmsnap hook %s %s: %s" % (agent, phase, res.status)
+    if res.consistency:
+        head += ", %s-consistent" % res.consistency
+    lines = [head]
+    lines += ["  warning: %s" % w for w in res.warnings]
+    for e in res.errors:
+        lines.append("  error %s (%d): %s" % (e.code, e.number, e.message))
+        lines.append("        -> %s" % e.action)
+    return lines
+
+
+def _keep_out(plan, spec: AgentSpec) -> None:
+    """Where vmsnap freezes for the agent, the filesystems the agent needs to
+    deliver its last call (/, /usr, /var, vmsnap's own) are left out."""
+    keep_out = {}
+    for p in ("/", "/usr", "/var", sys.prefix, os.path.dirname(os.path.dirname(__file__)),
+              runtime_dir()):
+        try:
+            keep_out.setdefault(os.stat(p).st_dev, p)
+        except OSError:
+            pass
+    kept = []
+    for c in plan.selection.eligible:
+        try:
+            dev = os.stat(c.mount.mountpoint).st_dev
+        except OSError:
+            dev = None
+        if dev in keep_out:
+            plan.warnings.append("%s not frozen: it holds %s, which the %s agent needs to call "
+                                 "the last phase" % (c.mount.mountpoint, keep_out[dev], spec.name))
+            continue
+        kept.append(c)
+    plan.selection.eligible = kept
+
+
+def hold(spec: AgentSpec, phase: str, config, log_file, first: socket.socket, lock_fd: int,
+         session_id: str) -> None:
+    """The session holder's life (in the forked process; never returns)."""
+    code = 0
+    log = Logbook(log_file or None)
+    path = session_path(spec.name)
+    sock_path = os.path.join(runtime_dir(), "hook-%s-%s.sock" % (spec.name, session_id))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    session = None
+    try:
+        listener.bind(sock_path)
+        listener.listen(4)
+        plan = make_plan(config)
+        if not spec.agent_freezes and plan.selection is not None:
+            _keep_out(plan, spec)
+        log.info("hook %s %s: config %s, session %s", spec.name, phase, plan.config_path,
+                 session_id)
+        begun = time.time()
+        state = {"session": session_id, "agent": spec.name, "phase": phase,
+                 "config": plan.config_path, "socket": sock_path,
+                 "begun_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(begun)),
+                 "freeze_timeout": plan.freeze_timeout,
+                 "deadline_wall": begun + plan.freeze_timeout,
+                 "watchdog": {"pid": os.getpid(), "starttime": _starttime(os.getpid())},
+                 "selection": [{"mountpoint": c.mount.mountpoint}
+                               for c in plan.selection.eligible] if plan.selection else []}
+        write_atomically(path, state)
+        session = AgentSession(plan, spec, log, listener)
+        watcher = threading.Thread(target=_first_call, args=(session, spec, phase, first),
+                                   name="vmsnap-first-call", daemon=True)
+        watcher.start()
+        res = session.run()
+        first_answered = session.armed.is_set() and getattr(session, "first_acked", False)
+        if first_answered and session.ended_by != "last":
+            write_atomically(expired_path(spec.name), {
+                "session": session_id, "begun_at": state["begun_at"],
+                "freeze_timeout": plan.freeze_timeout,
+                "reason": "; ".join(e.message for e in res.errors) or "ended"})
+        log.info("hook %s %s: status %s, consistency %s, errors %s", spec.name,
+                 session.last_phase or "(session)", res.status, res.consistency,
+                 ",".join(e.code for e in res.errors) or "none")
+        log.info("result %s", res.to_json(sort_keys=True))
+        if not first_answered:   # the first call is still there: this is its answer
+            outcome = outcome_of(res, True, False)
+            send(first, {"event": "done", "outcome": outcome,
+                         "lines": summary(spec.name, phase, res)})
+        for conn in session.callers:
+            outcome = outcome_of(res, False, True) if session.ended_by == "last" else "ok"
+            send(conn, {"event": "done", "outcome": outcome,
+                        "lines": summary(spec.name, session.last_phase or "session", res)})
+            conn.close()
+    except BaseException as exc:   # logged, and the callers told; never silent
+        code = 1
+        log.release()
+        log.error("hook %s: the session failed: %s: %s", spec.name, type(exc).__name__, exc)
+        send(first, {"event": "done", "outcome": "pre-failed",
+                     "lines": ["vmsnap hook %s %s: failed: %s" % (spec.name, phase, exc)]})
+    finally:
+        for p in (sock_path,):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        try:
+            st = read_trusted(path)
+            if st.get("session") == session_id:
+                os.unlink(path)
+        except (OSError, ValueError):
+            pass
+        log.close()
+        os.close(lock_fd)
+    os._exit(code)
+
+
+def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socket.socket):
+    """Gives the first call its answer once the session is armed (the
+    snapshot step began), and takes its acknowledgement; if the first call
+    dies before that, the session stops: the agent will not snapshot."""
+    while not session.armed.wait(0.2):
+        if session.step_over:
+            return   # ended before its step: the holder answers the first call itself
+        if _dead(first):
+            os.kill(os.getpid(), signal.SIGTERM)   # the stop handlers: thaw, post-script
+            return
+    res = session.res
+    lines = ["vmsnap hook %s %s: %s; %s; ends in %gs if `%s` never comes"
+             % (spec.name, phase,
+                "pre-script %s" % ({decide.OK: "ok", decide.NOT_CONFIGURED: "not configured"}
+                                   .get(session.out.pre.state, "failed")),
+                "%d filesystem(s) frozen by vmsnap" % sum(1 for m in session.session.mounts
+                                                          if m.frozen)
+                if session.session is not None else "the agent freezes now",
+                session.plan.freeze_timeout, spec.last[0])]
+    lines += ["  warning: %s" % w for w in res.warnings]
+    so_far = decide.decide(session.out, session.settings).errors
+    lines += ["  error %s (%d): %s" % (e.code, e.number, e.message) for e in so_far]
+    devs = []
+    if session.session is not None:
+        for m in session.session.mounts:
+            if m.frozen:
+                try:
+                    devs.append(os.stat(m.mountpoint).st_dev)
+                except OSError:
+                    pass
+    send(first, {"event": "armed", "outcome": "ok", "lines": lines, "frozen_devs": devs})
+    ack = receive(first, ACK_WAIT_S)
+    if ack is not None and ack.get("event") == "ack":
+        session.first_acked = True
+        return
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _dead(sock: socket.socket) -> bool:
+    """Whether the peer of SOCK is gone (EOF pending)."""
+    try:
+        sock.setblocking(False)
+        try:
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        finally:
+            sock.setblocking(True)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+__all__ = ["AgentSession", "hold", "session_path", "expired_path", "read_trusted", "send",
+           "receive", "summary", "Error"]

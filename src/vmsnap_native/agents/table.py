@@ -1,0 +1,55 @@
+"""The agents vmsnap is a freeze hook for: one row each.  How the agent
+calls its hook (its first and last phases), who freezes (the agent itself,
+or vmsnap for it), and what the agent makes of each exit status.  Adding an
+agent adds a row, no logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """How one agent calls its hook, and what its exit statuses mean to it."""
+
+    name: str
+    first: str                       # the phase that begins a snapshot
+    last: tuple                      # phases that end it
+    failed_last: tuple = ()          # last phases that say the snapshot was not taken
+    agent_freezes: bool = True       # False: vmsnap freezes on the first phase
+    fold_case: bool = False          # phases match case-insensitively (VMware)
+    checks: tuple = ()               # phases that only validate (DLM dry-run)
+    refuse_second: bool = False      # a first phase while a session is open: refused (busy)
+    codes: dict = field(default_factory=dict)   # outcome -> exit status
+
+    def exit_status(self, outcome: str) -> int:
+        default = {"ok": 0, "no-session": 0, "usage": 2}.get(outcome, 1)
+        return self.codes.get(outcome, default)
+
+    def phase(self, text: str) -> str:
+        return text.lower() if self.fold_case else text
+
+
+AGENTS = {
+    # qga/commands-posix.c: the hook is exec'd with "freeze" before the agent
+    # freezes (non-zero aborts the freeze, and no thaw follows) and "thaw"
+    # after it thawed; stdio on /dev/null.
+    "qemu-ga": AgentSpec("qemu-ga", "freeze", ("thaw",)),
+    # open-vm-tools scriptOps.c: backupScripts.d/* run through a shell as
+    # "path" freeze|freezeFail|thaw ["scriptArg"]; a failing freeze aborts the
+    # quiesce and that script gets no freezeFail; freezeFail: quiesce failed.
+    "vmware": AgentSpec("vmware", "freeze", ("thaw", "freezefail"), failed_last=("freezefail",),
+                        fold_case=True),
+    # google-guest-agent: /etc/google/snapshots/pre.sh and post.sh with one
+    # argument, the disk list; exit 124 is reported as SCRIPT_TIMED_OUT.  The
+    # agent freezes nothing itself.
+    "gce": AgentSpec("gce", "pre", ("post",), agent_freezes=False,
+                     codes={"pre-timeout": 124}),
+    # AWS DLM: an SSM command document called with command=pre-script, then
+    # post-script (dry-run validates); AWS's documented exit codes.
+    "dlm": AgentSpec("dlm", "pre-script", ("post-script",), agent_freezes=False,
+                     checks=("dry-run",), refuse_second=True,
+                     codes={"pre-failed": 201, "pre-timeout": 201, "freeze-failed": 201,
+                            "post-failed": 202, "expired": 203, "busy": 204,
+                            "no-session": 205, "usage": 1, "problems": 206}),
+}
