@@ -476,7 +476,9 @@ def test_refused_post_script_skips_pre_but_not_the_snapshot(tmp_path, loopfs, ru
     p = hook(tmp_path, "qemu-ga", config, "thaw")
     res = log_results(tmp_path)[-1]
     assert "Post-ScriptNotFound" in [e["code"] for e in res["errors"]], res
-    assert res["consistency"] is None or res["consistency"] == "filesystem"
+    # the snapshot stands (the agent took it frozen); false makes the refusal fail the run
+    assert res["consistency"] == "filesystem" and res["status"] == "failed", res
+    assert res["snapshot"]["exit_code"] == 0, res
 
 
 def test_hooks_directory_freeze_on_first_phase_thaw_on_last(tmp_path, loopfs, runtime):
