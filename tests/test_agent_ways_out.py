@@ -17,16 +17,10 @@ import pytest
 
 from .conftest import frozen_state, root_only, thawed_soon
 from .helpers import write_script
-from .test_agents import (  # noqa: F401  (fixtures)
-    alive,
-    hook,
-    log_results,
-    marks,
-    runtime,
-    stamping_config,
-    wait_for,
-    wrapper,
-)
+from . import test_agents
+from .test_agents import alive, hook, log_results, marks, stamping_config, wait_for, wrapper
+
+runtime = test_agents.runtime   # the fixture: this test's own runtime directory
 
 pytestmark = root_only
 
@@ -186,7 +180,6 @@ def test_thaw_from_outside_during_a_gce_session_is_not_consistent(tmp_path, loop
 
 def test_gce_freeze_failure_with_continue_is_crash_consistent(tmp_path, loopfs, runtime):
     good, bad = loopfs.make(2)
-    subprocess.run(["dmsetup", "--version"], capture_output=True)
     from .test_cycle import shut_down
     shut_down(bad)
     config, mark = stamping_config(tmp_path, [good, bad], continueBackupOnFailure=True)
