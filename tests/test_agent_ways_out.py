@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from . import test_agents
 from .conftest import frozen_state, root_only, thawed_soon
 from .helpers import write_script
-from . import test_agents
 from .test_agents import alive, hook, log_results, marks, stamping_config, wait_for, wrapper
 
 runtime = test_agents.runtime   # the fixture: this test's own runtime directory

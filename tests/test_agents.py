@@ -51,7 +51,7 @@ def runtime(tmp_path, monkeypatch):
                 os.kill(wd, signal.SIGTERM)
             except ProcessLookupError:
                 continue
-            wait_for(lambda: not alive(wd), 60)
+            wait_for(lambda pid=wd: not alive(pid), 60)
 
 
 def stamping_config(tmp_path, mounts, pre_extra="", post_extra="", **fields):
