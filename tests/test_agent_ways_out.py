@@ -191,3 +191,23 @@ def test_gce_freeze_failure_with_continue_is_crash_consistent(tmp_path, loopfs, 
     assert res["consistency"] == "crash" and res["status"] == "degraded", res
     assert "FsFreezeFailed" in [e["code"] for e in res["errors"]], res
     assert len(marks(mark)["post"]) == 1
+
+
+def test_vmsnap_thaw_force_during_a_qemu_ga_snapshot_is_124(tmp_path, loopfs, runtime):
+    """`vmsnap thaw` refuses the session's freeze; `--force` thaws what the
+    agent froze, and the session's verdict names that thaw."""
+    mounts = loopfs.make(1)
+    config, mark = stamping_config(tmp_path, mounts)
+    assert hook(tmp_path, "qemu-ga", config, "freeze").returncode == 0
+    subprocess.run(["fsfreeze", "-f", mounts[0]], check=True)   # the agent's freeze
+    thaw = [sys.executable, "-m", "vmsnap_native", "thaw"]
+    p = subprocess.run(thaw, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and frozen_state(mounts[0]), p.stderr
+    p = subprocess.run(thaw + ["--force"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and not frozen_state(mounts[0]), p.stderr
+    p = hook(tmp_path, "qemu-ga", config, "thaw")
+    assert p.returncode == 1, p.stderr
+    res = log_results(tmp_path)[-1]
+    assert res["status"] == "failed" and "FsThawedEarly" in [e["code"] for e in res["errors"]]
+    assert "thaw --force" in " ".join(e["message"] for e in res["errors"])
+    assert len(marks(mark)["post"]) == 1

@@ -176,7 +176,7 @@ def _errors(o: Outcome, s: Settings) -> tuple[Error, ...]:
 def snapshot_stands(o: Outcome) -> bool:
     """The snapshot step succeeded on filesystems that stayed frozen throughout."""
     return (o.snapshot == TAKEN and not o.interrupted
-            and not (o.freeze == FROZEN and o.thawed_early))
+            and not (o.freeze in (FROZEN, AGENT_FROZE) and o.thawed_early))
 
 
 def consistency(o: Outcome) -> str:

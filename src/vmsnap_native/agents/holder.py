@@ -196,6 +196,12 @@ class AgentSession(Cycle):
 
     def finish_freeze(self):
         self.step_over = True
+        fs = self.agent_fs
+        if fs is not None and fs.record_path and not os.path.exists(fs.record_path) \
+                and self.out.snapshot == decide.TAKEN:
+            # only a thaw from the record removes it: `vmsnap thaw --force` ran meanwhile
+            self.out.thawed_early = ("`vmsnap thaw --force` thawed what %s froze before its "
+                                     "`%s`" % (self.spec.name, self.last_phase))
         if self.agent_fs is not None:
             if self.ended_by != "last":   # no `thaw` came: vmsnap thaws what the agent froze
                 self.thawed_for_agent = self.agent_fs.thaw()
