@@ -38,12 +38,8 @@ from .holder import (
 )
 from .table import AgentSpec
 
-# How long a first call waits for the session it supersedes to end (its thaw
-# hooks and post-script run meanwhile), beyond their own timeouts.
+# How long a first call waits for the session it superseded to let go of the lock.
 SUPERSEDE_MARGIN_S = 10.0
-# How long a last call waits for the session's verdict (the thaw hooks and the
-# post-script run meanwhile: their timeouts and retries bound it).
-VERDICT_MARGIN_S = 30.0
 
 
 def say(lines) -> None:
@@ -145,11 +141,9 @@ class HookCall:
         conn = _connect(state)
         if conn is None:
             return True
-        settings = cycle.make_plan(state.get("config")).settings
-        wait = (settings.post_retries + 1) * settings.timeout * 2 + SUPERSEDE_MARGIN_S
-        with conn:
+        with conn:   # answered once it has run its thaw hooks and post-script (their timeouts)
             send(conn, {"supersede": self.phase})
-            receive(conn, wait)
+            receive(conn, None)
         end = time.monotonic() + SUPERSEDE_MARGIN_S
         while _alive(state.get("watchdog") or {}) and time.monotonic() < end:
             time.sleep(0.02)
@@ -211,12 +205,9 @@ class HookCall:
         conn = _connect(state) if state is not None else None
         if conn is None:
             return self._no_session(state)
-        settings = cycle.make_plan(state.get("config")).settings
-        wait = (settings.post_retries + 1) * settings.timeout * (2 + len(
-            state.get("selection") or [])) + VERDICT_MARGIN_S
-        with conn:
-            send(conn, {"phase": self.phase, "args": self.args})
-            msg = receive(conn, wait)
+        with conn:   # the verdict comes after the thaw hooks and the post-script (bounded
+            send(conn, {"phase": self.phase, "args": self.args})   # by their timeouts), or EOF
+            msg = receive(conn, None)
         if msg is None or msg.get("event") != "done":
             return self._no_session(None, late=True)
         say(msg.get("lines") or [])
