@@ -177,6 +177,65 @@ def test_promtool_accepts_the_file(tmp_path):
         assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), (name, p.stdout, p.stderr)
 
 
+ALERT_TESTS = """
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:   # host a wrote once, long ago, a success; host b never wrote
+      - series: 'up{job="node", instance="a"}'
+        values: '1x1700'
+      - series: 'up{job="node", instance="b"}'
+        values: '1x1700'
+      - series: 'vmsnap_last_run_timestamp_seconds{job="node", instance="a"}'
+        values: '0x1700'
+      - series: 'vmsnap_last_success_timestamp_seconds{job="node", instance="a"}'
+        values: '0x1700'
+      - series: 'vmsnap_last_run_status{job="node", instance="a", status="failed"}'
+        values: '0x1700'
+    alert_rule_test:
+      - {eval_time: 25h, alertname: VmsnapNoRecentSuccess, exp_alerts: []}
+      - eval_time: 27h
+        alertname: VmsnapNoRecentSuccess
+        exp_alerts:
+          - exp_labels: {severity: warning, job: node, instance: a}
+            exp_annotations: {summary: "no successful vmsnap run on a for 26 hours"}
+      - eval_time: 27h
+        alertname: VmsnapMetricsMissing
+        exp_alerts:
+          - exp_labels: {severity: warning, job: node, instance: b}
+            exp_annotations: {summary: "b has no vmsnap metrics"}
+      - {eval_time: 27h, alertname: VmsnapNeverWrote, exp_alerts: []}
+      - {eval_time: 27h, alertname: VmsnapLastRunFailed, exp_alerts: []}
+  - interval: 1m
+    input_series:   # nobody ever wrote
+      - series: 'up{job="node", instance="b"}'
+        values: '1x1700'
+    alert_rule_test:
+      - eval_time: 27h
+        alertname: VmsnapNeverWrote
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations: {summary: "no host has written vmsnap metrics"}
+"""
+
+
+def test_the_documented_alerts_fire_for_a_host_that_never_wrote(tmp_path):
+    """The alert rules in contrib/systemd/README.md, by promtool: valid, and
+    firing for a stale success and for a host with no vmsnap metrics at all
+    (a missing directory never writes, and no value can go stale)."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    with open(os.path.join(UNITS, "README.md")) as f:
+        m = re.search(r"<!-- alert-rules[^>]*-->\n```yaml\n(.*?)```", f.read(), re.S)
+    (tmp_path / "rules.yml").write_text(m.group(1))
+    (tmp_path / "tests.yml").write_text(ALERT_TESTS)
+    for argv in (["check", "rules", "rules.yml"], ["test", "rules", "tests.yml"]):
+        p = subprocess.run(["promtool", *argv], capture_output=True, text=True, timeout=120,
+                           cwd=str(tmp_path))
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
 @root_only
 def test_check_validates_the_metrics_file(tmp_path):
     """`check` says when a run could not write the metrics (exit 1) and who
