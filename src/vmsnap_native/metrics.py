@@ -22,6 +22,8 @@ import pwd
 import re
 import stat
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from . import opsfile
 from ._version import __version__
@@ -37,6 +39,12 @@ _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
+# {(name, ((label, value), ...)): value} of a previous file's counters
+Counters = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+# (labels, value) of one family's samples
+Samples = Sequence[tuple[tuple[tuple[str, str], ...], float]]
+
+
 class MetricsFileError(ValueError):
     """The metrics file cannot be used (the message says why and what to do)."""
 
@@ -49,7 +57,7 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
 
 
-def number(value) -> str:
+def number(value: float) -> str:
     """VALUE as the exposition format's number, short: integers without a
     fraction, others by their shortest repr; NaN and infinities as 0 (a
     dashboard sums and compares these)."""
@@ -61,15 +69,16 @@ def number(value) -> str:
     return repr(value)
 
 
-def seconds(ms) -> float:
+def seconds(ms: float | None) -> float:
     """Milliseconds (or None) as seconds, to the microsecond."""
     return round(float(ms or 0) / 1000.0, 6)
 
 
-def previous_values(text: str | None) -> tuple:
+def previous_values(text: str | None) -> tuple[Counters, float | None]:
     """(counters, last success time) from a previous file's text:
     counters is {(name, ((label, value),)): float} of its *_total samples."""
-    counters, last_success = {}, None
+    counters: Counters = {}
+    last_success = None
     for line in (text or "").splitlines():
         m = _SAMPLE.match(line)
         if not m:
@@ -96,11 +105,12 @@ def _decode(data: bytes | None) -> str | None:
         return None   # garbled: the counters restart
 
 
-def render(result: dict, *, now: float, previous: dict, last_success) -> str:
+def render(result: dict[str, Any], *, now: float, previous: Counters,
+           last_success: float | None) -> str:
     """The text exposition format of one run's metrics: every family, every time."""
-    out = []
+    out: list[str] = []
 
-    def family(name, kind, help_text, samples):
+    def family(name: str, kind: str, help_text: str, samples: Samples) -> None:
         out.append("# HELP %s %s" % (name, help_text))
         out.append("# TYPE %s %s" % (name, kind))
         for labels, value in samples:
@@ -133,7 +143,7 @@ def render(result: dict, *, now: float, previous: dict, last_success) -> str:
     family("vmsnap_freeze_deadline_hit", "gauge",
            "1 when the last run's freeze reached its deadline and was thawed by it.",
            [((), int(bool(freeze.get("deadline_hit"))))])
-    durations = []
+    durations: list[tuple[tuple[tuple[str, str], ...], float]] = []
     for name in SCRIPTS:
         sr = result.get("%s_script" % name) or {}
         durations.append(((("script", name),), seconds(sr.get("duration_ms")) if sr.get("ran")
@@ -163,7 +173,7 @@ def render(result: dict, *, now: float, previous: dict, last_success) -> str:
     return "\n".join(out) + "\n"
 
 
-def split_path(path: str) -> tuple:
+def split_path(path: str) -> tuple[str, str]:
     """(directory, file name) of a metrics file PATH; MetricsFileError if the
     name cannot be one."""
     name = os.path.basename(path)
@@ -187,7 +197,7 @@ def _said(where: str, exc: OSError) -> str:
     return "%s%s%s" % (where, " " if text.startswith("is ") else ": ", text)
 
 
-def write_textfile(result: dict, path: str, *, now: float | None = None) -> None:
+def write_textfile(result: dict[str, Any], path: str, *, now: float | None = None) -> None:
     """Writes the run's metrics to PATH (a *.prom file of node_exporter's
     textfile directory): a new file renamed over it inside that directory.
     Whatever someone else put at PATH (a link, a FIFO, a file of theirs) is
@@ -234,7 +244,7 @@ def _group(gid: int) -> str:
         return "gid %d" % gid
 
 
-def _writers(st) -> list:
+def _writers(st: os.stat_result) -> list[str]:
     """Who besides root can change the entries of a directory with stat ST."""
     who = []
     if st.st_uid != 0:
@@ -246,12 +256,13 @@ def _writers(st) -> list:
     return who
 
 
-def check_path(path: str) -> tuple:
+def check_path(path: str) -> tuple[list[str], list[str]]:
     """(problems, notes) about writing metrics to PATH, for `check`: a problem
     means a run will not write them; a note says who else can write where
     they go (they can make a write fail or replace the metrics, never make
     root write elsewhere)."""
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     try:
         directory, name = split_path(path)
     except MetricsFileError as exc:

@@ -32,7 +32,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_READ_BYTES = 1024 * 1024
 
 
-def _kind(st) -> str:
+def _kind(st: os.stat_result) -> str:
     """What a non-regular file is, in words."""
     mode = st.st_mode
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
@@ -67,7 +67,7 @@ def open_directory(path: str) -> int:
 
 
 def open_regular(name: str, flags: int, *, dir_fd: int | None = None,
-                 mode: int = 0o600) -> tuple:
+                 mode: int = 0o600) -> tuple[int, os.stat_result]:
     """(fd, stat) of NAME opened with FLAGS plus O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC,
     if it is a regular file; OSError naming what it is otherwise (never
     blocks: a FIFO opens at once, and is then refused)."""
@@ -91,7 +91,7 @@ def open_regular(name: str, flags: int, *, dir_fd: int | None = None,
     return fd, st
 
 
-def check_own(fd: int, st, name: str) -> None:
+def check_own(fd: int, st: os.stat_result, name: str) -> None:
     """Refuses (and closes FD) unless it is a plain file of this user's: a
     user may have put a hard link to another file, or a file of their own,
     at the name (protected_hardlinks is not relied on)."""
