@@ -47,7 +47,9 @@ def arena():
     and a root-only 0600 file in a root-only directory."""
     if os.geteuid() != 0:
         pytest.skip("needs root (the attacker is another user)")
-    d = Path(tempfile.mkdtemp(prefix="vmsnap-ops-", dir="/tmp"))
+    # tmpfs where there is one: 3000 fsyncs on a disk take a minute, and the race is about names
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else "/tmp"
+    d = Path(tempfile.mkdtemp(prefix="vmsnap-ops-", dir=shm))
     os.chmod(d, 0o755)
     textfile = d / "textfile"
     textfile.mkdir()
@@ -71,14 +73,13 @@ def result(status="success"):
 
 # The attacker, as nobody, in the directory it owns: every temp file it sees
 # is replaced by a symlink to SECRET (between root's write and root's chmod,
-# if root chmods by name); a symlink root renamed into place is removed, so
-# that the writes go on.  On SIGTERM it prints "SWAPS LANDED".
+# if root chmods by name).  On SIGTERM it prints how many swaps it made.
 SWAPPER = r'''
 import os, signal, sys
-d, secret, name = sys.argv[1:]
-count = {"swaps": 0, "landed": 0}
+d, secret = sys.argv[1:]
+count = {"swaps": 0}
 def report(*_):
-    print(count["swaps"], count["landed"], flush=True)
+    print(count["swaps"], flush=True)
     os._exit(0)
 signal.signal(signal.SIGTERM, report)
 print("ready", flush=True)
@@ -89,17 +90,14 @@ while True:
     except OSError:
         continue
     for e in entries:
-        p = os.path.join(d, e)
+        if not e.endswith(".tmp"):
+            continue
         try:
-            if e.endswith(".tmp"):
-                if os.path.lexists(link):
-                    os.unlink(link)
-                os.symlink(secret, link)
-                os.rename(link, p)
-                count["swaps"] += 1
-            elif e == name and os.path.islink(p):
-                count["landed"] += 1     # root renamed our symlink into place
-                os.unlink(p)
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(secret, link)
+            os.rename(link, os.path.join(d, e))
+            count["swaps"] += 1
         except OSError:
             pass
 '''
@@ -118,9 +116,8 @@ def test_a_racing_directory_owner_cannot_make_root_chmod_or_read_another_file(ar
     script.write_text(SWAPPER)
     attacker = subprocess.Popen(
         ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
-         PYTHON, str(script), str(textfile), str(secret), prom.name],
-        stdout=subprocess.PIPE, text=True)
-    refused = 0
+         PYTHON, str(script), str(textfile), str(secret)], stdout=subprocess.PIPE, text=True)
+    landed = refused = 0
     try:
         assert attacker.stdout.readline().strip() == "ready"
         for i in range(WRITES):
@@ -128,19 +125,23 @@ def test_a_racing_directory_owner_cannot_make_root_chmod_or_read_another_file(ar
                 metrics.write_textfile(result(), str(prom), now=1000.0 + i)
             except metrics.MetricsFileError:
                 refused += 1   # the owner can make a write fail
+            if os.path.islink(prom):
+                # a swap landed before root's rename: root moved the link itself, not its
+                # target; the next write would refuse it, so clear it (as an admin would)
+                landed += 1
+                os.unlink(prom)
             st = os.stat(secret)
             assert (st.st_mode, st.st_uid, st.st_nlink) == \
                 (before.st_mode, before.st_uid, before.st_nlink), "write %d changed %s" % (i, secret)
     finally:
         attacker.send_signal(signal.SIGTERM)
         out, _ = attacker.communicate(timeout=30)
-    swaps, landed = (int(x) for x in out.split())
+    swaps = int(out)
     assert secret.read_text() == "root's secret\n"
     assert oct(os.stat(secret).st_mode & 0o7777) == "0o600"
-    # the race was really run: the attacker swapped temp files, and some of its
-    # symlinks were in place when root renamed (root moved the link, not its target)
+    # the race was really run: temp files were swapped, some just before root's rename
     assert swaps >= 50 and landed >= 1, (swaps, landed, refused)
-    assert refused < WRITES, "every write failed"
+    assert refused < WRITES / 2, (swaps, landed, refused)
 
 
 @root_only
