@@ -189,3 +189,16 @@ def test_the_dry_run_says_nothing_would_run(tmp_path, loopfs):
     assert res["plan"]["pre_script"]["runs"] is False
     assert "/no/such/mount" in res["plan"]["pre_script"]["why_not"]
     assert res["plan"]["snapshot"] is False and "/no/such/mount" in res["plan"]["snapshot_why_not"]
+
+
+def test_mounts_given_as_a_generator_or_a_string_are_read_once(tmp_path, loopfs):
+    """The Python API takes any iterable: read twice, a generator would be
+    empty the second time (and the warning would eat it before the selection)."""
+    (a,) = loopfs.make(1)
+    bad = tmp_path / "config.json"
+    bad.write_bytes(b"not json")
+    os.chmod(bad, 0o600)
+    for mounts in ((m for m in [a]), a):
+        plan = cycle.make_plan(str(bad), mounts=mounts)
+        assert [c.mount.mountpoint for c in plan.selection.eligible] == [a]
+        assert plan.selection_source == "--mount"

@@ -126,6 +126,8 @@ UNREADABLE_SELECTION = ("not selected: the configuration cannot be read, so only
 
 def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
     """Reads the configuration, checks permissions and scripts, selects mounts."""
+    # once, as a list: a generator read twice would select nothing the second time
+    mounts = [mounts] if isinstance(mounts, str) else list(mounts or ()) or None
     warnings = []
     path, cfg, problem, settings = _read_config(config, warnings)
     selection_known = settings is not None
