@@ -2,15 +2,17 @@
 metrics textfile, the log), against the user who owns their directory.
 
 node_exporter's textfile directory often belongs to its service user; here
-that user is nobody, who owns the metrics directory and tries, while root
-writes, to make root change the mode of a root-only file, read it, or hang
-on a FIFO or on /dev/zero.  Owning the directory lets them make a write
-fail, nothing more."""
+that user is made for the module (and removed at its end), owns the metrics
+directory and tries, while root writes, to make root change the mode of a
+root-only file, read it, or hang on a FIFO or on /dev/zero.  Owning the
+directory lets them make a write fail, nothing more."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import re
 import resource
 import shutil
 import signal
@@ -28,39 +30,64 @@ from vmsnap_native.logbook import Logbook
 from .conftest import root_only
 from .helpers import setup_scripts
 
-NOBODY = 65534
+EXPORTER_PREFIX = "vmsnap-exporter-"
+EXPORTER = EXPORTER_PREFIX + str(os.getpid())
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 VMSNAP = os.path.join(os.path.dirname(sys.executable), "vmsnap")
 WRITES = 3000        # metrics writes while the attacker swaps
 RUN_BOUND_S = 60     # a run that holds the run lock must end well within this
 
 
-def as_nobody(*argv, **kw):
-    return subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY,
-                           "--clear-groups", *argv], check=True, **kw)
+def _userdel(name):
+    if subprocess.run(["userdel", name], capture_output=True).returncode not in (0, 6):
+        raise AssertionError("could not remove the user %s" % name)   # 6: no such user
+
+
+@pytest.fixture(scope="module")
+def exporter():
+    """An unprivileged user in the role of node_exporter's (its name carries
+    our pid, so parallel runs do not share it), removed at the end, with those
+    of earlier runs killed before their teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the attacker is another user)")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("useradd/userdel are not available")
+    for pw in pwd.getpwall():
+        m = re.fullmatch(re.escape(EXPORTER_PREFIX) + r"(\d+)", pw.pw_name)
+        if m and not os.path.exists("/proc/%s" % m.group(1)):
+            _userdel(pw.pw_name)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    EXPORTER], check=True)
+    try:
+        yield pwd.getpwnam(EXPORTER)
+    finally:
+        _userdel(EXPORTER)
+
+
+def as_user(pw, *argv, **kw):
+    return subprocess.Popen(["setpriv", "--reuid=%d" % pw.pw_uid, "--regid=%d" % pw.pw_gid,
+                             "--clear-groups", *argv], **kw)
 
 
 @pytest.fixture
-def arena():
-    """A root-owned 755 directory under /tmp that nobody can reach (pytest's
-    own base directory is 0700), with a textfile directory owned by nobody
+def arena(exporter):
+    """A root-owned 755 directory that the exporter's user can reach (pytest's
+    own base directory is 0700), with a textfile directory owned by that user
     and a root-only 0600 file in a root-only directory."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (the attacker is another user)")
     # tmpfs where there is one: 3000 fsyncs on a disk take a minute, and the race is about names
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else "/tmp"
     d = Path(tempfile.mkdtemp(prefix="vmsnap-ops-", dir=shm))
     os.chmod(d, 0o755)
     textfile = d / "textfile"
     textfile.mkdir()
-    os.chown(textfile, NOBODY, NOBODY)
+    os.chown(textfile, exporter.pw_uid, exporter.pw_gid)
     private = d / "private"
     private.mkdir(mode=0o700)
     secret = private / "secret"
     secret.write_text("root's secret\n")
     os.chmod(secret, 0o600)
     try:
-        yield d, textfile, secret
+        yield d, textfile, secret, exporter
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -71,7 +98,7 @@ def result(status="success"):
             "freeze": {"enabled": True, "window_ms": 1.0, "deadline_hit": False, "mounts": []}}
 
 
-# The attacker, as nobody, in the directory it owns: every temp file it sees
+# The attacker, as the exporter's user, in the directory it owns: every temp file it sees
 # is replaced by a symlink to SECRET (between root's write and root's chmod,
 # if root chmods by name).  On SIGTERM it prints how many swaps it made.
 SWAPPER = r'''
@@ -109,14 +136,13 @@ def test_a_racing_directory_owner_cannot_make_root_chmod_or_read_another_file(ar
     symlink to a root-only 0600 file, thousands of times while root writes:
     the file's mode and contents never change.  (Root used to chmod the temp
     file by name: the target became 0644 on the first lucky swap.)"""
-    base, textfile, secret = arena
+    base, textfile, secret, exporter = arena
     prom = textfile / "vmsnap.prom"
     before = os.stat(secret)
     script = base / "swapper.py"
     script.write_text(SWAPPER)
-    attacker = subprocess.Popen(
-        ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
-         PYTHON, str(script), str(textfile), str(secret)], stdout=subprocess.PIPE, text=True)
+    attacker = as_user(exporter, PYTHON, str(script), str(textfile), str(secret),
+                       stdout=subprocess.PIPE, text=True)
     landed = refused = 0
     try:
         assert attacker.stdout.readline().strip() == "ready"
@@ -154,24 +180,27 @@ def test_what_the_directory_owner_plants_at_the_metrics_path_never_blocks_a_run(
     put at the metrics path by the directory's owner: the run (which holds
     the run lock) ends in bounded time, its result says the metrics were
     not written and why, and nothing behind the path was touched."""
-    base, textfile, secret = arena
+    base, textfile, secret, exporter = arena
     (m,) = loopfs.make(1)
+
+    def plant(*argv):
+        assert as_user(exporter, *argv).wait(timeout=60) == 0
     prom = textfile / "vmsnap.prom"
     fifo = textfile / "pipe"
     if planted == "fifo":
-        as_nobody("mkfifo", str(prom))
+        plant("mkfifo", str(prom))
     elif planted == "symlink-to-fifo":
-        as_nobody("mkfifo", str(fifo))
-        as_nobody("ln", "-s", str(fifo), str(prom))
+        plant("mkfifo", str(fifo))
+        plant("ln", "-s", str(fifo), str(prom))
     elif planted == "symlink-to-dev-zero":
-        as_nobody("ln", "-s", "/dev/zero", str(prom))
+        plant("ln", "-s", "/dev/zero", str(prom))
     elif planted == "hard-link-to-root-file":
-        # a root file in a directory nobody can write, hard-linked by root's mistake
+        # a root file in a directory only root can write, hard-linked by root's mistake
         victim = textfile / ".." / "victim.prom"
         victim.write_text('vmsnap_runs_total{status="success"} 41\n')
         os.link(victim, prom)
     else:
-        as_nobody("sh", "-c", "echo 'vmsnap_runs_total{status=\"success\"} 1e9' > %s" % prom)
+        plant("sh", "-c", "echo 'vmsnap_runs_total{status=\"success\"} 1e9' > %s" % prom)
     cfg = setup_scripts(tmp_path, metricsFile=str(prom))
 
     def limits():   # should the read of /dev/zero never end, it fails instead of eating memory
