@@ -451,3 +451,14 @@ def test_run_writes_metrics_after_the_thaw(tmp_path, loopfs, how):
     assert samples[("vmsnap_runs_total", (("status", "success"),))] == 1
     assert samples[("vmsnap_freeze_window_seconds", ())] == pytest.approx(
         res["freeze"]["window_ms"] / 1000)
+
+
+@root_only
+def test_check_refuses_what_is_planted_at_the_metrics_path(tmp_path):
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    os.symlink("/dev/zero", textfile / "vmsnap.prom")
+    cfg = setup_scripts(tmp_path, metricsFile=str(textfile / "vmsnap.prom"))
+    p = subprocess.run([VMSNAP, "check", "--config", cfg], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and "is a symbolic link" in p.stderr, p.stderr
