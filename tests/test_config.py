@@ -343,3 +343,40 @@ def test_presync_dirty_cap_reaches_the_freeze(tmp_path, monkeypatch):
     c = cycle.Cycle(plan, None, cycle.Logbook(None))
     c.run_freeze()   # the spy stops it before anything is opened or frozen
     assert seen.get("cap") == 0
+
+
+# -- the selection, read on its own (a configuration never widens the freeze) ----------
+
+@pytest.mark.parametrize("doc,expected", [
+    ({"timeoutInSeconds": "thirty", "mountsToSkip": ["/"]}, (True, ["/"], None)),
+    ({"fsFreezeEnabled": False, "preScriptLocation": 7}, (False, [], None)),
+    ({"mountsToFreeze": ["/data"], "mountsToSkip": ["/data/tmp"], "hooksDirectory": "rel"},
+     (True, ["/data/tmp"], ["/data"])),
+])
+def test_selection_fields_are_read_each_on_its_own(doc, expected):
+    from vmsnap_native.config import selection_settings
+    settings, why = selection_settings(json.dumps(doc).encode(), "c.json")
+    assert why is None
+    assert (settings.fs_freeze_enabled, settings.mounts_to_skip,
+            settings.mounts_to_freeze) == expected
+    assert settings.timeout == 30.0 and settings.pre_script is None   # the rest: defaults
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"{", "not valid JSON"),
+    (b"[]", "not a JSON object"),
+    (b'{"mountsToSkip": "/"}', "mountsToSkip must be an array of strings"),
+    (b'{"mountsToFreeze": [1]}', "mountsToFreeze must be an array of strings"),
+    (b'{"fsFreezeEnabled": "no"}', "fsFreezeEnabled must be true or false"),
+])
+def test_a_selection_that_cannot_be_read_says_why(data, needle):
+    from vmsnap_native.config import selection_settings
+    settings, why = selection_settings(data, "c.json")
+    assert settings is None and needle in why and why.startswith("c.json: ")
+
+
+def test_an_invalid_extra_field_does_not_lose_the_selection():
+    from vmsnap_native.config import selection_settings
+    settings, why = selection_settings(b'{"mountsToSkip": ["/"], "metricsFile": "rel.prom"}',
+                                       "c.json", also=("metricsFile",))
+    assert why is None and settings.mounts_to_skip == ["/"] and settings.metrics_file is None

@@ -140,11 +140,12 @@ def test_missing_pre_script_does_not_run_post(tmp_path, loopfs):
     assert not (tmp_path / "post-ran").exists()
 
 
-def test_unopenable_mount_is_123_and_crash_consistent(tmp_path, loopfs):
+def test_a_selected_path_that_is_no_mount_point_is_123_and_fails(tmp_path, loopfs):
+    # found before anything runs: no snapshot (tests/test_selection.py has the rest)
     (m,) = loopfs.make(1)
     rc, res, _ = run_json(tmp_path, tmp_path / "absent.json", [m, str(tmp_path)])
     assert codes(res) == ["UnableToOpenMount"] and str(tmp_path) in res["errors"][0]["message"]
-    assert res["consistency"] == "crash" and res["status"] == "degraded"
+    assert res["consistency"] is None and res["status"] == "failed" and rc == 1
     assert not frozen_state(m)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from vmsnap_native import metrics
+from vmsnap_native import __version__, metrics
 from vmsnap_native.logbook import Logbook
 
 from .conftest import frozen_state, root_only
@@ -109,6 +110,191 @@ def test_metrics_file_errors_say_what_and_where(tmp_path):
         metrics.write_textfile(result(), str(tmp_path / "vmsnap.txt"))
     with pytest.raises(metrics.MetricsFileError, match="no directory"):
         metrics.write_textfile(result(), str(tmp_path / "missing" / "vmsnap.prom"))
+
+
+def _shape(path):
+    """{family: sorted label sets} of a metrics file, and every value."""
+    types, samples = parse(path)
+    shape = {}
+    for (name, labels) in samples:
+        shape.setdefault(name, set()).add(tuple(k for k, _ in labels))
+    return shape, samples
+
+
+def bare_failure():
+    """A run that reached nothing: no script, no freeze window, no snapshot step."""
+    return {"status": "failed", "consistency": None, "errors": [
+        {"code": "AnotherRunInProgress", "number": 401, "message": "", "action": ""}],
+        "warnings": [], "pre_script": None, "post_script": None,
+        "freeze": {"enabled": True, "window_ms": None, "deadline_hit": False, "mounts": []},
+        "snapshot": None, "duration_ms": 0.4}
+
+
+def test_every_family_is_there_with_the_same_labels_after_any_run(tmp_path):
+    """A dashboard or an alert on a family must not break when a run had no
+    freeze window, no script or no snapshot step: every family, every label
+    set, always; 0 where there was nothing to measure, never NaN."""
+    full, bare = str(tmp_path / "full.prom"), str(tmp_path / "bare.prom")
+    metrics.write_textfile(result(errors=["SnapshotFailed"]), full, now=1000.0)
+    metrics.write_textfile(bare_failure(), bare, now=1000.0)
+    (shape_full, _), (shape_bare, values) = _shape(full), _shape(bare)
+    assert shape_full == shape_bare
+    assert all(v == v and abs(v) != float("inf") for v in values.values())
+    assert values[("vmsnap_freeze_window_seconds", ())] == 0
+    assert values[("vmsnap_script_duration_seconds", (("script", "pre"),))] == 0
+    assert values[("vmsnap_snapshot_duration_seconds", ())] == 0
+    assert values[("vmsnap_errors_total", (("code", "AnotherRunInProgress"),))] == 1
+    assert values[("vmsnap_errors_total", (("code", "SnapshotFailed"),))] == 0
+    assert values[("vmsnap_build_info", (("version", __version__),))] == 1
+
+
+def test_numbers_are_short_and_help_texts_name_nothing_internal(tmp_path):
+    path = tmp_path / "vmsnap.prom"
+    metrics.write_textfile(result(window_ms=8.912000000000002, pre_ms=0.1 + 0.2),
+                           str(path), now=1700000000.123456789)
+    text = path.read_text()
+    assert "vmsnap_freeze_window_seconds 0.008912\n" in text
+    assert 'vmsnap_script_duration_seconds{script="pre"} 0.0003\n' in text
+    assert "vmsnap_last_run_timestamp_seconds 1700000000.123\n" in text
+    assert 'vmsnap_runs_total{status="success"} 1\n' in text
+    assert 'vmsnap_build_info{version="%s"} 1\n' % __version__ in text
+    helps = [line for line in text.splitlines() if line.startswith("# HELP")]
+    assert len(helps) == len({line.split()[2] for line in helps}) >= 14
+    for line in helps:
+        assert not re.search(r"SPEC|§|issue|this machine", line), line
+
+
+def test_promtool_accepts_the_file(tmp_path):
+    """Prometheus' own linter (`promtool check metrics`, Debian package prometheus)."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    for name, res in (("full", result()), ("bare", bare_failure())):
+        path = tmp_path / ("%s.prom" % name)
+        metrics.write_textfile(res, str(path))
+        metrics.write_textfile(res, str(path))   # counters read back
+        p = subprocess.run(["promtool", "check", "metrics"], input=path.read_text(),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), (name, p.stdout, p.stderr)
+
+
+ALERT_TESTS = """
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:   # host a wrote once, long ago, a success; host b never wrote
+      - series: 'up{job="node", instance="a"}'
+        values: '1x1700'
+      - series: 'up{job="node", instance="b"}'
+        values: '1x1700'
+      - series: 'vmsnap_last_run_timestamp_seconds{job="node", instance="a"}'
+        values: '0x1700'
+      - series: 'vmsnap_last_success_timestamp_seconds{job="node", instance="a"}'
+        values: '0x1700'
+      - series: 'vmsnap_last_run_status{job="node", instance="a", status="failed"}'
+        values: '0x1700'
+    alert_rule_test:
+      - {eval_time: 25h, alertname: VmsnapNoRecentSuccess, exp_alerts: []}
+      - eval_time: 27h
+        alertname: VmsnapNoRecentSuccess
+        exp_alerts:
+          - exp_labels: {severity: warning, job: node, instance: a}
+            exp_annotations: {summary: "no successful vmsnap run on a for 26 hours"}
+      - eval_time: 27h
+        alertname: VmsnapMetricsMissing
+        exp_alerts:
+          - exp_labels: {severity: warning, job: node, instance: b}
+            exp_annotations: {summary: "b has no vmsnap metrics"}
+      - {eval_time: 27h, alertname: VmsnapNeverWrote, exp_alerts: []}
+      - {eval_time: 27h, alertname: VmsnapLastRunFailed, exp_alerts: []}
+  - interval: 1m
+    input_series:   # nobody ever wrote
+      - series: 'up{job="node", instance="b"}'
+        values: '1x1700'
+    alert_rule_test:
+      - eval_time: 27h
+        alertname: VmsnapNeverWrote
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations: {summary: "no host has written vmsnap metrics"}
+"""
+
+
+def test_the_documented_alerts_fire_for_a_host_that_never_wrote(tmp_path):
+    """The alert rules in contrib/systemd/README.md, by promtool: valid, and
+    firing for a stale success and for a host with no vmsnap metrics at all
+    (a missing directory never writes, and no value can go stale)."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    with open(os.path.join(UNITS, "README.md")) as f:
+        m = re.search(r"<!-- alert-rules[^>]*-->\n```yaml\n(.*?)```", f.read(), re.S)
+    (tmp_path / "rules.yml").write_text(m.group(1))
+    (tmp_path / "tests.yml").write_text(ALERT_TESTS)
+    for argv in (["check", "rules", "rules.yml"], ["test", "rules", "tests.yml"]):
+        p = subprocess.run(["promtool", *argv], capture_output=True, text=True, timeout=120,
+                           cwd=str(tmp_path))
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+@root_only
+def test_check_validates_the_metrics_file(tmp_path):
+    """`check` says when a run could not write the metrics (exit 1) and who
+    else can write where they go (a warning: node_exporter's own user
+    owning its textfile directory is usual)."""
+    missing = str(tmp_path / "no-such-dir" / "vmsnap.prom")
+    cfg = setup_scripts(tmp_path, metricsFile=missing)
+    p = subprocess.run([VMSNAP, "check", "--json", "--config", cfg], capture_output=True,
+                       text=True, timeout=60)
+    report = json.loads(p.stdout)
+    assert p.returncode == 1 and report["problems"][0]["code"] == "IncorrectJSONConfigFile"
+    assert "metricsFile" in report["problems"][0]["message"]
+    assert "no directory %s" % os.path.dirname(missing) in report["problems"][0]["message"]
+    cfg = setup_scripts(tmp_path, metricsFile=str(tmp_path / "vmsnap.txt"))
+    p = subprocess.run([VMSNAP, "check", "--config", cfg], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and "must end in .prom" in p.stderr
+    exporters = tmp_path / "textfile"
+    exporters.mkdir()
+    os.chown(exporters, 65534, 65534)
+    cfg = setup_scripts(tmp_path, metricsFile=str(exporters / "vmsnap.prom"))
+    p = subprocess.run([VMSNAP, "check", "--json", "--config", cfg], capture_output=True,
+                       text=True, timeout=60)
+    report = json.loads(p.stdout)
+    assert p.returncode == 0, report
+    assert any("nobody (uid 65534)" in w and str(exporters) in w for w in report["warnings"])
+    os.chmod(exporters, 0o777)
+    p = subprocess.run([VMSNAP, "check", "--config", cfg], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and "every user can write" in p.stderr
+
+
+@root_only
+def test_a_run_whose_metrics_directory_is_missing_says_so(tmp_path, loopfs):
+    """The run goes on (its snapshot stands) and its result says the metrics
+    were not written; the staleness alert on absent(...) catches the host."""
+    (m,) = loopfs.make(1)
+    prom = str(tmp_path / "no-such-dir" / "vmsnap.prom")
+    cfg = setup_scripts(tmp_path, metricsFile=prom)
+    p = subprocess.run([VMSNAP, "run", "--json", "--log-file", "", "--config", cfg,
+                        "--mount", m, "--", "true"], capture_output=True, text=True, timeout=120)
+    res = json.loads(p.stdout)
+    assert res["status"] == "success" and p.returncode == 0
+    assert any("metrics not written to %s" % prom in w and "no directory" in w
+               for w in res["warnings"]), res["warnings"]
+
+
+def test_mounts_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`vmsnap mounts | head -1`: no BrokenPipeError traceback; the status a
+    shell shows for a writer stopped by SIGPIPE, as coreutils give."""
+    for extra in ([], ["--json"]):
+        r, w = os.pipe()
+        os.close(r)   # the reader is gone before anything is written
+        try:
+            p = subprocess.run([VMSNAP, "mounts", *extra], stdout=w, stderr=subprocess.PIPE,
+                               text=True, timeout=60)
+        finally:
+            os.close(w)
+        assert p.stderr == "" and p.returncode == 141, (extra, p.returncode, p.stderr)
 
 
 @root_only
@@ -265,3 +451,14 @@ def test_run_writes_metrics_after_the_thaw(tmp_path, loopfs, how):
     assert samples[("vmsnap_runs_total", (("status", "success"),))] == 1
     assert samples[("vmsnap_freeze_window_seconds", ())] == pytest.approx(
         res["freeze"]["window_ms"] / 1000)
+
+
+@root_only
+def test_check_refuses_what_is_planted_at_the_metrics_path(tmp_path):
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    os.symlink("/dev/zero", textfile / "vmsnap.prom")
+    cfg = setup_scripts(tmp_path, metricsFile=str(textfile / "vmsnap.prom"))
+    p = subprocess.run([VMSNAP, "check", "--config", cfg], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and "is a symbolic link" in p.stderr, p.stderr

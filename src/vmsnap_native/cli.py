@@ -171,6 +171,18 @@ def cmd_check(args) -> int:
 # -- mounts ---------------------------------------------------------------------
 
 def cmd_mounts(args) -> int:
+    try:
+        return _print_mounts(args)
+    except BrokenPipeError:
+        # the reader went away (`vmsnap mounts | head -1`): stop quietly, as coreutils do,
+        # and let no flush at exit complain about the closed pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13   # what a shell shows for a writer killed by SIGPIPE
+
+
+def _print_mounts(args) -> int:
     plan = cycle.make_plan(args.config, mounts=args.mount or None)
     sel = plan.selection
     from .disks import disks_of
@@ -193,6 +205,7 @@ def cmd_mounts(args) -> int:
     for p in sel.missing:
         out.write("  %-30s %-10s %s\n" % (p, "-", "not a mount point"))
     out.write("one disk: %s\n" % ("yes" if plan.one_disk else "no"))
+    out.flush()   # inside cmd_mounts' guard: a closed pipe shows here, not at exit
     return 0
 
 

@@ -486,6 +486,37 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
     return cfg
 
 
+# What to freeze.  A file that cannot be used as a whole (305, 317) still says
+# what it excludes: these fields, each valid on its own, are honoured, so that
+# a typo elsewhere never widens the freeze to what the admin left out.
+SELECTION_FIELDS = ("fsFreezeEnabled", "mountsToSkip", "mountsToFreeze")
+
+
+def selection_settings(data: bytes, path: str, also=()) -> tuple:
+    """(Config of defaults with the selection fields of DATA, None) when the
+    selection can be read; (None, why) when it cannot (DATA is no JSON
+    object, or one of the selection fields is itself invalid: what it would
+    have excluded is unknown).  ALSO: more fields to take when valid
+    (ignored when not)."""
+    try:
+        doc = decode_document(data, path)
+    except ConfigError as exc:
+        return None, str(exc)
+    if not isinstance(doc, dict):
+        return None, "%s: the top level is %s, not a JSON object" % (path, describe(doc))
+    settings, found = Config(path=path), _Found()
+    for name in SELECTION_FIELDS + tuple(also):
+        if name not in doc:
+            continue
+        attr, convert, _ = FIELDS[name]
+        try:
+            setattr(settings, attr, convert(doc[name], name, found))
+        except _Bad as bad:
+            if name in SELECTION_FIELDS:
+                return None, "%s: %s must be %s, not %s" % (path, name, bad, describe(doc[name]))
+    return settings, None
+
+
 def load_config(path: str) -> Config:
     """Reads and parses PATH (no permission check: see policy)."""
     got = read_config_file(path)

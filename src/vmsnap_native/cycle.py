@@ -378,6 +378,10 @@ class Cycle:
         plan, res, s = self.plan, self.res, self.plan.settings
         res.warnings.extend(plan.warnings)
         res.freeze = FreezeResult(enabled=s.fs_freeze_enabled)
+        if plan.selection.missing:   # a mistyped mount: nothing runs, not even the pre-script
+            self.out.freeze = decide.NOT_ATTEMPTED
+            self.out.freeze_errors = [self.note(e) for e in missing_mount_errors(plan)]
+            return
         self.run_pre()
         self.run_hooks("freeze")
         if not decide.take_snapshot(self.out, self.settings):

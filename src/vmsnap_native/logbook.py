@@ -13,11 +13,11 @@ through the window too, and emitted after the thaw with its own time."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import time
+
+from . import opsfile
 
 DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
 
@@ -53,21 +53,6 @@ def journal_line(text: str, level: str = "INFO") -> str:
     return "\n".join(prefix + line for line in text.split("\n"))
 
 
-def _open_own_log(path: str) -> int:
-    """PATH opened for appending, if it is (or is created as) a plain file of
-    ours: in a sticky directory a user may plant a symlink, a FIFO, a hard
-    link or a file of their own at that name (protected_* sysctls are not
-    relied on), and root must not write through it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-                 | os.O_NONBLOCK, 0o600)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
-        os.close(fd)
-        raise OSError(errno.EPERM, "not a plain file of this user's (a link, a FIFO or "
-                      "someone else's file): not written to")
-    return fd
-
-
 def _to_logging(record) -> None:
     """RECORD on the vmsnap logger, stamped with the time it was made (not
     the time a held record is released)."""
@@ -91,7 +76,8 @@ class Logbook:
         self.open_error = None
         if path:
             try:
-                self._fd = _open_own_log(path)
+                # a plain file of root's only: not a link, FIFO or user's file planted there
+                self._fd = opsfile.open_append_own(path)
             except OSError as exc:
                 self.open_error = "cannot write the log file %s: %s" % (path, exc.strerror)
 

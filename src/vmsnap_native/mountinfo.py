@@ -189,13 +189,15 @@ def _normalize(path: str) -> str:
     return path if path != "//" else "/"
 
 
-def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
+def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
+           unselected: str | None = None) -> Selection:
     """Chooses what to freeze.
 
     only: mount points (globs allowed) to restrict to (``--mount``,
     ``mountsToFreeze``); None selects every eligible filesystem, an empty
     list selects none; skip: mount points (globs) never frozen
-    (``mountsToSkip``).
+    (``mountsToSkip``); unselected: the reason shown for a mount that ONLY
+    leaves out (default: it names --mount / mountsToFreeze).
     """
     if only is not None:
         only = [_normalize(p) if not any(c in p for c in "*?[") else p for p in only]
@@ -217,8 +219,8 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys") -> Selection:
         if reason is not None:
             pass
         elif only is not None and not _matches(m.mountpoint, only):
-            reason = ("not selected (--mount / mountsToFreeze)" if only
-                      else "not selected: mountsToFreeze is an empty list")
+            reason = unselected or ("not selected (--mount / mountsToFreeze)" if only
+                                    else "not selected: mountsToFreeze is an empty list")
         elif skip and _matches(m.mountpoint, skip):
             reason = "skipped by mountsToSkip"
         elif m.device in skipped_sb:
@@ -295,5 +297,6 @@ def _contains(p: Candidate, path: str, cands: list) -> bool:
     return holder([c.mount for c in cands], path) is p.mount
 
 
-def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo") -> Selection:
-    return select(read_mountinfo(mountinfo_path), only=only, skip=skip)
+def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo",
+             unselected: str | None = None) -> Selection:
+    return select(read_mountinfo(mountinfo_path), only=only, skip=skip, unselected=unselected)

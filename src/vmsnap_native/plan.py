@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import decide, disks, hooks, mountinfo, policy
-from .config import Config, config_path, parse_config, read_config_file
-from .errors import UNABLE_TO_OPEN_MOUNT, ConfigError, Error
+from . import decide, disks, hooks, metrics, mountinfo, policy
+from .config import Config, config_path, parse_config, read_config_file, selection_settings
+from .errors import CONFIG_INVALID, UNABLE_TO_OPEN_MOUNT, ConfigError, Error
 from .result import FreezeResult, Result
 
 
@@ -27,6 +27,7 @@ class Plan:
     post_check: policy.ScriptCheck | None = None
     selection: mountinfo.Selection | None = None
     one_disk: bool = True
+    selection_source: str = "mountsToFreeze"   # or --mount: what names the mounts to freeze
     freeze_timeout: float = 60.0
     hooks: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
@@ -51,7 +52,19 @@ class Plan:
             found = [chk.problem] if not chk.ok else getattr(chk, "check_problems", [])
             out += [problem_error(p, prefix) for p in found]
         out += missing_mount_errors(self)
+        out += self._metrics_errors()
         return out
+
+    def _metrics_errors(self) -> list:
+        """The configuration's metricsFile as `check` sees it: what stops a run
+        from writing it is a problem; who else can write there, a warning."""
+        path = self.settings.metrics_file
+        if not path:
+            return []
+        found, notes = metrics.check_path(path)
+        self.warnings.extend(n for n in notes if n not in self.warnings)
+        return [CONFIG_INVALID.error("%s: metricsFile: %s" % (self.config_path, p))
+                for p in found]
 
 
 def problem_error(problem: policy.Problem, prefix: str = "") -> Error:
@@ -60,51 +73,88 @@ def problem_error(problem: policy.Problem, prefix: str = "") -> Error:
 
 
 def missing_mount_errors(plan: Plan) -> list:
-    return [UNABLE_TO_OPEN_MOUNT.error("%s: not a mount point" % p)
-            for p in plan.selection.missing]
+    """A selection that names what is no mount point (--mount, mountsToFreeze):
+    found before anything runs, and nothing runs (a mistyped mount must never
+    become a quiet, unfrozen snapshot)."""
+    return [UNABLE_TO_OPEN_MOUNT.error(
+        "%s: not a mount point (named by %s): nothing runs while the selection names it "
+        "(no script, no freeze, no snapshot)" % (p, plan.selection_source))
+        for p in plan.selection.missing]
 
 
 def _read_config(config, warnings: list):
-    """(path, Config or None, problem Error or None) for CONFIG (a path, a Config, or None)."""
+    """(path, Config or None, problem Error or None, settings) for CONFIG (a
+    path, a Config, or None).  SETTINGS is what a run goes by: the Config; the
+    defaults when there is no file; when the file cannot be used (305, 317),
+    the defaults with the file's selection fields that are valid on their
+    own; None when not even those can be read (what the file excludes is
+    unknown)."""
     if isinstance(config, Config):
-        return config.path, config, None
+        return config.path, config, None, config
     path = config_path(os.fspath(config) if config is not None else None)
     try:
         got = read_config_file(path)
     except ConfigError as exc:
-        return path, None, exc.error()
+        return path, None, exc.error(), None
     if got is None:
         warnings.append("no configuration file at %s: no scripts run; the best result is "
                         "filesystem-consistent" % path)
-        return path, None, None
+        return path, None, None, Config()
     data, st = got
     perm = policy.check_config_stat(st, path)
     if perm:
-        return path, None, problem_error(perm)
+        # the file's own selection still holds; its metricsFile does not (anyone who can
+        # write the file could point root's write anywhere)
+        return path, None, problem_error(perm), _selection(data, path, warnings)
     try:
-        return path, parse_config(data, path), None
+        cfg = parse_config(data, path)
     except ConfigError as exc:
-        return path, None, exc.error()
+        return path, None, exc.error(), _selection(data, path, warnings, also=("metricsFile",))
+    return path, cfg, None, cfg
+
+
+def _selection(data: bytes, path: str, warnings: list, also=()):
+    settings, why = selection_settings(data, path, also)
+    if settings is None:
+        warnings.append("what to freeze cannot be read from the configuration (%s)" % why)
+    return settings
+
+
+UNREADABLE_SELECTION = ("not selected: the configuration cannot be read, so only mounts "
+                        "named with --mount are frozen")
 
 
 def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
     """Reads the configuration, checks permissions and scripts, selects mounts."""
+    # once, as a list: a generator read twice would select nothing the second time
+    mounts = [mounts] if isinstance(mounts, str) else list(mounts or ()) or None
     warnings = []
-    path, cfg, problem = _read_config(config, warnings)
+    path, cfg, problem, settings = _read_config(config, warnings)
+    selection_known = settings is not None
+    if settings is None:
+        settings = Config()
     if problem:
-        warnings.append("configuration not used (%s): scripts skipped, defaults apply"
-                        % problem.code)
-    settings = cfg if cfg is not None else Config()
+        warnings.append("configuration not used (%s): scripts skipped; %s" % (
+            problem.code, "its fsFreezeEnabled, mountsToSkip and mountsToFreeze still apply, "
+            "other settings take their defaults" if selection_known else
+            "nothing is frozen except mounts named with --mount (%s)"
+            % (", ".join(mounts) if mounts else "none were")))
     if cfg is not None:
         warnings.extend(cfg.warnings)
     plan = Plan(config_path=path, config=cfg, settings=settings, config_problem=problem,
                 warnings=warnings)
     plan.freeze_timeout = float(freeze_timeout or settings.freeze_timeout)
+    if mounts:
+        plan.selection_source = "--mount"
     if cfg is not None and cfg.pre_script is not None:
         plan.pre_check = policy.check_script(cfg.pre_script, "pre")
         plan.post_check = policy.check_script(cfg.post_script or "", "post")
     only = list(mounts) if mounts else settings.mounts_to_freeze
-    plan.selection = mountinfo.discover(only=only, skip=settings.mounts_to_skip)
+    if not selection_known and not mounts:
+        only = []   # a configuration never widens the freeze
+    plan.selection = mountinfo.discover(
+        only=only, skip=settings.mounts_to_skip,
+        unselected=None if selection_known or mounts else UNREADABLE_SELECTION)
     if mounts:
         for c in plan.selection.skipped:
             if c.mount.mountpoint in {os.path.normpath(m) for m in mounts}:
@@ -145,6 +195,10 @@ def expected_outcome(plan: Plan) -> decide.Outcome:
     step worked: what the checks already know, the rest assumed fine."""
     o = decide.Outcome(config_error=plan.config_problem, one_disk=plan.one_disk,
                        hooks_configured=bool(plan.hooks))
+    if plan.selection.missing:   # found before anything runs: nothing does
+        o.freeze = decide.NOT_ATTEMPTED
+        o.freeze_errors = missing_mount_errors(plan)
+        return o
     o.pre, o.post = script_facts(plan)
     for h, chk in plan.hook_checks():
         o.hook_freeze.append(decide.StepFact("pre", decide.OK, h.name) if chk.ok else decide.StepFact(
@@ -155,9 +209,6 @@ def expected_outcome(plan: Plan) -> decide.Outcome:
         return o
     if not plan.settings.fs_freeze_enabled:
         o.freeze = decide.DISABLED
-    elif plan.selection.missing:
-        o.freeze = decide.FREEZE_FAILED
-        o.freeze_errors = missing_mount_errors(plan)
     else:
         o.freeze = decide.FROZEN if plan.selection.eligible else decide.NOTHING
     if decide.take_snapshot(o, s):
@@ -169,14 +220,19 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
     """What a run would do, as data (the dry run's ``plan``; printed in words by the CLI)."""
     cfg = plan.config
     takes = outcome.snapshot == decide.TAKEN
+    missing = ("%s named by %s is not a mount point: nothing runs"
+               % (", ".join(plan.selection.missing), plan.selection_source)
+               if plan.selection.missing else None)
 
     def script(chk, fact, params, retries):
         if chk is None:
             return None
-        d = {"path": chk.path, "runs": fact.state in (decide.OK,),
+        d = {"path": chk.path, "runs": fact.state in (decide.OK,) and not missing,
              "runs_as": list(chk.argv_prefix) + list(params) if chk.ok else None,
              "attempts": retries + 1, "timeout_s": plan.settings.timeout}
-        if fact.state == decide.REFUSED:
+        if missing:
+            d["why_not"] = missing
+        elif fact.state == decide.REFUSED:
             d["why_not"] = fact.problem.message
         elif fact.state == decide.WITHHELD:
             d["why_not"] = ("the post-script cannot run (%s): nothing else would resume the "
@@ -189,14 +245,16 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
         "config": plan.config_path,
         "pre_script": script(plan.pre_check, outcome.pre, cfg.pre_params if cfg else [],
                              plan.settings.pre_retries),
-        "hooks": [{"name": h.name, "path": h.path, "runs": chk.ok,
-                   "why_not": None if chk.ok else chk.problem.message}
+        "hooks": [{"name": h.name, "path": h.path, "runs": chk.ok and not missing,
+                   "why_not": missing or (None if chk.ok else chk.problem.message)}
                   for h, chk in plan.hook_checks()],
         "freeze": {"enabled": plan.settings.fs_freeze_enabled, "timeout_s": plan.freeze_timeout,
                    "mounts": [c.mount.mountpoint for c in plan.selection.eligible]
                    if outcome.freeze in (decide.FROZEN, decide.FREEZE_FAILED) else [],
                    "problems": [e.message for e in outcome.freeze_errors]},
         "snapshot": takes,
+        "snapshot_why_not": None if takes else (missing or "a script or the freeze failed and "
+                                                "continueBackupOnFailure is false (several disks)"),
         "post_script": script(plan.post_check, outcome.post, cfg.post_params if cfg else [],
                               plan.settings.post_retries),
         "one_disk": plan.one_disk,
