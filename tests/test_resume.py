@@ -1,0 +1,201 @@
+"""The resume after a SIGKILL of vmsnap: the reaper's command imports the
+very package the run imported (a vendored copy found only through
+PYTHONPATH too), says in the log when it cannot start, never starts while
+the freeze guardian is alive, and a run started meanwhile waits for it
+instead of being refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import _cffi_backend
+import pytest
+
+import vmsnap_native
+from vmsnap_native import process
+
+from .conftest import frozen_state, root_only, thawed_soon
+from .helpers import setup_scripts
+
+pytestmark = root_only
+
+
+def wait_for(path, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > end:
+            raise AssertionError("%s never appeared" % path)
+        time.sleep(0.02)
+
+
+def wait_text(path, text, timeout=30.0):
+    end = time.monotonic() + timeout
+    while True:
+        got = open(path).read() if os.path.exists(path) else ""
+        if text in got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError("%r never appeared in %s:\n%s" % (text, path, got))
+        time.sleep(0.05)
+
+
+def base_python() -> str:
+    """The interpreter under the test venv, outside it: vmsnap is not installed there."""
+    exe = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+    probe = subprocess.run([exe, "-c", "import vmsnap_native"], capture_output=True,
+                           env={"PATH": "/usr/bin:/bin"})
+    if probe.returncode == 0:
+        pytest.skip("%s imports an installed vmsnap_native: cannot stand for a venv-less one"
+                    % exe)
+    return exe
+
+
+def vendored(tmp_path) -> str:
+    """A copy of the package (and the cffi backend it needs) in a directory
+    that only PYTHONPATH points at, as an agent that vendors vmsnap has it."""
+    vendor = tmp_path / "vendor"
+    shutil.copytree(os.path.dirname(vmsnap_native.__file__), vendor / "vmsnap_native",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(_cffi_backend.__file__, vendor)
+    return str(vendor)
+
+
+def test_resume_is_found_in_a_vendored_copy_after_a_sigkill(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    py, vendor = base_python(), vendored(tmp_path)
+    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
+    log = tmp_path / "vmsnap.log"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": vendor,
+           "VMSNAP_RUNTIME_DIR": str(tmp_path / "run")}
+    proc = subprocess.Popen([py, "-m", "vmsnap_native", "run", "--config", cfg, "--mount", m,
+                             "--log-file", str(log), "--", "sh", "-c",
+                             "touch %s; sleep 60" % (tmp_path / "snap")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(tmp_path / "snap")
+        assert frozen_state(m)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert thawed_soon([m])
+    wait_for(tmp_path / "post-ran")
+    text = wait_text(log, "resume: post-script done")
+    # the very copy the run imported resumed it
+    assert "vmsnap from %s" % vendor in text, text
+
+
+RESUME_THEN_DIE = """
+import sys
+from vmsnap_native import process
+process.set_resume_command(sys.argv[2:], env={"PATH": "/usr/bin:/bin"}, log_file=sys.argv[1])
+print("set", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("argv, said", [
+    ([sys.executable, "-m", "no_such_vmsnap_module"], "No module named no_such_vmsnap_module"),
+    (["/nonexistent/python3", "-m", "vmsnap_native._resume"],
+     "cannot start /nonexistent/python3: No such file or directory"),
+    (["/bin/sh", "-c", "kill -9 $$"], "was killed by signal 9"),
+])
+def test_the_reaper_logs_a_resume_that_cannot_start(tmp_path, argv, said):
+    log = tmp_path / "vmsnap.log"
+    ctl = subprocess.Popen([sys.executable, "-c", RESUME_THEN_DIE, str(log), *argv],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ctl.stdout.readline().strip() == "set"
+    finally:
+        ctl.kill()
+        ctl.wait()
+    text = wait_text(log, said, timeout=20)
+    assert "vmsnap-reaper[" in text and " ERROR resume: " in text
+    assert "run the post-script by hand" in text
+
+
+def test_a_resume_that_logs_its_own_failure_is_not_logged_twice(tmp_path):
+    log = tmp_path / "vmsnap.log"
+    ctl = subprocess.Popen([sys.executable, "-c", RESUME_THEN_DIE, str(log), "/bin/sh", "-c",
+                            "echo 'resume: post-script failed' >> %s; exit 1" % log],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ctl.stdout.readline().strip() == "set"
+    finally:
+        ctl.kill()
+        ctl.wait()
+    wait_text(log, "post-script failed")
+    time.sleep(1.0)
+    assert "vmsnap-reaper" not in log.read_text()
+
+
+# -- a run started while the resume of a killed one is pending or running ----------
+
+def run_cmd(tmp_path, cfg, m, *snapshot, log="vmsnap.log"):
+    args = [sys.executable, "-m", "vmsnap_native", "run", "--json", "--config", cfg,
+            "--mount", m, "--log-file", str(tmp_path / log)]
+    if snapshot:
+        args += ["--", *snapshot]
+    return args
+
+
+def test_a_run_right_after_a_sigkill_waits_for_the_resume_and_says_so(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+    # the resume's post-script takes a while: the next run comes while it runs
+    cfg = setup_scripts(tmp_path, pre="echo pre >> %s" % (tmp_path / "order"),
+                        post="echo post-start >> %s; sleep 1.5; echo post-end >> %s"
+                        % (tmp_path / "order", tmp_path / "order"), timeoutInSeconds=10)
+    first = subprocess.Popen(run_cmd(tmp_path, cfg, m, "sh", "-c",
+                                     "touch %s; sleep 60" % (tmp_path / "snap")),
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(tmp_path / "snap")
+    finally:
+        first.kill()
+        first.wait()
+    # at once: the resume has not even started, or holds the lock
+    second = subprocess.run(run_cmd(tmp_path, cfg, m, log="second.log"), env=env,
+                            capture_output=True, text=True, timeout=120)
+    res = json.loads(second.stdout)
+    assert second.returncode == 0 and res["status"] == "success", second.stderr
+    assert any("waited" in w and "resume" in w for w in res["warnings"]), res["warnings"]
+    assert "waited" in (tmp_path / "second.log").read_text()
+    # the dead run's post-script ended before the second run's pre-script began
+    assert (tmp_path / "order").read_text().split() == [
+        "pre", "post-start", "post-end", "pre", "post-start", "post-end"]
+
+
+def test_a_run_does_not_wait_for_a_resume_whose_reaper_is_someone_else(tmp_path,
+                                                                      monkeypatch):
+    """A lock line naming a reaper whose pid now belongs to another process
+    (another start time): nothing to wait for."""
+    from vmsnap_native.lock import RunLock
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("VMSNAP_RUNTIME_DIR", str(runtime))
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        st = process.starttime(stranger.pid)
+        (runtime / "lock").write_text("pid=999999 start=1 role=run reaper=%d:%d until=%d\n"
+                                      % (stranger.pid, st + 1, time.monotonic_ns() + 60 * 10**9))
+        t0 = time.monotonic()
+        with RunLock() as lk:
+            assert time.monotonic() - t0 < 2 and lk.notes == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_the_run_lock_names_its_holder_by_pid_and_start_time(tmp_path, monkeypatch):
+    from vmsnap_native.lock import RunLock
+    monkeypatch.setenv("VMSNAP_RUNTIME_DIR", str(tmp_path / "run"))
+    with RunLock() as lk:
+        line = open(lk.path).read().split()
+        assert line[:3] == ["pid=%d" % os.getpid(), "start=%d" % process.starttime(os.getpid()),
+                            "role=run"]
+    assert open(lk.path).read() == ""   # released: nothing left to wait for
