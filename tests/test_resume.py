@@ -133,6 +133,90 @@ def test_a_resume_that_logs_its_own_failure_is_not_logged_twice(tmp_path):
     assert "vmsnap-reaper" not in log.read_text()
 
 
+# -- the guardian first, however long it takes ---------------------------------------
+
+# A writer stuck inside write(2) with the filesystem's write access held: its
+# source buffer faults into a userfaultfd nobody serves.  A FIFREEZE then
+# waits for it in the kernel (D state) until the fd is closed.
+STUCK_WRITER = r"""
+import ctypes, fcntl, mmap, os, struct, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+uffd = libc.syscall(323, os.O_CLOEXEC)   # userfaultfd (x86_64)
+if uffd < 0:
+    print("no userfaultfd: %s" % os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(0)
+fcntl.ioctl(uffd, 0xC018AA3F, bytearray(struct.pack("QQQ", 0xAA, 0, 0)))      # UFFDIO_API
+mm = mmap.mmap(-1, 4096)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+fcntl.ioctl(uffd, 0xC020AA00, bytearray(struct.pack("QQQQ", addr, 4096, 1, 0)))  # REGISTER
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+threading.Thread(target=os.write, args=(fd, memoryview(mm)), daemon=True).start()
+time.sleep(0.3)
+print("stuck", flush=True)
+sys.stdin.readline()
+os.close(uffd)   # the write goes on, the FIFREEZE returns
+time.sleep(0.5)
+"""
+
+
+def guardian_of(runtime_dir) -> tuple:
+    from vmsnap_native.freeze import _read_record
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        for name in os.listdir(runtime_dir) if os.path.isdir(runtime_dir) else ():
+            if name.startswith("freeze-") and name.endswith(".rec"):
+                try:
+                    buf, sh = _read_record(os.path.join(runtime_dir, name))
+                except ValueError:
+                    continue
+                return int(sh.guardian_pid), int(sh.guardian_starttime)
+        time.sleep(0.02)
+    raise AssertionError("no freeze record in %s" % runtime_dir)
+
+
+def test_the_resume_waits_for_a_guardian_stuck_in_fifreeze(tmp_path, loopfs):
+    """The guardian's deadline passes while its FIFREEZE is stuck in the
+    kernel, and vmsnap is SIGKILLed: the post-script (which writes to that
+    filesystem) starts only once the guardian has thawed and exited."""
+    (m,) = loopfs.make(1)
+    writer = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, os.path.join(m, "stuck")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    run = None
+    try:
+        said = writer.stdout.readline().strip()
+        if said != "stuck":
+            pytest.skip(said or "the stuck writer did not start")
+        cfg = setup_scripts(tmp_path, pre="touch %s" % (tmp_path / "pre-ran"),
+                            post="touch %s; touch %s" % (tmp_path / "post-started",
+                                                         os.path.join(m, "post-wrote-here")),
+                            timeoutInSeconds=30)
+        env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+        run = subprocess.Popen(run_cmd(tmp_path, cfg, m, "true") + ["--freeze-timeout", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        gpid, gstart = guardian_of(str(tmp_path / "run"))
+        wait_for(tmp_path / "pre-ran")
+        time.sleep(2.5)   # past the guardian's deadline (1 s): it is stuck, not holding
+        run.kill()
+        run.wait()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5:
+            assert process.alive(gpid, gstart), "the guardian was not stuck after all"
+            assert not (tmp_path / "post-started").exists(), \
+                "the resume started while the guardian was still in its FIFREEZE"
+            time.sleep(0.1)
+    finally:
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        writer.wait(timeout=30)
+        if run is not None and run.poll() is None:
+            run.kill()
+    assert process.wait_gone(gpid, gstart, 30), "the guardian did not finish once unstuck"
+    wait_for(tmp_path / "post-started")
+    wait_for(os.path.join(m, "post-wrote-here"))
+    assert not frozen_state(m)
+
+
 # -- a run started while the resume of a killed one is pending or running ----------
 
 def run_cmd(tmp_path, cfg, m, *snapshot, log="vmsnap.log"):
