@@ -705,10 +705,7 @@ def _thaw_one_record(path: str, sh, buf, force: bool, timeout: float) -> list:
     names = [os.fsdecode(ffi.string(sh.fs[i].path)) for i in range(sh.n)]
     pid, start = sh.guardian_pid, sh.guardian_starttime
     if lib.vmsnap_process_matches(pid, start):
-        try:
-            os.kill(pid, signal.SIGUSR2)   # the guardian records who asked
-        except ProcessLookupError:
-            pass
+        process.signal_identity(pid, start, signal.SIGUSR2)   # the guardian records who asked
         process.wait_gone(pid, start, timeout)
         if not os.path.exists(path):
             return [RecordedThaw(mp, "thawed by its guardian") for mp in names]

@@ -55,9 +55,10 @@ class HeldFreeze:
     record: str | None = None          # the record `vmsnap thaw` reads
     mounts: list[dict[str, Any]] = field(default_factory=list)   # MountResult.to_dict()s
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # a wait for a resume, say
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "session": self.session,
+        return {"status": self.status, "session": self.session, "warnings": self.warnings,
                 "guardian_pid": self.guardian_pid,
                 "timeout": self.timeout, "record": self.record, "mounts": self.mounts,
                 "errors": self.errors}
@@ -91,8 +92,9 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
     the latest.  The result's ``session`` is the lease's id for
     ``thaw_session()``.  Never raises for what the report can say."""
     held = HeldFreeze(timeout=timeout)
+    lock = RunLock()   # it waits for the resume of a run that died, and says so
     try:
-        with RunLock():
+        with lock:
             recover_stale(Logbook(None))
             plan = make_plan(config, mounts=mounts or None)
             if plan.selection.missing:
@@ -128,6 +130,8 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
     except OSError as exc:
         held.errors.append("%s: %s" % (exc.filename, exc.strerror) if exc.filename
                            else str(exc))
+    finally:
+        held.warnings = list(lock.notes)
     return held
 
 
@@ -264,20 +268,7 @@ def _end_lease(out: SessionThaw, path: str, fd: int, pid: int, start: int,
             (sh.record_live and time.monotonic_ns() >= sh.deadline_ns)
         asked_ns = time.monotonic_ns()
         if not began:
-            try:
-                pfd = os.pidfd_open(pid)
-            except OSError:
-                pfd = None
-            try:
-                if pfd is not None:
-                    signal.pidfd_send_signal(pfd, signal.SIGUSR2)   # the guardian records who asked
-                elif process.alive(pid, start):
-                    os.kill(pid, signal.SIGUSR2)
-            except ProcessLookupError:
-                pass
-            finally:
-                if pfd is not None:
-                    os.close(pfd)
+            process.signal_identity(pid, start, signal.SIGUSR2)   # the guardian records who asked
         if not process.wait_gone(pid, start, timeout):
             out.status = FAILED
             out.message = "its guardian (pid %d) was asked to thaw but has not finished in " \

@@ -178,12 +178,23 @@ class RunLock:
             self._resume = " until=%d" % until_ns if until_ns else ""
         self._write()
 
+    def adopt(self) -> None:
+        """In a child that inherited the held lock (a watchdog forked to
+        keep it): the lock file names this process from now on."""
+        if self._fd is not None:
+            self._resume = ""
+            self._write()
+            if self not in _held:
+                _held.append(self)
+
     def release(self) -> None:
         if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)   # a run that ended: no resume to wait for
-            except OSError:
-                pass
+            if _int(self._read(self._fd), "pid") == os.getpid():
+                try:
+                    os.ftruncate(self._fd, 0)   # a run that ended: no resume to wait for
+                except OSError:
+                    pass
+            # else a child that inherited the lock holds it on: its line stays
             os.close(self._fd)
             self._fd = None
             if self in _held:

@@ -92,6 +92,29 @@ def alive(pid: int | None, start: int | None) -> bool:
     return bool(core()[1].vmsnap_process_matches(int(pid), int(start)))
 
 
+def signal_identity(pid: int, start: int, sig: int) -> bool:
+    """Sends SIG to the process (PID, START) through a pidfd taken after its
+    identity was checked (so never to a process that reused the pid);
+    whether it was sent."""
+    try:
+        pfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        pfd = None
+    try:
+        if not alive(pid, start):
+            return False
+        if pfd is not None:
+            signal.pidfd_send_signal(pfd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pfd is not None:
+            os.close(pfd)
+
+
 def wait_gone(pid: int, start: int, timeout: float | None) -> bool:
     """Waits until the process (PID, START) is gone, TIMEOUT seconds at most
     (None: no bound); whether it is gone."""
