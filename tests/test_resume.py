@@ -283,3 +283,63 @@ def test_the_run_lock_names_its_holder_by_pid_and_start_time(tmp_path, monkeypat
         assert line[:3] == ["pid=%d" % os.getpid(), "start=%d" % process.starttime(os.getpid()),
                             "role=run"]
     assert open(lk.path).read() == ""   # released: nothing left to wait for
+
+
+HOLD_AS_RESUME = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+with open("/proc/self/stat") as f:
+    start = f.read().rsplit(")", 1)[1].split()[19]
+os.pwrite(fd, b"pid=%d start=%s role=resume until=%d\\n"
+          % (os.getpid(), start.encode(), time.monotonic_ns() + 300 * 10**6), 0)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_resume_that_overruns_its_bound_is_named_not_waited_for_forever(tmp_path,
+                                                                          monkeypatch):
+    from vmsnap_native import lock as lock_mod
+    from vmsnap_native.errors import BusyError
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("VMSNAP_RUNTIME_DIR", str(runtime))
+    monkeypatch.setattr(lock_mod, "RESUME_MARGIN_S", 0.5)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AS_RESUME, str(runtime / "lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(BusyError) as exc:
+            lock_mod.RunLock().acquire()
+        waited = time.monotonic() - t0
+        assert 0.5 < waited < 10, waited
+        assert "the resume (pid %d) that holds the lock has not finished" % holder.pid \
+            in str(exc.value), str(exc.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_child_that_keeps_the_lock_keeps_its_line_when_the_parent_lets_go(tmp_path,
+                                                                           monkeypatch):
+    from vmsnap_native.lock import RunLock
+    monkeypatch.setenv("VMSNAP_RUNTIME_DIR", str(tmp_path / "run"))
+    lk = RunLock().acquire()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # a watchdog that keeps the lock
+        try:
+            lk.adopt()
+            os.write(w, b"x")
+            time.sleep(2)
+        finally:
+            os._exit(0)
+    os.read(r, 1)
+    lk.release()
+    try:
+        line = open(lk.path).read()
+        assert line.startswith("pid=%d " % pid), line
+    finally:
+        os.waitpid(pid, 0)

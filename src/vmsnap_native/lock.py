@@ -158,9 +158,9 @@ class RunLock:
         gone = process.wait_gone(pid, start, bound)
         waited = time.monotonic() - t0
         if not gone:
-            raise BusyError("the resume of a vmsnap run that died (pid %d) still holds %s "
-                            "after %.1f s, past its scripts' timeouts; see the log of that "
-                            "run" % (pid, self.path, waited)) from None
+            raise BusyError("the resume (pid %d) that %s has not finished after %.1f s, past "
+                            "its scripts' timeouts: see the log of the vmsnap run it resumes; "
+                            "%s stays held meanwhile" % (pid, what, waited, self.path)) from None
         self._note("waited %.1f s for the resume that %s (the post-script resuming the "
                    "application after a vmsnap run that died; at most %.0f s)"
                    % (waited, what, bound))
