@@ -182,3 +182,20 @@ def test_an_empty_record_of_a_creator_that_died_is_removed_not_reported(tmp_path
         for path in (dead, alive):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_thaw_session_takes_the_run_lock_like_every_thaw(loopfs):
+    """While something holds the run lock, a lease is not thawed under it:
+    thaw_session waits (bounded), then says so; the lease stays held."""
+    from vmsnap_native.lock import RunLock
+    (m,) = loopfs.make(1)
+    h = held_mod.freeze_and_hold(None, [m], 30)
+    assert h.status == "frozen", h.errors
+    try:
+        with RunLock():
+            t = held_mod.thaw_session(h.session, timeout=0.5)
+        assert t.status == "failed" and "holds" in t.message, t
+        assert frozen_state(m)
+    finally:
+        t = held_mod.thaw_session(h.session)
+    assert t.status == "thawed" and not frozen_state(m)

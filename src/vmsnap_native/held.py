@@ -247,8 +247,18 @@ def thaw_session(session: str, timeout: float = THAW_WAIT_S) -> SessionThaw:
         return out
     path, fd = found
     try:
+        # the run lock, as for anything that thaws: a lease is held without
+        # it, and nothing else takes it for long meanwhile (a run or a
+        # freeze that starts finds the lease and gives up)
+        lock = RunLock().acquire(timeout=timeout)
+    except BusyError as exc:
+        os.close(fd)
+        out.status, out.message = FAILED, str(exc)
+        return out
+    try:
         return _end_lease(out, path, fd, pid, start, timeout)
     finally:
+        lock.release()
         os.close(fd)
 
 
@@ -293,11 +303,10 @@ def _end_lease(out: SessionThaw, path: str, fd: int, pid: int, start: int,
             return out
     # the guardian is gone and left the record: what it froze may still be
     # frozen; thawed from the record (the core's thaw from saved state),
-    # under the run lock so that no run's own freeze is touched meanwhile
+    # under the run lock (taken above) so that no run's freeze is touched
     try:
-        with RunLock():
-            results = _thaw_one_record(path, sh, buf, False, timeout)
-    except (BusyError, OSError, ValueError) as exc:
+        results = _thaw_one_record(path, sh, buf, False, timeout)
+    except (OSError, ValueError) as exc:
         out.status, out.message = FAILED, str(exc)
         return out
     out.filesystems = [RecordedThaw(r.mountpoint, r.outcome, path) for r in results]

@@ -109,16 +109,22 @@ class RunLock:
             self.log.warning(text)
 
     # -- taking and leaving -----------------------------------------------------
-    def acquire(self, wait: bool = False) -> RunLock:
+    def acquire(self, wait: bool = False, timeout: float | None = None) -> RunLock:
         """Takes the lock; WAIT: blocks until the holder is done instead of
-        raising BusyError.  A resume in progress, or one still to come from
-        a run that died, is waited for (bounded) either way."""
+        raising BusyError; TIMEOUT: waits that many seconds at most for a
+        holder that is not a resume.  A resume in progress, or one still to
+        come from a run that died, is waited for (bounded) either way."""
         waited_for = set()
+        until = None if timeout is None else time.monotonic() + timeout
         while True:
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
+                if until is not None and time.monotonic() < until:
+                    os.close(fd)
+                    time.sleep(_POLL_S)
+                    continue
                 holder = self._read(fd)
                 os.close(fd)
                 pid, start = _int(holder, "pid"), _int(holder, "start")
