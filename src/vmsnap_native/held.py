@@ -264,7 +264,6 @@ def thaw_session(session: str, timeout: float = THAW_WAIT_S) -> SessionThaw:
 
 def _end_lease(out: SessionThaw, path: str, fd: int, pid: int, start: int,
                timeout: float) -> SessionThaw:
-    _, lib = core()
     got = _final_word(path, fd)
     if got is None:
         out.status, out.message = FAILED, "%s: not a readable freeze record" % path
