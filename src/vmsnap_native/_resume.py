@@ -83,8 +83,10 @@ def resume_command(config: str, *, log_file: str | None = None, post: bool = Fal
         argv += ["--hook", os.path.abspath(h)]
     if bound_s:
         argv += ["--bound", "%.3f" % bound_s]
-    env = process.clean_environment({"PYTHONPATH": package_root(), "PYTHONDONTWRITEBYTECODE": "1",
-                                     "PYTHONNOUSERSITE": "1", RUNTIME_DIR_ENV: runtime_dir()})
+    # PYTHONSAFEPATH (3.11+): not even the cwd (/) goes before that directory
+    env = process.clean_environment({"PYTHONPATH": package_root(), "PYTHONSAFEPATH": "1",
+                                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+                                     RUNTIME_DIR_ENV: runtime_dir()})
     return argv, env
 
 
