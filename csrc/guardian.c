@@ -364,8 +364,14 @@ static int start_workers(struct guardian *g) {
 static void settle_record(struct guardian *g, const char *record_path) {
     if (!all_final(g, 0))
         return;
-    if (!count(g, 0, INT_MAX, BIT(VMSNAP_FS_THAW_FAILED)) && record_path && record_path[0])
+    if (!count(g, 0, INT_MAX, BIT(VMSNAP_FS_THAW_FAILED)) && record_path && record_path[0]) {
+        /* the last word first, for whoever holds the record open to learn
+         * why this freeze ended (`vmsnap thaw --session`: its own thaw, or
+         * the deadline); where the record may not be rewritten, it is not */
+        if (g->sh->record_live)
+            record_write(g->record_fd, g->sh);
         unlink(record_path);
+    }
     else if (g->sh->record_live)
         /* a thaw failed: leave the final word for `vmsnap thaw`, unless the
          * record lives on a filesystem we froze (it may still be frozen;

@@ -14,24 +14,39 @@
  * bare group id is never signalled: by then it may be someone else's.
  * Then, if the controller left a resume command (the post-script's
  * runner), the reaper waits for the processes it named (the freeze
- * guardians: their thaw comes first) and starts it, detached.
+ * guardians: their thaw comes first), starts it and waits for it, so that
+ * what keeps it from running (it cannot be executed, its interpreter cannot
+ * import the package, a traceback) reaches the run's log: nobody else is
+ * left to tell.
+ *
+ * How fast: the reaper sleeps in poll() at nice -10, so that on a busy
+ * host it is the first to run once the controller is gone; the kill is one
+ * cgroup.kill write per tree.  A script or snapshot step is gone (dead or
+ * a zombie) well within 0.5 s of the controller's SIGKILL
+ * (tests/test_reaper_speed.py measures it at random instants of a run).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <time.h>
 
 #include "compat.h"
 #include "contain.h"
 #include "helper.h"
 #include "procfs.h"
+#include "reaper.h"
 #include "util.h"
 #include "vmsnap.h"
 
@@ -39,6 +54,9 @@
 #define SLOT_BUSY 1 /* being written or cleared by the controller */
 #define SLOT_LIVE 2
 #define RESUME_MAX_STRINGS 1024
+#define RESUME_NOTE_EVERY_S 60   /* a log line while it waits for a guardian */
+#define RESUME_STDERR_KEPT 2048  /* the tail of the command's stderr that is logged */
+#define REAPER_NICE (-10)
 
 struct reaper_entry {
     int32_t state;
@@ -55,6 +73,7 @@ struct reaper_resume {
     int32_t wait_pid[VMSNAP_RESUME_WAIT_MAX];
     uint64_t wait_start[VMSNAP_RESUME_WAIT_MAX];
     char strings[VMSNAP_RESUME_MAX]; /* argv then envp, each NUL-terminated */
+    char log_path[VMSNAP_PATH_MAX];  /* "": the system log */
 };
 
 struct reaper_shared {
@@ -154,24 +173,130 @@ static void kill_registered(struct reaper_shared *sh) {
         close(cg_fds[i]);
 }
 
-/* Until PID (with START) is gone, or DEADLINE. */
-static void wait_gone(int pid, uint64_t start, int64_t deadline) {
+/* One line in the run's log, in its format (logbook.py), or in the system
+ * log when there is none or it cannot be written: the controller is dead,
+ * nobody reads our stderr. */
+__attribute__((format(printf, 3, 4)))
+static void reaper_log(const char *path, const char *level, const char *fmt, ...) {
+    char msg[3072];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    _cleanup_close_ int fd = -1;
+    if (path && path[0]) {
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+        struct stat st;
+        /* the checks of logbook.py: a plain file of root's, no link */
+        if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+                        st.st_nlink != 1))
+            closep(&fd), fd = -1;
+    }
+    if (fd < 0) {
+        openlog("vmsnap-reaper", LOG_PID, LOG_DAEMON);
+        syslog(level[0] == 'E' ? LOG_ERR : LOG_WARNING, "%s", msg);
+        closelog();
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char line[3200];
+    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ vmsnap-reaper[%d] %s %s\n",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, (int)getpid(), level, msg);
+    if (n > 0)
+        (void)!write(fd, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+/* Until PID (with START) is gone: no bound.  A guardian thaws at its own
+ * deadline and exits; one alive past it is inside a FIFREEZE or FITHAW the
+ * kernel has not returned from, and what the resume would write to that
+ * filesystem would block (in D state, holding the run lock).  Said in the
+ * log every RESUME_NOTE_EVERY_S seconds. */
+static void wait_gone(int pid, uint64_t start, const char *log_path, int64_t since) {
     _cleanup_close_ int fd = compat_pidfd_open(pid);
-    while (vmsnap_process_matches(pid, start) && now_ns() < deadline) {
+    int64_t note = now_ns() + RESUME_NOTE_EVERY_S * 1000000000LL;
+    while (vmsnap_process_matches(pid, start)) {
+        if (now_ns() >= note) {
+            reaper_log(log_path, "WARNING", "resume: waiting for the freeze guardian (pid %d), "
+                       "still alive %lld s after vmsnap died: its filesystem is still in a "
+                       "freeze or thaw the kernel has not finished; the post-script runs once "
+                       "it has thawed and exited", pid, (long long)((now_ns() - since) / 1000000000LL));
+            note += RESUME_NOTE_EVERY_S * 1000000000LL;
+        }
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         if (fd >= 0)
-            poll_until(&pfd, 1, min_deadline(deadline, now_ns() + 1000000000LL));
+            poll_until(&pfd, 1, min_deadline(note, now_ns() + 1000000000LL));
         else
             usleep(20000);
     }
 }
 
-static void run_resume(struct reaper_resume *r) {
+/* In the resume command's child: never returns. */
+__attribute__((noreturn)) static void exec_resume(char **argv, char **envp, int err_w, int exec_w) {
+    setsid();
+    umask(CHILD_UMASK);
+    helper_default_signals();
+    setpriority(PRIO_PROCESS, 0, 0); /* the scripts run at the usual priority */
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0) {
+        (void)!write(oom, "0", 1); /* ours is -1000: not for what the scripts start */
+        close(oom);
+    }
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+    }
+    /* stderr to the reaper, the exec-failure pipe at 3 (close-on-exec), nothing else */
+    int high = fcntl(exec_w, F_DUPFD_CLOEXEC, 10);
+    dup2(err_w, 2);
+    if (high < 0 || dup2(high, 3) < 0)
+        _exit(EXIT_NOT_EXECUTABLE);
+    fcntl(3, F_SETFD, FD_CLOEXEC);
+    exec_w = 3;
+    compat_close_range(4, ~0U);
+    int e = 0;
+    if (chdir("/") < 0)
+        e = errno;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (!e) {
+        execve(argv[0], argv, envp);
+        e = errno;
+    }
+    (void)!write(exec_w, &e, sizeof e);
+    _exit(exec_failure_status(e));
+}
+
+/* The last line of what the command wrote to stderr that says something
+ * (a traceback ends with the error), with the one before it for context. */
+static const char *stderr_summary(char *buf, size_t len) {
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == ' '))
+        buf[--len] = 0;
+    buf[len] = 0;
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] == '\n')
+            buf[i] = '|';
+    char *last = strrchr(buf, '|');
+    if (last) {
+        *last = 0;
+        char *prev = strrchr(buf, '|');
+        *last = '|';
+        return prev ? prev + 1 : buf;
+    }
+    return buf;
+}
+
+static void run_resume(struct reaper_resume *r, int64_t died_ns) {
     if (!__atomic_load_n(&r->valid, __ATOMIC_ACQUIRE))
         return;
-    int64_t deadline = now_ns() + VMSNAP_RESUME_WAIT_S * 1000000000LL;
+    const char *log_path = r->log_path;
     for (int i = 0; i < r->n_wait; i++)
-        wait_gone(r->wait_pid[i], r->wait_start[i], deadline);
+        wait_gone(r->wait_pid[i], r->wait_start[i], log_path, died_ns);
     char *argv[RESUME_MAX_STRINGS + 1], *envp[RESUME_MAX_STRINGS + 1];
     char *s = r->strings;
     for (int i = 0; i < r->argc; i++, s += strlen(s) + 1)
@@ -180,29 +305,85 @@ static void run_resume(struct reaper_resume *r) {
     for (int i = 0; i < r->envc; i++, s += strlen(s) + 1)
         envp[i] = s;
     envp[r->envc] = NULL;
-    if (fork() != 0)
-        return; /* the command is on its own (init's, once we exit) */
-    setsid();
-    umask(CHILD_UMASK);
-    helper_default_signals();
-    int devnull = open("/dev/null", O_RDWR);
-    for (int fd = 0; fd <= 2; fd++)
-        if (devnull != fd)
-            dup2(devnull, fd);
-    compat_close_range(3, ~0U);
-    if (chdir("/") < 0)
-        _exit(exec_failure_status(errno));
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    execve(argv[0], argv, envp);
-    _exit(exec_failure_status(errno));
+    const char *what = r->argc > 2 ? argv[2] : argv[0]; /* python -m MODULE: the module */
+    int errp[2], execp[2];
+    if (pipe2(errp, O_CLOEXEC) < 0 || pipe2(execp, O_CLOEXEC) < 0) {
+        reaper_log(log_path, "ERROR", "resume: cannot start %s: %s; the application was not "
+                   "resumed: run the post-script by hand", argv[0], strerror(errno));
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0)
+        exec_resume(argv, envp, errp[1], execp[1]);
+    int fork_errno = errno;
+    close(errp[1]);
+    close(execp[1]);
+    _cleanup_close_ int err_r = errp[0], exec_r = execp[0];
+    if (pid < 0) {
+        reaper_log(log_path, "ERROR", "resume: cannot start %s: %s; the application was not "
+                   "resumed: run the post-script by hand", argv[0], strerror(fork_errno));
+        return;
+    }
+    int exec_errno = 0;
+    ssize_t k;
+    while ((k = read(exec_r, &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR)
+        ;
+    if (k != (ssize_t)sizeof exec_errno)
+        exec_errno = 0; /* EOF at the exec: it runs */
+    /* keep the tail of its stderr until it exits (the pipe may outlive it
+     * in something it started: the exit decides, not the EOF) */
+    char tail[RESUME_STDERR_KEPT + 1];
+    size_t len = 0;
+    _cleanup_close_ int pidfd = compat_pidfd_open(pid);
+    fcntl(err_r, F_SETFL, O_NONBLOCK);
+    int status = 0, done = 0;
+    while (!done) {
+        struct pollfd pfd[2] = {{.fd = err_r, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
+        if (poll(pfd, pidfd >= 0 ? 2 : 1, pidfd >= 0 && err_r >= 0 ? -1 : 100) < 0 && errno != EINTR)
+            break;
+        for (;;) {
+            char buf[1024];
+            ssize_t n = err_r >= 0 ? read(err_r, buf, sizeof buf) : -1;
+            if (n == 0)
+                closep(&err_r), err_r = -1;
+            if (n <= 0)
+                break;
+            _Static_assert(sizeof buf <= RESUME_STDERR_KEPT, "a read fits the tail");
+            if (len + (size_t)n > RESUME_STDERR_KEPT) {
+                size_t drop = len + (size_t)n - RESUME_STDERR_KEPT;
+                memmove(tail, tail + drop, len - drop);
+                len -= drop;
+            }
+            memcpy(tail + len, buf, (size_t)n);
+            len += (size_t)n;
+        }
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        done = w == pid || (w < 0 && errno == ECHILD);
+        if (!done && err_r < 0 && pidfd < 0)
+            usleep(100000);
+    }
+    tail[len] = 0;
+    if (exec_errno) {
+        reaper_log(log_path, "ERROR", "resume: cannot start %s: %s; the application was not "
+                   "resumed: run the post-script by hand", argv[0], strerror(exec_errno));
+    } else if (WIFSIGNALED(status)) {
+        reaper_log(log_path, "ERROR", "resume: %s was killed by signal %d%s%s; the application "
+                   "may not have been resumed: run the post-script by hand", what,
+                   WTERMSIG(status), len ? ": " : "", len ? stderr_summary(tail, len) : "");
+    } else if (WEXITSTATUS(status) != 0 && len) {
+        reaper_log(log_path, "ERROR", "resume: %s failed (exit %d): %s; the application may not "
+                   "have been resumed: run the post-script by hand", what, WEXITSTATUS(status),
+                   stderr_summary(tail, len));
+    }
+    /* exit 1 without a word on stderr: it logged why itself */
 }
 
 __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struct reaper_shared *sh) {
     pid_t controller = getppid();
     int *keep[] = {&sock, &ctl_pidfd};
     helper_detach("vmsnap-reaper", keep, 2);
+    /* asleep until the controller dies; then first in line on a busy host */
+    setpriority(PRIO_PROCESS, 0, REAPER_NICE);
     prctl(PR_SET_DUMPABLE, 0); /* no core dump to a filesystem that may be frozen */
     /* forked from the controller, we count its resident pages as ours: without
      * this, the OOM killer that SIGKILLs the controller may take us first */
@@ -226,9 +407,11 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struc
         if (k <= 0)
             break; /* EOF: the controller is gone */
     }
+    int64_t died = now_ns();
     kill_registered(sh);
     contain_cgroup_sweep(controller); /* its cgroups that are empty now */
-    run_resume(&sh->resume);
+    setpriority(PRIO_PROCESS, 0, 0);
+    run_resume(&sh->resume, died);
     _exit(0);
 }
 
@@ -293,6 +476,36 @@ static int add_entry(int key, int pid, uint64_t starttime, int pgid, const char 
     return -ENOSPC;
 }
 
+int reaper_prewatch_cgroup(const char *cgroup) {
+    if (!shared || !cgroup || !cgroup[0])
+        return -EINVAL;
+    for (int i = 0; i < VMSNAP_REAPER_SLOTS; i++) {
+        struct reaper_entry *e = &shared->slot[i];
+        int32_t expected = SLOT_FREE;
+        if (!__atomic_compare_exchange_n(&e->state, &expected, SLOT_BUSY, 0, __ATOMIC_ACQUIRE,
+                                         __ATOMIC_RELAXED))
+            continue;
+        e->key = 0; /* no key yet: only the reaper's kill sees it */
+        e->pid = e->pgid = 0;
+        e->starttime = 0;
+        snprintf(e->cgroup, sizeof e->cgroup, "%s", cgroup);
+        __atomic_store_n(&e->state, SLOT_LIVE, __ATOMIC_RELEASE);
+        return i;
+    }
+    return -ENOSPC;
+}
+
+void reaper_prewatch_done(int slot, int pid) {
+    if (!shared || slot < 0 || slot >= VMSNAP_REAPER_SLOTS)
+        return;
+    struct reaper_entry *e = &shared->slot[slot];
+    if (pid > 0) {
+        __atomic_store_n(&e->key, pid, __ATOMIC_RELEASE);
+        return;
+    }
+    __atomic_store_n(&e->state, SLOT_FREE, __ATOMIC_RELEASE);
+}
+
 int vmsnap_reaper_unwatch(int key) {
     if (!shared || key <= 0)
         return -EINVAL;
@@ -352,7 +565,7 @@ int vmsnap_reaper_watch(const struct vmsnap_proc *p) {
 }
 
 int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
-                             const uint64_t *wait_starttimes, int n_wait) {
+                             const uint64_t *wait_starttimes, int n_wait, const char *log_path) {
     if (!shared)
         return -EINVAL;
     struct reaper_resume *r = &shared->resume;
@@ -367,7 +580,7 @@ int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32
     for (; envp && envp[envc]; envc++)
         total += strlen(envp[envc]) + 1;
     if (total > sizeof r->strings || argc + envc > RESUME_MAX_STRINGS || n_wait < 0 ||
-        n_wait > VMSNAP_RESUME_WAIT_MAX)
+        n_wait > VMSNAP_RESUME_WAIT_MAX || (log_path && strlen(log_path) >= sizeof r->log_path))
         return -E2BIG; /* what was set stays set */
     __atomic_store_n(&r->valid, 0, __ATOMIC_RELEASE);
     char *s = r->strings;
@@ -375,6 +588,7 @@ int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32
         s = stpcpy(s, argv[i]) + 1;
     for (int i = 0; i < envc; i++)
         s = stpcpy(s, envp[i]) + 1;
+    snprintf(r->log_path, sizeof r->log_path, "%s", log_path ? log_path : "");
     r->argc = argc;
     r->envc = envc;
     r->n_wait = n_wait;

@@ -28,6 +28,7 @@
 #include "contain.h"
 #include "helper.h"
 #include "procfs.h"
+#include "reaper.h"
 #include "util.h"
 #include "vmsnap.h"
 
@@ -220,9 +221,13 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
     struct child_args a;
     for (int allow_cgroup = 1;; allow_cgroup = 0) {
         contain_setup(p, &procs_fd, allow_cgroup);
+        /* our reaper knows the cgroup before anything runs in it: a SIGKILL
+         * of ours at any instant from here on still kills the child */
+        int slot = p->containment == VMSNAP_CONTAIN_CGROUP ? reaper_prewatch_cgroup(p->cgroup) : -1;
         a = (struct child_args){.path = path, .argv = argv, .envp = envp, .cwd = cwd,
                                 .devnull = devnull, .out_w = out_w, .procs_fd = procs_fd};
         pid = clone_child(&a, want_pidfd, &pidfd);
+        reaper_prewatch_done(slot, pid > 0 && !a.err ? pid : 0);
         if (pid < 0) {
             int e = errno;
             contain_cgroup_failed(p);
@@ -248,6 +253,9 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
     if (procfs_read(pid, &info) == 0)
         p->starttime = info.starttime;
     helper_note_child(pid, p->starttime); /* not an orphan of another child's tree */
+    if (p->containment != VMSNAP_CONTAIN_CGROUP)
+        /* the identity, at once (vmsnap_reaper_watch adds what it starts later) */
+        (void)vmsnap_reaper_watch_identity(pid, pid, p->starttime, pid);
     fcntl(out_r, F_SETFL, fcntl(out_r, F_GETFL) | O_NONBLOCK);
     p->out_fd = TAKE_FD(out_r);
 

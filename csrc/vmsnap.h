@@ -18,7 +18,7 @@
 
 /* Bumped whenever a struct or prototype below changes; the Python side
  * refuses a core whose ABI differs from the one it was written for. */
-#define VMSNAP_ABI_VERSION 12
+#define VMSNAP_ABI_VERSION 13
 
 #define VMSNAP_MAX_FS 128
 #define VMSNAP_PATH_MAX 4096
@@ -274,7 +274,6 @@ int vmsnap_group_live_count(int pgid);
 #define VMSNAP_REAPER_SLOTS 256
 #define VMSNAP_RESUME_MAX 32768  /* bytes of argv + envp strings */
 #define VMSNAP_RESUME_WAIT_MAX 16
-#define VMSNAP_RESUME_WAIT_S 120 /* longest wait for the wait_pids to be gone */
 
 /* Forks this process's reaper; returns its pid, or -errno.  *RET_FD is the
  * controller's end of a socket whose closing (our death) wakes the reaper:
@@ -285,7 +284,10 @@ int vmsnap_reaper_start(int *ret_fd);
  * group.  When this process dies, the reaper kills every tree still
  * registered (cgroup.kill, or pidfds of verified identities: never a bare
  * group id that may have been reused).  Replaces what the key had.
- * -ENOSPC when the table is full (nothing is changed then). */
+ * vmsnap_proc_spawn() already registers the child's cgroup (before the
+ * clone) or its identity (right after), so that no instant exists where
+ * our death would leave it running.  -ENOSPC when the table is full
+ * (nothing is changed then). */
 int vmsnap_reaper_watch(const struct vmsnap_proc *p);
 /* One identity under KEY; the group PGID is killed too while the identity
  * is alive and still in it (0: no group). */
@@ -293,12 +295,17 @@ int vmsnap_reaper_watch_identity(int key, int pid, uint64_t starttime, int pgid)
 /* Forgets everything under KEY; -ENOENT if there was nothing. */
 int vmsnap_reaper_unwatch(int key);
 /* What the reaper runs after it killed the registered trees: once each
- * WAIT_PIDS[i] (with /proc start time WAIT_STARTTIMES[i]) is gone, at most
- * VMSNAP_RESUME_WAIT_S seconds, ARGV with environment ENVP in its own
- * session, fds 0-2 on /dev/null.  ARGV NULL clears it.  -E2BIG when the
- * strings or the pids do not fit. */
+ * WAIT_PIDS[i] (with /proc start time WAIT_STARTTIMES[i]) is gone, however
+ * long that takes (a freeze guardian thaws at its own deadline; one stuck
+ * in the kernel past it still holds a filesystem that the command could
+ * block on), ARGV with environment ENVP in its own session, stdin and
+ * stdout on /dev/null, stderr kept by the reaper.  The reaper waits for the
+ * command and appends to LOG_PATH (NULL or "": the system log) when it
+ * cannot be started, dies of a signal, or fails saying why on stderr (an
+ * import error, a traceback), and every minute it waits for WAIT_PIDS.
+ * ARGV NULL clears it.  -E2BIG when the strings or the pids do not fit. */
 int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
-                             const uint64_t *wait_starttimes, int n_wait);
+                             const uint64_t *wait_starttimes, int n_wait, const char *log_path);
 
 /* cffi-cdef-end */
 

@@ -281,7 +281,7 @@ def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, mo
     calls = []
     pre_ran = tmp_path / "pre-ran"
 
-    def set_resume_command(argv, env=None, wait_for=()):
+    def set_resume_command(argv, env=None, wait_for=(), log_file=None):
         calls.append("cleared" if argv is None else
                      (list(argv), dict(env), list(wait_for), pre_ran.exists()))
 

@@ -13,7 +13,7 @@ from ._version import __version__
 from .errors import CoreUnavailable
 
 # The ABI this Python code was written for (VMSNAP_ABI_VERSION in csrc/vmsnap.h).
-EXPECTED_ABI = 12
+EXPECTED_ABI = 13
 
 # Switches off newer kernel/libc paths (comma-separated names) to exercise
 # the fallbacks an old machine gets: pidfd, close_range, syncfs, cgroup (no

@@ -1,32 +1,129 @@
 """Resume the application after vmsnap was SIGKILLed mid-run.
 
-The run registers this command with its reaper (process.set_resume_command)
-as soon as its pre-script (or a hook's freeze) may have paused an
-application; the reaper runs it when the run dies without clearing it,
-once the guardian has thawed and exited.  It re-reads the configuration,
+The run registers this command with its reaper (``register()``, which
+every entry point uses) as soon as its pre-script (or a hook's freeze) may
+have paused an application; the reaper runs it when the run dies without
+clearing it (``clear()``), once the guardian has thawed and exited.  The
+command imports the very package the run imported (``resume_command()``:
+its directory goes first on an explicit PYTHONPATH, so a vendored copy that
+is importable only through the caller's PYTHONPATH is found too); the
+reaper logs it when the command cannot start or dies before it could log
+itself.  It re-reads the configuration,
 re-checks each script with the policy (what runs as root is checked as it
 runs, as in a run), runs the thaw hooks in reverse order and the
 post-script with their timeouts and retries, and logs to the run's log:
 
     python -m vmsnap_native._resume --config PATH [--log-file F] [--post] [--hook PATH]...
+                                    [--bound S]
 
 --post: the pre-script ran, so the post-script runs; --hook: a hook whose
-freeze call started, in the order they started.  Exit status 0 when
-everything that had to run succeeded, 1 otherwise.
+freeze call started, in the order they started; --bound: the longest its
+scripts can take (said in the run lock, so that a run started meanwhile
+waits for it that long).  Exit status 0 when everything that had to run
+succeeded, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import time
+from collections.abc import Sequence
 
-from . import policy
+from . import lock as lock_mod
+from . import policy, process
 from .config import parse_config, read_config_file
 from .errors import BusyError, ConfigError
+from .freeze import RUNTIME_DIR_ENV, runtime_dir
 from .lock import RunLock
 from .logbook import Logbook
-from .scripts import run_script
+from .scripts import SCRIPT_GRACE, run_script
+
+MODULE = "vmsnap_native._resume"
+# Python starting and importing, the log: added to the scripts' own bound.
+_START_S = 10.0
+
+
+def package_root() -> str:
+    """The directory holding the vmsnap_native package this process imported."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python() -> str:
+    """This interpreter; where it is not known (embedded), the python3 on
+    the clean PATH."""
+    exe = sys.executable
+    if exe and os.path.isabs(exe) and os.access(exe, os.X_OK):
+        return exe
+    return shutil.which("python3", path=process.clean_environment()["PATH"]) or "/usr/bin/python3"
+
+
+def scripts_bound(timeout: float, retries: int, n_scripts: int) -> float:
+    """The longest N_SCRIPTS scripts run one after the other can take, each
+    with up to RETRIES retries of TIMEOUT seconds (and the grace period
+    after each timeout)."""
+    return n_scripts * (retries + 1) * (float(timeout) + SCRIPT_GRACE)
+
+
+def resume_command(config: str, *, log_file: str | None = None, post: bool = False,
+                   hooks: Sequence[str] = (), bound_s: float | None = None,
+                   thaw_records: Sequence[str] = ()
+                   ) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) of the resume command: this interpreter running this
+    module of the very package imported here (its directory first on
+    PYTHONPATH, set explicitly: nothing is inherited), the runtime directory
+    (for the run lock) and the clean environment scripts get."""
+    argv = [_python(), "-m", MODULE, "--config", os.path.abspath(config)]
+    if log_file:
+        argv += ["--log-file", os.path.abspath(log_file)]
+    if post:
+        argv.append("--post")
+    for h in hooks:
+        argv += ["--hook", os.path.abspath(h)]
+    for r in thaw_records:
+        argv += ["--thaw-record", r]
+    if bound_s:
+        argv += ["--bound", "%.3f" % bound_s]
+    # PYTHONSAFEPATH (3.11+): not even the cwd (/) goes before that directory
+    env = process.clean_environment({"PYTHONPATH": package_root(), "PYTHONSAFEPATH": "1",
+                                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+                                     RUNTIME_DIR_ENV: runtime_dir()})
+    return argv, env
+
+
+def register(config: str, *, log_file: str | None = None, post: bool = False,
+             hooks: Sequence[str] = (), wait_for: Sequence[tuple[int, int]] = (),
+             thaw_records: Sequence[str] = (),
+             timeout: float, retries: int, wait_until_ns: int = 0) -> None:
+    """Tells this process's reaper how to resume the application should
+    this process die from now on: the thaw hooks HOOKS (paths, in the order
+    their freeze calls started) and, if POST, the post-script of CONFIG,
+    each with TIMEOUT seconds and RETRIES retries, once every (pid, start
+    time) in WAIT_FOR (the freeze guardian: its thaw comes first, by
+    WAIT_UNTIL_NS, CLOCK_MONOTONIC) is gone; failures to start it go to
+    LOG_FILE.  The run lock this process holds says so, so that a run
+    started after our death waits for that resume instead of failing.
+    Call again when any of it changes; ``clear()`` when the run is over.
+    OSError (E2BIG) when it does not fit, ValueError for a bad command."""
+    bound = scripts_bound(timeout, retries, len(hooks) + bool(post)) + _START_S
+    argv, env = resume_command(config, log_file=log_file, post=post, hooks=hooks, bound_s=bound,
+                               thaw_records=thaw_records)
+    process.set_resume_command(argv, env, wait_for=wait_for, log_file=log_file)
+    held = lock_mod.held()
+    if held is not None:
+        start = max(time.monotonic_ns(), int(wait_until_ns or 0))
+        held.announce_resume(process.reaper_identity(), start + int(bound * 1e9))
+
+
+def clear() -> None:
+    """The reaper has nothing to resume any more (the run resumed the
+    application itself)."""
+    process.set_resume_command(None)
+    held = lock_mod.held()
+    if held is not None:
+        held.announce_resume(None)
 
 
 def _config(path: str):
@@ -53,9 +150,11 @@ def _run(log: Logbook, path: str, role: str, params, retries: int, timeout: floa
 
 
 def resume(config: str, post: bool, hook_paths, log: Logbook) -> bool:
-    log.warning("resume: vmsnap died after the application was quiesced; running %s",
+    log.warning("resume: vmsnap died after the application was quiesced; running %s "
+                "(vmsnap from %s)",
                 " and ".join(x for x in ("the thaw hooks" if hook_paths else "",
-                                         "the post-script" if post else "") if x) or "nothing")
+                                         "the post-script" if post else "") if x) or "nothing",
+                package_root())
     try:
         cfg = _config(config)
     except (ConfigError, OSError) as exc:
@@ -80,11 +179,13 @@ def main(argv=None) -> int:
     p.add_argument("--hook", action="append", default=[])
     p.add_argument("--thaw-record", action="append", default=[],
                    help="a record of filesystems an agent may have left frozen: thawed first")
+    p.add_argument("--bound", type=float, default=None)
     args = p.parse_args(argv)
     log = Logbook(args.log_file)
     # the run lock, as a run holds it: a run started right after the SIGKILL
-    # must not have its quiesce released by this post-script mid-snapshot
-    lock = RunLock()
+    # must not have its quiesce released by this post-script mid-snapshot;
+    # such a run waits for us (up to our bound) instead
+    lock = RunLock(role="resume", bound_s=args.bound)
     try:
         try:
             lock.acquire(wait=True)

@@ -217,32 +217,55 @@ def cmd_freeze(args) -> int:
     if args.json:
         emit_json(held.to_dict())
     if held.status == "frozen":
-        err("vmsnap: %d filesystem(s) frozen; the guardian (pid %d) thaws them at `vmsnap thaw` "
-            "or in %gs" % (len(held.mounts), held.guardian_pid, args.timeout))
+        if not args.json:
+            print(held.session, flush=True)   # for `vmsnap thaw --session`
+        err("vmsnap: %d filesystem(s) frozen, session %s; the guardian (pid %d) thaws them at "
+            "`vmsnap thaw --session %s` or in %gs" % (len(held.mounts), held.session,
+                                                     held.guardian_pid, held.session,
+                                                     args.timeout))
         return 0
     err("vmsnap: freeze failed, nothing left frozen", *("  %s" % e for e in held.errors))
     return 1
 
 
+def cmd_thaw_session(args) -> int:
+    from .held import thaw_session
+    out = thaw_session(args.session)
+    if args.json:
+        emit_json(out.to_dict())
+    err("vmsnap: session %s %s: %s" % (out.session, out.status, out.message))
+    for r in out.filesystems:
+        if r.mountpoint is not None:
+            err("  %s: %s" % (r.mountpoint, r.outcome))
+    return 0 if out.ok else 1
+
+
 def cmd_thaw(args) -> int:
+    if args.session is not None:
+        return cmd_thaw_session(args)
     from .freeze import thaw_recorded
     try:
         results = thaw_recorded(force=args.force)
     except (CoreUnavailable, BusyError) as exc:
         if args.json:
             emit_json({"status": "refused" if isinstance(exc, BusyError) else "failed",
-                       "filesystems": [], "error": str(exc)})
+                       "filesystems": [], "records": [], "error": str(exc)})
         err("vmsnap: %s" % exc)
         return 1
+    fs = [r for r in results if r.mountpoint is not None]
+    records = [r for r in results if r.mountpoint is None]   # about a record itself
     failed = [r for r in results if r.outcome.startswith("failed")]
     if args.json:
-        emit_json({"status": "failed" if failed else ("thawed" if results else "nothing"),
+        emit_json({"status": "failed" if failed else ("thawed" if fs else "nothing"),
                    "filesystems": [{"mountpoint": r.mountpoint, "outcome": r.outcome}
-                                   for r in results]})
-    if not results:
+                                   for r in fs],
+                   "records": [{"record": r.record, "outcome": r.outcome} for r in records]})
+    if not fs:
         err("vmsnap: nothing recorded as frozen")
-    for r in results:
+    for r in fs:
         err("  %s: %s" % (r.mountpoint, r.outcome))
+    for r in records:
+        err("  record %s: %s" % (r.record, r.outcome))
     return 1 if failed else 0
 
 
@@ -304,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("thaw", help="thaw what `vmsnap freeze` or a crashed run left frozen")
     t.add_argument("--force", action="store_true",
                    help="also thaw a run in progress (it then reports an early thaw)")
+    t.add_argument("--session", metavar="ID",
+                   help="end only the freeze `vmsnap freeze` printed ID for: exit 0 when it "
+                   "still held and is thawed now, 1 when it had expired (its deadline, another "
+                   "thaw) or is unknown; never anyone else's freeze")
     t.add_argument("--json", action="store_true")
     d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
     d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")

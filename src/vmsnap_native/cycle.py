@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from . import decide, metrics, policy, process, step
+from . import _resume, decide, metrics, policy, step
 from ._core import core
 from .config import Config
 from .decide import Outcome, StepFact
@@ -34,7 +33,7 @@ from .errors import (
     Error,
     FreezeError,
 )
-from .freeze import FreezeSession, active_records, runtime_dir, thaw_recorded
+from .freeze import FreezeSession, active_records, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
 from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
@@ -137,28 +136,19 @@ class Cycle:
         """Tells the reaper what resumes the application if vmsnap is SIGKILLed:
         _resume.py runs the thaw hooks and (if the pre-script ran) the
         post-script, once the guardian (if any) has thawed and exited."""
-        set_resume = getattr(process, "set_resume_command", None)  # the containment branch's
-        if set_resume is None or not self.plan.config_path:
+        if not self.plan.config_path:
             return
-        # absolute paths: the reaper runs it from /
-        argv = [sys.executable, "-m", "vmsnap_native._resume",
-                "--config", os.path.abspath(self.plan.config_path)]
-        if self.log.path:
-            argv += ["--log-file", os.path.abspath(self.log.path)]
-        if self.out.pre.state not in (decide.NOT_CONFIGURED, decide.REFUSED, decide.WITHHELD):
-            argv.append("--post")
-        for h in self.hooks_started:
-            argv += ["--hook", h.path]
-        record = self.resume_record()
-        if record:
-            argv += ["--thaw-record", record]
-        wait_for = []
+        wait_for, until = [], 0
         if self.session is not None and self.session.guardian_pid:
             wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
-        # the runtime directory: the resume takes the run lock there, as a run does
-        env = process.clean_environment({"PYTHONDONTWRITEBYTECODE": "1",
-                                         "VMSNAP_RUNTIME_DIR": runtime_dir()})
-        set_resume(argv, env, wait_for=wait_for)
+            until = self.session.deadline_ns
+        _resume.register(
+            self.plan.config_path, log_file=self.log.path,
+            post=self.out.pre.state not in (decide.NOT_CONFIGURED, decide.REFUSED, decide.WITHHELD),
+            hooks=[h.path for h in self.hooks_started], wait_for=wait_for,
+            thaw_records=[r for r in [self.resume_record()] if r],
+            timeout=self.plan.settings.timeout, retries=self.plan.settings.post_retries,
+            wait_until_ns=until)
         self.resume_registered = True
 
     def resume_record(self) -> str | None:
@@ -169,7 +159,7 @@ class Cycle:
     def _clear_resume(self):
         if not self.resume_registered:
             return
-        process.set_resume_command(None)   # the run ended: nothing left for the reaper to do
+        _resume.clear()   # the run ended: nothing left for the reaper to do
         self.resume_registered = False
 
     # -- phases --------------------------------------------------------------
@@ -486,7 +476,7 @@ def run(config: str | os.PathLike[str] | Config | None = None,
             core()
         except CoreUnavailable as exc:
             return _failed(exc.error(), log, t0)
-        lock = RunLock()
+        lock = RunLock(log)   # it waits for a resume in progress, and says so
         try:
             if not dry_run:   # a dry run freezes and runs nothing: no lock, no root
                 lock.acquire()
@@ -504,7 +494,7 @@ def run(config: str | os.PathLike[str] | Config | None = None,
                 res = dry_run_result(plan)
             else:
                 res = Cycle(plan, snapshot, log).run()
-            res.warnings[:0] = notes
+            res.warnings[:0] = lock.notes + notes
             if log.open_error:
                 res.warnings.append(log.open_error)
             log.info("result: status %s, consistency %s, window %s ms, errors %s",

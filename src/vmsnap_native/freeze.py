@@ -16,7 +16,8 @@ import errno as errno_mod
 import functools
 import glob
 import os
-import select
+import re
+import secrets
 import signal
 import stat
 import time
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import mountinfo
+from . import mountinfo, process
 from ._core import core
 from .config import DEFAULT_DIRTY_CAP_MIB, MIN_DIRTY_CAP_MIB
 from .errors import BusyError, FreezeError
@@ -287,6 +288,7 @@ class FreezeSession:
         self.presync_ms: float | None = None
         self.presync_timed_out: bool = False
         self.guardian_pid: int | None = None
+        self.guardian_starttime: int | None = None   # with the pid, names the guardian
         self.record_path: str | None = None
         self.record_live: bool = False
         self.window_ms: float | None = None
@@ -331,8 +333,14 @@ class FreezeSession:
         by the guardian in the window) only where that cannot block."""
         try:
             rdir = ensure_runtime_dir()
-            path = os.path.join(rdir, "freeze-%d-%d.rec" % (os.getpid(), time.monotonic_ns()))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            # who creates it (pid + start time: a record found empty after a
+            # crash is removed once that process is gone) and an unpredictable
+            # part (a name left over from a crash is never ours again)
+            me = os.getpid()
+            path = os.path.join(rdir, "freeze-%d-%d-%s.rec" % (
+                me, process.starttime(me) or 0, secrets.token_hex(8)))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
         except OSError:
             return -1, None, False
         return fd, path, record_may_stay_live(fd, self._fds)
@@ -376,6 +384,7 @@ class FreezeSession:
         self._session = ret[0]
         self._shared = lib.vmsnap_session_shared(self._session)
         self.guardian_pid = lib.vmsnap_session_guardian_pid(self._session)
+        self.guardian_starttime = int(self._shared.guardian_starttime)
         return self
 
     def _remove_record(self):
@@ -554,6 +563,9 @@ def _mount_error(state: str, err: int):
         return "not frozen when the thaw came (EINVAL): thawed by someone else"
     if state == "freezing":
         return "freeze still in progress in the kernel"
+    if state in ("pending", "syncing", "synced", "skipped"):
+        return "not frozen: the freeze was called off before its turn (its deadline passed, " \
+               "or another filesystem failed)"
     return None
 
 
@@ -590,8 +602,30 @@ def freeze_filesystems(mountpoints: Iterable[str | mountinfo.Candidate], timeout
 
 @dataclass
 class RecordedThaw:
-    mountpoint: str
+    mountpoint: str | None   # None: the outcome is about the record itself
     outcome: str   # "thawed", "not frozen (EINVAL)", "thawed by its guardian", "failed: ..."
+    record: str | None = None   # the record it came from
+
+
+class IncompleteRecord(ValueError):
+    """A record shorter than its header or still all zeros: its creator
+    died (or is) between creating the file and writing it."""
+
+
+# freeze-PID-START-RANDOM.rec: its creator (pid + /proc start time); an
+# older vmsnap wrote freeze-PID-MONOTONIC.rec
+_RECORD_NAME = re.compile(r"^freeze-(\d+)-(\d+)(-[0-9a-f]+)?\.rec$")
+
+
+def _creator_gone(path: str) -> bool:
+    """Whether the process that created the record at PATH is gone."""
+    m = _RECORD_NAME.match(os.path.basename(path))
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if m.group(3):
+        return not process.alive(pid, int(m.group(2)))
+    return process.starttime(pid) is None   # no start time in an old name: the pid alone
 
 
 def _check_runtime_dir(rdir: str):
@@ -607,52 +641,36 @@ def _check_runtime_dir(rdir: str):
     return None
 
 
-def _read_record(path: str):
-    """The record at PATH as (buffer, struct vmsnap_shared *); ValueError if
-    it is not one of ours or anyone but root could have written it."""
+def _read_record(path: str, fd: int | None = None):
+    """The record at PATH (or open as FD) as (buffer, struct vmsnap_shared *);
+    ValueError if it is not one of ours or anyone but root could have
+    written it, IncompleteRecord if it was never written."""
     ffi, lib = core()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o600:
             raise ValueError("untrusted record (owner uid %d, mode %o; vmsnap writes root's "
                              "0600): ignored" % (st.st_uid, stat.S_IMODE(st.st_mode)))
         size = ffi.sizeof("struct vmsnap_shared")
-        data = os.read(fd, size)
+        data = os.pread(fd, size, 0)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     buf = ffi.new("char[]", size)
     ffi.memmove(buf, data, len(data))
     sh = ffi.cast("struct vmsnap_shared *", buf)
     header = ffi.offsetof("struct vmsnap_shared", "fs")
-    if len(data) < header or sh.magic != lib.VMSNAP_RECORD_MAGIC or \
-            not 0 < sh.n <= lib.VMSNAP_MAX_FS:
+    if len(data) < header or sh.magic == 0:
+        raise IncompleteRecord("an incomplete record (%d bytes)" % len(data))
+    if sh.magic != lib.VMSNAP_RECORD_MAGIC or not 0 < sh.n <= lib.VMSNAP_MAX_FS:
         raise ValueError("not a vmsnap freeze record")
     if sh.abi != lib.VMSNAP_ABI_VERSION:
         raise ValueError("a record of another vmsnap version (ABI %d, this is %d): thaw its "
                          "filesystems with fsfreeze -u" % (sh.abi, lib.VMSNAP_ABI_VERSION))
     return buf, sh
-
-
-def _wait_gone(pid: int, starttime: int, timeout: float) -> bool:
-    _, lib = core()
-    end = time.monotonic() + timeout
-    try:
-        pfd = os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        pfd = None
-    try:
-        while time.monotonic() < end:
-            if not lib.vmsnap_process_matches(pid, starttime):
-                return True
-            if pfd is not None:
-                select.select([pfd], [], [], max(0.0, min(0.05, end - time.monotonic())))
-            else:
-                time.sleep(0.005)
-        return not lib.vmsnap_process_matches(pid, starttime)
-    finally:
-        if pfd is not None:
-            os.close(pfd)
 
 
 def _records() -> list:
@@ -687,11 +705,8 @@ def _thaw_one_record(path: str, sh, buf, force: bool, timeout: float) -> list:
     names = [os.fsdecode(ffi.string(sh.fs[i].path)) for i in range(sh.n)]
     pid, start = sh.guardian_pid, sh.guardian_starttime
     if lib.vmsnap_process_matches(pid, start):
-        try:
-            os.kill(pid, signal.SIGUSR2)   # the guardian records who asked
-        except ProcessLookupError:
-            pass
-        _wait_gone(pid, start, timeout)
+        process.signal_identity(pid, start, signal.SIGUSR2)   # the guardian records who asked
+        process.wait_gone(pid, start, timeout)
         if not os.path.exists(path):
             return [RecordedThaw(mp, "thawed by its guardian") for mp in names]
         buf, sh = _read_record(path)   # the guardian left the record: its final word
@@ -743,25 +758,39 @@ def thaw_recorded(timeout: float = 10.0, force: bool = False) -> list[RecordedTh
     (0600, in a root-owned 0700 directory) are read.  A run still in
     progress (its controller alive, not a detached `vmsnap freeze`) is left
     alone unless FORCE: BusyError names it.  Returns a RecordedThaw per
-    filesystem.
+    filesystem, and one with mountpoint None per record that could not be
+    used (ignored, untrusted) or was removed: an empty record whose creator
+    (pid + start time, in its name) died while creating it.
     """
     rdir = runtime_dir()
     problem = _check_runtime_dir(rdir)
     if problem:
-        return [RecordedThaw(rdir, "failed: untrusted runtime directory: %s" % problem)]
+        return [RecordedThaw(None, "failed: untrusted runtime directory: %s" % problem, rdir)]
     results = []
     for path in _records():
         try:
             buf, sh = _read_record(path)
+        except IncompleteRecord as exc:
+            # created, never written: nothing was frozen under it yet
+            if _creator_gone(path):
+                try:
+                    os.unlink(path)
+                    results.append(RecordedThaw(None, "removed: %s, left by a process that "
+                                                      "died while creating it" % exc, path))
+                except FileNotFoundError:
+                    pass
+            continue   # else still being written: not ours to judge
         except (OSError, ValueError) as exc:
-            results.append(RecordedThaw(path, "ignored: %s" % exc))
+            results.append(RecordedThaw(None, "ignored: %s" % exc, path))
             continue
         if not force and _live_run(sh):
             raise BusyError("a vmsnap run (pid %d, record %s) holds these filesystems frozen "
                             "and thaws them itself; `vmsnap thaw --force` thaws them now "
                             "(the run then reports an early thaw)" % (sh.controller_pid, path))
         try:
-            results.extend(_thaw_one_record(path, sh, buf, force, timeout))
+            for r in _thaw_one_record(path, sh, buf, force, timeout):
+                r.record = path
+                results.append(r)
         except (OSError, ValueError) as exc:
-            results.append(RecordedThaw(path, "failed: %s" % exc))
+            results.append(RecordedThaw(None, "failed: %s" % exc, path))
     return results

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import select
 import shutil
 import signal
 import time
@@ -62,6 +63,81 @@ def reaper_pid() -> int | None:
     return _reaper["pid"] if _reaper["owner"] == os.getpid() else None
 
 
+def reaper_identity() -> tuple[int, int] | None:
+    """(pid, /proc start time) of this process's reaper, or None if it has none."""
+    pid = reaper_pid()
+    st = starttime(pid) if pid else None
+    return (pid, st) if st is not None else None
+
+
+# -- another process, by identity: pid + /proc start time (a reused pid is someone else)
+
+def starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks since boot), None if PID is gone
+    or a zombie."""
+    try:
+        with open("/proc/%d/stat" % int(pid), "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, start: int | None) -> bool:
+    """Whether the process PID that started at START (/proc ticks) still runs."""
+    if not pid or pid <= 0 or start is None:
+        return False
+    return bool(core()[1].vmsnap_process_matches(int(pid), int(start)))
+
+
+def signal_identity(pid: int, start: int, sig: int) -> bool:
+    """Sends SIG to the process (PID, START) through a pidfd taken after its
+    identity was checked (so never to a process that reused the pid);
+    whether it was sent."""
+    try:
+        pfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        pfd = None
+    try:
+        if not alive(pid, start):
+            return False
+        if pfd is not None:
+            signal.pidfd_send_signal(pfd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pfd is not None:
+            os.close(pfd)
+
+
+def wait_gone(pid: int, start: int, timeout: float | None) -> bool:
+    """Waits until the process (PID, START) is gone, TIMEOUT seconds at most
+    (None: no bound); whether it is gone."""
+    end = None if timeout is None else time.monotonic() + timeout
+    try:
+        pfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        pfd = None
+    try:
+        while alive(pid, start):
+            left = 0.05 if end is None else min(0.05, end - time.monotonic())
+            if left <= 0:
+                return False
+            if pfd is not None:
+                select.select([pfd], [], [], left)
+            else:
+                time.sleep(min(left, 0.005))
+        return True
+    finally:
+        if pfd is not None:
+            os.close(pfd)
+
+
 def _watch(proc: "Process") -> None:
     """Registers (again) PROC's tree with the reaper; ReaperError if full."""
     _ensure_reaper()
@@ -105,18 +181,22 @@ def unwatch_group(pid: int) -> None:
     _retry_busy_cgroups()
 
 
-def set_resume_command(argv: list | None, env: dict | None = None, wait_for=()) -> None:
+def set_resume_command(argv: list | None, env: dict | None = None, wait_for=(),
+                       log_file: str | None = None) -> None:
     """What the reaper runs if this process dies (a SIGKILL, or any exit
     with it still set): after it killed the registered trees, once every
-    (pid, /proc start time) in WAIT_FOR is gone (at most 120 s), ARGV with
-    exactly ENV (default: the clean environment scripts get), in its own
-    session, fds 0-2 on /dev/null, umask 022, cwd /.  ARGV
-    None clears it: do so when the run ends normally.  OSError(E2BIG) when
-    it does not fit (VMSNAP_RESUME_MAX bytes, VMSNAP_RESUME_WAIT_MAX pids)."""
+    (pid, /proc start time) in WAIT_FOR is gone (however long that takes:
+    a freeze guardian thaws at its own deadline), ARGV with exactly ENV
+    (default: the clean environment scripts get), in its own session, stdin
+    and stdout on /dev/null, umask 022, cwd /.  The reaper waits for it and
+    appends to LOG_FILE (None: the system log) when it cannot be started or
+    fails saying why on stderr, and every minute it waits.  ARGV None clears
+    it: do so when the run ends normally.  OSError(E2BIG) when it does not
+    fit (VMSNAP_RESUME_MAX bytes, VMSNAP_RESUME_WAIT_MAX pids)."""
     ffi, lib = core()
     _ensure_reaper()
     if argv is None:
-        lib.vmsnap_reaper_set_resume(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0)
+        lib.vmsnap_reaper_set_resume(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL, 0, ffi.NULL)
         return
     if not argv:
         raise ValueError("argv must not be empty")
@@ -131,11 +211,13 @@ def set_resume_command(argv: list | None, env: dict | None = None, wait_for=()) 
     wait_for = list(wait_for)
     pids = ffi.new("int32_t[]", [int(p) for p, _ in wait_for] or [0])
     starts = ffi.new("uint64_t[]", [int(s) for _, s in wait_for] or [0])
-    r = lib.vmsnap_reaper_set_resume(c_argv, c_env, pids, starts, len(wait_for))
+    c_log = ffi.new("char[]", os.fsencode(os.path.abspath(log_file))) if log_file else ffi.NULL
+    r = lib.vmsnap_reaper_set_resume(c_argv, c_env, pids, starts, len(wait_for), c_log)
     if r < 0:
         raise OSError(-r, "resume command not set: %s (at most %d bytes of arguments and "
-                      "environment, %d processes to wait for)"
-                      % (os.strerror(-r), lib.VMSNAP_RESUME_MAX, lib.VMSNAP_RESUME_WAIT_MAX))
+                      "environment, %d processes to wait for, a log path of %d bytes)"
+                      % (os.strerror(-r), lib.VMSNAP_RESUME_MAX, lib.VMSNAP_RESUME_WAIT_MAX,
+                         lib.VMSNAP_PATH_MAX - 1))
 
 
 def clean_environment(extra: dict | None = None) -> dict:

@@ -179,8 +179,7 @@ class HookCall:
                         f.write("-1000")
                 except OSError:
                     pass
-                os.ftruncate(lock._fd, 0)   # the lock names its holder: this session
-                os.pwrite(lock._fd, b"%d\n" % os.getpid(), 0)
+                lock.adopt()   # the lock names its holder: this session
                 hold(self.spec, self.phase, self.config, self.log_file, theirs, lock._fd,
                      session_id)
             finally:

@@ -1,0 +1,201 @@
+"""Held freezes (leases) by id: `vmsnap freeze` prints a session id, `vmsnap
+thaw --session ID` ends that freeze and no other, and says when the lease
+had already expired; the crash records behind them are named so that a
+crash can never make a name collide, and an empty one left by a creator
+that died is removed, not reported forever."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from vmsnap_native import freeze as freeze_mod
+from vmsnap_native import held as held_mod
+from vmsnap_native import process
+
+from .conftest import frozen_state, root_only, thawed_soon
+from .helpers import vmsnap as cli
+
+pytestmark = root_only
+
+
+def freeze(*mounts, timeout="30"):
+    args = ["freeze", "--timeout", timeout, "--json"]
+    for m in mounts:
+        args += ["--mount", m]
+    p = cli(*args)
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["status"] == "frozen", p.stderr
+    return out
+
+
+def thaw_session(sid):
+    p = cli("thaw", "--session", sid, "--json")
+    return p.returncode, json.loads(p.stdout), p.stderr
+
+
+def test_freeze_prints_its_session_and_thaw_session_ends_it(loopfs):
+    (m,) = loopfs.make(1)
+    p = cli("freeze", "--timeout", "30", "--mount", m)
+    sid = p.stdout.strip()
+    assert p.returncode == 0 and re.fullmatch(r"\d+-\d+-[0-9a-f]{8}", sid), (p.stdout, p.stderr)
+    assert "session %s" % sid in p.stderr
+    assert frozen_state(m)
+    rc, out, err = thaw_session(sid)
+    assert rc == 0 and out["status"] == "thawed" and out["session"] == sid, err
+    assert [f["mountpoint"] for f in out["filesystems"]] == [m]
+    assert not frozen_state(m)
+    # again: that lease is over
+    rc, out, _ = thaw_session(sid)
+    assert rc == 1 and out["status"] == "expired"
+
+
+def test_an_expired_lease_is_reported_and_the_newer_freeze_is_left_alone(loopfs):
+    (m,) = loopfs.make(1)
+    first = freeze(m, timeout="1")["session"]
+    assert thawed_soon([m], timeout=20), "the first lease did not expire"
+    second = freeze(m, timeout="30")["session"]
+    assert second != first
+    try:
+        rc, out, err = thaw_session(first)
+        assert rc == 1 and out["status"] == "expired", err
+        assert "expired" in err
+        assert frozen_state(m), "thaw --session of an expired lease thawed a newer freeze"
+        rc, out, err = thaw_session(second)
+        assert rc == 0 and out["status"] == "thawed", err
+        assert not frozen_state(m)
+    finally:
+        cli("thaw")
+
+
+def test_a_lease_that_expires_while_held_is_not_reported_thawed(loopfs):
+    """Its guardian thawed at the deadline and is gone: the caller learns
+    its snapshot was not taken under the freeze."""
+    (m,) = loopfs.make(1)
+    sid = freeze(m, timeout="1")["session"]
+    time.sleep(2.5)
+    rc, out, err = thaw_session(sid)
+    assert rc == 1 and out["status"] == "expired", err
+
+
+def test_unknown_sessions(loopfs):
+    rc, out, _ = thaw_session("not-a-session")
+    assert rc == 1 and out["status"] == "unknown"
+    (m,) = loopfs.make(1)
+    sid = freeze(m)["session"]
+    try:
+        # a live process that is not a guardian: this test's own pid
+        me = "%d-%d-%s" % (os.getpid(), process.starttime(os.getpid()), sid.split("-")[2])
+        rc, out, _ = thaw_session(me)
+        assert rc == 1 and out["status"] == "unknown"
+        # another boot's id: that freeze ended with the restart
+        rc, out, _ = thaw_session(sid[:-8] + "00000000")
+        assert rc == 1 and out["status"] == "expired" and "restarted" in out["message"]
+        assert frozen_state(m)
+    finally:
+        assert thaw_session(sid)[0] == 0
+
+
+def test_a_lease_whose_guardian_died_is_thawed_from_its_record(loopfs):
+    (m,) = loopfs.make(1)
+    out = freeze(m)
+    os.kill(out["guardian_pid"], signal.SIGKILL)
+    end = time.monotonic() + 10
+    while process.starttime(out["guardian_pid"]) is not None and time.monotonic() < end:
+        time.sleep(0.02)
+    assert frozen_state(m), "the guardian's death alone must not thaw (nobody is left to)"
+    rc, res, err = thaw_session(out["session"])
+    assert rc == 0 and res["status"] == "thawed", err
+    assert not frozen_state(m)
+
+
+def test_the_library_calls_behind_them(loopfs):
+    (m,) = loopfs.make(1)
+    h = held_mod.freeze_and_hold(None, [m], 30)
+    assert h.status == "frozen" and h.session and h.to_dict()["session"] == h.session
+    t = held_mod.thaw_session(h.session)
+    assert t.ok and t.status == "thawed" and not frozen_state(m)
+    assert held_mod.thaw_session(h.session).status == "expired"
+
+
+def test_a_freeze_timeout_too_short_says_why(loopfs):
+    (m,) = loopfs.make(1)
+    p = cli("freeze", "--timeout", "0.0000001", "--mount", m, "--json")
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["status"] == "failed", p.stderr
+    assert out["errors"] and not any("None" in e for e in out["errors"]), out["errors"]
+    assert "timeout" in out["errors"][0]
+    assert not frozen_state(m)
+
+
+# -- the records behind them -------------------------------------------------------
+
+def test_record_names_carry_their_creator_and_an_unpredictable_part(loopfs):
+    (m,) = loopfs.make(1)
+    names = []
+    for _ in range(2):
+        with freeze_mod.freeze_filesystems([m], timeout=30) as s:
+            names.append(os.path.basename(s.record_path))
+    me = "freeze-%d-%d-" % (os.getpid(), process.starttime(os.getpid()))
+    assert all(n.startswith(me) and re.fullmatch(r"freeze-\d+-\d+-[0-9a-f]{16}\.rec", n)
+               for n in names), names
+    assert names[0] != names[1]
+
+
+def dead_process():
+    p = subprocess.Popen(["true"])
+    st = process.starttime(p.pid)
+    p.wait()
+    return p.pid, st
+
+
+@pytest.mark.parametrize("content", [b"", b"\0" * 100])
+def test_an_empty_record_of_a_creator_that_died_is_removed_not_reported(tmp_path, content):
+    rdir = freeze_mod.ensure_runtime_dir()
+    pid, st = dead_process()
+    dead = os.path.join(rdir, "freeze-%d-%d-0123456789abcdef.rec" % (pid, st))
+    alive = os.path.join(rdir, "freeze-%d-%d-fedcba9876543210.rec"
+                         % (os.getpid(), process.starttime(os.getpid())))
+    for path in (dead, alive):   # as a SIGKILL between creating and writing leaves it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, content)
+        os.close(fd)
+    try:
+        p = cli("thaw", "--json")
+        out = json.loads(p.stdout)
+        assert p.returncode == 0 and out["status"] == "nothing", p.stderr
+        assert out["filesystems"] == []
+        assert [r["record"] for r in out["records"]] == [dead], out
+        assert out["records"][0]["outcome"].startswith("removed: an incomplete record")
+        assert not os.path.exists(dead)
+        # its creator alive: being written, neither touched nor reported
+        assert os.path.exists(alive)
+        out = json.loads(cli("thaw", "--json").stdout)
+        assert out["records"] == [] and out["filesystems"] == []
+    finally:
+        for path in (dead, alive):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def test_thaw_session_takes_the_run_lock_like_every_thaw(loopfs):
+    """While something holds the run lock, a lease is not thawed under it:
+    thaw_session waits (bounded), then says so; the lease stays held."""
+    from vmsnap_native.lock import RunLock
+    (m,) = loopfs.make(1)
+    h = held_mod.freeze_and_hold(None, [m], 30)
+    assert h.status == "frozen", h.errors
+    try:
+        with RunLock():
+            t = held_mod.thaw_session(h.session, timeout=0.5)
+        assert t.status == "failed" and "holds" in t.message, t
+        assert frozen_state(m)
+    finally:
+        t = held_mod.thaw_session(h.session)
+    assert t.status == "thawed" and not frozen_state(m)
