@@ -333,3 +333,70 @@ def test_freeze_refuses_to_print_into_a_filesystem_it_would_freeze(loopfs):
     assert p.returncode == 1 and "redirect it elsewhere" in p.stderr
     assert not frozen_state(m)
     assert json.load(open(out))["status"] == "failed"
+
+
+# -- the snapshot step's program: the trusted PATH, not the caller's ---------------
+
+NOBODY = 65534
+
+
+def _users_bin(tmp_path, marker, *names):
+    """A directory of an unprivileged user's, holding programs NAMES that
+    record who ran them in MARKER."""
+    d = tmp_path / "userbin"
+    d.mkdir()
+    for name in names:
+        path = d / name
+        path.write_text("#!/bin/sh\nid -u >> %s\n" % marker)
+        os.chmod(path, 0o755)
+        os.chown(path, NOBODY, NOBODY)
+    os.chown(d, NOBODY, NOBODY)
+    return d
+
+
+def test_a_users_program_first_on_the_callers_path_never_runs_as_root(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    marker = tmp_path / "ran-as"
+    users = _users_bin(tmp_path, marker, "mysnap", "true")
+    env = {"PATH": "%s:%s" % (users, os.environ.get("PATH", "/usr/bin:/bin"))}
+    cfg = tmp_path / "absent.json"
+    # only the user's directory has it: not run, and the result says where it was
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["mysnap"], env=env)
+    assert not marker.exists(), "the user's mysnap ran as root"
+    assert rc == 1 and "SnapshotFailed" in codes(res), p.stderr
+    assert res["snapshot"]["program"] is None
+    assert any(str(users / "mysnap") in w for w in res["warnings"]), res["warnings"]
+    # the trusted PATH has it too: that one runs, and the result names the other
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["true"], env=env)
+    assert not marker.exists(), "the user's true ran as root"
+    assert rc == 0, p.stderr
+    assert os.path.dirname(res["snapshot"]["program"]) in trusted_path().split(":")
+    assert any(str(users / "true") in w and "would have run" in w for w in res["warnings"])
+    # by its full path: refused by the policy, the owner named
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=[str(users / "mysnap")])
+    assert not marker.exists()
+    assert rc == 1 and "SnapshotFailed" in codes(res)
+    assert "uid %d" % NOBODY in res["errors"][-1]["message"], res["errors"]
+
+
+def test_a_root_controlled_full_path_runs_with_the_trusted_path_and_the_frozen_mounts(
+        tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    from .helpers import write_script
+    snap = write_script(etc / "snap.sh", 'echo "phase=$VMSNAP_PHASE path=$PATH"\n'
+                        'echo "frozen=$VMSNAP_FROZEN_MOUNTS"\necho snapshot-id-42', mode=0o755)
+    rc, res, p = run_json(tmp_path, tmp_path / "absent.json", [m], snapshot=[snap],
+                          env={"PATH": "/nonexistent:%s" % os.environ.get("PATH", "/bin")})
+    assert rc == 0, p.stderr
+    assert res["snapshot"]["program"] == snap
+    out = res["snapshot"]["output"]
+    assert "phase=snapshot" in out and "frozen=%s" % m in out
+    assert "path=%s\n" % trusted_path() in out
+    assert not [w for w in res["warnings"] if "snapshot step" in w]
+
+
+def trusted_path():
+    from vmsnap_native import process
+    return process.clean_environment()["PATH"]

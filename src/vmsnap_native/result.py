@@ -39,6 +39,7 @@ class FreezeResult:
 @dataclass
 class SnapshotResult:
     argv: list[str]
+    program: str | None = None   # the full path that ran (looked up on the trusted PATH)
     exit_code: int | None = None
     duration_ms: float = 0.0
     output: str = ""
