@@ -13,7 +13,7 @@ short_description: Application-consistent snapshots of a Linux host with vmsnap
 version_added: "0.1.0"
 description:
   - Wraps the C(vmsnap) command on the managed host and returns its result JSON
-    (SPEC section 7) as the module result.
+    as the module result.
   - C(check), C(run), C(freeze) (with a lease), C(thaw) and C(status) map to the
     command line of the same name.
   - C(begin) and C(end) are a group session for the C(vmsnap.fleet.consistency_group)
