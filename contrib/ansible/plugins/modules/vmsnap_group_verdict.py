@@ -1,6 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# MIT License (see the vmsnap package)
+# Copyright: vmsnap developers
+# MIT License (see https://opensource.org/licenses/MIT)
+# SPDX-License-Identifier: MIT
 
 from __future__ import absolute_import, division, print_function
 
@@ -53,16 +55,16 @@ options:
     type: bool
     default: true
 author:
-  - vmsnap developers
+  - vmsnap developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: The group's verdict
   vmsnap.fleet.vmsnap_group_verdict:
     hosts: "{{ ansible_play_hosts_all }}"
-    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_begin') | map('default', None) | list }}"
-    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_end') | map('default', None) | list }}"
-    snapshot: "{{ vmsnap_snapshot | default(None) }}"
+    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='consistency_group_begin') | map('default', None) | list }}"
+    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='consistency_group_end') | map('default', None) | list }}"
+    snapshot: "{{ consistency_group_snapshot | default(None) }}"
     continue_on_failure: true
   delegate_to: localhost
   run_once: true
