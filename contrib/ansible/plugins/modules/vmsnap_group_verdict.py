@@ -85,9 +85,20 @@ broken_by:
   type: list
   elements: str
 hosts:
-  description: Per host, whether its window covered the step, why not, and its window on the controller's clock.
+  description:
+    - Per host, whether its window covered the step (C(covered)) and why
+      (C(reason)), its window on the controller's clock (C(frozen_from),
+      C(frozen_until), C(lease_ends_by)), its C(clock), whether its pre-script
+      succeeded (C(pre_script_ok)), its own run's C(host_status) and
+      C(host_consistency), C(own_cap) (the best consistency its own run allows,
+      as 2 application, 1 filesystem, 0 crash, null none) and C(own_why) (why
+      its own run keeps the group below application, null when it does not).
   returned: always
   type: dict
+msg:
+  description: The verdict in a sentence, naming each host that lowered it and why.
+  returned: always
+  type: str
 snapshot:
   description: The snapshot step's start and end (controller clock, epoch seconds) and exit status.
   returned: always
