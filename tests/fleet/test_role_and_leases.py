@@ -4,6 +4,7 @@ anything, and the module's freeze/thaw carry the lease's session id."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -110,9 +111,23 @@ LEASE_PLAY = """
         state_dir: "{{ state_dir }}"
       register: plain
     - name: report
-      ansible.builtin.debug:
-        msg: "RESULTS {{ {'frozen': frozen, 'thawed': thawed, 'plain': plain} | to_json }}"
+      ansible.builtin.copy:
+        dest: "{{ results_file }}"
+        content: "{{ {'frozen': frozen, 'thawed': thawed, 'plain': plain} | to_json }}"
+        mode: "0600"
 """
+
+# keys Ansible adds itself (stderr_lines: from stderr)
+ANSIBLES_OWN = {"changed", "failed", "invocation", "warnings", "deprecations", "exception",
+                "stdout_lines", "stderr_lines"}
+
+
+def documented_return_keys():
+    """The top-level keys of the module's RETURN block."""
+    with open(os.path.join(REPO, "contrib", "ansible", "plugins", "modules", "vmsnap.py")) as f:
+        source = f.read()
+    block = source.split('RETURN = r"""', 1)[1].split('"""', 1)[0]
+    return set(re.findall(r"^(\w+):", block, re.M))
 
 
 def test_freeze_returns_the_session_and_thaw_ends_that_one_or_says_it_expired(controller):
@@ -124,11 +139,20 @@ def test_freeze_returns_the_session_and_thaw_ends_that_one_or_says_it_expired(co
                                             "filesystems": []}],
         [["thaw"], 0, {"status": "nothing", "filesystems": []}],
     ]))
-    rc, out = run(LEASE_PLAY, {})
+    results_file = os.path.join(os.path.dirname(str(replies)), "results.json")
+    rc, out = run(LEASE_PLAY, {"results_file": results_file})
     assert rc == 0, out
+    with open(results_file) as f:
+        results = json.load(f)
+    assert results["frozen"]["session"] == "s-42"
+    assert results["thawed"]["failed"] and results["thawed"]["status"] == "expired"
+    assert results["plain"]["session"] is None and results["plain"]["status"] == "nothing"
+    undocumented = {k for r in results.values() for k in r
+                    if not k.startswith("_ansible") and k not in ANSIBLES_OWN} \
+        - documented_return_keys()
+    assert not undocumented, "returned but not in RETURN: %s" % sorted(undocumented)
     argvs = calls()
     assert argvs[0][0] == "freeze"
     assert argvs[1][:3] == ["thaw", "--session", "s-42"], argvs
     assert "--session" not in argvs[2], argvs           # known no more: a plain thaw
     assert "the lease had already run out" in out and "s-42" in out
-    assert '"session": "s-42"' in out.replace("\\", "")
