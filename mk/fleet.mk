@@ -1,5 +1,6 @@
-# The fleet tests (issue 14): 3 hosts on this machine, each an sshd in its
-# own mount namespace on its own 127.0.0.x, driven by ansible-core.
+# The fleet tests: 3 hosts on one machine, each an sshd in its own mount
+# namespace on its own 127.0.0.x, driven by ansible-core; and the collection's
+# own checks (ansible-test sanity, ansible-lint).
 # Included from the Makefile:  include mk/fleet.mk
 FLEET_VENV ?= build/fleet-venv
 FLEET_TIMEOUT ?= 900
@@ -22,4 +23,7 @@ test-fleet: build fleet-deps $(FLEET_VENV)/bin/ansible-playbook ## Ansible consi
 	  timeout -k 10 $(FLEET_TIMEOUT) $(PY) -m pytest -q -p no:cacheprovider tests/fleet; \
 	  rc=$$?; $(PY) -m tests.fleet.harness sweep $$run; exit $$rc
 
-.PHONY: fleet-deps test-fleet
+lint-ansible: ## ansible-test sanity and ansible-lint --profile production on contrib/ansible (tools from pip)
+	sh tools/lint-ansible.sh $(PYTHON)
+
+.PHONY: fleet-deps test-fleet lint-ansible

@@ -272,3 +272,26 @@ def test_microsofts_script_runner_gives_the_recorded_code(name, tmp_path, monkey
     except Exception:   # its plugin host turns any escaping exception into 304
         code = 304
     assert code == CASES[name]["azure"]["code"], CASES[name]["azure"]["does"]
+
+
+@needs_root
+def test_check_azure_passes_when_only_vmsnap_extensions_differ(tmp_path):
+    """A migration gate: vmsnap-only fields (Azure reads past them) are
+    listed but exit 0; a value Azure reads differently still exits 1."""
+    base = CASES["microsoft-template-filled-in"]
+    case = dict(base, patch=dict(base["patch"], freezeTimeoutInSeconds=20,
+                                 mountsToSkip=["/boot"]))
+    path, _ = build(case, tmp_path)
+    p = _cli("check", "--azure", "--json", "--config", path)
+    rep = json.loads(p.stdout)
+    assert p.returncode == 0, p.stderr
+    assert {d["where"] for d in rep["differences"]} == {"freezeTimeoutInSeconds", "mountsToSkip"}
+    assert all(d["extension"] for d in rep["differences"]) and rep["behaves_differently"] is False
+    assert "Azure would do the same, without the extensions: 2 vmsnap-only fields" in p.stderr
+    doc = json.loads(Path(path).read_text())
+    doc["continueBackupOnFailure"] = "false"
+    Path(path).write_text(json.dumps(doc))
+    p = _cli("check", "--azure", "--json", "--config", path)
+    rep = json.loads(p.stdout)
+    assert p.returncode == 1 and rep["behaves_differently"] is True
+    assert "1 difference from Azure; also 2 vmsnap-only fields" in p.stderr

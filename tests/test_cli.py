@@ -333,3 +333,160 @@ def test_freeze_refuses_to_print_into_a_filesystem_it_would_freeze(loopfs):
     assert p.returncode == 1 and "redirect it elsewhere" in p.stderr
     assert not frozen_state(m)
     assert json.load(open(out))["status"] == "failed"
+
+
+# -- the snapshot step's program: the trusted PATH, not the caller's ---------------
+
+NOBODY = 65534
+
+
+def _users_bin(tmp_path, marker, *names):
+    """A directory of an unprivileged user's, holding programs NAMES that
+    record who ran them in MARKER."""
+    d = tmp_path / "userbin"
+    d.mkdir()
+    for name in names:
+        path = d / name
+        path.write_text("#!/bin/sh\nid -u >> %s\n" % marker)
+        os.chmod(path, 0o755)
+        os.chown(path, NOBODY, NOBODY)
+    os.chown(d, NOBODY, NOBODY)
+    return d
+
+
+def test_a_users_program_first_on_the_callers_path_never_runs_as_root(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    marker = tmp_path / "ran-as"
+    users = _users_bin(tmp_path, marker, "mysnap", "true")
+    env = {"PATH": "%s:%s" % (users, os.environ.get("PATH", "/usr/bin:/bin"))}
+    cfg = tmp_path / "absent.json"
+    # only the user's directory has it: not run, and the result says where it was
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["mysnap"], env=env)
+    assert not marker.exists(), "the user's mysnap ran as root"
+    assert rc == 1 and "SnapshotFailed" in codes(res), p.stderr
+    assert res["snapshot"]["program"] is None
+    assert any(str(users / "mysnap") in w for w in res["warnings"]), res["warnings"]
+    # the trusted PATH has it too: that one runs, and the result names the other
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["true"], env=env)
+    assert not marker.exists(), "the user's true ran as root"
+    assert rc == 0, p.stderr
+    assert os.path.dirname(res["snapshot"]["program"]) in trusted_path().split(":")
+    assert any(str(users / "true") in w and "would have run" in w for w in res["warnings"])
+    # by its full path: refused by the policy, the owner named
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=[str(users / "mysnap")])
+    assert not marker.exists()
+    assert rc == 1 and "SnapshotFailed" in codes(res)
+    assert "uid %d" % NOBODY in res["errors"][-1]["message"], res["errors"]
+
+
+def test_a_root_controlled_full_path_runs_with_the_trusted_path_and_the_frozen_mounts(
+        tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    from .helpers import write_script
+    snap = write_script(etc / "snap.sh", 'echo "phase=$VMSNAP_PHASE path=$PATH"\n'
+                        'echo "frozen=$VMSNAP_FROZEN_MOUNTS"\necho snapshot-id-42', mode=0o755)
+    rc, res, p = run_json(tmp_path, tmp_path / "absent.json", [m], snapshot=[snap],
+                          env={"PATH": "/nonexistent:%s" % os.environ.get("PATH", "/bin")})
+    assert rc == 0, p.stderr
+    assert res["snapshot"]["program"] == snap
+    out = res["snapshot"]["output"]
+    assert "phase=snapshot" in out and "frozen=%s" % m in out
+    assert "path=%s\n" % trusted_path() in out
+    assert not [w for w in res["warnings"] if "snapshot step" in w]
+
+
+def trusted_path():
+    from vmsnap_native import process
+    return process.clean_environment()["PATH"]
+
+
+# -- the command line's habits ---------------------------------------------------
+
+INTERNAL = ("SPEC §", "SPEC section", "this machine", "issue 1", "issue 2", "issue 3",
+            "issue 4", "issue 5", "issue 6", "issue 7", "issue 8", "issue 9")
+
+
+def _subparsers():
+    from vmsnap_native import cli as cli_mod
+    parser = cli_mod.build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    return parser, sub.choices
+
+
+def test_every_option_has_help_and_run_shows_the_snapshot_command():
+    parser, subs = _subparsers()
+    missing = ["%s %s" % (name, "/".join(a.option_strings) or a.dest)
+               for name, sp in [("vmsnap", parser)] + sorted(subs.items())
+               for a in sp._actions if not a.help]
+    assert not missing, missing
+    usage = subs["run"].format_usage()
+    assert "[-- SNAPSHOT_CMD ...]" in usage
+    for name, sp in [("vmsnap", parser)] + sorted(subs.items()):
+        text = sp.format_help()
+        assert not [w for w in INTERNAL if w in text], (name, text)
+    p = cli("-V")
+    assert p.returncode == 0 and p.stdout.strip() == "vmsnap %s" % vmsnap.__version__
+    p = cli("run", "mysnap")
+    assert p.returncode == 2 and "after --" in p.stderr
+
+
+def test_user_text_names_nothing_a_user_lacks():
+    """The command line and fleet sections of the README and the Ansible
+    collection's documentation cite no internal document or issue."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    sections = [readme.split("\n## " + title, 1)[1].split("\n## ", 1)[0]
+                for title in ("The command line", "Fleets")]
+    texts = {"README " + t: s for t, s in zip(("command line", "fleets"), sections)}
+    for dirpath, _, files in os.walk(os.path.join(root, "contrib", "ansible")):
+        for f in files:
+            if f.endswith((".py", ".yml", ".yaml", ".md")):
+                texts[os.path.join(dirpath, f)] = open(os.path.join(dirpath, f)).read()
+    found = [(where, w) for where, text in texts.items() for w in INTERNAL if w in text]
+    assert not found, found
+
+
+def test_dry_run_names_the_snapshot_program(tmp_path):
+    p = cli("run", "--dry-run", "--json", "--log-file", "", "--config", str(tmp_path / "none.json"),
+            "--mount", "/", "--", "sync", "-f", "/")
+    plan = json.loads(p.stdout)["plan"]
+    assert plan["snapshot_step"]["argv"] == ["sync", "-f", "/"]
+    program = plan["snapshot_step"]["program"]
+    assert os.path.basename(program) == "sync" and os.path.isabs(program)
+    assert "snapshot step: runs sync -f / (program %s)" % program in p.stderr
+    p = cli("run", "--dry-run", "--log-file", "", "--config", str(tmp_path / "none.json"),
+            "--mount", "/", "--", "no-such-snapshot-tool")
+    assert "snapshot step: no-such-snapshot-tool would NOT run: no-such-snapshot-tool: " \
+           "not found in" in p.stderr
+
+
+def test_snapshot_output_ends_on_the_terminal_in_the_log_and_in_json(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    from .helpers import write_script
+    snap = write_script(etc / "snap.sh", 'for i in $(seq 1 40); do echo "progress $i"; done\n'
+                        'echo "created snapshot snap-0123abcd"', mode=0o755)
+    rc, res, p = run_json(tmp_path, tmp_path / "none.json", [m], snapshot=[snap])
+    assert rc == 0, p.stderr
+    assert "| created snapshot snap-0123abcd" in p.stderr and "| progress 40" in p.stderr
+    assert "| progress 30" not in p.stderr          # the last lines only
+    assert "progress 1\n" in res["snapshot"]["output"]
+    assert res["snapshot"]["output"].endswith("created snapshot snap-0123abcd\n")
+    log = (tmp_path / "vmsnap.log").read_text()
+    assert "created snapshot snap-0123abcd" in log and "progress 30\n" not in log
+
+
+def test_quiet_prints_only_errors_and_verbose_the_log(tmp_path, loopfs):
+    (m,) = loopfs.make(1)
+    cfg = tmp_path / "none.json"
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["true"], extra=["-q"])
+    assert rc == 0 and p.stderr == "" and res["status"] == "success"
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["false"], extra=["-q"])
+    assert rc == 1 and "error SnapshotFailed" in p.stderr and "->" in p.stderr
+    assert "freeze window" not in p.stderr and "warning" not in p.stderr, p.stderr
+    rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["true"], extra=["-v"])
+    assert rc == 0 and "vmsnap log: INFO phase freeze" in p.stderr, p.stderr
+    assert "freeze window" in p.stderr

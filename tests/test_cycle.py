@@ -54,7 +54,7 @@ def test_success_is_application_consistent(tmp_path, loopfs):
     assert all(m["frozen"] for m in res["freeze"]["mounts"])
     assert res["pre_script"]["ran"] and res["pre_script"]["attempts"] == 1
     assert res["snapshot"] == {"argv": [], "exit_code": 0, "duration_ms": 0.0, "output": "",
-                               "signal": None, "timed_out": False, "containment": None}
+                               "signal": None, "timed_out": False, "containment": None, "program": None}
     assert "application-consistent" in p.stderr and "freeze window" in p.stderr
     assert not any(frozen_state(m) for m in mounts)
 

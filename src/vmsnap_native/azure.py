@@ -1,5 +1,5 @@
 """``vmsnap check --azure``: every way Azure's own framework would behave
-differently with this configuration and these scripts (issue 12 A).
+differently with this configuration and these scripts.
 
 What Azure does is modelled here from reading its VMBackup extension
 (azure-linux-extensions: ScriptRunner.py, PluginHost.py, handle.py; run by
@@ -29,6 +29,9 @@ AZURE_CODE_NAMES = {
     306: "InsufficientPermissionforPre-Script", 307: "InsufficientPermissionforPost-Script",
 }
 SCRIPT_READ_LIMIT = 1024 * 1024
+# differences that are vmsnap's own fields, which Azure reads past: the same
+# file behaves the same there, only without the extension (exit status 0)
+EXTENSION_TOPICS = frozenset({"vmsnap-only"})
 
 
 @dataclass
@@ -270,11 +273,12 @@ def report(config=None) -> dict:
     """The migration report for the configuration at CONFIG (or the default path)."""
     from . import cycle  # cycle imports much; check --azure is its only user here
     plan = cycle.make_plan(config)
-    out = {"config": plan.config_path, "found": False, "azure": None, "differences": []}
+    out = {"config": plan.config_path, "found": False, "azure": None, "differences": [],
+           "behaves_differently": False}
     try:
         got = read_config_file(plan.config_path)
     except ConfigError as exc:
-        out.update(found=True, unreadable=str(exc))
+        out.update(found=True, unreadable=str(exc), behaves_differently=None)  # cannot tell
         return out
     if got is None:
         return out
@@ -298,13 +302,16 @@ def report(config=None) -> dict:
             "runs %d hook%s (%s) around the freeze" % (
                 len(plan.hooks), "" if len(plan.hooks) == 1 else "s",
                 ", ".join(h.name for h in plan.hooks))))
-    out["differences"] = [d.to_dict() for d in diffs]
+    out["differences"] = [dict(d.to_dict(), extension=d.topic in EXTENSION_TOPICS)
+                          for d in diffs]
+    out["behaves_differently"] = any(not d["extension"] for d in out["differences"])
     return out
 
 
 def check_azure(args) -> int:
-    """``vmsnap check --azure [--config F] [--json]``: 0 when Azure and vmsnap
-    would do the same, 1 when the report lists differences."""
+    """``vmsnap check --azure [--config F] [--json]``: 0 when Azure would do
+    the same with this file (vmsnap-only fields, which Azure ignores, are
+    listed but do not count), 1 when it would behave differently."""
     rep = report(args.config)
     if args.json:
         sys.stdout.write(json.dumps(rep, indent=2) + "\n")
@@ -321,8 +328,15 @@ def check_azure(args) -> int:
         lines.append("  [%s] %s:" % (d["topic"], d["where"]))
         lines.append("      Azure would %s" % d["azure"])
         lines.append("      vmsnap %s" % d["vmsnap"])
-    n = len(rep["differences"])
-    lines.append("  %d difference%s from Azure" % (n, "" if n == 1 else "s") if n
-                 else "  no difference: Azure would do the same")
+    n = sum(1 for d in rep["differences"] if not d["extension"])
+    ext = len(rep["differences"]) - n
+    extensions = "%d vmsnap-only field%s, which Azure ignores" % (ext, "" if ext == 1 else "s")
+    if n:
+        lines.append("  %d difference%s from Azure%s" % (n, "" if n == 1 else "s",
+                                                         "; also " + extensions if ext else ""))
+    elif ext:
+        lines.append("  Azure would do the same, without the extensions: %s" % extensions)
+    else:
+        lines.append("  no difference: Azure would do the same")
     print("\n".join(lines), file=sys.stderr)
-    return 1 if n else 0
+    return 1 if n or rep.get("unreadable") else 0

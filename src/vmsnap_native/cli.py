@@ -1,34 +1,75 @@
-"""The ``vmsnap`` command (SPEC §7).
+"""The ``vmsnap`` command.
 
 Exit statuses: run: 0 success, 3 degraded, 1 failed, 2 usage; check: 0 all
 good, 1 problems; freeze/thaw/demo/bench: 0 or 1.  ``--json`` prints one
-JSON object on stdout and nothing else there; human text goes to stderr.
+JSON object on stdout and nothing else there; human text goes to stderr
+(``-q``: only errors; ``-v``: the log's records too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
-from . import agents, cycle
+from . import agents, cycle, step
 from . import config as config_mod
 from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
 from .errors import BusyError, CoreUnavailable
-from .logbook import DEFAULT_LOG_FILE, journal_line
+from .logbook import DEFAULT_LOG_FILE, LOGGER, journal_line, stderr_is_journal
 
 EXIT_USAGE = 2
 NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}
+JSON_HELP = "print one JSON object on stdout (the human report still goes to stderr)"
+SNAPSHOT_METAVAR = "-- SNAPSHOT_CMD"
+
+# -q: the human lines are kept here and only the errors printed at the end
+_quiet = {"on": False, "lines": []}
+
+
+def _level(line: str) -> str:
+    word = line.lstrip().split(" ", 1)[0]
+    return {"error": "ERROR", "warning:": "WARNING"}.get(word, "INFO")
 
 
 def err(*lines):
     """Human text on stderr; with syslog priorities when stderr is the journal."""
+    if _quiet["on"]:
+        _quiet["lines"].extend(lines)
+        return
     for line in lines:
-        word = line.lstrip().split(" ", 1)[0]
-        level = {"error": "ERROR", "warning:": "WARNING"}.get(word, "INFO")
-        print(journal_line(line, level), file=sys.stderr)
+        print(journal_line(line, _level(line)), file=sys.stderr)
+
+
+def _quiet_end(status: int) -> None:
+    """-q: nothing when all went well; else the error lines (each with its
+    action), or, where none is marked as an error, what the command said."""
+    lines, _quiet["lines"], _quiet["on"] = _quiet["lines"], [], False
+    if status == 0:
+        return
+    errors, keep = [], False
+    for line in lines:
+        if _level(line) == "ERROR":
+            keep = True
+        elif not line.lstrip().startswith("->"):
+            keep = False
+        if keep:
+            errors.append(line)
+    err(*(errors or lines))
+
+
+def _echo_log() -> None:
+    """-v: the log's records on stderr as well (unless it already is the
+    journal, which gets them anyway)."""
+    if stderr_is_journal():
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vmsnap log: %(levelname)s %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
 
 
 def emit_json(obj):
@@ -63,14 +104,41 @@ def summarize(res) -> list:
             lines.append("  %-12s %s: %s in %.0f ms, %d attempt%s" % (
                 label, sr.path, state, sr.duration_ms, sr.attempts, "" if sr.attempts == 1 else "s"))
     if res.snapshot is not None and res.snapshot.argv:
-        lines.append("  %-12s %s: exit %s in %.0f ms" % ("snapshot", " ".join(res.snapshot.argv)[:60],
-                                                         res.snapshot.exit_code, res.snapshot.duration_ms))
+        snap = res.snapshot
+        ran = " (%s)" % snap.program if snap.program and snap.program != snap.argv[0] else ""
+        lines.append("  %-12s %s%s: exit %s in %.0f ms" % ("snapshot", " ".join(snap.argv)[:60],
+                                                           ran, snap.exit_code, snap.duration_ms))
+        tail = step.output_tail(snap.output or "")
+        if tail:
+            lines.append("  %-12s its output ends:" % "")
+            lines.extend("  %-12s | %s" % ("", line) for line in tail.split("\n"))
     for w in res.warnings:
         lines.append("  warning: %s" % w)
     for e in res.errors:
         lines.append("  error %s (%d): %s" % (e.code, e.number, e.message))
         lines.append("        -> %s" % e.action)
     return lines
+
+
+def step_plan(snapshot_argv) -> dict:
+    """What a run would run as the snapshot step, for the dry run."""
+    if not snapshot_argv:
+        return {"argv": [], "program": None, "problem": None, "warning": None}
+    prog = step.find_program(snapshot_argv[0], os.environ.get("PATH"))
+    return {"argv": list(snapshot_argv), "program": prog.path, "problem": prog.problem,
+            "warning": prog.warning}
+
+
+def _step_line(plan: dict) -> str:
+    sp = plan.get("snapshot_step") or {"argv": []}
+    if not plan["snapshot"]:
+        return "snapshot step: NOT run (continueBackupOnFailure: false, several disks)"
+    if not sp["argv"]:
+        return "snapshot step: none given (an empty step: the quiesce alone)"
+    cmd = " ".join(sp["argv"])
+    if sp["problem"]:
+        return "snapshot step: %s would NOT run: %s" % (cmd, sp["problem"])
+    return "snapshot step: runs %s (program %s)" % (cmd, sp["program"])
 
 
 def plan_lines(plan: dict) -> list:
@@ -102,9 +170,7 @@ def plan_lines(plan: dict) -> list:
                      % (fr["timeout_s"], ", ".join(fr["mounts"])))
     else:
         lines.append("    freeze: nothing to freeze")
-    lines.append("    snapshot step: %s" % ("runs" if plan["snapshot"] else
-                                           "NOT run (continueBackupOnFailure: false, "
-                                           "several disks)"))
+    lines.append("    " + _step_line(plan))
     for h in reversed(plan["hooks"]):
         if h["runs"]:
             lines.append("    hook %s thaw" % h["path"])
@@ -118,6 +184,10 @@ def cmd_run(args, snapshot_argv) -> int:
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
                     freeze_timeout=args.freeze_timeout, log_file=log_file or None,
                     dry_run=args.dry_run, metrics_file=args.metrics_file)
+    if res.plan is not None:
+        res.plan["snapshot_step"] = sp = step_plan(snapshot_argv)
+        if sp["warning"]:
+            res.warnings.append(sp["warning"])
     if args.json:
         emit_json(res.to_dict())
     if res.plan is not None:
@@ -287,10 +357,13 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmsnap", description=(
         "Application-consistent snapshots: pre-script, parallel filesystem freeze with a "
-        "guaranteed thaw, snapshot step, thaw, post-script."))
-    p.add_argument("--version", action="version", version="vmsnap %s" % __version__)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+        "guaranteed thaw, snapshot step, thaw, post-script."), parents=[_verbosity(True)])
+    p.add_argument("-V", "--version", action="version", version="vmsnap %s" % __version__,
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           help="what to do (`vmsnap COMMAND --help` for its options)")
     sub.required = True
+    sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))
 
     def common(sp, config=True, mount=True):
         if config:
@@ -299,10 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
         if mount:
             sp.add_argument("--mount", metavar="M", action="append",
                             help="freeze only this mount point (repeatable)")
-        sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        sp.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    r = sub.add_parser("run", help="the whole cycle; SNAPSHOT_CMD after -- runs while frozen")
+    r = sub.add_parser("run", help="the whole cycle; SNAPSHOT_CMD after -- runs while frozen",
+                       description="Pre-script, hooks, freeze, the snapshot step, thaw, hooks, "
+                       "post-script. The snapshot command comes last, after --; it is looked "
+                       "up only in root-controlled directories (or give its full path) and "
+                       "gets VMSNAP_PHASE=snapshot and VMSNAP_FROZEN_MOUNTS.")
     common(r)
+    r.add_argument("snapshot_cmd", nargs="*", metavar=SNAPSHOT_METAVAR,
+                   help="the command that takes the snapshot while the filesystems are frozen, "
+                   "with its arguments, after -- (none: an empty step, to test the quiesce)")
     r.add_argument("--freeze-timeout", type=_positive, metavar="S",
                    help="hard cap on the freeze, seconds (default: config or 60)")
     r.add_argument("--dry-run", action="store_true",
@@ -317,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(c, mount=False)
     c.add_argument("--azure", action="store_true", help="migration report: every way Azure's "
                    "own framework would behave differently with this configuration and these "
-                   "scripts (exit 1 if there is any)")
+                   "scripts (exit 1 if there is any; vmsnap-only fields, which Azure ignores, "
+                   "are listed but do not count)")
     m = sub.add_parser("mounts", help="what a run would freeze, and what it leaves out and why")
     common(m)
     f = sub.add_parser("freeze", help="freeze and return; the guardian holds until thaw/timeout")
@@ -331,21 +412,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end only the freeze `vmsnap freeze` printed ID for: exit 0 when it "
                    "still held and is thawed now, 1 when it had expired (its deadline, another "
                    "thaw) or is unknown; never anyone else's freeze")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--json", action="store_true", help=JSON_HELP)
     d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
     d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help=JSON_HELP)
     k = sub.add_parser("hook", help="be the freeze hook of an agent: qemu-ga, vmware, gce, dlm")
     agents.add_arguments(k)
     b = sub.add_parser("bench", help="measure the freeze window, sequential vs parallel")
-    b.add_argument("--mount", metavar="M", action="append")
-    b.add_argument("--rounds", type=int, default=20)
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--mount", metavar="M", action="append",
+                   help="measure this mount point (repeatable; default: what a run would freeze)")
+    b.add_argument("--rounds", type=int, default=20, metavar="N",
+                   help="freeze/thaw rounds per method (default 20)")
+    b.add_argument("--json", action="store_true", help=JSON_HELP)
     b.add_argument("--yes", action="store_true", help="agree to freeze / if it is selected")
     b.add_argument("--load", choices=("none", "light", "streaming"), default="none",
                    help="write meanwhile on each filesystem (streaming: a 256 MiB rewrite, "
                         "light: 8 MiB) and report the worst write() a 1 ms probe saw")
     return p
+
+
+def _verbosity(top: bool) -> argparse.ArgumentParser:
+    """-q/-v, accepted before and after the command (after it, only what
+    is given overrides what was given before)."""
+    v = argparse.ArgumentParser(add_help=False)
+    extra = {} if top else {"default": argparse.SUPPRESS}
+    group = v.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="print only errors on stderr",
+                       **extra)
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="also print the log's records on stderr", **extra)
+    return v
+
+
+def _with_parents(add_parser, parent):
+    def add(name, **kw):
+        kw.setdefault("parents", []).append(parent)
+        return add_parser(name, **kw)
+    return add
 
 
 def _positive(text):
@@ -361,14 +464,35 @@ def main(argv=None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, snapshot_argv = argv[:i], argv[i + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if snapshot_argv and args.command != "run":
-        err("vmsnap: only `run` takes a snapshot command after --")
+        err("error: vmsnap: only `run` takes a snapshot command after --")
         return EXIT_USAGE
+    if getattr(args, "snapshot_cmd", None):
+        err("error: vmsnap run: %r: give the snapshot command after -- (vmsnap run [OPTIONS] "
+            "-- %s)" % (args.snapshot_cmd[0], " ".join(args.snapshot_cmd)))
+        return EXIT_USAGE
+    if args.quiet and args.verbose:
+        err("error: vmsnap: -q and -v exclude each other")
+        return EXIT_USAGE
+    _quiet.update(on=args.quiet, lines=[])
+    if args.verbose:
+        _echo_log()
+    status = 1   # what an exception leaves
+    try:
+        status = _dispatch(args, snapshot_argv)
+    finally:
+        if _quiet["on"]:
+            _quiet_end(status)
+    return status
+
+
+def _dispatch(args, snapshot_argv) -> int:
     handlers = {"check": cmd_check, "mounts": cmd_mounts, "freeze": cmd_freeze,
                 "thaw": cmd_thaw, "demo": cmd_demo, "bench": cmd_bench}
     if args.command in NEEDS_ROOT and os.geteuid() != 0 and not getattr(args, "dry_run", False):
-        err("vmsnap %s needs root: it freezes filesystems and runs root's scripts "
+        err("error: vmsnap %s needs root: it freezes filesystems and runs root's scripts "
             "(try: sudo vmsnap %s)" % (args.command, args.command))
         return 1
     try:
@@ -378,7 +502,7 @@ def main(argv=None) -> int:
             return agents.main(args)
         return handlers[args.command](args)
     except KeyboardInterrupt:
-        err("vmsnap: interrupted")
+        err("error: vmsnap: interrupted")
         return 130
 
 

@@ -285,7 +285,7 @@ class Cycle:
         try:
             self.res.snapshot = step.result_for(self.snapshot)
             state, failure = step.run_step(self.snapshot, self.res.snapshot, deadline,
-                                           self._snapshot_env(), self.log)
+                                           self._snapshot_env(), self.log, self.step_program)
             self.out.snapshot = state
             if failure:
                 self.out.snapshot_error = self.note(SNAPSHOT_FAILED.error(failure))
@@ -378,6 +378,7 @@ class Cycle:
             self.out.freeze = decide.NOT_ATTEMPTED
             self.log.info("a script failed and continueBackupOnFailure is false: no snapshot")
             return
+        self.step_program = step.prepare(self.snapshot, res.warnings, self.log)  # outside the window
         if not s.fs_freeze_enabled:
             self.out.freeze = decide.DISABLED
         elif plan.selection.eligible or plan.selection.missing:

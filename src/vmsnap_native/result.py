@@ -1,4 +1,4 @@
-"""The result of a run: data that prints as the JSON object of SPEC §7."""
+"""The result of a run: data that prints as the JSON result object (``--json``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ScriptResult:
     timed_out: bool = False
     duration_ms: float = 0.0
     output: str = ""
-    containment: str | None = None   # how its process tree was held (SPEC §3): cgroup, subreaper
+    containment: str | None = None   # how its process tree was held: cgroup, subreaper
 
     @property
     def ok(self) -> bool:
@@ -39,6 +39,7 @@ class FreezeResult:
 @dataclass
 class SnapshotResult:
     argv: list[str]
+    program: str | None = None   # the full path that ran (looked up on the trusted PATH)
     exit_code: int | None = None
     duration_ms: float = 0.0
     output: str = ""

@@ -283,7 +283,8 @@ class Fleet:
         inventory = {"fleet": {"hosts": {h.name: {
             "ansible_host": h.addr, "ansible_port": h.port, "ansible_user": "root",
             "ansible_ssh_private_key_file": key, "ansible_python_interpreter": "/usr/bin/python3",
-            "vmsnap_mounts": h.mnts, "vmsnap_config": h.config, "vmsnap_bin": VMSNAP,
+            "consistency_group_mounts": h.mnts, "consistency_group_config": h.config,
+            "consistency_group_vmsnap_bin": VMSNAP,
         } for h in self.hosts}}}
         with open(os.path.join(self.base, "inventory.yml"), "w") as f:
             json.dump(inventory, f, indent=1)

@@ -47,10 +47,11 @@ def group(fleet, *, lease=30, sleep=0.5, exit=0, kill_sshd=(), continue_on_failu
             os.unlink(p)
     with open(os.path.join(fleet.base, "spec.json"), "w") as f:
         json.dump(spec, f)
-    extra = {"vmsnap_lease": lease, "vmsnap_continue_on_failure": continue_on_failure,
-             "vmsnap_report_file": os.path.join(fleet.base, "report.json"),
-             "vmsnap_snapshot_command": [sys.executable, STEP,
-                                         os.path.join(fleet.base, "spec.json")]}
+    extra = {"consistency_group_lease": lease,
+             "consistency_group_continue_on_failure": continue_on_failure,
+             "consistency_group_report_file": os.path.join(fleet.base, "report.json"),
+             "consistency_group_snapshot_command": [sys.executable, STEP,
+                                                    os.path.join(fleet.base, "spec.json")]}
     if background:
         return fleet.start_playbook("group.yml", extra)
     rc, out = fleet.playbook("group.yml", extra, check=check)

@@ -120,3 +120,56 @@ def test_no_snapshot_or_a_failed_one_is_failed(verdict):
     assert (v["status"], v["consistency"]) == ("failed", None)
     v = decide(verdict, [host()], snapshot={"skipped": True, "skip_reason": "Conditional result was False"})
     assert (v["status"], v["consistency"]) == ("failed", None) and "no snapshot" in v["msg"]
+
+
+def own(end, status, consistency, *errors, post_exit=0):
+    """END as a host's run that ended STATUS/CONSISTENCY with ERRORS (code, message)."""
+    end.update(status=status, consistency=consistency,
+               errors=[{"code": c, "message": m} for c, m in errors],
+               post_script={"ran": True, "exit_code": post_exit, "timed_out": False})
+    return end
+
+
+QUIESCE_LOST = ("Post-ScriptExecutionFailed", "/etc/vmsnap/post.sh reports that the "
+                "application's quiesce was lost before the snapshot finished (exit 10)")
+
+
+def test_a_host_whose_post_script_lost_the_quiesce_keeps_the_group_below_application(verdict):
+    b, e = host()
+    own(e, "degraded", "filesystem", QUIESCE_LOST, post_exit=10)
+    v = decide(verdict, [host(), (b, e), host()])
+    assert (v["status"], v["consistency"]) == ("degraded", "filesystem"), v["msg"]
+    assert "h1" in v["msg"] and "quiesce was lost" in v["msg"]
+    assert "h0" not in v["msg"] and "h2" not in v["msg"]
+    v = decide(verdict, [host(), (b, e)], cont=False)
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("failed", None, ["h1"])
+    assert "quiesce was lost" in v["msg"]
+
+
+def test_any_error_of_a_hosts_own_run_means_the_group_is_not_application(verdict):
+    b, e = host()
+    own(e, "degraded", "application", ("Post-ScriptExecutionFailed", "exited with status 1"),
+        post_exit=1)
+    v = decide(verdict, [(b, e), host()])
+    assert v["consistency"] != "application" and v["status"] == "degraded"
+    assert "h0: its own run is degraded" in v["msg"] and "exited with status 1" in v["msg"]
+
+
+def test_a_host_whose_own_run_failed_breaks_the_group(verdict):
+    b, e = host()
+    own(e, "failed", "application", ("Post-ScriptTimeout", "every attempt exceeded 30s"))
+    v = decide(verdict, [host(), (b, e)])
+    assert v["broken_by"] == ["h1"] and (v["status"], v["consistency"]) == ("degraded", "crash")
+    assert "its own run is failed" in v["hosts"]["h1"]["reason"]
+    assert "Post-ScriptTimeout" in v["msg"]
+    v = decide(verdict, [host(), (b, e)], cont=False)
+    assert (v["status"], v["broken_by"]) == ("failed", ["h1"])
+
+
+def test_the_groups_own_failed_step_is_not_blamed_on_the_hosts(verdict):
+    hosts = [host(), host()]
+    for _, e in hosts:
+        own(e, "failed", None, ("SnapshotFailed", "the group's snapshot step failed"))
+    v = decide(verdict, hosts, snapshot=snap(rc=1))
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("failed", None, [])
+    assert "the snapshot step failed" in v["msg"]

@@ -1,5 +1,7 @@
 # -*- coding: utf-8 -*-
-# MIT License (see the vmsnap package)
+# Copyright: vmsnap developers
+# MIT License (see https://opensource.org/licenses/MIT)
+# SPDX-License-Identifier: MIT
 """Runs the vmsnap module and adds ``clock``: the host's wall-clock offset to
 the controller's, measured on the task's own connection.
 
@@ -22,7 +24,7 @@ class ActionModule(ActionBase):
 
     def measure_clock(self):
         best = None
-        for _ in range(3):   # keep the tightest of a few round trips
+        for dummy in range(3):   # keep the tightest of a few round trips
             t0 = time.time()
             res = self._low_level_execute_command("date +%s.%N", sudoable=False)
             t1 = time.time()

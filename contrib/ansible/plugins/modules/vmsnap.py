@@ -1,6 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# MIT License (see the vmsnap package)
+# Copyright: vmsnap developers
+# MIT License (see https://opensource.org/licenses/MIT)
+# SPDX-License-Identifier: MIT
 
 from __future__ import absolute_import, division, print_function
 
@@ -13,9 +15,15 @@ short_description: Application-consistent snapshots of a Linux host with vmsnap
 version_added: "0.1.0"
 description:
   - Wraps the C(vmsnap) command on the managed host and returns its result JSON
-    (SPEC section 7) as the module result.
+    as the module result.
   - C(check), C(run), C(freeze) (with a lease), C(thaw) and C(status) map to the
     command line of the same name.
+  - C(freeze) returns the lease's C(session) id; C(thaw) ends that session only
+    (C(vmsnap thaw --session)), and fails when the lease had already run out,
+    so a caller learns that the guardian thawed before it asked. The id comes
+    from the I(session) option or, when not given, from the last C(freeze) of
+    this module on the host (kept in I(state_dir)); with neither, C(thaw) thaws
+    whatever a crashed run or an earlier C(vmsnap freeze) left frozen.
   - C(begin) and C(end) are a group session for the C(vmsnap.fleet.consistency_group)
     role. C(begin) starts C(vmsnap run) in the background with a snapshot step
     that waits, while frozen, for C(end); it returns once the host is quiesced
@@ -57,6 +65,11 @@ options:
     description: For C(command=thaw), thaw even the filesystems of a live run.
     type: bool
     default: false
+  session:
+    description:
+      - For C(command=thaw), the session id that C(freeze) returned. Default
+        the id of the last C(freeze) of this module on the host, if any.
+    type: str
   group:
     description: Name of the group session (C(begin), C(end), C(status)).
     type: str
@@ -81,6 +94,8 @@ options:
     type: path
     default: /run/vmsnap-fleet
 notes:
+  - vmsnap freezes filesystems and runs root's scripts, so the task needs root
+    on the host (C(become=true) for a user other than root).
   - Check mode is supported. C(check) and C(status) run as usual; C(run) becomes
     C(vmsnap run --dry-run); C(freeze), C(thaw), C(begin) and C(end) change nothing
     and report what they would do.
@@ -90,7 +105,7 @@ notes:
   - C(vmsnap freeze) and C(vmsnap thaw) run no pre- or post-script; a consistency
     group uses C(begin)/C(end), which run both.
 author:
-  - vmsnap developers
+  - vmsnap developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -119,14 +134,44 @@ EXAMPLES = r"""
     group: nightly
     snapshot_ok: "{{ vmsnap_snapshot is succeeded }}"
 
+- name: Freeze under a 30 s lease for a storage-side snapshot
+  vmsnap.fleet.vmsnap:
+    command: freeze
+    mounts: [/srv/data]
+    lease: 30
+  register: vmsnap_lease
+
+- name: End that lease (fails if it had already run out)
+  vmsnap.fleet.vmsnap:
+    command: thaw
+    session: "{{ vmsnap_lease.session }}"
+
 - name: Thaw whatever a crashed run or a `vmsnap freeze` left frozen
   vmsnap.fleet.vmsnap:
     command: thaw
 """
 
 RETURN = r"""
+msg:
+  description: What happened, in a sentence.
+  returned: always
+  type: str
+  sample: "vmsnap run: success, application"
+rc:
+  description: vmsnap's exit status.
+  returned: when vmsnap was called (check, run, freeze, thaw, begin when it fails)
+  type: int
+  sample: 0
+stderr:
+  description: vmsnap's human-readable report.
+  returned: when vmsnap was called (check, run, freeze, thaw, begin when it fails)
+  type: str
 status:
-  description: vmsnap's status (run, end), C(frozen)/C(failed) (freeze), C(thawed)/C(nothing)/C(failed) (thaw).
+  description:
+    - C(success), C(degraded) or C(failed) (run, begin, end);
+      C(frozen) or C(failed) (freeze);
+      C(thawed), C(nothing), C(expired), C(unknown), C(refused) or C(failed) (thaw);
+      C(absent) (end without a session).
   returned: when vmsnap printed a result
   type: str
   sample: success
@@ -136,26 +181,105 @@ consistency:
   type: str
   sample: application
 errors:
-  description: vmsnap's errors, each with code, number, message and action.
+  description:
+    - vmsnap's errors. For run and end, each with C(code), C(number), C(message)
+      and C(action); for freeze, the messages (strings).
   returned: when vmsnap printed a result
   type: list
-  elements: dict
+  elements: raw
 vmsnap_warnings:
   description: vmsnap's C(warnings) (renamed, as C(warnings) is Ansible's own key).
   returned: when vmsnap printed a result
   type: list
   elements: str
-freeze:
-  description: The freeze of a run (window_ms, deadline_hit, mounts).
+pre_script:
+  description: The pre-script's result (path, ran, attempts, exit_code, signal, timed_out, duration_ms, output, containment), or null.
   returned: run, end
   type: dict
-rc:
-  description: vmsnap's exit status.
-  returned: when vmsnap was called
+post_script:
+  description: The post-script's result, as I(pre_script).
+  returned: run, end
+  type: dict
+freeze:
+  description: The freeze of a run (enabled, window_ms, deadline_hit, mounts, rcu_expedited, thawed_early).
+  returned: run, end
+  type: dict
+snapshot:
+  description:
+    - The snapshot step (argv, program, exit_code, duration_ms, output, signal,
+      timed_out, containment), or null. For end, the group session's wait step.
+  returned: run, end
+  type: dict
+duration_ms:
+  description: How long the whole run took, in milliseconds.
+  returned: run, end
+  type: float
+hooks:
+  description: Each hook call of the run (hook, action, and a script result).
+  returned: run, end
+  type: list
+  elements: dict
+phases:
+  description: Each phase of the run (phase, start_ms, duration_ms).
+  returned: run, end
+  type: list
+  elements: dict
+plan:
+  description: What a run would do, in check mode (a dry run); null otherwise.
+  returned: run
+  type: dict
+ok:
+  description: True when C(vmsnap check) found no problem.
+  returned: check
+  type: bool
+config:
+  description: The configuration file that was checked.
+  returned: check
+  type: str
+config_found:
+  description: Whether that file exists.
+  returned: check
+  type: bool
+problems:
+  description: Each problem C(vmsnap check) found (code, number, message, action).
+  returned: check
+  type: list
+  elements: dict
+scripts:
+  description: The scripts' paths and how they would run (pre, post, pre_runs_as, post_runs_as).
+  returned: check
+  type: dict
+session:
+  description:
+    - The lease's session id (freeze); pass it to C(thaw) as I(session).
+    - For thaw, the session id it ended (or tried to), null for a plain thaw.
+  returned: freeze (success), thaw
+  type: str
+guardian_pid:
+  description: The pid of the guardian that holds the freeze and thaws at the lease's end.
+  returned: freeze
   type: int
-stderr:
-  description: vmsnap's human-readable report.
-  returned: when vmsnap was called
+timeout:
+  description: The lease, in seconds.
+  returned: freeze
+  type: float
+record:
+  description: The freeze record that C(vmsnap thaw) reads.
+  returned: freeze
+  type: str
+mounts:
+  description: The filesystems the freeze holds, each with mountpoint, fstype, device, frozen, freeze_ms, error.
+  returned: freeze
+  type: list
+  elements: dict
+filesystems:
+  description: What C(vmsnap thaw) did with each filesystem (mountpoint, outcome).
+  returned: thaw
+  type: list
+  elements: dict
+error:
+  description: Why C(vmsnap thaw) refused or failed.
+  returned: thaw, when refused
   type: str
 called_at:
   description: Host wall clock just before vmsnap was called (freeze, thaw).
@@ -179,20 +303,38 @@ covered:
   type: bool
 lease_deadline:
   description: Host wall clock by which the lease thaws the host at the latest.
-  returned: begin, end
+  returned: freeze, begin, end
   type: float
+host_time:
+  description: Host wall clock when the module returned.
+  returned: begin, end, status
+  type: float
+pid:
+  description: The group session's process on the host (it runs vmsnap).
+  returned: begin, end (when it did not finish)
+  type: int
 sessions:
-  description: The group sessions on the host, with their state.
+  description: The group sessions on the host (group, dir, pid, running, frozen_at, released_at, released, lease, started_at, result, lease_deadline, state).
   returned: status
   type: list
   elements: dict
+frozen:
+  description: The group sessions that hold the host frozen now.
+  returned: status
+  type: list
+  elements: str
+clock:
+  description:
+    - The host's wall-clock offset to the controller's (C(offset), seconds, host
+      minus controller) with its C(uncertainty) and C(measured_at); added by
+      the collection's action plugin.
+  returned: always
+  type: dict
 """
 
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -209,7 +351,21 @@ read verdict < "$d/release"
 [ "$verdict" = ok ]
 """
 
+# Starts the group session's vmsnap in a session of its own, detached from
+# the connection (setsid -f returns at once); result.json appears (by rename)
+# only once vmsnap has finished, then rc (its exit status) beside it.
+LAUNCH = r"""
+d=$0
+exec </dev/null >/dev/null 2>"$d/stderr.log"
+echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
+"$@" > "$d/result.json.part"
+rc=$?
+mv "$d/result.json.part" "$d/result.json"
+echo $rc > "$d/rc.tmp" && mv "$d/rc.tmp" "$d/rc"
+"""
+
 BREAK_CODES = ("FsFreezeTimeout", "FsThawedEarly", "FsFreezeFailed", "Interrupted")
+LEASE_FILE = "lease-session"   # in state_dir: the session id of the last freeze
 
 
 def vmsnap_call(module, argv):
@@ -307,22 +463,72 @@ def do_freeze(module):
     if rc != 0:
         module.fail_json(msg="vmsnap freeze failed, nothing left frozen: %s"
                          % "; ".join(obj.get("errors") or [err.strip()]), **res)
-    module.exit_json(changed=True, msg="frozen until `vmsnap thaw` or %gs" % lease, **res)
+    if res.get("session"):
+        remember_lease(module, res["session"])
+    module.exit_json(changed=True, msg="frozen until `vmsnap thaw%s` or %gs" % (
+        " --session %s" % res["session"] if res.get("session") else "", lease), **res)
+
+
+def lease_path(module):
+    return os.path.join(module.params["state_dir"], LEASE_FILE)
+
+
+def remember_lease(module, session):
+    """Keeps SESSION for a later thaw without the session option (in /run)."""
+    try:
+        if not os.path.isdir(module.params["state_dir"]):
+            os.makedirs(module.params["state_dir"], mode=0o700)
+        write_atomic(lease_path(module), session + "\n")
+    except OSError as exc:
+        module.warn("session %s not kept in %s (%s): pass it to thaw as session"
+                    % (session, module.params["state_dir"], exc))
+
+
+def remembered_lease(module):
+    try:
+        with open(lease_path(module)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def forget_lease(module, session):
+    if remembered_lease(module) == session:
+        try:
+            os.unlink(lease_path(module))
+        except OSError:
+            pass
 
 
 def do_thaw(module):
+    session = module.params["session"] or remembered_lease(module)
     if module.check_mode:
-        module.exit_json(changed=True, msg="would thaw what vmsnap recorded as frozen")
+        module.exit_json(changed=True, session=session, msg="would thaw %s" % (
+            "session %s" % session if session else "what vmsnap recorded as frozen"))
     argv = base_argv(module, "thaw")
+    if session:
+        argv[2:2] = ["--session", session]
     if module.params["force"]:
         argv.insert(2, "--force")
     called_at = time.time()
     rc, obj, err = vmsnap_call(module, argv)
     res = run_result(module, rc, obj, err, dict(called_at=called_at, returned_at=time.time()))
+    res["session"] = session
+    status = obj.get("status")
+    if session and status in ("thawed", "expired", "unknown"):
+        forget_lease(module, session)   # ended either way: not to be thawed again
+    if status == "expired":
+        module.fail_json(msg="session %s: the lease had already run out: the guardian thawed at "
+                         "its deadline, before this thaw (what was taken after that was not "
+                         "frozen)" % session, **res)
+    if status == "unknown":
+        module.fail_json(msg="session %s: no such freeze on this host (ended already, or "
+                         "never frozen here)" % session, **res)
     if rc != 0:
         module.fail_json(msg="vmsnap thaw failed: " + err.strip(), **res)
-    changed = obj.get("status") == "thawed"   # "nothing": already thawed, idempotent
-    module.exit_json(changed=changed, msg="thawed" if changed else "nothing was frozen", **res)
+    changed = status == "thawed"   # "nothing": already thawed, idempotent
+    module.exit_json(changed=changed, msg=("thawed" + (" session %s" % session if session else ""))
+                     if changed else "nothing was frozen", **res)
 
 
 # -- group session: begin / end / status -----------------------------------------
@@ -414,39 +620,38 @@ def do_begin(module):
                                        "/bin/sh", "-c", WAITER, "vmsnap-group-step", d]
     write_atomic(os.path.join(d, "lease"), repr(lease))
     write_atomic(os.path.join(d, "started_at"), repr(time.time()))
-    with open(os.path.join(d, "stderr.log"), "w") as err, open(os.devnull, "r+") as devnull:
-        # its own session: the end of the ssh connection does not reach it;
-        # result.json appears (by rename) only once vmsnap has finished
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", '"$@" > "$0/result.json.part"; echo $? > "$0/rc"; '
-             'mv "$0/result.json.part" "$0/result.json"', d] + argv,
-            stdin=devnull, stdout=devnull, stderr=err, close_fds=True, start_new_session=True)
-    write_atomic(os.path.join(d, "pid"), str(proc.pid))
+    # its own session: the end of the ssh connection does not reach it
+    setsid = module.get_bin_path("setsid", required=True)
+    rc, out, err = module.run_command([setsid, "-f", "/bin/sh", "-c", LAUNCH, d] + argv)
+    if rc != 0:
+        module.fail_json(msg="group %s: could not start vmsnap: %s" % (
+            module.params["group"], (err or out).strip()), rc=rc, stderr=err, changed=False)
     limit = time.monotonic() + module.params["wait_timeout"]
+    ended = os.path.join(d, "rc")
     while time.monotonic() < limit:
         st = session_state(d)
         if st["frozen_at"] is not None:
             module.exit_json(changed=True, msg="quiesced and frozen; the lease thaws it by %.3f"
                              % lease_deadline(st), frozen_at=st["frozen_at"],
-                             lease_deadline=lease_deadline(st), pid=proc.pid,
+                             lease_deadline=lease_deadline(st), pid=st["pid"],
                              host_time=time.time())
-        if proc.poll() is not None:
+        if os.path.exists(ended):
             break
         time.sleep(0.02)
     st = session_state(d)
     res = dict(st["result"] or {})
     res["vmsnap_warnings"] = res.pop("warnings", [])
-    if proc.poll() is None:
+    if not os.path.exists(ended):
         module.fail_json(msg="group %s: not frozen after %gs (the pre-script or the freeze is "
-                         "still going; its lease ends it)" % (module.params["group"],
-                                                                module.params["wait_timeout"]),
-                         changed=True, pid=proc.pid, **res)
+                         "still going; its lease ends it)"
+                         % (module.params["group"], module.params["wait_timeout"]),
+                         changed=True, pid=st["pid"], **res)
     # vmsnap ended without reaching the snapshot step: no freeze held here
     with open(os.path.join(d, "stderr.log")) as f:
         err = f.read()
     module.fail_json(msg="group %s: this host did not freeze: %s" % (
         module.params["group"], describe_errors(res) or err.strip()[-2000:]),
-        changed=True, rc=proc.returncode, stderr=err, frozen_at=None, **res)
+        changed=True, rc=int(read_float(ended) or 1), stderr=err, frozen_at=None, **res)
 
 
 def do_end(module):
@@ -520,6 +725,7 @@ def main():
             lease=dict(type="float"),
             snapshot=dict(type="list", elements="str"),
             force=dict(type="bool", default=False),
+            session=dict(type="str"),
             group=dict(type="str", default="default"),
             snapshot_ok=dict(type="bool", default=True),
             wait_timeout=dict(type="float", default=300),

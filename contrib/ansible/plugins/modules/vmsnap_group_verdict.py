@@ -1,6 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# MIT License (see the vmsnap package)
+# Copyright: vmsnap developers
+# MIT License (see https://opensource.org/licenses/MIT)
+# SPDX-License-Identifier: MIT
 
 from __future__ import absolute_import, division, print_function
 
@@ -17,9 +19,13 @@ description:
   - The group is B(application)-consistent only if every host's freeze window
     covered the snapshot step, in wall-clock time on the controller's clock
     (each host's times are moved by its measured clock offset, with the
-    offset's uncertainty counted against the host), and every host's
-    pre-script succeeded. If every window covered it but some pre-script did
-    not run or failed, the group is B(filesystem)-consistent.
+    offset's uncertainty counted against the host), every host's
+    pre-script succeeded and every host's own run ended in C(success). If
+    every window covered it but some pre-script did not run or failed, or a
+    host's own run reported an error (its post-script said the quiesce was
+    lost, exit 10, say), the group is at best B(filesystem)-consistent, and
+    the verdict names the host and why. A host whose own run failed breaks
+    the group as one that did not freeze does.
   - Otherwise it names the hosts that broke it (did not freeze, thawed early,
     unreachable so that the window cannot be confirmed) and the group is
     B(crash)-consistent (status C(degraded)) when I(continue_on_failure) is
@@ -49,16 +55,16 @@ options:
     type: bool
     default: true
 author:
-  - vmsnap developers
+  - vmsnap developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
 - name: The group's verdict
   vmsnap.fleet.vmsnap_group_verdict:
     hosts: "{{ ansible_play_hosts_all }}"
-    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_begin') | map('default', None) | list }}"
-    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='vmsnap_end') | map('default', None) | list }}"
-    snapshot: "{{ vmsnap_snapshot | default(None) }}"
+    begin: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='consistency_group_begin') | map('default', None) | list }}"
+    end: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='consistency_group_end') | map('default', None) | list }}"
+    snapshot: "{{ consistency_group_snapshot | default(None) }}"
     continue_on_failure: true
   delegate_to: localhost
   run_once: true
@@ -79,9 +85,20 @@ broken_by:
   type: list
   elements: str
 hosts:
-  description: Per host, whether its window covered the step, why not, and its window on the controller's clock.
+  description:
+    - Per host, whether its window covered the step (C(covered)) and why
+      (C(reason)), its window on the controller's clock (C(frozen_from),
+      C(frozen_until), C(lease_ends_by)), its C(clock), whether its pre-script
+      succeeded (C(pre_script_ok)), its own run's C(host_status) and
+      C(host_consistency), C(own_cap) (the best consistency its own run allows,
+      as 2 application, 1 filesystem, 0 crash, null none) and C(own_why) (why
+      its own run keeps the group below application, null when it does not).
   returned: always
   type: dict
+msg:
+  description: The verdict in a sentence, naming each host that lowered it and why.
+  returned: always
+  type: str
 snapshot:
   description: The snapshot step's start and end (controller clock, epoch seconds) and exit status.
   returned: always
@@ -121,6 +138,29 @@ def clock_of(*results):
     return min(clocks, key=lambda c: c["uncertainty"]) if clocks else None
 
 
+def own_result(end, snap):
+    """What the host's own run says about its part: (the best consistency
+    it allows the group, as a RANK, or None for none at all; why)."""
+    status, consistency = end.get("status"), end.get("consistency")
+    errors = [e for e in end.get("errors") or [] if isinstance(e, dict)]
+    if not snap.get("ok"):
+        # the group's step failed (the group fails for it): each host records
+        # SnapshotFailed for it, and only its other errors are its own
+        errors = [e for e in errors if e.get("code") != "SnapshotFailed"]
+        if not errors:
+            return RANK["application"], None
+    if status == "success" and not errors:
+        return RANK.get(consistency, 0), None
+    codes = ", ".join("%s (%s)" % (e.get("code"), e.get("message")) for e in errors)
+    why = "its own run is %s, %s%s" % (
+        status, "%s-consistent" % consistency if consistency else "no usable snapshot",
+        ": " + codes if codes else "")
+    if status == "failed" or consistency not in RANK:
+        return None, why
+    # any error of its own: the group is not application-consistent on its word
+    return min(RANK[consistency], RANK["filesystem"]), why
+
+
 def host_verdict(name, begin, end, snap):
     """(covered, reason, details) for one host."""
     info = {"host": name}
@@ -146,6 +186,7 @@ def host_verdict(name, begin, end, snap):
         return False, "unreachable after the freeze: its window could not be confirmed%s: %s" % (
             bound, why), info
     info["host_status"], info["host_consistency"] = end.get("status"), end.get("consistency")
+    info["own_cap"], info["own_why"] = own_result(end, snap)
     pre = end.get("pre_script") or {}
     info["pre_script_ok"] = bool(pre.get("ran") and pre.get("exit_code") == 0
                                  and not pre.get("timed_out"))
@@ -164,6 +205,8 @@ def host_verdict(name, begin, end, snap):
     if info["frozen_until"] < snap["end"]:
         return False, ("thawed at %.3f, before the snapshot step ended at %.3f (clock "
                        "uncertainty %.3fs)" % (info["frozen_until"], snap["end"], unc)), info
+    if info["own_cap"] is None:
+        return False, info["own_why"], info
     return True, "frozen from before the snapshot step to after it", info
 
 
@@ -199,21 +242,33 @@ def group_verdict(hosts, begin, end, snapshot, continue_on_failure):
                        msg="failed (continueBackupOnFailure is false): the freeze did not cover "
                        "the snapshot step on %s" % why_broken)
     else:
-        low = min((RANK["application"] if per_host[h].get("pre_script_ok") else RANK["filesystem"])
-                  for h in hosts) if hosts else RANK["filesystem"]
+        def rank(h):
+            mine = RANK["application"] if per_host[h].get("pre_script_ok") else RANK["filesystem"]
+            own = per_host[h].get("own_cap")
+            return mine if own is None else min(mine, own)
+
+        low = min(rank(h) for h in hosts) if hosts else RANK["filesystem"]
         consistency = {v: k for k, v in RANK.items()}[low]
-        quiet = [h for h in hosts if not per_host[h].get("pre_script_ok")]
-        if quiet and not continue_on_failure:
+        # each host below application, with why: its pre-script, its own result
+        below = {}
+        for h in hosts:
+            whys = []
+            if not per_host[h].get("pre_script_ok"):
+                whys.append("the pre-script did not succeed")
+            if per_host[h].get("own_why"):
+                whys.append(per_host[h]["own_why"])
+            if whys:
+                below[h] = "; ".join(whys)
+        named = "; ".join("%s: %s" % (h, why) for h, why in below.items())
+        if below and not continue_on_failure:
             # as one host with several disks: a script failure fails the backup
-            out.update(status="failed", consistency=None, broken_by=quiet,
-                       msg="failed (continueBackupOnFailure is false): the pre-script did not "
-                       "succeed on %s" % ", ".join(quiet))
+            out.update(status="failed", consistency=None, broken_by=list(below),
+                       msg="failed (continueBackupOnFailure is false): %s" % named)
             return out
-        out.update(status="success" if consistency == "application" else "degraded",
-                   consistency=consistency,
+        out.update(status="success" if consistency == "application" and not below
+                   else "degraded", consistency=consistency,
                    msg="%s-consistent: every host's freeze covered the snapshot step%s" % (
-                       consistency, "" if not quiet else
-                       "; the pre-script did not succeed on %s" % ", ".join(quiet)))
+                       consistency, "; but %s" % named if below else ""))
     return out
 
 
