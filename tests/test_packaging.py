@@ -203,6 +203,70 @@ def test_the_thaw_unit_runs_vmsnap_thaw_at_boot():
     assert ("Service", "ReadWritePaths", "-/run/vmsnap") in d
 
 
+# The thaw unit's sandbox, rebuilt by hand (no systemd is PID 1 here): a
+# private mount namespace with every mount read-only but the runtime
+# directory (ProtectSystem=strict, ReadWritePaths=), the frozen filesystem
+# read-only in that view too, /proc with subset=pid and hidepid=invisible
+# (ProcSubset=, ProtectProc=), no network (PrivateNetwork=), CAP_SYS_ADMIN
+# as the only capability and no new privileges, and memory that is never
+# writable and executable (MemoryDenyWriteExecute=, PR_SET_MDWE). The
+# system call filter is not rebuilt.
+SANDBOX = r"""
+set -eu
+rt=$VMSNAP_RUNTIME_DIR
+mount --bind "$rt" "$rt"
+for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+    case $mp in /proc*|/sys*|/dev*|"$rt") continue ;; esac
+    mount -o remount,bind,ro "$mp" 2>/dev/null || true
+done
+mount -t proc -o subset=pid,hidepid=invisible proc /proc
+exec setpriv --no-new-privs --bounding-set -all,+sys_admin --inh-caps -all \
+    "$PYTHON" -c "$MDWE" "$VMSNAP" thaw --json
+"""
+MDWE = """
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:   # PR_SET_MDWE
+    sys.exit('PR_SET_MDWE: %s' % os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+CRASH = """
+import os, signal, sys, vmsnap_native as v
+s = v.freeze_filesystems([sys.argv[1]], timeout=120); s.freeze()
+os.kill(s.guardian_pid, signal.SIGKILL); os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("left", ["held by its guardian", "after a crash"])
+def test_vmsnap_thaw_thaws_inside_the_thaw_unit_s_sandbox(loopfs, left):
+    """What vmsnap-thaw.service exists for: a freeze left standing (held by a
+    vmsnap freeze's guardian, or recorded by a run whose guardian and
+    controller were killed) is thawed by vmsnap thaw under the unit's
+    restrictions, and its record removed."""
+    from .conftest import frozen_state
+    for tool in ("unshare", "setpriv"):
+        need(tool)
+    (m,) = loopfs.make(1)
+    if left == "held by its guardian":
+        p = subprocess.run([VMSNAP, "freeze", "--timeout", "60", "--mount", m],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+    else:
+        subprocess.run([sys.executable, "-c", CRASH, m], timeout=60)
+    assert frozen_state(m)
+    rt = os.environ["VMSNAP_RUNTIME_DIR"]
+    assert [f for f in os.listdir(rt) if f.startswith("freeze-")]
+    env = dict(os.environ, PYTHON=sys.executable, MDWE=MDWE, VMSNAP=VMSNAP)
+    p = subprocess.run(["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", SANDBOX],
+                       capture_output=True, text=True, timeout=60, env=env)
+    out = json.loads(p.stdout) if p.stdout.strip() else None
+    assert p.returncode == 0 and out and out["status"] == "thawed", p.stdout + p.stderr
+    assert [f["mountpoint"] for f in out["filesystems"]] == [m]
+    assert not frozen_state(m)
+    assert not [f for f in os.listdir(rt) if f.startswith("freeze-")]
+
+
 # -- manual pages ----------------------------------------------------------------
 
 PAGES = ("vmsnap.8", "vmsnap-config.5")
