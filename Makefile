@@ -17,7 +17,7 @@ CORE_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Wno-unused-parameter -Icsrc \
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml setup.py csrc/*.c csrc/*.h csrc/build_ffi.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,8 +80,39 @@ lint: build ## static checks: ruff, mypy --strict on the public API, a warnings-
 	$(VENV)/bin/mypy --strict --follow-imports=silent $(TYPED)
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Icsrc -fsyntax-only csrc/*.c $(CTEST_SRC)
 
+# -- packaging: sdist and wheel, manual pages, completion, the Debian package --
+PKG_VENV := build/packaging-venv
+MAN_PAGES := man/vmsnap.8 man/vmsnap-config.5
+
+$(PKG_VENV)/bin/shtab:
+	test -x $(PKG_VENV)/bin/python || $(PYTHON) -m venv $(PKG_VENV)
+	$(PKG_VENV)/bin/pip install -q 'build>=1' 'pyroma>=4' twine 'shtab>=1.7'
+
+sdist: $(PKG_VENV)/bin/shtab ## sdist + wheel built from it, each installed in a fresh venv and run; pyroma, twine
+	sh tools/sdist-check.sh $(PYTHON)
+
+man: ## lint the manual pages: mandoc -T lint and groff -ww, any message fails
+	mandoc -T lint -W all $(MAN_PAGES)
+	@for p in $(MAN_PAGES); do \
+	  out=$$(groff -ww -man -z $$p 2>&1); [ -z "$$out" ] || { echo "$$out"; exit 1; }; \
+	done; echo "man: $(MAN_PAGES) lint-clean"
+
+completion: $(PKG_VENV)/bin/shtab ## bash and zsh completion from the parser, into build/completion
+	$(PKG_VENV)/bin/python tools/completion.py build/completion
+
+deb: ## the Debian package in build/deb (dpkg-buildpackage; lintian: no errors)
+	sh tools/deb.sh
+
+test-deb: deb ## install the .deb into a clean Debian chroot (mmdebstrap) and check it there (root, network)
+	sh tools/deb-chroot-test.sh build/deb/vmsnap_$(VERSION)_$$(dpkg --print-architecture).deb
+
+test-packaging: build sdist man completion test-deb ## all of the above, and the unit, man page and completion tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_packaging.py
+
+
 clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test ctest cross cross-system wheel demo bench lint mutants clean
+.PHONY: help build test ctest cross cross-system wheel demo bench lint mutants clean \
+        sdist man completion deb test-deb test-packaging

@@ -1,0 +1,58 @@
+"""Writes bash and zsh completion for vmsnap, generated from its parser.
+
+usage: python tools/completion.py OUTDIR
+       -> OUTDIR/vmsnap (bash-completion) and OUTDIR/_vmsnap (zsh, for fpath)
+
+Run at build time (make completion, the Debian package): shtab is a build
+tool here, vmsnap itself does not depend on it.  The parser is read from the
+source tree (vmsnap_native.cli.build_parser), so the completion always has
+the options of the vmsnap it ships with.
+"""
+
+import argparse
+import os
+import sys
+
+import shtab
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "src"))
+
+from vmsnap_native import agents  # noqa: E402
+from vmsnap_native.cli import build_parser  # noqa: E402
+
+# what each option's value is, for the shell to offer the right words
+FILES = {"--config", "--log-file", "--metrics-file"}
+DIRECTORIES = {"--mount"}
+
+
+def _annotate(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _annotate(sub)
+        elif FILES.intersection(action.option_strings):
+            action.complete = shtab.FILE
+        elif DIRECTORIES.intersection(action.option_strings):
+            action.complete = shtab.DIRECTORY
+        elif action.dest == "agent":
+            action.choices = list(agents.AGENTS)
+
+
+def main(argv) -> int:
+    if len(argv) != 2:
+        sys.stderr.write(__doc__)
+        return 2
+    out = argv[1]
+    os.makedirs(out, exist_ok=True)
+    parser = build_parser()
+    _annotate(parser)
+    for shell, name in (("bash", "vmsnap"), ("zsh", "_vmsnap")):
+        text = shtab.complete(parser, shell=shell)
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
