@@ -13,7 +13,16 @@ import time
 import pytest
 
 from .conftest import frozen_state, root_only
-from .helpers import codes, run_json, setup_scripts, vmsnap, write_config, write_script
+from .helpers import (
+    codes,
+    outliving_step,
+    run_json,
+    setup_scripts,
+    thawed_while_the_step_ran,
+    vmsnap,
+    write_config,
+    write_script,
+)
 
 pytestmark = root_only
 
@@ -217,12 +226,15 @@ def test_freeze_deadline_during_snapshot_is_122(tmp_path, loopfs):
     (m,) = loopfs.make(1)
     cfg = setup_scripts(tmp_path, post=marker(tmp_path, "post-ran"))
     t0 = time.monotonic()
-    rc, res, _ = run_json(tmp_path, cfg, [m], snapshot=["sleep", "30"],
+    # the step ignores SIGTERM and runs on past the deadline: the guardian thaws
+    # at the deadline, while it still runs, not once the controller has stopped it
+    rc, res, _ = run_json(tmp_path, cfg, [m], snapshot=["sh", "-c", outliving_step(tmp_path, m)],
                           extra=["--freeze-timeout", "1"])
     assert time.monotonic() - t0 < 10
     assert rc == 1 and res["status"] == "failed" and res["consistency"] is None
     assert "FsFreezeTimeout" in codes(res)
     assert res["freeze"]["deadline_hit"] is True and res["snapshot"]["timed_out"] is True
+    assert thawed_while_the_step_ran(tmp_path) > 0.5
     assert (tmp_path / "post-ran").exists()
     assert not frozen_state(m)
     check_errors(res)
