@@ -18,7 +18,7 @@ import pytest
 import vmsnap_native
 from vmsnap_native import process
 
-from .conftest import frozen_state, root_only, thawed_soon
+from .conftest import descendants, frozen_state, root_only, thawed_soon
 from .helpers import setup_scripts, write_script
 
 pytestmark = root_only
@@ -255,22 +255,63 @@ def test_resume_command_runs_thaw_hooks_and_the_post_script(tmp_path):
     assert "InsufficientPermissionforPost-Script" in log.read_text()
 
 
-@pytest.mark.skipif(not hasattr(process, "set_resume_command"),
-                    reason="needs the containment branch (process.set_resume_command)")
+def frozen_or_thawed(mount):
+    """Shell words that print `frozen` or `thawed`: what the kernel says of MOUNT
+    (FIFREEZE on a frozen filesystem fails with EBUSY; if it was thawed, thaw again)."""
+    return ("$(if fsfreeze -f %s 2>/dev/null; then fsfreeze -u %s; echo thawed; "
+            "else echo frozen; fi)" % (mount, mount))
+
+
+def guardian_of(pid):
+    """The pid of the freeze guardian among the descendants of PID."""
+    for child in descendants(pid):
+        try:
+            with open("/proc/%d/comm" % child) as f:
+                if f.read().strip() == "vmsnap-guardian":
+                    return child
+        except OSError:
+            pass
+    raise AssertionError("no guardian below pid %d" % pid)
+
+
 def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, loopfs):
+    """After a SIGKILL the reaper runs the thaw hooks and the post-script once the
+    guardian has thawed and exited, never before: the guardian is held stopped
+    (SIGSTOP) past the SIGKILL, so nothing has thawed; the hook and the
+    post-script may run only after its SIGCONT, and each notes what the kernel
+    says of the filesystem when it runs."""
     (m,) = loopfs.make(1)
-    cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"), timeoutInSeconds=10)
+    calls, post_ran = tmp_path / "hook-calls", tmp_path / "post-ran"
+    d = tmp_path / "hooks"
+    d.mkdir(mode=0o755)
+    write_script(d / "10-app", 'if [ "$1" = thaw ]; then echo "thaw %s" >> %s; '
+                 'else echo "$1" >> %s; fi' % (frozen_or_thawed(m), calls, calls))
+    cfg = setup_scripts(tmp_path, post="echo %s > %s" % (frozen_or_thawed(m), post_ran),
+                        timeoutInSeconds=10, hooksDirectory=str(d))
     proc = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", wait_in_step(tmp_path, "snap")],
                      extra=["--freeze-timeout", "30"])
     wait_for(tmp_path / "snap")
-    proc.kill()
-    proc.communicate(timeout=30)
+    guardian = guardian_of(proc.pid)
+    os.kill(guardian, signal.SIGSTOP)
+    try:
+        proc.kill()
+        proc.communicate(timeout=30)
+        time.sleep(2.0)   # time enough for a reaper that does not wait to run the resume
+        assert frozen_state(m), "thawed with the guardian stopped"
+        assert not post_ran.exists(), "the post-script ran before the guardian had thawed"
+        assert calls.read_text().split() == ["freeze"], "a thaw hook ran before the thaw"
+    finally:
+        os.kill(guardian, signal.SIGCONT)
     assert thawed_soon([m], timeout=10)
-    wait_for(tmp_path / "post-ran", timeout=30)
+    wait_for(post_ran, timeout=30)
     end = time.monotonic() + 30   # the line comes once the post-script has returned
     while "resume: post-script done" not in (tmp_path / "vmsnap.log").read_text():
         assert time.monotonic() < end, (tmp_path / "vmsnap.log").read_text()
         time.sleep(0.05)
+    assert post_ran.read_text().split() == ["thawed"]
+    assert calls.read_text().split() == ["freeze", "thaw", "thawed"], \
+        "the resume must run the thaw hook, after the thaw"
+    assert "resume: hook 10-app thaw done" in (tmp_path / "vmsnap.log").read_text()
 
 
 def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, monkeypatch):
