@@ -99,3 +99,11 @@ def thawed_while_the_step_ran(tmp_path) -> float:
     assert thawed_at < last_beat, \
         "thawed %.2f s after the step's last beat: not at the deadline" % (thawed_at - last_beat)
     return last_beat - thawed_at
+
+
+def frozen_or_thawed(mount):
+    """Shell words that print `frozen` or `thawed`, what the kernel says of MOUNT
+    now (FIFREEZE on a frozen filesystem fails with EBUSY; a thawed one is
+    frozen and thawed again at once).  For scripts and steps of a run."""
+    return ("$(if fsfreeze -f %s 2>/dev/null; then fsfreeze -u %s; echo thawed; "
+            "else echo frozen; fi)" % (mount, mount))

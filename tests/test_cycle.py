@@ -15,6 +15,7 @@ import pytest
 from .conftest import frozen_state, root_only
 from .helpers import (
     codes,
+    frozen_or_thawed,
     outliving_step,
     run_json,
     setup_scripts,
@@ -367,13 +368,17 @@ def shut_down(mountpoint):
 def test_freeze_failure_is_121_everything_thawed_crash_consistent(tmp_path, loopfs):
     good, bad = loopfs.make(2)
     shut_down(bad)
-    cfg = setup_scripts(tmp_path)
-    rc, res, _ = run_json(tmp_path, cfg, [good, bad], snapshot=["touch", str(tmp_path / "snap")])
+    # the step and the post-script note what the kernel says of the good one as they run:
+    # thawed at once when the other failed, not at the end of the run
+    cfg = setup_scripts(tmp_path, post="echo %s > %s" % (frozen_or_thawed(good), tmp_path / "post"))
+    rc, res, _ = run_json(tmp_path, cfg, [good, bad], snapshot=[
+        "sh", "-c", "echo %s > %s" % (frozen_or_thawed(good), tmp_path / "snap")])
     assert codes(res) == ["FsFreezeFailed"] and bad in res["errors"][0]["message"]
     assert "EIO" in res["errors"][0]["message"]
     assert res["consistency"] == "crash" and res["status"] == "degraded" and rc == 3
-    assert (tmp_path / "snap").exists()
-    assert not frozen_state(good)
+    assert (tmp_path / "snap").read_text().split() == ["thawed"], "frozen during the snapshot"
+    assert (tmp_path / "post").read_text().split() == ["thawed"]
+    assert res["freeze"]["mounts"] and not frozen_state(good)
     check_errors(res)
 
 

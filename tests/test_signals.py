@@ -19,7 +19,7 @@ import vmsnap_native
 from vmsnap_native import process
 
 from .conftest import descendants, frozen_state, root_only, thawed_soon
-from .helpers import setup_scripts, write_script
+from .helpers import frozen_or_thawed, setup_scripts, write_script
 
 pytestmark = root_only
 
@@ -253,13 +253,6 @@ def test_resume_command_runs_thaw_hooks_and_the_post_script(tmp_path):
                        timeout=60)
     assert p.returncode == 1 and not (tmp_path / "post-ran").exists()
     assert "InsufficientPermissionforPost-Script" in log.read_text()
-
-
-def frozen_or_thawed(mount):
-    """Shell words that print `frozen` or `thawed`: what the kernel says of MOUNT
-    (FIFREEZE on a frozen filesystem fails with EBUSY; if it was thawed, thaw again)."""
-    return ("$(if fsfreeze -f %s 2>/dev/null; then fsfreeze -u %s; echo thawed; "
-            "else echo frozen; fi)" % (mount, mount))
 
 
 def guardian_of(pid):
