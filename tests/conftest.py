@@ -16,7 +16,9 @@ from vmsnap_native.devtools import loopfs as loopfs_mod
 
 try:   # `make mutants` runs the tests once per mutant: fewer examples each time
     from hypothesis import settings as _hyp_settings
-    _hyp_settings.register_profile("mutants", max_examples=25, deadline=None)
+    # derandomized: the same examples for every mutant, so a kill does not depend on luck
+    _hyp_settings.register_profile("mutants", max_examples=25, deadline=None,
+                                   derandomize=True, database=None)
     if os.environ.get("VMSNAP_HYPOTHESIS_PROFILE"):
         _hyp_settings.load_profile(os.environ["VMSNAP_HYPOTHESIS_PROFILE"])
 except ImportError:
