@@ -107,3 +107,21 @@ def frozen_or_thawed(mount):
     frozen and thawed again at once).  For scripts and steps of a run."""
     return ("$(if fsfreeze -f %s 2>/dev/null; then fsfreeze -u %s; echo thawed; "
             "else echo frozen; fi)" % (mount, mount))
+
+
+def guardian_of(pid):
+    """The pid of the freeze guardian among the descendants of PID."""
+    return helper_below(pid, "vmsnap-guardian")
+
+
+def helper_below(pid, comm):
+    """The pid of the first process named COMM among the descendants of PID."""
+    from .conftest import descendants
+    for child in descendants(pid):
+        try:
+            with open("/proc/%d/comm" % child) as f:
+                if f.read().strip() == comm:
+                    return child
+        except OSError:
+            pass
+    raise AssertionError("no %s below pid %d" % (comm, pid))

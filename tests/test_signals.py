@@ -18,8 +18,8 @@ import pytest
 import vmsnap_native
 from vmsnap_native import process
 
-from .conftest import descendants, frozen_state, root_only, thawed_soon
-from .helpers import frozen_or_thawed, setup_scripts, write_script
+from .conftest import frozen_state, root_only, thawed_soon
+from .helpers import frozen_or_thawed, guardian_of, setup_scripts, write_script
 
 pytestmark = root_only
 
@@ -253,18 +253,6 @@ def test_resume_command_runs_thaw_hooks_and_the_post_script(tmp_path):
                        timeout=60)
     assert p.returncode == 1 and not (tmp_path / "post-ran").exists()
     assert "InsufficientPermissionforPost-Script" in log.read_text()
-
-
-def guardian_of(pid):
-    """The pid of the freeze guardian among the descendants of PID."""
-    for child in descendants(pid):
-        try:
-            with open("/proc/%d/comm" % child) as f:
-                if f.read().strip() == "vmsnap-guardian":
-                    return child
-        except OSError:
-            pass
-    raise AssertionError("no guardian below pid %d" % pid)
 
 
 def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, loopfs):
