@@ -67,6 +67,15 @@ def alive(pid):
         return False
 
 
+def gone_soon(pid, timeout=5.0):
+    end = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def hook(tmp_path, log):
     """A hook that notes its calls in LOG."""
     d = tmp_path / "hooks"
@@ -122,7 +131,8 @@ def test_signal_during_the_pre_script_stops_it_and_runs_the_post_script(tmp_path
     rc, res, err = finish(proc)
     assert time.monotonic() - t0 < 20, "the pre-script was waited for"
     assert rc == 1 and res["status"] == "failed" and codes(res) == ["Interrupted"], err
-    assert not alive(int((tmp_path / "pre.pid").read_text()))
+    # killed: gone within moments (SIGKILL's delivery is not instant on a loaded machine)
+    assert gone_soon(int((tmp_path / "pre.pid").read_text())), "the pre-script outlived the run"
     assert (tmp_path / "post-ran").exists()
     assert not (tmp_path / "snap").exists() and res["freeze"]["mounts"] == []
     assert not frozen_state(m)
