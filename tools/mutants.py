@@ -80,7 +80,7 @@ class Worker:
         self.dir = os.path.join(WORK, "w%d" % k)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
-        for name in ("src", "tests"):
+        for name in ("src", "tests", "contrib", "examples"):   # what the tests read
             shutil.copytree(os.path.join(ROOT, name), os.path.join(self.dir, name),
                             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         shutil.copy(os.path.join(ROOT, "pyproject.toml"), self.dir)
