@@ -92,7 +92,7 @@ def mutants_of(path: str) -> list:
             continue
         code, _ = code_part(line)
 
-        def add(kind, start, end, new):
+        def add(kind, start, end, new, idx=idx, line=line):
             out.append((path, idx, kind, line, line[:start] + new + line[end:]))
 
         for m in REL_RE.finditer(code):

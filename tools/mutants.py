@@ -170,7 +170,7 @@ def main() -> int:
     workers = [Worker(k) for k in range(max(1, args.jobs))]
     # the clean runs: each module's tests pass unmutated, and say how long they take
     limits = {}
-    for stem, rel, source, ids, tests, total in plan:
+    for stem, rel, _source, _ids, tests, _total in plan:
         rc, took = workers[0].pytest(tests, 1800)
         if rc != 0:
             problems.append("%s: its tests fail without a mutant (exit %s): %s"
@@ -200,7 +200,7 @@ def main() -> int:
     os.makedirs(WORK, exist_ok=True)
     tot = {"killed": 0, "timeout": 0, "survived": 0, "n": 0}
     lines = []
-    for stem, rel, source, ids, tests, total in plan:
+    for stem, rel, source, ids, _tests, total in plan:
         got = [results[(stem, mid)] for mid in ids]
         errors = [g for g in got if g.startswith("error")]
         if errors:

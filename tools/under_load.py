@@ -11,7 +11,6 @@ time and, last, ``under load: R of R runs passed with H hogs in S s``.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
