@@ -152,7 +152,19 @@ class Worker:
         self.so = os.path.join(self.dir, "src", "vmsnap_native", "_vmsnap_core" +
                                sysconfig.get_config_var("EXT_SUFFIX"))
         self.env = dict(os.environ, PYTHONPATH=os.path.join(self.dir, "src"),
-                        PYTHONDONTWRITEBYTECODE="1")
+                        PYTHONDONTWRITEBYTECODE="1", VMSNAP_CMUTANTS_WORKER=self.dir)
+
+    def sweep(self):
+        """SIGKILLs what a mutant left running outside its process group (a guardian
+        or reaper calls setsid): every process that carries this worker's mark."""
+        mark = ("VMSNAP_CMUTANTS_WORKER=%s" % self.dir).encode()
+        for d in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/environ" % d, "rb") as f:
+                    if mark in f.read().split(b"\0"):
+                        os.kill(int(d), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
 
     def run(self, argv, timeout) -> object:
         """Exit status, or None past TIMEOUT (SIGINT first, then SIGKILL)."""
@@ -204,6 +216,7 @@ class Worker:
                 return "timeout"
             return "survived" if rc == 0 else "killed"
         finally:
+            self.sweep()
             with open(target, "w") as f:
                 f.write(source)
 
