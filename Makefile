@@ -32,13 +32,33 @@ test: build ## run the whole test suite (as root it first installs the system pa
 	sh tools/install-test-deps.sh
 	$(PY) -m pytest -q -ra tests
 
-# the modules under mutation; the lead adds the decision module here
-MUTATE ?= src/vmsnap_native/policy.py src/vmsnap_native/config.py src/vmsnap_native/decide.py
-# the fast unit tests each mutant is judged by (no root, no loop devices)
-MUTANT_TESTS ?= tests/test_policy.py tests/test_policy_exact.py tests/test_config.py tests/test_config_exact.py tests/test_decide.py
-mutants: build ## mutation testing of MUTATE against MUTANT_TESTS; last line: mutants: K killed of N (P%)
+# the modules under mutation; each mutant is judged by its own module's tests
+# first (tools/mutants.py MODULE_TESTS), then by MUTANT_TESTS
+MUTATE ?= src/vmsnap_native/policy.py src/vmsnap_native/config.py src/vmsnap_native/decide.py \
+          src/vmsnap_native/metrics.py src/vmsnap_native/held.py src/vmsnap_native/cycle.py \
+          src/vmsnap_native/plan.py
+MUTANT_TESTS ?= tests/test_policy.py tests/test_policy_exact.py tests/test_config.py \
+                tests/test_config_exact.py tests/test_decide.py
+# the modules judged by root tests on loop filesystems (a minute a mutant): a seeded sample
+MUTANTS_SAMPLE ?= held:30 cycle:30 plan:30
+MUTANTS_JOBS ?= 2
+mutants: build ## mutation testing of MUTATE; last line: mutants: K killed of N (P%), T timeouts, S survived
 	$(PIP) install -q 'mutmut>=2.4,<3'
-	$(PY) tools/mutants.py --modules "$(MUTATE)" --tests "$(MUTANT_TESTS)"
+	$(PY) tools/mutants.py --modules "$(MUTATE)" --tests "$(MUTANT_TESTS)" \
+	    --jobs $(MUTANTS_JOBS) --sample "$(MUTANTS_SAMPLE)"
+
+# the C core's mutants (tools/cmutants.py), judged by the C tests and the core's Python tests
+CMUTANTS_SAMPLE ?= 60
+cmutants: build ## mutation testing of csrc/ (a seeded sample); last line: cmutants: K killed of N ...
+	$(PY) tools/cmutants.py --jobs $(MUTANTS_JOBS) --sample $(CMUTANTS_SAMPLE)
+
+# the timing-sensitive test files, run 5 times in a row beside two CPU hogs
+UNDER_LOAD_TESTS ?= tests/test_jit_freeze.py tests/test_freeze.py tests/test_thaw_paths.py \
+                    tests/test_signals.py tests/test_faults.py tests/test_containment.py
+# not the RCU benchmark: it compares two timings of a global sysctl (`make bench` measures it)
+UNDER_LOAD_DESELECT ?= not test_expedited_freeze_of_idle_filesystems_is_fast
+test-under-load: build ## the timing-sensitive tests 5 times in a row beside two CPU hogs (root)
+	$(PY) tools/under_load.py --runs 5 --hogs 2 -- -k "$(UNDER_LOAD_DESELECT)" $(UNDER_LOAD_TESTS)
 
 include mk/fleet.mk
 

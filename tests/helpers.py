@@ -70,3 +70,58 @@ def run_json(tmp_path, config, mounts, snapshot=(), extra=(), env=None, timeout=
 
 def codes(res):
     return [e["code"] for e in res["errors"]]
+
+
+def outliving_step(tmp_path, mount):
+    """A snapshot step (sh -c) that outlives the freeze deadline: it notes
+    when SIGTERM came (TMP/term) and beats every 20 ms (TMP/beats) until the
+    SIGKILL.  Inside the freeze window it starts a writer to MOUNT that blocks
+    while MOUNT is frozen and notes when its write went through
+    (TMP/probe-done): the moment of the thaw, seen from the step's side."""
+    return ("trap 'date +%%s.%%N >> %(t)s/term' TERM; echo $$ > %(t)s/pid; "
+            "(trap '' TERM; echo x > %(m)s/.thaw-probe && date +%%s.%%N > %(t)s/probe-done) & "
+            "while :; do date +%%s.%%N >> %(t)s/beats; sleep 0.02; done"
+            % {"t": tmp_path, "m": mount})
+
+
+def thawed_while_the_step_ran(tmp_path) -> float:
+    """For outliving_step: asserts the write to the frozen filesystem went
+    through while the step was still running (the guardian thawed at the
+    deadline, not once the controller had stopped the step); returns how
+    long before the step's last beat it did."""
+    done = os.path.join(str(tmp_path), "probe-done")
+    with open(os.path.join(str(tmp_path), "beats")) as f:
+        last_beat = float(f.read().split()[-1])
+    assert os.path.exists(done), \
+        "the filesystem was still frozen when the step was killed (no write went through)"
+    with open(done) as f:
+        thawed_at = float(f.read().split()[0])
+    assert thawed_at < last_beat, \
+        "thawed %.2f s after the step's last beat: not at the deadline" % (thawed_at - last_beat)
+    return last_beat - thawed_at
+
+
+def frozen_or_thawed(mount):
+    """Shell words that print `frozen` or `thawed`, what the kernel says of MOUNT
+    now (FIFREEZE on a frozen filesystem fails with EBUSY; a thawed one is
+    frozen and thawed again at once).  For scripts and steps of a run."""
+    return ("$(if fsfreeze -f %s 2>/dev/null; then fsfreeze -u %s; echo thawed; "
+            "else echo frozen; fi)" % (mount, mount))
+
+
+def guardian_of(pid):
+    """The pid of the freeze guardian among the descendants of PID."""
+    return helper_below(pid, "vmsnap-guardian")
+
+
+def helper_below(pid, comm):
+    """The pid of the first process named COMM among the descendants of PID."""
+    from .conftest import descendants
+    for child in descendants(pid):
+        try:
+            with open("/proc/%d/comm" % child) as f:
+                if f.read().strip() == comm:
+                    return child
+        except OSError:
+            pass
+    raise AssertionError("no %s below pid %d" % (comm, pid))

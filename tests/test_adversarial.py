@@ -20,7 +20,7 @@ from vmsnap_native import policy
 from vmsnap_native.process import clean_environment, run_process
 
 from .conftest import frozen_state, root_only, thawed_soon
-from .helpers import codes, run_json, setup_scripts, write_script
+from .helpers import codes, helper_below, run_json, setup_scripts, write_script
 from .test_signals import start_run, wait_for
 
 pytestmark = root_only
@@ -253,26 +253,63 @@ def test_a_killed_runs_resume_never_releases_the_next_runs_quiesce(tmp_path, loo
     """vmsnap is SIGKILLed mid-snapshot and run again at once (a retry): the
     first run's resume command (its post-script) must not resume the
     application in the middle of the second run's snapshot, which would then
-    say application-consistent."""
+    say application-consistent.  The order is arranged, not hoped for: the
+    first run's reaper is held stopped until the second run is in its
+    snapshot; its resume command starts then, and must wait for the run lock."""
     (m,) = loopfs.make(1)
-    paused, events = tmp_path / "app-paused", tmp_path / "events"
+    paused, events, go = tmp_path / "app-paused", tmp_path / "events", tmp_path / "go"
     cfg = setup_scripts(tmp_path, pre="touch %s; echo pre >> %s" % (paused, events),
                         post="sleep 0.5; rm -f %s; echo post >> %s" % (paused, events))
     first = start_run(tmp_path, cfg, [m],
                       snapshot=["sh", "-c", "touch %s; sleep 30" % (tmp_path / "snap1")])
     wait_for(tmp_path / "snap1")
-    first.kill()
-    first.communicate(timeout=30)
-    check = "sleep 2; [ -e %s ] && echo still-paused || echo resumed-mid-snapshot" % paused
-    second = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", check])
+    reaper = helper_below(first.pid, "vmsnap-reaper")
+    os.kill(reaper, signal.SIGSTOP)
+    try:
+        first.kill()
+        first.communicate(timeout=30)
+        assert thawed_soon([m], timeout=10)   # the guardian's thaw; it exits
+        # the second run's step: once the first run's resume command has started,
+        # 2 s for its post-script (0.5 s) to release the application
+        check = ("touch %s; while [ ! -e %s ]; do sleep 0.02; done; sleep 2; "
+                 "[ -e %s ] && echo still-paused || echo resumed-mid-snapshot"
+                 % (tmp_path / "snap2", go, paused))
+        second = start_run(tmp_path, cfg, [m], snapshot=["sh", "-c", check])
+        wait_for(tmp_path / "snap2")
+    finally:
+        os.kill(reaper, signal.SIGCONT)
+    try:
+        end = time.monotonic() + 30
+        while not resume_started(tmp_path / "run"):
+            assert time.monotonic() < end, "the first run's resume command never started"
+            time.sleep(0.01)
+    finally:
+        go.touch()
     out, err = second.communicate(timeout=60)
     res = json.loads(out)
-    if codes(res) != ["AnotherRunInProgress"]:   # else: the resume held the lock first
-        assert res["snapshot"]["output"] == "still-paused\n", (res, err)
-    end = time.monotonic() + 30   # and the first run's post-script does run
-    while events.read_text().count("post") < (1 if codes(res) else 2):
+    assert codes(res) == [] and res["status"] == "success", (res, err)
+    assert res["snapshot"]["output"] == "still-paused\n", (res, err)
+    end = time.monotonic() + 30   # and the first run's post-script does run, after
+    while events.read_text().split() != ["pre", "pre", "post", "post"]:
         assert time.monotonic() < end, events.read_text()
         time.sleep(0.1)
+
+
+def resume_started(runtime) -> bool:
+    """Whether a resume command of the run with runtime directory RUNTIME is alive
+    (the reaper forks it off and exits: it is init's, found by its environment)."""
+    mark = b"VMSNAP_RUNTIME_DIR=%s" % os.fsencode(str(runtime))
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                if b"vmsnap_native._resume" not in f.read():
+                    continue
+            with open("/proc/%s/environ" % d, "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 @pytest.mark.ci_optional   # a container may forbid -1000 even to root: a fact of the host

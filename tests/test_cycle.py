@@ -13,7 +13,17 @@ import time
 import pytest
 
 from .conftest import frozen_state, root_only
-from .helpers import codes, run_json, setup_scripts, vmsnap, write_config, write_script
+from .helpers import (
+    codes,
+    frozen_or_thawed,
+    outliving_step,
+    run_json,
+    setup_scripts,
+    thawed_while_the_step_ran,
+    vmsnap,
+    write_config,
+    write_script,
+)
 
 pytestmark = root_only
 
@@ -218,12 +228,15 @@ def test_freeze_deadline_during_snapshot_is_122(tmp_path, loopfs):
     (m,) = loopfs.make(1)
     cfg = setup_scripts(tmp_path, post=marker(tmp_path, "post-ran"))
     t0 = time.monotonic()
-    rc, res, _ = run_json(tmp_path, cfg, [m], snapshot=["sleep", "30"],
+    # the step ignores SIGTERM and runs on past the deadline: the guardian thaws
+    # at the deadline, while it still runs, not once the controller has stopped it
+    rc, res, _ = run_json(tmp_path, cfg, [m], snapshot=["sh", "-c", outliving_step(tmp_path, m)],
                           extra=["--freeze-timeout", "1"])
     assert time.monotonic() - t0 < 10
     assert rc == 1 and res["status"] == "failed" and res["consistency"] is None
     assert "FsFreezeTimeout" in codes(res)
     assert res["freeze"]["deadline_hit"] is True and res["snapshot"]["timed_out"] is True
+    assert thawed_while_the_step_ran(tmp_path) > 0.5
     assert (tmp_path / "post-ran").exists()
     assert not frozen_state(m)
     check_errors(res)
@@ -356,13 +369,17 @@ def shut_down(mountpoint):
 def test_freeze_failure_is_121_everything_thawed_crash_consistent(tmp_path, loopfs):
     good, bad = loopfs.make(2)
     shut_down(bad)
-    cfg = setup_scripts(tmp_path)
-    rc, res, _ = run_json(tmp_path, cfg, [good, bad], snapshot=["touch", str(tmp_path / "snap")])
+    # the step and the post-script note what the kernel says of the good one as they run:
+    # thawed at once when the other failed, not at the end of the run
+    cfg = setup_scripts(tmp_path, post="echo %s > %s" % (frozen_or_thawed(good), tmp_path / "post"))
+    rc, res, _ = run_json(tmp_path, cfg, [good, bad], snapshot=[
+        "sh", "-c", "echo %s > %s" % (frozen_or_thawed(good), tmp_path / "snap")])
     assert codes(res) == ["FsFreezeFailed"] and bad in res["errors"][0]["message"]
     assert "EIO" in res["errors"][0]["message"]
     assert res["consistency"] == "crash" and res["status"] == "degraded" and rc == 3
-    assert (tmp_path / "snap").exists()
-    assert not frozen_state(good)
+    assert (tmp_path / "snap").read_text().split() == ["thawed"], "frozen during the snapshot"
+    assert (tmp_path / "post").read_text().split() == ["thawed"]
+    assert res["freeze"]["mounts"] and not frozen_state(good)
     check_errors(res)
 
 

@@ -162,6 +162,28 @@ def test_quiesce_lost_lowers_application_to_filesystem():
                                                    ["Post-ScriptExecutionFailed"])
 
 
+def test_a_hook_thaw_reporting_quiesce_lost_lowers_application_to_filesystem():
+    for hooks_only in (False, True):
+        o = ran(hooks_configured=True,
+                hook_freeze=[StepFact("pre", decide.OK, "hook a freeze")],
+                hook_thaw=[StepFact("post", decide.OK, "hook b thaw"),
+                           StepFact("post", decide.QUIESCE_LOST, "hook a thaw", "exit 10")])
+        if hooks_only:
+            o.pre, o.post = pre(decide.NOT_CONFIGURED), post(decide.NOT_NEEDED)
+        v = decide.decide(o, KEEP_GOING)
+        assert (v.status, v.consistency) == ("degraded", "filesystem"), v
+        assert codes(v) == ["Post-ScriptExecutionFailed"]
+        assert "hook a thaw" in v.errors[0].message
+
+
+def test_an_outcome_is_one_disk_unless_told():
+    # one disk: a snapshot even after a failed pre-script under a strict policy
+    o = Outcome(pre=pre(decide.FAILED), post=post(decide.OK), freeze=decide.FROZEN)
+    assert o.one_disk is True and decide.take_snapshot(o, STRICT)
+    o.one_disk = False
+    assert not decide.take_snapshot(o, STRICT)
+
+
 def test_hooks_alone_quiesce_the_application():
     o = Outcome(hooks_configured=True, hook_freeze=[StepFact("pre", decide.OK, "hook a freeze")],
                 freeze=decide.FROZEN, snapshot=decide.TAKEN)

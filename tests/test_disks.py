@@ -160,16 +160,22 @@ def test_device_mapper_resolves_to_the_disks_under_it(block):
         pytest.skip(why)
     first = block.loop(block.image("d1.img", 40))
     second = block.loop(block.image("d2.img", 40))
-    sectors = 40 * MiB // 512
-    # one linear device over a single disk, one concatenating both
-    run("dmsetup", "create", "vmsnap-test-one", "--table", "0 %d linear %s 0" % (sectors, first))
+    half, whole = 20 * MiB // 512, 40 * MiB // 512
+    # one linear device over the first half of the first disk; one concatenating the
+    # second half of the first disk and the whole second disk
+    run("dmsetup", "create", "vmsnap-test-one", "--table", "0 %d linear %s 0" % (half, first))
     block.dm.append("vmsnap-test-one")
     run("dmsetup", "create", "vmsnap-test-two", "--table",
-        "0 %d linear %s 0\n%d %d linear %s 0" % (sectors, second, sectors, sectors, second))
+        "0 %d linear %s %d\n%d %d linear %s 0" % (half, first, half, half, whole, second))
     block.dm.append("vmsnap-test-two")
     one_mnt = block.mount("/dev/mapper/vmsnap-test-one")
+    two_mnt = block.mount("/dev/mapper/vmsnap-test-two")
     one, found = disks_of_mounts(one_mnt)
     assert one is True and found == [os.path.basename(first)]
+    one, found = disks_of_mounts(two_mnt)
+    assert one is False and sorted(found) == sorted(os.path.basename(d) for d in (first, second))
+    one, found = disks_of_mounts(one_mnt, two_mnt)
+    assert one is False and sorted(found) == sorted(os.path.basename(d) for d in (first, second))
 
 
 # -- the same rules on a synthetic sysfs tree (no root needed) -----------------------

@@ -28,7 +28,14 @@ from .conftest import (
     set_child_subreaper,
     thawed_soon,
 )
-from .helpers import codes, run_json, setup_scripts, vmsnap
+from .helpers import (
+    codes,
+    outliving_step,
+    run_json,
+    setup_scripts,
+    thawed_while_the_step_ran,
+    vmsnap,
+)
 
 pytestmark = root_only
 
@@ -293,19 +300,20 @@ def test_guardian_and_controller_killed_vmsnap_thaw_recovers(tmp_path, loopfs):
 def test_snapshot_ignoring_sigterm_is_killed_at_the_deadline(tmp_path, loopfs):
     # TERM at the freeze deadline, KILL 1 s later (SNAPSHOT_GRACE): the step
     # records when TERM came and beats until it dies
+    # records when TERM came, beats until it dies, and has a writer blocked on the frozen
+    # filesystem: the guardian thaws at the deadline while the step still runs
     (m,) = loopfs.make(1)
     pidf, term, beats = tmp_path / "pid", tmp_path / "term", tmp_path / "beats"
-    step = ("trap 'date +%%s.%%N >> %s' TERM; echo $$ > %s; "
-            "while :; do date +%%s.%%N >> %s; sleep 0.02; done" % (term, pidf, beats))
     t0 = time.monotonic()
     rc, res, _ = run_json(tmp_path, tmp_path / "none", [m], extra=["--freeze-timeout", "1"],
-                          snapshot=["sh", "-c", step])
+                          snapshot=["sh", "-c", outliving_step(tmp_path, m)])
     assert time.monotonic() - t0 < 10
     assert rc == 1 and "FsFreezeTimeout" in codes(res)
     assert res["snapshot"]["timed_out"] is True and res["snapshot"]["signal"] == 9, res["snapshot"]
     term_at = float(term.read_text().split()[0])
     last_beat = float(beats.read_text().split()[-1])
     assert 0.7 < last_beat - term_at < 3.0, "KILL %.2f s after TERM" % (last_beat - term_at)
+    assert thawed_while_the_step_ran(tmp_path) > 0.5
     assert not alive(int(pidf.read_text())) and not frozen_state(m)
 
 

@@ -229,6 +229,8 @@ def raced(user, path, marker, *attack) -> tuple:
         tries, done = attacker.stop()
     assert not marker.exists(), "root ran the attacker's file: %s" % dict(outcomes)
     assert tries >= MIN_SWAPS, "the attacker made only %d attempts" % tries
+    attempts = sum(outcomes.values())
+    assert attempts >= MIN_ATTEMPTS, "only %d checks of %d" % (attempts, MIN_ATTEMPTS)
     return outcomes, done
 
 

@@ -207,6 +207,9 @@ def test_thawed_early_names_the_cause(loopfs):
     with vmsnap.freeze_filesystems([mnt], timeout=0.5) as s:
         assert wait_for(lambda: s.thawed_early() is not None)
         assert s.thawed_early() == "deadline"
+        # thawed by the guardian at the deadline, with the session still open
+        assert wait_for(lambda: not frozen_state(mnt), timeout=2.0), \
+            "still frozen past the deadline: nobody but the controller thaws"
     with vmsnap.freeze_filesystems([mnt], timeout=30) as s:
         os.kill(s.guardian_pid, signal.SIGKILL)
         assert wait_for(lambda: s.thawed_early() == "guardian died"), s.thawed_early()

@@ -1,65 +1,238 @@
-"""Mutation testing for `make mutants` (mutmut 2.x).
+"""Mutation testing for `make mutants`: mutmut 2.x's mutation operators,
+driven here so that the count is honest.
 
-    python tools/mutants.py --modules "src/a.py src/b.py" --tests "tests/test_a.py ..."
+    python tools/mutants.py --modules "src/vmsnap_native/policy.py ..." \
+        [--tests "tests/test_x.py ..."] [--jobs 2] [--sample "cycle:40 ..."] \
+        [--min 85 --min-module 80]
 
-Each module is mutated in place, one mutant at a time, and judged by the
-given fast tests (pytest -x: the first failure kills the mutant); the file
-is restored afterwards.  Prints the survivors, per module, then as its last
-line: ``mutants: K killed of N (P%)``.  Timeouts count as killed (the
-mutant hung the tests), as mutmut counts them.
+Each module's mutants are judged by that module's own tests first (the
+MODULE_TESTS table), then by the --tests given for every module; pytest
+-x stops at the first failure.  The work is shared by --jobs workers, each
+in its own scratch copy of src/ and tests/ under build/mutants/ (the
+checkout itself is never touched), with PYTHONPATH pointing at the copy.
+
+A mutant is *killed* when the tests fail, *survived* when they pass, a
+*timeout* when they run past 3x the clean run (plus 10 s): timeouts are not
+counted as killed.  The run fails (exit 1) when a module's clean run fails,
+when a module yields no mutant, when pytest cannot run a mutant's tests
+(no tests collected, usage error), or when the score is below --min (whole
+set) or --min-module (any module).  --sample "MODULE:N" judges N of the
+module's mutants drawn with a fixed seed (its line says "a sample of").
+As root each pytest runs in a private mount namespace with its own /run.  Prints per module
+``module: K killed of N (P%), T timeouts, S survived``, the survivors to
+build/mutants/survivors.txt, and as its last line:
+``mutants: K killed of N (P%), T timeouts, S survived``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-CACHE = ".mutmut-cache"
-KILLED = ("ok_killed", "bad_timeout", "ok_suspicious")
+from mutmut import ALL, Context, list_mutations, mutate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = os.path.join(ROOT, "build", "mutants")
+PKG = "src/vmsnap_native/"
+
+# module -> the tests that judge its mutants first (its own)
+MODULE_TESTS = {
+    "policy": ["tests/test_policy.py", "tests/test_policy_exact.py"],
+    "config": ["tests/test_config.py", "tests/test_config_exact.py"],
+    "decide": ["tests/test_decide.py"],
+    "metrics": ["tests/test_operations.py"],
+    "held": ["tests/test_cli.py"],
+    "cycle": ["tests/test_cycle.py"],
+    "plan": ["tests/test_config.py", "tests/test_policy_exact.py", "tests/test_cycle.py"],
+    "agents": ["tests/test_agents.py"],
+}
+# pytest's exit statuses: 0 passed, 1 failed, 2 collection errors, 4 a conftest
+# that cannot import (the mutant broke the import: killed); 3 (pytest's internal
+# error) and 5 (no tests collected) say nothing about the mutant
+NOT_A_VERDICT = (3, 5)
 
 
-def statuses() -> list:
-    with sqlite3.connect(CACHE) as db:
-        return db.execute(
-            "SELECT SourceFile.filename, Line.line_number, Line.line, Mutant.id, Mutant.status "
-            "FROM Mutant JOIN Line ON Mutant.line = Line.id "
-            "JOIN SourceFile ON Line.sourcefile = SourceFile.id").fetchall()
+def mutants_of(path: str) -> list:
+    with open(path) as f:
+        source = f.read()
+    return list_mutations(Context(source=source, mutation_id=ALL, filename=path))
+
+
+def mutated(path: str, source: str, mid) -> str:
+    ctx = Context(source=source, mutation_id=mid, filename=path)
+    out, n = mutate(ctx)
+    if n != 1:
+        raise RuntimeError("%s: mutant %s applied %d times" % (path, mid, n))
+    return out
+
+
+class Worker:
+    """A scratch copy of the sources and tests, mutated one mutant at a time."""
+
+    def __init__(self, k: int):
+        self.dir = os.path.join(WORK, "w%d" % k)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        for name in ("src", "tests", "contrib", "examples"):   # what the tests read
+            shutil.copytree(os.path.join(ROOT, name), os.path.join(self.dir, name),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copy(os.path.join(ROOT, "pyproject.toml"), self.dir)
+        self.env = dict(os.environ, PYTHONPATH=os.path.join(self.dir, "src"),
+                        VMSNAP_HYPOTHESIS_PROFILE="mutants", PYTHONDONTWRITEBYTECODE="1")
+
+    def pytest(self, tests, timeout: float) -> tuple:
+        """(exit status or None for a timeout, seconds)."""
+        t = time.monotonic()
+        argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                "-p", "no:randomly", *tests]
+        if os.geteuid() == 0 and shutil.which("unshare"):
+            # as root the tests freeze loop filesystems they make: in a private mount
+            # namespace with its own /run, apart from everything else on the machine
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs tmpfs /run && exec "$@"', "sh", *argv]
+        proc = subprocess.Popen(argv,
+                                cwd=self.dir, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # SIGINT first: pytest then runs the fixtures' teardown (loop filesystems
+            # thawed, unmounted, detached); SIGKILL to what is left 10 s later
+            os.kill(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            rc = None
+        return rc, time.monotonic() - t
+
+    def judge(self, rel: str, source: str, mid, tests, timeout: float) -> str:
+        path = os.path.join(self.dir, rel)
+        with open(path, "w") as f:
+            f.write(mutated(rel, source, mid))
+        try:
+            rc, _ = self.pytest(tests, timeout)
+        finally:
+            with open(path, "w") as f:
+                f.write(source)
+        if rc is None:
+            return "timeout"
+        if rc in NOT_A_VERDICT:
+            return "error %d" % rc
+        return "survived" if rc == 0 else "killed"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--modules", required=True, help="space-separated source files to mutate")
-    ap.add_argument("--tests", required=True, help="space-separated test files to judge by")
+    ap.add_argument("--tests", default="", help="tests run for every module, after its own")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sample", default="",
+                    help="'MODULE:N ...': judge N of MODULE's mutants, drawn with a fixed seed")
+    ap.add_argument("--min", type=float, default=0.0, help="the least score over the whole set")
+    ap.add_argument("--min-module", type=float, default=0.0, help="the least score per module")
     args = ap.parse_args()
-    modules, tests = args.modules.split(), args.tests.split()
-    if os.path.exists(CACHE):
-        os.unlink(CACHE)   # a fresh count every time: the code may have changed
-    # fewer hypothesis examples per mutant: the runtime stays bounded
-    env = dict(os.environ, VMSNAP_HYPOTHESIS_PROFILE="mutants")
-    for module in modules:
-        # the module's own tests first: the same tests judge every mutant, but -x stops
-        # at the first failure, so a mutant dies in a second instead of after the rest
-        stem = os.path.splitext(os.path.basename(module))[0]
-        ordered = sorted(tests, key=lambda t: stem not in os.path.basename(t))
-        runner = "%s -m pytest -x -q -p no:cacheprovider -p no:randomly %s" % (
-            sys.executable, " ".join(ordered))
-        subprocess.run([os.path.join(os.path.dirname(sys.executable), "mutmut"), "run",
-                        "--paths-to-mutate", module, "--runner", runner,
-                        "--tests-dir", "tests", "--no-progress"],
-                       env=env, stdout=subprocess.DEVNULL)
-    rows = statuses()
-    killed = [r for r in rows if r[4] in KILLED]
-    survivors = [r for r in rows if r[4] not in KILLED]
-    for filename, line_no, line, mutant_id, status in survivors:
-        print("survived: %s:%d (mutant %d, %s): %s" % (filename, line_no + 1, mutant_id,
-                                                       status, line.strip()))
-    n = len(rows)
-    print("mutants: %d killed of %d (%.1f%%)" % (len(killed), n, 100.0 * len(killed) / n
-                                                 if n else 0.0))
-    return 0
+    os.chdir(ROOT)
+    modules = args.modules.split()
+    extra = args.tests.split()
+    samples = {m: int(n) for m, n in (x.split(":") for x in args.sample.split())}
+    problems = []
+    plan = []   # (module, rel path, source, [mutant ids], tests)
+    for rel in modules:
+        stem = os.path.splitext(os.path.basename(rel))[0]
+        tests = MODULE_TESTS.get(stem, []) + [t for t in extra if t not in MODULE_TESTS.get(stem, [])]
+        if not tests:
+            problems.append("%s: no tests judge it (MODULE_TESTS)" % rel)
+            continue
+        with open(rel) as f:
+            source = f.read()
+        ids = mutants_of(rel)
+        if not ids:
+            problems.append("%s: no mutants (mutmut yields nothing)" % rel)
+            continue
+        want = samples.get(stem, 0)
+        if want and want < len(ids):
+            ids = sorted(random.Random(stem).sample(ids, want),
+                         key=lambda m: (m.line_number, m.index))
+        plan.append((stem, rel, source, ids, tests, len(mutants_of(rel))))
+    workers = [Worker(k) for k in range(max(1, args.jobs))]
+    # the clean runs: each module's tests pass unmutated, and say how long they take
+    limits = {}
+    for stem, rel, _source, _ids, tests, _total in plan:
+        rc, took = workers[0].pytest(tests, 1800)
+        if rc != 0:
+            problems.append("%s: its tests fail without a mutant (exit %s): %s"
+                            % (rel, rc, " ".join(tests)))
+        limits[stem] = 3 * took + 10
+        print("clean run of %s's tests: %.1f s" % (stem, took), flush=True)
+    if problems:
+        for p in problems:
+            print("mutants: %s" % p, file=sys.stderr)
+        return 1
+    jobs = [(stem, rel, source, mid, tests) for stem, rel, source, ids, tests, _ in plan
+            for mid in ids]
+    results = {}
+    free = list(workers)
+
+    def run(job):
+        w = free.pop()
+        try:
+            stem, rel, source, mid, tests = job
+            results[(stem, mid)] = w.judge(rel, source, mid, tests, limits[stem])
+        finally:
+            free.append(w)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(len(workers)) as pool:
+        list(pool.map(run, jobs))
+    os.makedirs(WORK, exist_ok=True)
+    tot = {"killed": 0, "timeout": 0, "survived": 0, "n": 0}
+    lines = []
+    for stem, rel, source, ids, _tests, total in plan:
+        got = [results[(stem, mid)] for mid in ids]
+        errors = [g for g in got if g.startswith("error")]
+        if errors:
+            problems.append("%s: pytest did not judge %d mutants (%s)" % (rel, len(errors),
+                                                                           errors[0]))
+        k, t, s = got.count("killed"), got.count("timeout"), got.count("survived")
+        n = len(ids)
+        for key, v in (("killed", k), ("timeout", t), ("survived", s), ("n", n)):
+            tot[key] += v
+        pct = 100.0 * k / n
+        sampled = " (a sample of %d)" % total if n < total else ""
+        print("%s: %d killed of %d%s (%.1f%%), %d timeouts, %d survived"
+              % (stem, k, n, sampled, pct, t, s))
+        if pct < args.min_module:
+            problems.append("%s: %.1f%% is below %.0f%%" % (stem, pct, args.min_module))
+        for mid, g in zip(ids, got):
+            if g != "killed":
+                lines.append("%s:%d [%s] %s  ->  %s" % (
+                    rel, mid.line_number + 1, g, mid.line.strip(),
+                    mutated(rel, source, mid).split("\n")[mid.line_number].strip()))
+    with open(os.path.join(WORK, "survivors.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("survivors and timeouts: build/mutants/survivors.txt (%d); %.0f s with %d jobs"
+          % (len(lines), time.monotonic() - t0, len(workers)))
+    pct = 100.0 * tot["killed"] / tot["n"] if tot["n"] else 0.0
+    if pct < args.min:
+        problems.append("%.1f%% over the whole set is below %.0f%%" % (pct, args.min))
+    for p in problems:
+        print("mutants: %s" % p, file=sys.stderr)
+    print("mutants: %d killed of %d (%.1f%%), %d timeouts, %d survived"
+          % (tot["killed"], tot["n"], pct, tot["timeout"], tot["survived"]))
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
