@@ -20,7 +20,7 @@ from hostvm import AgentError
 pytestmark = pytest.mark.ci_required
 
 FREEZE_TIMEOUT = 15          # freezeTimeoutInSeconds in the guest's configuration
-BOOT_TIMEOUT = 300
+BOOT_TIMEOUT = 480
 PG = "runuser -u postgres -- "
 PSQL = PG + "psql -qAtX -v ON_ERROR_STOP=1 -d bench "
 PROBE = r"""
@@ -86,20 +86,6 @@ def guest_log(vm) -> list:
         if " INFO result {" in line:
             out.append(json.loads(line.split(" INFO result ", 1)[1]))
     return out
-
-
-def hook_window(vm) -> float:
-    """From vmsnap.log: the freeze call's "session open" line (qemu-ga freezes
-    right after it) to the first line of the thaw call (qemu-ga calls it right
-    after it thawed), in seconds: the freeze window plus two process starts."""
-    from datetime import datetime
-    _, text = vm.sh("cat /var/log/vmsnap.log")
-    rows = text.splitlines()
-    i = max(k for k, r in enumerate(rows) if "freeze: session open" in r)
-    pid = rows[i].split()[1]
-    j = next(k for k in range(i + 1, len(rows)) if rows[k].split()[1] != pid)
-    at = [datetime.strptime(rows[k].split()[0], "%Y-%m-%dT%H:%M:%S.%fZ") for k in (i, j)]
-    return (at[1] - at[0]).total_seconds()
 
 
 def lines(vm, path) -> list:
@@ -215,8 +201,6 @@ def test_host_freeze_snapshot_thaw_under_pgbench(guest):
     g0, g1 = largest_gap(lines(vm, "/var/lib/vmsnap-test/probe"), before)
     figure("guest: freeze window seen by a writer on / (fdatasync every 0.1 s)", round(g1 - g0, 2), "s")
     assert g1 - g0 < t3 - t1 + 1.0
-    figure("guest: vmsnap.log, session opened (before qemu-ga's FIFREEZE) to the thaw call "
-           "(after its FITHAW)", round(hook_window(vm), 2), "s")
 
     # pgbench ran through it: no failed transaction, worst latency over the window
     deadline = time.monotonic() + 120
@@ -253,6 +237,7 @@ def test_snapshot_boots_and_postgresql_is_whole(guest):
     disks = [(i, fleet.overlay("proof-%s.qcow2" % i, p, f), "qcow2")
              for i, (p, f) in guest.snapshot_backing.items()]
     proof = fleet.machine("proof", disks)
+    guest.vm.qmp("stop")          # the first guest waits, paused: two emulated guests are slow
     proof.start()
     boot_s = proof.wait_agent(BOOT_TIMEOUT)
     pg_s = wait_postgres(proof)
@@ -275,6 +260,7 @@ def test_snapshot_boots_and_postgresql_is_whole(guest):
     blocks = [x for x in ck.splitlines() if "Blocks scanned" in x][0].split(":")[1].strip()
     figure("snapshot: pg_checksums --check after a clean stop, blocks / bad", "%s / 0" % blocks)
     proof.kill()
+    guest.vm.qmp("cont")
     for _, p, _ in disks:
         os.unlink(p)
 
@@ -303,7 +289,7 @@ def test_pre_script_fails_host_freeze_gets_error_and_nothing_stays_frozen(guest)
     assert len(lines(vm, "/var/lib/vmsnap-test/post-ran")) == posts + 1, "post-script did not run"
 
 
-def _watchdog_case(guest, name, during):
+def _watchdog_case(guest, name, during, at_deadline=True):
     """Freeze from the host, then `during(vm)` makes sure no thaw comes in
     time; the guest's watchdog must thaw within freezeTimeoutInSeconds and
     run the post-script, long before the host's late thaw."""
@@ -325,14 +311,20 @@ def _watchdog_case(guest, name, during):
            "%s / %s" % (status, thaw_reply))
     g0, g1 = largest_gap(lines(vm, "/var/lib/vmsnap-test/probe"), before)
     figure("%s: writer on / paused for (watchdog at %d s)" % (name, FREEZE_TIMEOUT), round(g1 - g0, 2), "s")
-    assert FREEZE_TIMEOUT - 3 < g1 - g0 < FREEZE_TIMEOUT + 8, (g0, g1)
+    assert g1 - g0 < FREEZE_TIMEOUT + 8, (g0, g1)
+    if at_deadline:
+        assert g1 - g0 > FREEZE_TIMEOUT - 3, (g0, g1)
     post = lines(vm, "/var/lib/vmsnap-test/post-ran")
     assert len(post) >= posts + 1, "post-script did not run"
     assert post[posts] < g1 + 10
     _, clock = vm.sh("date +%s.%N")
     assert post[posts] < float(clock) - 5, "the post-script ran with the late thaw, not by the watchdog"
-    codes = [e["code"] for r in guest_log(vm)[-2:] for e in r["errors"]]
-    assert "FsFreezeTimeout" in codes, codes
+    errors = [e for r in guest_log(vm)[-2:] for e in r["errors"]]
+    figure("%s: vmsnap.log" % name, "; ".join("%s: %s" % (e["code"], e["message"][:90])
+                                                for e in errors))
+    if at_deadline:
+        assert "FsFreezeTimeout" in [e["code"] for e in errors], errors
+    assert errors, "the snapshot is not reported as inconsistent"
     return late_thaw
 
 
@@ -346,10 +338,14 @@ def test_host_never_thaws_watchdog_thaws_and_runs_post_script(guest):
 
 def test_qemu_ga_killed_mid_freeze_watchdog_thaws(guest):
     def kill_agent_once_frozen(vm):
-        vm.spawn("while [ ! -e /run/vmsnap/hook-qemu-ga.json ]; do sleep 0.2; done; sleep 3; "
-                 "pkill -KILL -x qemu-ga")
+        vm.sh("touch /run/killer-start")
+        vm.spawn("until [ /run/vmsnap/hook-qemu-ga.json -nt /run/killer-start ]; do sleep 0.2; done; "
+                 "sleep 5; pkill -KILL -x qemu-ga")
         assert vm.qga("guest-fsfreeze-freeze") >= 3
-    _watchdog_case(guest, "qemu-ga SIGKILLed mid-freeze", kill_agent_once_frozen)
+    # systemd stops the agent's unit when its main process dies: vmsnap's
+    # watchdog, in the same cgroup, may end the session at once (earlier
+    # than the deadline), never later
+    _watchdog_case(guest, "qemu-ga SIGKILLed mid-freeze", kill_agent_once_frozen, at_deadline=False)
     _, restarts = guest.vm.sh("systemctl show -p NRestarts qemu-guest-agent")
     figure("qemu-ga SIGKILLed mid-freeze: systemd restarts of qemu-ga", restarts.strip())
 
@@ -371,9 +367,11 @@ def test_qemu_killed_mid_freeze_guest_boots_and_postgresql_recovers(guest):
     _, heap = vm.sh(PSQL + "-c \"SELECT count(v.*) FROM pg_class c, verify_heapam(c.oid) v "
                     "WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace\"")
     assert heap.strip() == "0"
-    _, rec = vm.sh("journalctl -u postgresql@15-main -b --no-pager | grep -ciE 'redo|recover' || true",
-                   check=False)
-    figure("QEMU SIGKILLed mid-freeze: PostgreSQL log lines about recovery", rec.strip())
+    _, rec = vm.sh("grep -iE 'not properly shut down|redo (starts|done)' "
+                   "/var/log/postgresql/postgresql-15-main.log | tail -3", check=False)
+    assert "redo" in rec, "no crash recovery in PostgreSQL's log: " + rec
+    figure("QEMU SIGKILLed mid-freeze: PostgreSQL's recovery",
+           " | ".join(x.split(" LOG: ")[-1].strip() for x in rec.splitlines()))
     vm.spawn("exec python3 /root/probe.py /var/lib/vmsnap-test/probe")
 
 
@@ -390,15 +388,28 @@ def test_vmsnap_run_with_lvm_thin_snapshot_step(guest):
     res = json.loads(out[out.index("{"):out.rindex("}") + 1])
     figure("LVM thin: vmsnap run status / consistency / window",
            "%s / %s / %s ms" % (res["status"], res["consistency"], res["freeze"]["window_ms"]))
-    if res["snapshot"]:
-        figure("LVM thin: lvcreate -s while frozen took", res["snapshot"]["duration_ms"], "ms")
-    assert code == 0, out
     assert [m["mountpoint"] for m in res["freeze"]["mounts"] if m["frozen"]] == ["/thin"]
-    vm.sh("echo after-snapshot > /thin/mark && lvchange -q -ay -K vmsnapvg/snap1 && "
-          "mkdir -p /mnt/snap1 && mount -o ro /dev/vmsnapvg/snap1 /mnt/snap1")
-    _, mark = vm.sh("cat /mnt/snap1/mark")
-    assert mark.strip() == "before-snapshot"
-    vm.sh("umount /mnt/snap1")
+    assert res["post_script"]["exit_code"] == 0
+    if res["status"] == "success":
+        assert code == 0, out
+        vm.sh("echo after-snapshot > /thin/mark && lvchange -q -ay -K vmsnapvg/snap1 && "
+              "mkdir -p /mnt/snap1 && mount -o ro /dev/vmsnapvg/snap1 /mnt/snap1")
+        _, mark = vm.sh("cat /mnt/snap1/mark")
+        assert mark.strip() == "before-snapshot"
+        vm.sh("umount /mnt/snap1")
+        figure("LVM thin: lvcreate -s while frozen took", res["snapshot"]["duration_ms"], "ms")
+        return
+    # Before Linux 6.8 device-mapper's suspend freezes the filesystem itself
+    # and fails (EBUSY) on one that FIFREEZE already froze: vmsnap must say
+    # so, thaw, and run the post-script
+    _, release = vm.sh("uname -r")
+    assert tuple(int(x) for x in release.split("-")[0].split(".")[:2]) < (6, 8), out
+    assert (code, res["status"]) == (1, "failed"), out
+    assert "SnapshotFailed" in [e["code"] for e in res["errors"]]
+    vm.sh("echo after > /thin/mark && sync", timeout=30)
+    said = [x for x in res["snapshot"]["output"].splitlines() if x.strip()]
+    figure("LVM thin on %s: lvcreate -s of the frozen LV (exit %s)" % (release.strip(),
+           res["snapshot"]["exit_code"]), said[-1].strip() if said else "")
 
 
 def test_two_disks_the_verdict_needs_both(guest):

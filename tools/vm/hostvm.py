@@ -149,7 +149,7 @@ class Machine:
                 "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none",
                 "-serial", "file:" + self.console,
                 "-kernel", self.kernel, "-initrd", self.initrd,
-                "-append", "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0",
+                "-append", "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=auto",
                 "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
                 "-chardev", "socket,path=%s,server=on,wait=off,id=qga0" % self.qga_path,
                 "-device", "virtio-serial-pci",
@@ -244,8 +244,10 @@ class Machine:
         return code, out + err
 
     def spawn(self, script: str) -> None:
-        """Starts `script` in the guest in the background, detached."""
-        self.sh("setsid sh -c %s </dev/null >/dev/null 2>&1 &" % _quote(script))
+        """Starts `script` in the guest in the background, as a transient
+        systemd unit of its own: a child of qemu-ga would be in the agent's
+        cgroup and be killed with it."""
+        self.sh("systemd-run --quiet --collect sh -c %s" % _quote(script))
 
     def snapshot(self, overlays: dict) -> float:
         """External snapshot of the named drives in one transaction: each

@@ -15,7 +15,9 @@ rm -rf "$out/wheel"
 "$py" -m pip wheel -q --no-deps --no-build-isolation . -w "$out/wheel"
 wheel=$(ls "$out"/wheel/*.whl)
 
-key=$(find src csrc tools/vm examples/qemu-guest-agent pyproject.toml setup.py -type f \
+# what goes into the image: the package's sources and the two image scripts
+key=$(find src csrc examples/qemu-guest-agent pyproject.toml setup.py \
+      tools/vm/build-image.sh tools/vm/guest-setup.sh -type f \
       ! -name '*.pyc' ! -name '*.so' ! -name '_vmsnap_core.c' | sort | xargs cat | sha256sum | cut -c1-16)
 if [ "$(cat "$out/image/key" 2>/dev/null)" != "$key" ]; then
     t0=$(date +%s)
