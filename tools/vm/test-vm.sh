@@ -18,7 +18,7 @@ wheel=$(ls "$out"/wheel/*.whl)
 # what goes into the image: the package's sources and the two image scripts
 key=$(find src csrc examples/qemu-guest-agent pyproject.toml setup.py \
       tools/vm/build-image.sh tools/vm/guest-setup.sh -type f \
-      ! -name '*.pyc' ! -name '*.so' ! -name '_vmsnap_core.c' | sort | xargs cat | sha256sum | cut -c1-16)
+      ! -name '*.pyc' ! -name '*.so' ! -name '_vmsnap_core.c' ! -path '*.egg-info/*' | sort | xargs cat | sha256sum | cut -c1-16)
 if [ "$(cat "$out/image/key" 2>/dev/null)" != "$key" ]; then
     t0=$(date +%s)
     rm -rf "$out/image"
