@@ -79,6 +79,9 @@ cross: build/$(ARCH)/ctest ## cross-build the core's C tests for ARCH (aarch64) 
 cross-system: build/$(ARCH)/ctest ## boot Debian's ARCH kernel under qemu-system and run the C tests, freeze included
 	sh tools/cross-system.sh $(ARCH) build/$(ARCH)/ctest
 
+test-vm: build ## vmsnap as qemu-ga's hook in a real QEMU guest whose disks the host snapshots (root; builds a Debian image)
+	sh tools/vm/test-vm.sh $(PY)
+
 wheel: build ## manylinux wheels: native (suite run against the install) and ARCH (tests under qemu-user)
 	sh tools/wheel.sh $(PY)
 	sh tools/wheel-cross.sh $(ARCH) $(PY)
@@ -134,5 +137,5 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test ctest cross cross-system wheel demo bench lint mutants clean \
+.PHONY: help build test test-vm ctest cross cross-system wheel demo bench lint mutants clean \
         sdist man completion deb test-deb test-packaging

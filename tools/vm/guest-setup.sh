@@ -1,0 +1,67 @@
+#!/bin/sh
+# usage (inside the guest's root, chrooted): guest-setup.sh WHEEL
+# What a user does on a Debian 12 guest to make vmsnap qemu-ga's freeze hook,
+# plus the test's application: PostgreSQL with data checksums, a pre-script
+# that checkpoints it and a post-script that leaves a mark.
+set -eu
+wheel=$1
+
+# vmsnap from the wheel, with Debian's cffi (the guest has no network)
+python3 -m pip install --quiet --no-index --break-system-packages "$wheel"
+rm -f "$wheel"
+command -v vmsnap
+
+# the hook, as examples/qemu-guest-agent/README.md says (first way)
+install -o root -m 700 /tmp/vmsnap-hook /etc/qemu/vmsnap-fsfreeze-hook
+rm -f /tmp/vmsnap-hook
+printf '[general]\nfsfreeze-hook=/etc/qemu/vmsnap-fsfreeze-hook\n' >> /etc/qemu/qemu-ga.conf
+
+# the scripts and the configuration: several disks, a failed pre-script fails
+mkdir -p /etc/azure /etc/vmsnap-test /var/lib/vmsnap-test /data1 /data2 /thin
+cat > /etc/vmsnap-test/pre.sh <<'EOF'
+#!/bin/sh
+# checkpoint the database; fail when the test asks for it
+if [ -e /etc/vmsnap-test/fail-pre ]; then echo "pre-script: told to fail"; exit 1; fi
+runuser -u postgres -- psql -qAtc CHECKPOINT
+date +%s.%N > /var/lib/vmsnap-test/pre-ran
+EOF
+cat > /etc/vmsnap-test/post.sh <<'EOF'
+#!/bin/sh
+# leave a mark: the post-script ran, and when
+date +%s.%N >> /var/lib/vmsnap-test/post-ran
+EOF
+chmod 700 /etc/vmsnap-test/pre.sh /etc/vmsnap-test/post.sh
+cat > /etc/azure/VMSnapshotScriptPluginConfig.json <<'EOF'
+{
+  "pluginName": "ScriptRunner",
+  "preScriptLocation": "/etc/vmsnap-test/pre.sh",
+  "postScriptLocation": "/etc/vmsnap-test/post.sh",
+  "timeoutInSeconds": 60,
+  "continueBackupOnFailure": false,
+  "fsFreezeEnabled": true,
+  "freezeTimeoutInSeconds": 15
+}
+EOF
+chmod 600 /etc/azure/VMSnapshotScriptPluginConfig.json
+
+# disks: the root, two data disks (one ext4 each); the fourth is for LVM
+cat > /etc/fstab <<'EOF'
+LABEL=vmroot / ext4 defaults 0 0
+LABEL=data1 /data1 ext4 defaults,nofail 0 0
+LABEL=data2 /data2 ext4 defaults,nofail 0 0
+EOF
+echo vmsnap-guest > /etc/hostname
+
+# PostgreSQL: data checksums on, local socket only
+ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+runuser -u postgres -- "/usr/lib/postgresql/$ver/bin/pg_checksums" --enable -D "/var/lib/postgresql/$ver/main" >/dev/null
+echo "listen_addresses = ''" > "/etc/postgresql/$ver/main/conf.d/vmsnap-test.conf"
+systemctl enable postgresql >/dev/null 2>&1
+
+# a quicker boot under emulation: nothing periodic, no console login
+systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+    fstrim.timer man-db.timer systemd-timesyncd.service getty@tty1.service \
+    serial-getty@ttyS0.service >/dev/null 2>&1
+passwd -d root >/dev/null
+apt-get clean
+rm -rf /var/lib/apt/lists/*
