@@ -40,6 +40,14 @@ mutants: build ## mutation testing of MUTATE against MUTANT_TESTS; last line: mu
 	$(PIP) install -q 'mutmut>=2.4,<3'
 	$(PY) tools/mutants.py --modules "$(MUTATE)" --tests "$(MUTANT_TESTS)"
 
+# the soak (root): N randomised cycles through run, hook qemu-ga/gce and freeze/thaw with
+# faults at random instants, checked against the SPEC's rules after each; SEED makes it
+# repeatable, ONLY=K replays one cycle; logs and summary.json in build/soak/
+N ?= 200
+SEED ?= 1
+soak: build ## randomised cycles with faults through every entry point (root; N=200 SEED=1 ONLY=K)
+	nice $(PY) tools/soak.py -n $(N) --seed $(SEED) $(if $(ONLY),--only $(ONLY)) --log-dir build/soak
+
 include mk/fleet.mk
 
 build/ctest: csrc/*.c csrc/*.h $(CTEST_SRC)
@@ -84,4 +92,4 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test ctest cross cross-system wheel demo bench lint mutants clean
+.PHONY: help build test ctest cross cross-system wheel demo bench lint mutants soak clean
