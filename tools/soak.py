@@ -421,6 +421,9 @@ class Plan:
         self.sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
         self.fault_frac = rng.random()          # when, as a fraction of the fault's window
         self.fault_u = rng.random()
+        # a stale session: the watchdog dies and the last phase never comes either
+        self.skip_last = self.fault == "no-thaw" or (
+            self.fault == "kill-watchdog" and rng.random() < 0.35)
 
     @property
     def late(self):
@@ -447,7 +450,8 @@ class Plan:
     def fault_name(self):
         if self.fault in (None, "outside-thaw", "no-thaw"):
             return self.fault
-        return "%s-%s" % (self.fault, signal.Signals(self.sig).name)
+        return "%s-%s%s" % (self.fault, signal.Signals(self.sig).name,
+                            "+no-last-phase" if self.skip_last else "")
 
     def describe(self):
         return ("mode %s pre %s post %s timeout %gs freeze %gs retries %d cbf %s mounts %s%s "
@@ -675,11 +679,15 @@ class Soak:
         # are there from the start, relative to its appearance for the others
         held = min(plan.snap, plan.freeze_timeout)
         pre_t = plan.est(plan.pre) * (plan.pre_retries + 1)
+        after_pre = False
         if kind in ("kill-vmsnap", "kill-agent", "kill-first"):
-            total = 0.25 + pre_t + held + plan.est(plan.post)
+            # mostly counted from the pre-script's start (where the ways out matter),
+            # else from the command's start (the interpreter starting, the imports)
+            after_pre = plan.mode != "freeze" and plan.fault_u < 0.7
+            total = (0 if after_pre else 0.35) + pre_t + held + plan.est(plan.post)
             if kind == "kill-first":
-                total = 0.25 + pre_t + 0.15
-            appear_needed = False
+                total = (0.25 if after_pre else 0.4) + pre_t
+            appear_needed = after_pre
             delay = plan.fault_frac * total
         else:
             appear_needed = True
@@ -692,7 +700,7 @@ class Soak:
             name = plan.fault_name()
             if appear_needed:
                 give_up = t0 + plan.pre_budget() + plan.snap + plan.freeze_timeout + 8
-                while find() is None:
+                while find() is None or (after_pre and not read_ledger(ctx["ledger"])):
                     if time.monotonic() > give_up or ctx.get("over"):
                         self.faults_missed[name] += 1
                         ctx["fault"] = {"name": name, "landed": False}
@@ -776,7 +784,7 @@ class Soak:
         self.monitor.limit = plan.freeze_timeout + MARGIN_S
         for p in self.probes:
             p.max_block = 0.0
-        ctx = {"events": events}
+        ctx = {"events": events, "ledger": ledger}
         t_start = now()
         if plan.mode == "run":
             facts = self.drive_run(plan, ctx, config, mounts, snap, vlog, env)
@@ -825,7 +833,7 @@ class Soak:
                 "mounts": order if plan.mode == "qemu-ga" else mounts,
                 "thaw_order": [FILESYSTEMS[n][3] for n in THAW_ORDER if n in plan.mounts],
                 "snap": plan.snap, "freeze_timeout": plan.freeze_timeout,
-                "skip_last": plan.fault == "no-thaw", "session_flag": self.session_flag}
+                "skip_last": plan.skip_last, "session_flag": self.session_flag}
         spath = events + ".spec"
         with open(spath, "w") as f:
             json.dump(spec, f)
