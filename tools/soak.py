@@ -268,8 +268,9 @@ def sys_values():
 
 def sys_changed(before, after):
     """What differs.  max_bytes follows max_ratio and the machine's free memory,
-    so it drifts by itself: only a change of more than a tenth counts (vmsnap's
-    dirty cap sets it to tens of MiB, from gigabytes)."""
+    so it drifts by itself (by a tenth within minutes on a busy machine): only
+    a change to less than half or more than twice counts (vmsnap's dirty cap
+    sets it to tens of MiB, from gigabytes); max_ratio_fine says it exactly."""
     out = {}
     for k, v in after.items():
         old = before.get(k)
@@ -277,7 +278,7 @@ def sys_changed(before, after):
             continue
         if k.endswith("/max_bytes"):
             try:
-                if abs(int(v) - int(old)) <= int(old) // 10:
+                if int(old) // 2 <= int(v) <= int(old) * 2:
                     continue
             except (TypeError, ValueError):
                 pass
@@ -287,6 +288,8 @@ def sys_changed(before, after):
 
 def sys_restore(vals):
     for k, v in vals.items():
+        if k.endswith("/max_bytes"):
+            continue   # derived: max_ratio_fine puts it back
         path = "/sys/kernel/rcu_expedited" if k == "rcu_expedited" else k
         try:
             with open(path, "w") as f:
