@@ -936,7 +936,11 @@ class Soak:
                     os.kill(i["pid"], signal.SIGKILL)
                 except OSError:
                     pass
-        # frozen past the deadline
+        # frozen past the deadline: still frozen now, with nothing of the cycle
+        # left alive, is frozen for good; the monitor judges it at the deadline
+        end = time.monotonic() + self.monitor.limit + 0.5
+        while any(p.pending_since is not None for p in self.probes) and time.monotonic() < end:
+            time.sleep(0.05)
         for late, limit, thawed in self.monitor.take():
             self.violate(plan, "frozen-past-deadline", "%s: a write blocked %s (deadline %gs "
                          "+ %gs margin); the soak thawed %s itself" % (
@@ -944,13 +948,10 @@ class Soak:
                              ", ".join("%.1fs" % s for _, s in late), limit - MARGIN_S,
                              MARGIN_S, ", ".join(sorted(thawed)) or "nothing (already thawed)"))
         still = [p.fsname for p in self.probes if p.pending_since is not None]
-        if still:   # the deadline is past for sure by now
-            time.sleep(0.5)
-            still = [p.fsname for p in self.probes if p.pending_since is not None]
-            if still:
-                thawed = thaw_all()
-                self.violate(plan, "frozen-past-deadline", "%s still frozen after the cycle "
-                             "settled; the soak thawed %s" % (",".join(still), thawed))
+        if still:
+            thawed = thaw_all()
+            self.violate(plan, "frozen-past-deadline", "%s still frozen after the cycle "
+                         "settled; the soak thawed %s" % (",".join(still), thawed))
         led = read_ledger(ledger)
         self.log("ledger: %s" % led)
         # the verdict
