@@ -60,6 +60,14 @@ UNDER_LOAD_DESELECT ?= not test_expedited_freeze_of_idle_filesystems_is_fast
 test-under-load: build ## the timing-sensitive tests 5 times in a row beside two CPU hogs (root)
 	$(PY) tools/under_load.py --runs 5 --hogs 2 -- -k "$(UNDER_LOAD_DESELECT)" $(UNDER_LOAD_TESTS)
 
+# the soak (root): N randomised cycles through run, hook qemu-ga/gce and freeze/thaw with
+# faults at random instants, checked against the SPEC's rules after each; SEED makes it
+# repeatable, ONLY=K replays one cycle; logs and summary.json in build/soak/
+N ?= 200
+SEED ?= 1
+soak: build ## randomised cycles with faults through every entry point (root; N=200 SEED=1 ONLY=K)
+	nice $(PY) tools/soak.py -n $(N) --seed $(SEED) $(if $(ONLY),--only $(ONLY)) --log-dir build/soak
+
 include mk/fleet.mk
 
 build/ctest: csrc/*.c csrc/*.h $(CTEST_SRC)
@@ -137,5 +145,5 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test test-vm ctest cross cross-system wheel demo bench lint mutants clean \
+.PHONY: help build test test-vm ctest cross cross-system wheel demo bench lint mutants soak test-under-load cmutants clean \
         sdist man completion deb test-deb test-packaging
