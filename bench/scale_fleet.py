@@ -33,7 +33,6 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from tests.fleet.harness import PLAYBOOKS, Fleet  # noqa: E402
-
 from vmsnap_native.devtools.stats import summary  # noqa: E402
 
 PLAIN = os.path.join(HERE, "playbooks", "plain_fsfreeze.yml")
@@ -41,6 +40,9 @@ ROLE = os.path.join(PLAYBOOKS, "group.yml")
 SNAPSHOT = ["sleep", "0.2"]
 ALTERNATIVES = ["vmsnap consistency_group", "plain fsfreeze playbook"]
 BASELINE = "plain fsfreeze playbook"
+# where the group window goes (see spans_and_step)
+PARTS = ("before_step", "freeze_spread", "frozen_to_step", "step", "after_step",
+         "step_to_released", "released_to_thawed")
 
 
 def _playbook(fleet, path, extra, names, timeout=300):
@@ -68,7 +70,7 @@ def role_round(fleet, names) -> dict:
         rep = json.load(f)
     v = rep["verdict"]
     assert v.get("consistency") == "application", v.get("msg")
-    frozen, spans = {}, []
+    frozen, spans, marks = {}, [], {"frozen": [], "released": []}
     for h in names:
         b, e = rep["begin"][h], rep["end"][h]
         clock = (b.get("clock") or e.get("clock") or {})
@@ -81,7 +83,9 @@ def role_round(fleet, names) -> dict:
         start = b["frozen_at"] - off - lead
         frozen[h] = window
         spans.append((start, start + window / 1e3))
-    return dict(spans_and_step(spans, rep.get("snapshot")), wall_ms=wall, frozen_ms=frozen)
+        marks["frozen"].append(b["frozen_at"] - off)
+        marks["released"].append(e["released_at"] - off)
+    return dict(spans_and_step(spans, rep.get("snapshot"), marks), wall_ms=wall, frozen_ms=frozen)
 
 
 def _stamp(text):
@@ -89,15 +93,22 @@ def _stamp(text):
     return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
-def spans_and_step(spans, snap) -> dict:
-    """The group's window, and where it goes: first host frozen -> the step
-    starts, the step, the step ends -> last host thawed (ms)."""
+def spans_and_step(spans, snap, marks=None) -> dict:
+    """The group's window, and where it goes: first host frozen -> last host
+    frozen -> the step starts -> the step -> the step ends -> last host
+    released (the role: its release noted on the host) -> last host thawed (ms)."""
     first, last = min(s[0] for s in spans), max(s[1] for s in spans)
     out = {"group_window_ms": (last - first) * 1e3}
     if snap and snap.get("start") and snap.get("end"):
         a, b = _stamp(snap["start"]), _stamp(snap["end"])
+        all_frozen = max((marks or {}).get("frozen") or [s[0] for s in spans])
         out.update(before_step_ms=(a - first) * 1e3, step_ms=(b - a) * 1e3,
-                   after_step_ms=(last - b) * 1e3)
+                   after_step_ms=(last - b) * 1e3,
+                   freeze_spread_ms=(all_frozen - first) * 1e3,
+                   frozen_to_step_ms=(a - all_frozen) * 1e3)
+        if marks and marks.get("released"):
+            rel = max(marks["released"])
+            out.update(step_to_released_ms=(rel - b) * 1e3, released_to_thawed_ms=(last - rel) * 1e3)
     return out
 
 
@@ -113,7 +124,8 @@ def plain_round(fleet, names) -> dict:
         a, b = float(rep["freeze"][h].split()[0]), float(rep["thaw"][h].split()[-1])
         frozen[h] = (b - a) * 1e3
         spans.append((a, b))
-    return dict(spans_and_step(spans, rep.get("snapshot")), wall_ms=wall, frozen_ms=frozen)
+    return dict(spans_and_step(spans, rep.get("snapshot"), {"frozen": [a for a, _ in spans]}),
+                wall_ms=wall, frozen_ms=frozen)
 
 
 RUNNERS = {"vmsnap consistency_group": role_round, "plain fsfreeze playbook": plain_round}
@@ -125,8 +137,8 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
     # playbook opens them at the least cost)
     plain_round(fleet, names)
     la0 = os.getloadavg()
-    res = {k: {"wall": [], "group": [], "frozen_max": [], "frozen": [], "before_step": [],
-               "step": [], "after_step": []} for k in ALTERNATIVES}
+    res = {k: {"wall": [], "group": [], "frozen_max": [], "frozen": [],
+               **{p: [] for p in PARTS}} for k in ALTERNATIVES}
     for r in range(rounds):
         for k in ALTERNATIVES[r % 2:] + ALTERNATIVES[:r % 2]:
             out = RUNNERS[k](fleet, names)
@@ -135,7 +147,7 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
             e["group"].append(out["group_window_ms"])
             e["frozen_max"].append(max(out["frozen_ms"].values()))
             e["frozen"].extend(out["frozen_ms"].values())
-            for part in ("before_step", "step", "after_step"):
+            for part in PARTS:
                 e[part].append(out.get(part + "_ms"))
         if log:
             log("  %d hosts: round %d/%d" % (n, r + 1, rounds))
@@ -150,9 +162,7 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
                      "group_window_median_ms": summary(e["group"])["median"],
                      "frozen_max_median_ms": fm["median"], "frozen_max_max_ms": fm["max"],
                      "frozen_median_ms": summary(e["frozen"])["median"],
-                     "before_step_median_ms": summary(e["before_step"])["median"],
-                     "step_median_ms": summary(e["step"])["median"],
-                     "after_step_median_ms": summary(e["after_step"])["median"],
+                     **{p + "_median_ms": summary(e[p])["median"] for p in PARTS},
                      "frozen_max_ratio_to_plain": round(fm["median"] / base, 3) if base else None,
                      "loadavg": la, "frozen_max_ms": [round(x, 1) for x in e["frozen_max"]]})
     return rows

@@ -121,7 +121,7 @@ def vmsnap_run(mounts, ctx):
         f = line.split()
         if len(f) < 4:
             continue
-        pid, comm, h, s = int(f[0]), f[1], int(f[2]), int(f[3])
+        comm, h, s = f[1], int(f[2]), int(f[3])
         if comm == "sh":
             continue
         hwm[comm] = h
