@@ -58,7 +58,7 @@ def plain(fn, *a, **kw):
 def child_filesystems(counts) -> dict:
     from common import Scratch
 
-    from vmsnap_native import mountinfo, plan
+    from vmsnap_native import freeze_filesystems, mountinfo, plan
     out = {}
     with Scratch(max(counts), size_mb=16) as sc:
         for n in counts:
@@ -72,6 +72,18 @@ def child_filesystems(counts) -> dict:
             out[n] = {"steps_ms": steps,
                       "profile_make_plan": profiled(plan.make_plan, None, mounts=ms)}
             print("  %d filesystems: %s" % (n, steps), file=sys.stderr, flush=True)
+        # the whole freeze at 16 (the library call): where its time goes
+        ms = sc.mounts[:16]
+        walls, prof = [], cProfile.Profile()
+        for _ in range(5):
+            t0 = time.perf_counter_ns()
+            prof.enable()
+            with freeze_filesystems(ms, timeout=60) as fz:
+                window = fz.window_ms
+            prof.disable()
+            walls.append(round((time.perf_counter_ns() - t0) / 1e6, 2))
+        out["freeze_16"] = {"wall_ms": walls, "last_window_ms": window, "top": top(prof, 15)}
+        print("  freeze of 16: %s ms" % walls, file=sys.stderr, flush=True)
     return out
 
 
@@ -132,6 +144,11 @@ def main() -> int:
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
+    fz = res["filesystems"].pop("freeze_16")
+    print("freeze of 16 filesystems, 5 rounds: %s ms" % fz["wall_ms"])
+    for row in fz["top"][:10]:
+        print("   ", row)
+    res["freeze_16"] = fz
     for n, r in res["filesystems"].items():
         print("%s filesystems: %s" % (n, r["steps_ms"]))
         for row in r["profile_make_plan"]["top"][:6]:
