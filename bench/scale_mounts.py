@@ -141,9 +141,16 @@ def importtime(argv_tail, env) -> dict:
     ms out)."""
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "vmsnap_native", *argv_tail],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return dict(parse_importtime(p.stderr),
+                argv=["python", "-X", "importtime", "-m", "vmsnap_native", *argv_tail])
+
+
+def parse_importtime(stderr: str) -> dict:
+    """The figures of importtime() from `-X importtime`'s output (printed
+    children first, each level indented by two more spaces)."""
     groups, total, n = {}, 0, 0
     pending = []   # (depth, name, self_us, children): post-order, children first
-    for line in p.stderr.splitlines():
+    for line in stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
         self_us, _cum, field = line.split(":", 1)[1].split("|", 2)
@@ -167,8 +174,7 @@ def importtime(argv_tail, env) -> dict:
             walk(k, owner)
     for node in pending:
         walk(node, "(before vmsnap_native: interpreter start-up)")
-    return {"argv": ["python", "-X", "importtime", "-m", "vmsnap_native", *argv_tail],
-            "modules": n, "total_self_ms": round(total / 1e3, 1),
+    return {"modules": n, "total_self_ms": round(total / 1e3, 1),
             "by_package_ms": {k: round(v / 1e3, 2) for k, v in
                               sorted(groups.items(), key=lambda kv: -kv[1])[:15]},
             "vmsnap_native_ms": {k: round(v / 1e3, 2) for k, v in
