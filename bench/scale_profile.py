@@ -3,7 +3,7 @@
 first) and of `vmsnap mounts` in process, (a) with N loop filesystems
 given as an explicit --mount list, N = 16, 64, 128, (b) at a mount table
 of 10,000 entries (bench/scale_mounts.py's Kubernetes-like node).  Each
-in its own private mount namespace, as root; prints the functions by
+in its own private mount namespace with its own /run, as root; prints the functions by
 their own time and writes bench/scale-profile.json.
 
     python bench/scale_profile.py [--counts 16 64 128] [--entries 10000]
@@ -133,8 +133,11 @@ def main() -> int:
         return 0
     res = {"loadavg": [round(x, 2) for x in os.getloadavg()]}
     for kind in ("fs", "table"):
-        p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
-                            os.path.abspath(__file__), "--child", kind, "--entries",
+        # a private mount namespace with its own /run: the freeze's records and
+        # lock are never seen outside
+        p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            'mount -t tmpfs -o mode=755 scale-run /run && exec "$0" "$@"',
+                            sys.executable, os.path.abspath(__file__), "--child", kind, "--entries",
                             str(a.entries), "--counts", *map(str, a.counts)],
                            stdout=subprocess.PIPE, text=True, timeout=900)
         if p.returncode != 0:
