@@ -102,6 +102,17 @@ bench: build ## benchmarks against the alternatives (root; writes bench/results.
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/run_all.py
 
+# how the cost grows (filesystems, mount tables, hosts): in a private mount
+# namespace with its own /run, so nothing it mounts or locks is seen outside
+SCALE_TIMEOUT ?= 1500
+bench-scale: build fleet-deps $(FLEET_VENV)/bin/ansible-playbook ## how the cost grows: 1-128 filesystems, mount tables to 10,000, 1-16 hosts (root; writes bench/scale.json and bench/scale.png)
+	$(PIP) install -q -e '.[bench]'
+	@run=$$(date +%s%N); \
+	VMSNAP_FLEET_RUN=$$run timeout -k 10 $(SCALE_TIMEOUT) unshare -m --propagation private \
+	  sh -c 'mount -t tmpfs -o mode=755 scale-run /run && exec "$$0" bench/scale.py --ansible "$$1"' \
+	  $(PY) $(abspath $(FLEET_VENV))/bin/ansible-playbook; \
+	  rc=$$?; $(PY) -m tests.fleet.harness sweep $$run; exit $$rc
+
 # the public API's modules, type-checked strictly (mypy --strict); the rest is not typed yet
 TYPED ?= src/vmsnap_native/__init__.py src/vmsnap_native/result.py \
          src/vmsnap_native/errors.py src/vmsnap_native/decide.py
@@ -145,5 +156,5 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test test-vm ctest cross cross-system wheel demo bench lint mutants soak test-under-load cmutants clean \
+.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint mutants soak test-under-load cmutants clean \
         sdist man completion deb test-deb test-packaging

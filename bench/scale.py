@@ -1,0 +1,333 @@
+"""How the cost grows: many filesystems (bench/scale_fs.py), huge mount
+tables (bench/scale_mounts.py), many hosts (bench/scale_fleet.py); each
+against its alternatives, alternating round by round in the same run.
+Prints the tables and the targets, writes bench/scale.json and
+bench/scale.png.  The load average is kept with every result: on a shared
+machine the ratios are what to read.
+
+As root, in a private mount namespace with its own /run (`make bench-scale`
+does this):
+    python bench/scale.py [--quick] [--parts fs,mounts,fleet] [--ansible PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import machine, table  # noqa: E402
+
+# the budget of the whole run, seconds: the fleet part stops adding hosts
+# when the next count would not fit
+BUDGET_S = 20 * 60
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return {}
+
+
+def targets(res) -> list:
+    out = []
+    fs = res.get("filesystems")
+    if fs:
+        rows = fs["rows"]
+        top = max(r["filesystems"] for r in rows)
+        vf = find(rows, filesystems=top, load="idle", strategy="vmsnap freeze")
+        vr = find(rows, filesystems=top, load="idle", strategy="vmsnap run")
+        r16 = find(rows, filesystems=16, load="idle", strategy="vmsnap freeze")
+        out.append(("whole operation, %d idle filesystems, vmsnap freeze / util-linux one by one"
+                    % top, "<= 0.02", vf.get("op_ratio_to_fsfreeze"),
+                    (vf.get("op_ratio_to_fsfreeze") or 9) <= 0.02))
+        out.append(("the same, whole `vmsnap run` process (scripts, start-up) / util-linux",
+                    "(shown)", vr.get("op_ratio_to_fsfreeze"), None))
+        out.append(("whole operation, 16 idle filesystems, vmsnap freeze, median ms", "<= 12",
+                    r16.get("op_median_ms"), (r16.get("op_median_ms") or 99) <= 12))
+        out.append(("peak memory at %d filesystems, VmHWM of vmsnap + guardian + reaper, MiB"
+                    % top, "<= 64", vr.get("memory_hwm_sum_max_mib"),
+                    (vr.get("memory_hwm_sum_max_mib") or 999) <= 64))
+        out.append(("the same as PSS (shared pages of the forked helpers counted once), MiB",
+                    "(shown)", vr.get("memory_pss_sum_max_mib"), None))
+        worst = []
+        for what, per in fs["slopes"].items():
+            for k, s in per.items():
+                if k.startswith("vmsnap") and s.get("exponent_top") is not None:
+                    worst.append((s["exponent_top"], "%s %s" % (k, what)))
+        for name, s in fs["run_phases"].items():
+            if s.get("exponent_top") is not None:
+                worst.append((s["exponent_top"], "vmsnap run %s" % name))
+        if worst:
+            e, name = max(worst)
+            out.append(("no vmsnap step grows faster than the filesystems: largest exponent "
+                        "b (time ~ N^b) between the two top counts (%s)" % name, "<= 1.2",
+                        e, e <= 1.2))
+    mt = res.get("mount_tables")
+    if mt and mt.get("sizes"):
+        sizes = mt["sizes"]
+        big = max(sizes, key=lambda s: s["entries"])
+        r = big["vmsnap mounts"]["median_ms"] / big["findmnt"]["median_ms"]
+        out.append(("`vmsnap mounts` at %d entries / findmnt" % big["entries"], "<= 0.5",
+                    round(r, 3), r <= 0.5))
+        if len(sizes) >= 2:
+            import math
+            a, b = sorted(sizes, key=lambda s: s["entries"])[-2:]
+            small = min(sizes, key=lambda s: s["entries"])
+            for k in ("vmsnap mounts", "plan (in process)", "vmsnap run --dry-run", "findmnt"):
+                # fastest rounds (least disturbed by the machine's load); the commands'
+                # start-up, paid at every size, is their time at the smallest table
+                va, vb = a[k]["min_ms"], b[k]["min_ms"]
+                if k != "plan (in process)":
+                    va, vb = va - small[k]["min_ms"], vb - small[k]["min_ms"]
+                e = math.log(vb / va) / math.log(b["entries"] / a["entries"]) \
+                    if va > 0 and vb > 0 else None
+                out.append(("%s: growth exponent b (time above start-up ~ N^b), %d -> %d "
+                            "entries, fastest rounds" % (k, a["entries"], b["entries"]),
+                            "<= 1.1 (linear)" if k != "findmnt" else "(shown)",
+                            round(e, 3) if e else None,
+                            None if k == "findmnt" else (e is not None and e <= 1.1)))
+        small = min(sizes, key=lambda s: s["entries"])
+        out.append(("`vmsnap mounts` at %d entries, median ms" % small["entries"], "<= 60",
+                    small["vmsnap mounts"]["median_ms"],
+                    small["vmsnap mounts"]["median_ms"] <= 60))
+    fl = res.get("hosts")
+    if fl and fl.get("rows"):
+        top = max(r["hosts"] for r in fl["rows"])
+        v = find(fl["rows"], hosts=top, strategy="vmsnap consistency_group")
+        out.append(("longest per-host frozen time at %d hosts, role / plain fsfreeze playbook"
+                    % top, "<= 0.5", v.get("frozen_max_ratio_to_plain"),
+                    (v.get("frozen_max_ratio_to_plain") or 9) <= 0.5))
+        g = fl["growth"]["frozen_max"].get("vmsnap consistency_group", {})
+        out.append(("longest per-host frozen time, growth exponent between the two top host "
+                    "counts (role)", "< 1", g.get("exponent_top"),
+                    g.get("exponent_top") is not None and g["exponent_top"] < 1))
+    return [{"target": t, "goal": g, "measured": m, "met": ok} for t, g, m, ok in out]
+
+
+def draw(res: dict, out: str) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): no plot"
+    panels = []
+    if res.get("filesystems"):
+        panels += ["fs", "mem"]
+    if res.get("mount_tables", {}).get("sizes"):
+        panels.append("mounts")
+    if res.get("hosts", {}).get("rows"):
+        panels.append("hosts")
+    if not panels:
+        return "nothing to draw"
+    cols = 2 if len(panels) > 1 else 1
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 4.2 * nrows), squeeze=False)
+    for ax, kind in zip(axes.flat, panels):
+        if kind == "fs":
+            rows = [r for r in res["filesystems"]["rows"] if r["load"] == "idle"]
+            for k in ("util-linux fsfreeze", "ioctl loop", "vmsnap run", "vmsnap freeze"):
+                pts = sorted((r["filesystems"], r["op_median_ms"]) for r in rows
+                             if r["strategy"] == k)
+                ax.plot(*zip(*pts), "o-", label="%s, whole operation" % k)
+            pts = sorted((r["filesystems"], r["window_median_ms"]) for r in rows
+                         if r["strategy"] == "vmsnap freeze")
+            ax.plot(*zip(*pts), "s--", label="vmsnap freeze, freeze window")
+            lt = [r for r in res["filesystems"]["rows"] if r["load"] == "light"
+                  and r["strategy"] == "vmsnap freeze"]
+            if lt:
+                pts = sorted((r["filesystems"], r["op_median_ms"]) for r in lt)
+                ax.plot(*zip(*pts), "^:", label="vmsnap freeze, light writers on half")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("loop ext4 filesystems")
+            ax.set_ylabel("ms, median (log)")
+            ax.set_title("Many filesystems (idle): time", fontsize=9)
+        elif kind == "mem":
+            rows = sorted((r for r in res["filesystems"]["rows"] if r["load"] == "idle"
+                           and r["strategy"] == "vmsnap run"), key=lambda r: r["filesystems"])
+            xs = [r["filesystems"] for r in rows]
+            ax.plot(xs, [r["memory_hwm_sum_max_mib"] for r in rows], "o-",
+                    label="VmHWM, vmsnap + guardian + reaper")
+            ax.plot(xs, [r["memory_pss_sum_max_mib"] for r in rows], "s-", label="PSS, the same")
+            ax.axhline(64, color="grey", ls=":", label="target 64 MiB")
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("loop ext4 filesystems")
+            ax.set_ylabel("MiB, peak of the rounds")
+            ax.set_title("Many filesystems: peak memory of `vmsnap run`", fontsize=9)
+        elif kind == "mounts":
+            sizes = sorted(res["mount_tables"]["sizes"], key=lambda s: s["entries"])
+            for k in ("findmnt", "vmsnap mounts", "vmsnap run --dry-run", "plan (in process)"):
+                ax.plot([s["entries"] for s in sizes], [s[k]["median_ms"] for s in sizes], "o-",
+                        label=k)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("entries in the mount table")
+            ax.set_ylabel("ms, median (log)")
+            ax.set_title("Huge mount tables (overlay, tmpfs, bind; 4 loop ext4)", fontsize=9)
+        else:
+            rows = res["hosts"]["rows"]
+            for k, c in (("vmsnap consistency_group", "C0"), ("plain fsfreeze playbook", "C1")):
+                rs = sorted((r for r in rows if r["strategy"] == k), key=lambda r: r["hosts"])
+                xs = [r["hosts"] for r in rs]
+                ax.plot(xs, [r["frozen_max_median_ms"] / 1e3 for r in rs], "o-", color=c,
+                        label="%s: longest host frozen" % k)
+                ax.plot(xs, [r["group_window_median_ms"] / 1e3 for r in rs], "s--", color=c,
+                        label="%s: group window" % k)
+                ax.plot(xs, [r["wall_median_ms"] / 1e3 for r in rs], "^:", color=c,
+                        label="%s: playbook wall" % k)
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("hosts (sshd in namespaces, Ansible)")
+            ax.set_ylabel("s, median")
+            ax.set_title("Many hosts: group snapshot through Ansible", fontsize=9)
+        ax.legend(fontsize=6.5)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    m = res.get("machine", {})
+    fig.suptitle("vmsnap: how the cost grows; %s, %s cores, kernel %s, load average %s "
+                 "(shared machine: read the ratios)" % (
+                     m.get("date"), m.get("cores"), m.get("kernel"),
+                     res.get("loadavg_start")), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return None
+
+
+def report(res) -> None:
+    m = res["machine"]
+    print("\nmachine: %s cores (%s), kernel %s, %s; load average at the start %s, at the end %s"
+          % (m["cores"], m["cpu"], m["kernel"], m["date"], res["loadavg_start"],
+             res.get("loadavg_end")))
+    fs = res.get("filesystems")
+    if fs:
+        print(table("\nmany filesystems (ms; op = whole operation, blocked = per filesystem):",
+                    fs["rows"], ["filesystems", "load", "strategy", "rounds", "op_median_ms",
+                                 "window_median_ms", "blocked_median_ms", "blocked_max_median_ms",
+                                 "op_ratio_to_fsfreeze", "memory_hwm_sum_max_mib",
+                                 "memory_pss_sum_max_mib", "loadavg"]))
+        print("\nslopes (ms per added filesystem between counts; exponent b of N^b, top two):")
+        for what, per in fs["slopes"].items():
+            for k, s in per.items():
+                print("  %-8s %-20s %s  b=%s" % (what, k, " ".join(
+                    "%d->%d:%.3f" % (x["from"], x["to"], x["per_fs"]) for x in s["per_fs_ms"]),
+                    s["exponent_top"]))
+        for name, s in fs["run_phases"].items():
+            print("  vmsnap run %-22s %s  b=%s" % (name, s["values"], s["exponent_top"]))
+    mt = res.get("mount_tables")
+    if mt and mt.get("sizes"):
+        rows = [dict({"entries": s["entries"], "loadavg": s["loadavg"]},
+                     **{k: s[k]["median_ms"] for k in ("vmsnap mounts", "plan (in process)",
+                                                       "vmsnap run --dry-run", "findmnt")})
+                for s in mt["sizes"]]
+        print(table("\nmount tables (median ms):", rows,
+                    ["entries", "vmsnap mounts", "plan (in process)", "vmsnap run --dry-run",
+                     "findmnt", "loadavg"]))
+        st = mt.get("startup")
+        if st:
+            print("\nstart-up at %d entries (median ms): %s" % (st["entries"], st["wall_median_ms"]))
+            for label, imp in st["importtime"].items():
+                print("  python -X importtime ... %s: %d modules, %.1f ms self in all; by "
+                      "package: %s" % (label, imp["modules"], imp["total_self_ms"],
+                                       list(imp["by_package_ms"].items())[:8]))
+                print("    vmsnap modules, self: %s" % list(imp["vmsnap_native_ms"].items())[:10])
+    fl = res.get("hosts")
+    if fl and fl.get("rows"):
+        print(table("\nmany hosts (ms):", fl["rows"],
+                    ["hosts", "strategy", "rounds", "frozen_max_median_ms", "frozen_median_ms",
+                     "group_window_median_ms", "before_step_median_ms", "step_median_ms",
+                     "after_step_median_ms", "wall_median_ms", "frozen_max_ratio_to_plain",
+                     "loadavg"]))
+        if fl.get("skipped"):
+            print("  not measured (time budget): %s hosts" % fl["skipped"])
+    print(table("\ntargets:", res["targets"], ["target", "goal", "measured", "met"]))
+
+
+def in_own_namespace() -> bool:
+    """Whether this process's mount namespace is not that of its ancestors
+    (unshare -m made one) and /run in it is a tmpfs."""
+    mine, pid = os.stat("/proc/self/ns/mnt").st_ino, os.getppid()
+    other = False
+    while pid > 1 and not other:
+        try:
+            other = os.stat("/proc/%d/ns/mnt" % pid).st_ino != mine
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    with open("/proc/self/mountinfo") as f:
+        run_tmpfs = any(line.split()[4] == "/run" and " - tmpfs " in line for line in f)
+    return other and run_tmpfs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small counts, few rounds (development)")
+    ap.add_argument("--parts", default="fs,mounts,fleet")
+    ap.add_argument("--ansible", help="ansible-playbook for the hosts part (make bench-scale "
+                    "builds one); without it that part is left out")
+    ap.add_argument("--out", default=os.path.join(HERE, "scale.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/scale.py needs root (it makes and freezes loop filesystems)", file=sys.stderr)
+        return 1
+    if not in_own_namespace():
+        print("bench/scale.py runs in a private mount namespace with its own /run: "
+              "unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /run && ...' "
+              "(make bench-scale does it)", file=sys.stderr)
+        return 1
+    parts = set(args.parts.split(","))
+    t0 = time.monotonic()
+
+    def log(line):
+        print("[%4.0fs] %s" % (time.monotonic() - t0, line), file=sys.stderr, flush=True)
+
+    res = {"machine": machine(), "quick": args.quick,
+           "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    res["machine"]["scratch"] = "loop ext4 images on the root filesystem; /run on tmpfs"
+    if "fs" in parts:
+        import scale_fs
+        log("many filesystems ...")
+        if args.quick:
+            res["filesystems"] = scale_fs.run((1, 4, 16), (4,), {1: 3, 4: 3, 16: 2}, log=log)
+        else:
+            res["filesystems"] = scale_fs.run(log=log)
+    if "mounts" in parts:
+        import scale_mounts
+        log("mount tables ...")
+        if args.quick:
+            res["mount_tables"] = scale_mounts.run((100, 1000), {100: 3, 1000: 3, "startup": 3})
+        else:
+            res["mount_tables"] = scale_mounts.run()
+    if "fleet" in parts and args.ansible:
+        import scale_fleet
+        log("many hosts ...")
+        counts = (1, 2) if args.quick else (1, 2, 4, 8, 16)
+        left = BUDGET_S - (time.monotonic() - t0)
+        res["hosts"] = scale_fleet.run(args.ansible, counts, rounds={1: 1, 2: 1} if args.quick
+                                       else None, log=log, budget_s=left)
+    elif "fleet" in parts:
+        res["hosts"] = {"rows": [], "skipped": "no --ansible given"}
+    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["targets"] = targets(res)
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    why = draw(res, os.path.splitext(args.out)[0] + ".png")
+    report(res)
+    print("\n%s written in %.0f s; plot: %s" % (args.out, res["seconds"],
+                                               why or os.path.splitext(args.out)[0] + ".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
