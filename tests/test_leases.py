@@ -149,8 +149,9 @@ def test_record_names_carry_their_creator_and_an_unpredictable_part(loopfs):
 
 
 def dead_process():
-    p = subprocess.Popen(["true"])
+    p = subprocess.Popen(["sleep", "30"])   # alive until its start time is read
     st = process.starttime(p.pid)
+    p.kill()
     p.wait()
     return p.pid, st
 
