@@ -10,6 +10,17 @@ freeze and no other, and says whether the lease still held when it came
 (``thawed``) or had already ended (``expired``: its deadline, another
 thaw, a reboot); `vmsnap thaw --session ID` is that call.  Plain
 ``thaw_recorded()`` (`vmsnap thaw`) still thaws whatever is recorded.
+
+Whoever dies, the freeze ends by its deadline: the guardian thaws at the
+deadline, and when `vmsnap freeze` dies before handing the freeze over.
+Should the guardian itself die (a SIGKILL), the lease's watcher thaws
+from its record at once: `vmsnap freeze` leaves its reaper the command
+``python -m vmsnap_native.held --watch-lease RECORD --guardian PID:START``
+(the reaper's resume, as a run leaves its post-script), which the reaper
+starts when `vmsnap freeze` exits or dies; it waits for the guardian to be
+gone and, if the guardian left its record (it removes it after every
+thaw of its own), thaws from it under the run lock with the core's thaw
+from saved state, and logs that to the system log.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import re
 import signal
 import stat
 import sys
+import syslog
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +38,13 @@ from typing import IO, Any
 
 from . import process
 from ._core import core
+from ._resume import _python, package_root  # the resume's interpreter and package
 from .cycle import recover_stale
 from .errors import BusyError, CoreUnavailable, FreezeError
 from .freeze import (
+    RUNTIME_DIR_ENV,
     FreezeSession,
+    IncompleteRecord,
     RecordedThaw,
     _check_runtime_dir,
     _read_record,
@@ -92,6 +107,7 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
     the latest.  The result's ``session`` is the lease's id for
     ``thaw_session()``.  Never raises for what the report can say."""
     held = HeldFreeze(timeout=timeout)
+    watching = False
     lock = RunLock()   # it waits for the resume of a run that died, and says so
     try:
         with lock:
@@ -107,6 +123,12 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
             s = FreezeSession(plan.selection.eligible, timeout=timeout,
                               expedite_rcu=plan.settings.expedite_rcu,
                               dirty_cap_mb=plan.settings.dirty_cap_mib)
+            process.set_resume_command(None)   # the reaper ready before the guardian starts
+            s.start()
+            # before anything is frozen: should the guardian die, its record
+            # is thawed from once this process is gone too
+            watch_lease_after_exit(s.record_path, s.guardian_pid, s.guardian_starttime)
+            watching = True
             s.freeze()
             held.mounts = [m.to_dict() for m in s.mounts]
             if not s.all_frozen:
@@ -132,6 +154,8 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
                            else str(exc))
     finally:
         held.warnings = list(lock.notes)
+        if watching and held.status != "frozen":
+            process.set_resume_command(None)   # nothing left frozen to watch
     return held
 
 
@@ -300,6 +324,13 @@ def _end_lease(out: SessionThaw, path: str, fd: int, pid: int, start: int,
                                "consistent" % _ended_by(sh)) if sh.record_live else \
                     "the freeze may have reached its deadline before this thaw"
             return out
+    if os.fstat(fd).st_nlink == 0:
+        # gone before we had the lock: the lease's watcher (or another thaw)
+        # thawed it from the record; what is frozen now is someone else's
+        out.status = EXPIRED
+        out.message = "its guardian died and the freeze was thawed from its record before " \
+                      "this thaw: the snapshot it was for is not consistent"
+        return out
     # the guardian is gone and left the record: what it froze may still be
     # frozen; thawed from the record (the core's thaw from saved state),
     # under the run lock (taken above) so that no run's freeze is touched
@@ -320,3 +351,104 @@ def _end_lease(out: SessionThaw, path: str, fd: int, pid: int, start: int,
         out.message = "nothing of it was still frozen: " + "; ".join(
             "%s: %s" % (r.mountpoint, r.outcome) for r in results)
     return out
+
+
+# -- the lease's watcher: its guardian's death thaws it at once ------------------
+
+WATCH_MODULE = "vmsnap_native.held"
+# How long the watcher tries for the run lock before it says it gave up
+# (whoever holds it then thawed the dead lease's record on taking it).
+WATCH_LOCK_S = 120.0
+
+
+def watch_lease_after_exit(record: str | None, guardian_pid: int, guardian_start: int) -> None:
+    """Leaves this process's reaper the lease's watcher, started when this
+    process is gone (exit or SIGKILL): it waits for the guardian
+    (GUARDIAN_PID, GUARDIAN_START) and thaws from RECORD what it left
+    frozen.  Nothing to do without a record (nothing to thaw from)."""
+    if not record:
+        return
+    argv = [_python(), "-m", WATCH_MODULE, "--watch-lease", record,
+            "--guardian", "%d:%d" % (guardian_pid, guardian_start)]
+    env = process.clean_environment({"PYTHONPATH": package_root(), "PYTHONSAFEPATH": "1",
+                                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+                                     RUNTIME_DIR_ENV: runtime_dir()})
+    process.set_resume_command(argv, env)
+
+
+def _say(level: int, msg: str) -> None:
+    syslog.openlog("vmsnap-lease", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(level, msg)
+    print("vmsnap lease watcher: %s" % msg, file=sys.stderr, flush=True)
+
+
+def watch_lease(record: str, pid: int, start: int, lock_wait: float = WATCH_LOCK_S) -> int:
+    """The watcher (run by the reaper): once the guardian (PID, START) is
+    gone, thaws what it left frozen, from RECORD, under the run lock.  The
+    guardian removes its record after every thaw of its own (deadline,
+    `vmsnap thaw`, the death of `vmsnap freeze` before the handover); a
+    record still there means it died holding the freeze.  0: nothing was
+    left frozen or all of it is thawed now; 1: a thaw failed (said why)."""
+    while not process.wait_gone(pid, start, 3600.0):
+        pass   # a lease may be long; a guardian stuck in the kernel longer still
+    if not os.path.lexists(record):
+        return 0
+    lock = RunLock(role="resume", bound_s=THAW_WAIT_S)
+    give_up = time.monotonic() + lock_wait
+    while True:
+        try:
+            lock.acquire(timeout=1.0)
+            break
+        except BusyError as exc:
+            if not os.path.lexists(record):
+                return 0   # whoever holds the lock thawed it on taking it
+            if time.monotonic() > give_up:
+                _say(syslog.LOG_ERR, "the guardian (pid %d) of a held freeze died; its record "
+                     "%s is left for `vmsnap thaw`: %s" % (pid, record, exc))
+                return 1
+    try:
+        try:
+            buf, sh = _read_record(record)
+        except FileNotFoundError:
+            return 0   # thawed (and removed) by another thaw before we had the lock
+        except IncompleteRecord:
+            return 0   # never written: nothing was frozen under it
+        except (OSError, ValueError) as exc:
+            _say(syslog.LOG_ERR, "%s: %s" % (record, exc))
+            return 1
+        if (sh.guardian_pid, sh.guardian_starttime) != (pid, start):
+            return 0   # not that guardian's
+        results = _thaw_one_record(record, sh, buf, False, THAW_WAIT_S)
+        failed = [r for r in results if r.outcome.startswith("failed")]
+        thawed = [r.mountpoint for r in results if r.outcome == "thawed"]
+        if thawed:
+            _say(syslog.LOG_WARNING, "the guardian (pid %d) of a held freeze died before its "
+                 "thaw; thawed %s from its record: the lease ended early, the snapshot it was "
+                 "for is not consistent" % (pid, ", ".join(thawed)))
+        if failed:
+            _say(syslog.LOG_ERR, "the guardian (pid %d) of a held freeze died; from its record "
+                 "%s: %s" % (pid, record, "; ".join("%s: %s" % (r.mountpoint, r.outcome)
+                                                    for r in failed)))
+            return 1
+        return 0
+    finally:
+        lock.release()
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m %s" % WATCH_MODULE)
+    p.add_argument("--watch-lease", required=True, metavar="RECORD")
+    p.add_argument("--guardian", required=True, metavar="PID:START")
+    args = p.parse_args(argv)
+    pid, _, start = args.guardian.partition(":")
+    try:
+        return watch_lease(args.watch_lease, int(pid), int(start))
+    except (OSError, ValueError, BusyError, CoreUnavailable) as exc:
+        _say(syslog.LOG_ERR, "the lease's record %s could not be used: %s"
+             % (args.watch_lease, exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
