@@ -65,8 +65,13 @@ test-under-load: build ## the timing-sensitive tests 5 times in a row beside two
 # repeatable, ONLY=K replays one cycle; logs and summary.json in build/soak/
 N ?= 200
 SEED ?= 1
-soak: build ## randomised cycles with faults through every entry point (root; N=200 SEED=1 ONLY=K)
-	nice $(PY) tools/soak.py -n $(N) --seed $(SEED) $(if $(ONLY),--only $(ONLY)) --log-dir build/soak
+JOBS ?= 1
+soak: build ## randomised cycles with faults through every entry point (root; N=200 SEED=1 JOBS=1 ONLY=K)
+	nice $(PY) tools/soak.py -n $(N) --seed $(SEED) --jobs $(JOBS) $(if $(ONLY),--only $(ONLY)) --log-dir build/soak
+
+# CI's soak: a fixed seed, 200 cycles in 2 jobs (a few minutes); exit 1 on any violation
+soak-ci: build ## a short soak for CI: 200 cycles, seed 1, fails on any violation (root)
+	nice $(PY) tools/soak.py -n 200 --seed 1 --jobs 2 --log-dir build/soak-ci
 
 include mk/fleet.mk
 
@@ -156,5 +161,5 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
 
-.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint mutants soak test-under-load cmutants clean \
+.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint mutants soak soak-ci test-under-load cmutants clean \
         sdist man completion deb test-deb test-packaging

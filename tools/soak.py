@@ -2,6 +2,7 @@
 """The soak: thousands of randomised cycles through every vmsnap entry point.
 
     tools/soak.py -n N [--seed S] [--only K] [--log-dir D] [--modes run,qemu-ga,gce,freeze]
+                  [--jobs J] [--first K]
 
 Each cycle picks, from random.Random("SEED-K") (so one cycle can be replayed
 alone with --only K), an entry point and a situation:
@@ -48,7 +49,11 @@ soak re-executes itself under `unshare -m --propagation private`), with
 VMSNAP_RUNTIME_DIR there; configs and scripts are root's, 0600/0700, in a
 0700 directory.  A log per cycle goes to the log directory.  At the end: the
 cycles, the faults injected per kind, every violation with its seed and
-cycle; exit 1 on any violation.
+cycle; exit 1 on any violation.  --jobs J splits the N cycles among J soaks
+side by side (each in its own namespace, with its own filesystems; cycle K
+is the same whichever job runs it) and sums their summaries: most of a
+cycle is waiting (timeouts, deadlines, the quiet second), so J jobs take
+about 1/J of the time on an idle machine.
 """
 
 from __future__ import annotations
@@ -900,11 +905,9 @@ class Soak:
         # the cycle's last legitimate moment: its commands' end, or an open
         # session's deadline, then a post-script run by a resume or a watchdog
         legit = facts["t_end"]
-        first_exit = next((e for e in evs if e["ev"] == "first-exit"), None)
-        first_call = next((e for e in evs if e["ev"] == "first-call"), None)
-        if plan.mode != "run" and first_call:
-            opened = first_exit["t"] if first_exit else facts["t_end"]
-            legit = max(legit, opened + plan.freeze_timeout)
+        step = self.step_start_bound(plan, evs, facts)
+        if step is not None:
+            legit = max(legit, step + plan.freeze_timeout)
         legit += plan.post_budget() + INTERP_S
         # processes
         gone_by = legit + 1.0
@@ -995,6 +998,27 @@ class Soak:
                 os.unlink(f)
             except OSError:
                 pass
+
+    @staticmethod
+    def step_start_bound(plan, evs, facts):
+        """The latest instant the session's snapshot step (hook) or the lease
+        (freeze) can have begun, from which its freeze deadline counts; None
+        for a run (its commands' end covers it).  A first call that got its
+        answer exited after the step began (the answer is sent as it begins);
+        one that was killed or died first does not say when: the session
+        went on without it, through its pre-script (its whole budget) and
+        the freeze."""
+        if plan.mode == "run":
+            return None
+        first_call = next((e for e in evs if e["ev"] == "first-call"), None)
+        if first_call is None:
+            return None
+        first_exit = next((e for e in evs if e["ev"] == "first-exit"), None)
+        answered = first_exit is not None and first_exit.get("rc", -1) >= 0
+        if answered:
+            return first_exit["t"]
+        return max(first_exit["t"] if first_exit else facts["t_end"],
+                   first_call["t"] + INTERP_S + plan.pre_budget() + 1.0)
 
     def check_run(self, plan, fault, facts, led):
         res, rc = facts["result"], facts["rc"]
@@ -1144,7 +1168,8 @@ class Soak:
                     os.unlink(os.path.join(self.logdir, f))
         self.setup()
         t0 = time.monotonic()
-        ks = [self.args.only] if self.args.only is not None else range(self.args.n)
+        ks = [self.args.only] if self.args.only is not None else \
+            range(self.args.first, self.args.first + self.args.n)
         interrupted = False
         try:
             for k in ks:
@@ -1167,33 +1192,102 @@ class Soak:
                    "faults_missed": dict(self.faults_missed),
                    "behaviours": dict(self.behaviours), "violations": len(self.violations),
                    "violations_by_kind": dict(kinds), "session_flag": self.session_flag,
-                   "rcu_checks_not_judged": self.inconclusive,
+                   "rcu_checks_not_judged": self.inconclusive, "interrupted": interrupted,
                    "list": self.violations}
-        with open(os.path.join(self.logdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        print("soak: seed %d, %d cycles in %.0fs%s" % (self.seed, self.cycles, elapsed,
-                                                       " (interrupted)" if interrupted else ""))
-        print("  modes: %s" % ", ".join("%s %d" % kv for kv in sorted(self.modes.items())))
-        print("  faults injected: %d (%s)" % (sum(self.faults.values()), ", ".join(
-            "%s %d" % kv for kv in sorted(self.faults.items()))))
-        print("  faults whose target was already gone: %d" % sum(self.faults_missed.values()))
-        if self.inconclusive:
-            print("  rcu_expedited checks not judged (another namespace was freezing): %d"
-                  % self.inconclusive)
-        print("  script behaviours: %s" % ", ".join("%s %d" % kv
-                                                     for kv in sorted(self.behaviours.items())))
-        print("  violations: %d%s" % (len(self.violations), "" if not kinds else " (%s)" % (
-            ", ".join("%s %d" % kv for kv in sorted(kinds.items())))))
-        for v in self.violations[:200]:
-            print("  seed %d cycle %d (%s): %s: %s\n      %s" % (
-                v["seed"], v["cycle"], v["mode"], v["kind"], v["detail"], v["plan"]))
-        if len(self.violations) > 200:
-            print("  ... %d more in %s" % (len(self.violations) - 200,
-                                           os.path.join(self.logdir, "summary.json")))
-        if self.violations:
-            print("  replay one: make soak SEED=%d ONLY=CYCLE (logs: %s/cycle-*.log)"
-                  % (self.seed, self.logdir))
-        return 1 if self.violations or interrupted else 0
+        return report(summary, self.logdir)
+
+
+def report(summary, logdir):
+    """Prints SUMMARY (and writes it to LOGDIR/summary.json); the exit status."""
+    with open(os.path.join(logdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    violations, kinds = summary["list"], summary["violations_by_kind"]
+    faults = summary["faults_injected"]
+    print("soak: seed %d, %d cycles in %.0fs%s%s" % (
+        summary["seed"], summary["cycles"], summary["seconds"],
+        " (%d jobs)" % summary["jobs"] if summary.get("jobs", 1) > 1 else "",
+        " (interrupted)" if summary["interrupted"] else ""))
+    print("  modes: %s" % ", ".join("%s %d" % kv for kv in sorted(summary["modes"].items())))
+    print("  faults injected: %d (%s)" % (sum(faults.values()), ", ".join(
+        "%s %d" % kv for kv in sorted(faults.items()))))
+    print("  faults whose target was already gone: %d" % sum(summary["faults_missed"].values()))
+    if summary["rcu_checks_not_judged"]:
+        print("  rcu_expedited checks not judged (another namespace was freezing): %d"
+              % summary["rcu_checks_not_judged"])
+    print("  script behaviours: %s" % ", ".join(
+        "%s %d" % kv for kv in sorted(summary["behaviours"].items())))
+    print("  violations: %d%s" % (len(violations), "" if not kinds else " (%s)" % (
+        ", ".join("%s %d" % kv for kv in sorted(kinds.items())))))
+    for v in violations[:200]:
+        print("  seed %d cycle %d (%s): %s: %s\n      %s" % (
+            v["seed"], v["cycle"], v["mode"], v["kind"], v["detail"], v["plan"]))
+    if len(violations) > 200:
+        print("  ... %d more in %s" % (len(violations) - 200,
+                                       os.path.join(logdir, "summary.json")))
+    if violations:
+        print("  replay one: make soak SEED=%d ONLY=CYCLE (logs: %s/cycle-*.log)"
+              % (summary["seed"], logdir))
+    return 1 if violations or summary["interrupted"] else 0
+
+
+def run_jobs(args):
+    """N cycles split among JOBS soaks side by side, each in its own mount
+    namespace with its own filesystems (cycle K is the same cycle whichever
+    job runs it: replayable with --only K); one summary of them all."""
+    logdir = os.path.abspath(args.log_dir)
+    os.makedirs(logdir, exist_ok=True)
+    per, extra = divmod(args.n, args.jobs)
+    procs, first, t0 = [], 0, time.monotonic()
+    for j in range(args.jobs):
+        n = per + (j < extra)
+        jdir = os.path.join(logdir, "job-%d" % j)
+        argv = [PY, os.path.abspath(__file__), "-n", str(n), "--first", str(first),
+                "--seed", str(args.seed), "--log-dir", jdir, "--modes", ",".join(args.modes)]
+        if args.until:
+            argv += ["--until", str(args.until)]
+        if args.keep_logs:
+            argv.append("--keep-logs")
+        out = open(os.path.join(logdir, "job-%d.out" % j), "w")
+        env = {k: v for k, v in os.environ.items() if k != "SOAK_PRIVATE_NS"}   # each its own
+        procs.append((subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env),
+                      out, jdir))
+        first += n
+    interrupted = False
+    try:
+        for p, _, _ in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        for p, _, _ in procs:
+            p.send_signal(signal.SIGTERM)
+        for p, _, _ in procs:
+            p.wait()
+    total = {"seed": args.seed, "cycles": 0, "seconds": 0, "jobs": args.jobs, "modes": {},
+             "faults_injected": {}, "faults_missed": {}, "behaviours": {}, "violations": 0,
+             "violations_by_kind": {}, "rcu_checks_not_judged": 0,
+             "interrupted": interrupted, "list": []}
+    for j, (p, out, jdir) in enumerate(procs):
+        out.close()
+        try:
+            with open(os.path.join(jdir, "summary.json")) as f:
+                part = json.load(f)
+        except (OSError, ValueError):
+            print("soak: job %d left no summary (exit %s): see %s/job-%d.out"
+                  % (j, p.returncode, logdir, j))
+            total["interrupted"] = True
+            continue
+        for key in ("cycles", "violations", "rcu_checks_not_judged"):
+            total[key] += part[key]
+        for key in ("modes", "faults_injected", "faults_missed", "behaviours",
+                    "violations_by_kind"):
+            c = collections.Counter(total[key])
+            c.update(part[key])
+            total[key] = dict(c)
+        total["list"] += part["list"]
+        total["interrupted"] = total["interrupted"] or part.get("interrupted", False)
+    total["seconds"] = round(time.monotonic() - t0)
+    total["list"].sort(key=lambda v: v["cycle"])
+    return report(total, logdir)
 
 
 def main(argv=None):
@@ -1201,6 +1295,10 @@ def main(argv=None):
     ap.add_argument("-n", type=int, default=200, help="cycles (default 200)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", type=int, help="replay this cycle of the seed alone")
+    ap.add_argument("--first", type=int, default=0, help="the first cycle's number (default 0)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="soaks side by side, each with its own filesystems, sharing the N "
+                         "cycles (default 1)")
     ap.add_argument("--log-dir", default=os.path.join(REPO, "build", "soak"))
     ap.add_argument("--modes", default="run,qemu-ga,gce,freeze")
     ap.add_argument("--until", type=float, help="stop starting cycles after this Unix time")
@@ -1223,6 +1321,8 @@ def main(argv=None):
         if shutil.which(tool) is None:
             print("soak: needs %s" % tool, file=sys.stderr)
             return 2
+    if args.jobs > 1 and args.only is None:
+        return run_jobs(args)
     if os.environ.get("SOAK_PRIVATE_NS") != "1":
         # a private mount namespace with its own /run: records, locks and mounts
         # never meet anyone else's
