@@ -138,25 +138,40 @@ def test_signal_during_the_pre_script_stops_it_and_runs_the_post_script(tmp_path
     assert not frozen_state(m)
 
 
-@pytest.mark.xfail(strict=True, reason="a stop signal that lands after the script's spawn and "
-                   "before Process.wait() leaves the script running (found under load)")
+@pytest.mark.parametrize("where", ["spawn", "wait"])
 def test_a_stop_signal_between_the_spawn_and_the_wait_leaves_nothing_running(tmp_path, loopfs,
-                                                                            monkeypatch):
-    """The window a loaded machine opens: the pre-script already runs (it is
-    spawned and registered with the reaper) but the run is not yet waiting
-    for it when SIGTERM comes.  Made exact here: the run (in this process)
-    sends itself SIGTERM right after the registration; its handler raises
-    there.  The pre-script must not outlive the run."""
+                                                                            monkeypatch, where):
+    """The window a loaded machine opens: the pre-script already runs but the
+    run is not yet waiting for it when SIGTERM comes.  Made exact here: the
+    run (in this process) sends itself SIGTERM, and its handler raises
+    there: "spawn", right after the child's registration with the reaper
+    (inside the constructor); "wait", once the constructor has returned,
+    before the wait's own guard.  The pre-script must not outlive the run,
+    and the post-script still runs."""
     (m,) = loopfs.make(1)
-    real_watch, sent = process._watch, []
+    sent = []
 
-    def watch_then_sigterm(proc):
-        real_watch(proc)
+    def sigterm_once(pid):
         if not sent:
-            sent.append(proc.pid)
+            sent.append(pid)
             os.kill(os.getpid(), signal.SIGTERM)   # the handler raises Interrupted here
 
-    monkeypatch.setattr(process, "_watch", watch_then_sigterm)
+    if where == "spawn":
+        real_watch = process._watch
+
+        def watch_then_sigterm(proc):
+            real_watch(proc)
+            sigterm_once(proc.pid)
+
+        monkeypatch.setattr(process, "_watch", watch_then_sigterm)
+    else:
+        real_wait = process.Process.wait
+
+        def sigterm_then_wait(self, *args, **kwargs):
+            sigterm_once(self.pid)
+            return real_wait(self, *args, **kwargs)
+
+        monkeypatch.setattr(process.Process, "wait", sigterm_then_wait)
     cfg = setup_scripts(tmp_path, pre="echo $$ > %s; %s" % (tmp_path / "pre.pid",
                                                           wait_in_step(tmp_path, "pre")),
                         post="touch %s" % (tmp_path / "post-ran"))
@@ -165,6 +180,8 @@ def test_a_stop_signal_between_the_spawn_and_the_wait_leaves_nothing_running(tmp
     try:
         assert res.status == "failed" and [e.code for e in res.errors] == ["Interrupted"]
         assert gone_soon(pid), "the pre-script outlived the run"
+        assert (tmp_path / "post-ran").exists()
+        assert not frozen_state(m)
     finally:
         if alive(pid):
             os.killpg(pid, signal.SIGKILL)

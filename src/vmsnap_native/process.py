@@ -292,10 +292,17 @@ def _output(ffi, p) -> tuple:
 
 
 class Process:
-    """A supervised child.  ``wait()`` returns its ProcessResult."""
+    """A supervised child.  ``wait()`` returns its ProcessResult.
+
+    From the instant the child exists until ``wait()`` returns, an exception
+    (a stop signal's Interrupted, KeyboardInterrupt, SystemExit) kills its
+    whole tree and waits for it: inside the constructor here, inside
+    ``wait()`` there.  Between the two, the caller's: ``run_process`` closes
+    it (use it, or call ``abandon()`` when anything is raised before the
+    wait)."""
 
     def __init__(self, argv, env=None, cwd=None, output_limit=DEFAULT_OUTPUT_LIMIT,
-                 executable=None, force_fallback=False):
+                 executable=None, force_fallback=False, _spawned=None):
         ffi, lib = core()
         if not argv:
             raise ValueError("argv must not be empty")
@@ -319,30 +326,55 @@ class Process:
         p.head, p.head_cap, p.tail, p.tail_cap = self._head, half, self._tail, half
         # the per-call switch; VMSNAP_COMPAT_DISABLE=pidfd switches it off for all
         flags = lib.VMSNAP_SPAWN_NO_PIDFD if force_fallback else 0
+        c_path = cstr(path)
+        c_cwd = cstr(os.fspath(cwd)) if cwd else ffi.NULL
         _ensure_reaper()    # before the child: the reaper is no orphan of its tree
         _retry_busy_cgroups()
-        r = lib.vmsnap_proc_spawn(cstr(path), c_argv, c_env,
-                                  cstr(os.fspath(cwd)) if cwd else ffi.NULL, flags, p)
-        if r < 0:
-            raise OSError(-r, "cannot supervise %s: %s" % (path, os.strerror(-r)))
+        # everything abandon() needs is in place before the child exists: an
+        # exception at any instant from the spawn on kills it (p.pid > 0 says
+        # it was started; the C call itself is never interrupted)
         self._p = p
-        self.pid = p.pid if p.pid > 0 else None
-        self.containment = CONTAINMENTS.get(p.containment, "process-group") if self.pid else "none"
-        self.cgroup = ffi.string(p.cgroup).decode() or None if self.pid else None
+        self.pid = None
+        self.containment, self.cgroup = "none", None
         self.result = None
         self._released = False
-        if self.pid:
-            try:
+        self._abandoned = False
+        if _spawned is not None:
+            _spawned.append(self)
+        try:
+            r = lib.vmsnap_proc_spawn(c_path, c_argv, c_env, c_cwd, flags, p)
+            if r < 0:
+                raise OSError(-r, "cannot supervise %s: %s" % (path, os.strerror(-r)))
+            self.pid = p.pid if p.pid > 0 else None
+            if self.pid:
+                self.containment = CONTAINMENTS.get(p.containment, "process-group")
+                self.cgroup = ffi.string(p.cgroup).decode() or None
                 _watch(self)    # killed with its tree if we die before it ends
-            except ReaperError:
-                self._stop()
-                raise
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Kills the whole tree (if the child was started and not yet waited
+        for) and reaps it; idempotent, and a no-op once ``wait()`` has
+        returned."""
+        if self._abandoned or self.result is not None:
+            return
+        self._abandoned = True
+        if self._p.pid <= 0:
+            return
+        self.pid = self._p.pid
+        if not self._p.reaped or not self._released:
+            self._stop()
+        unwatch_group(self.pid)
 
     def _stop(self):
         """Kills the whole tree and waits until it is gone."""
         lib = core()[1]
         lib.vmsnap_proc_kill_tree(self._p)
-        lib.vmsnap_proc_wait(self._p, 1, 0)   # a deadline long past: the kill path
+        # a deadline long past: the kill path; EINTR (a signal) only retries
+        while lib.vmsnap_proc_wait(self._p, 1, 0) == -errno_mod.EINTR:
+            pass
         lib.vmsnap_proc_close(self._p)
         self._release()
 
@@ -430,7 +462,16 @@ def run_process(argv: Sequence[str], timeout: float | None = None,
     A program that cannot be executed gives exit code 127 (not found) or
     126 (not executable) and ``spawn_error``, not an exception.
     """
-    return Process(argv, env=env, cwd=cwd, output_limit=output_limit, executable=executable,
-                   force_fallback=force_fallback).wait(timeout=timeout, grace=grace,
-                                                       deadline_ns=deadline_ns,
-                                                       keep_watched=keep_watched)
+    # the Process is known here before its child exists: an exception that
+    # lands between the constructor's return and the wait's own guard (a
+    # stop signal on a loaded machine) still kills and reaps its tree
+    spawned: list = []
+    try:
+        Process(argv, env=env, cwd=cwd, output_limit=output_limit, executable=executable,
+                force_fallback=force_fallback, _spawned=spawned)
+        return spawned[0].wait(timeout=timeout, grace=grace, deadline_ns=deadline_ns,
+                               keep_watched=keep_watched)
+    except BaseException:
+        for proc in spawned:
+            proc.abandon()
+        raise

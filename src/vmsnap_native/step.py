@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from . import decide, policy
-from .process import Process
+from .process import run_process
 from .result import SnapshotResult
 
 SNAPSHOT_GRACE = 1.0
@@ -164,9 +164,10 @@ def _run_argv(snap: SnapshotResult, deadline_ns: int, env: dict, log,
         log.error("snapshot step %s not run: %s", " ".join(argv), prog.problem)
         return decide.STEP_FAILED, "snapshot step not run: %s" % prog.problem
     try:
-        proc = Process(argv, env=dict(env, PATH=prog.search_path), executable=prog.path,
-                       output_limit=SNAPSHOT_OUTPUT_LIMIT)
-        pr = proc.wait(deadline_ns=deadline_ns, grace=SNAPSHOT_GRACE)
+        # run_process: a stop signal between the spawn and the wait still kills it
+        pr = run_process(argv, env=dict(env, PATH=prog.search_path), executable=prog.path,
+                         output_limit=SNAPSHOT_OUTPUT_LIMIT, deadline_ns=deadline_ns,
+                         grace=SNAPSHOT_GRACE)
     except OSError as exc:
         return decide.STEP_FAILED, "%s: %s" % (argv[0], exc)
     snap.exit_code, snap.duration_ms, snap.output = pr.exit_code, pr.duration_ms, pr.output
