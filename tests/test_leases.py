@@ -287,3 +287,68 @@ def test_thaw_session_takes_the_run_lock_like_every_thaw(loopfs):
     finally:
         t = held_mod.thaw_session(h.session)
     assert t.status == "thawed" and not frozen_state(m)
+
+
+# -- the Ansible module's own view of its group session's process ------------------
+
+ANSIBLE_MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "contrib", "ansible", "plugins", "modules", "vmsnap.py")
+
+
+@pytest.fixture
+def ansible_module():
+    """contrib/ansible/plugins/modules/vmsnap.py, loaded alone as Ansible ships
+    it (its ansible import stubbed when ansible is not installed)."""
+    import importlib.util
+    import types
+    names = ("ansible", "ansible.module_utils", "ansible.module_utils.basic")
+    saved = {k: sys.modules.get(k) for k in names}
+    try:
+        import ansible.module_utils.basic  # noqa: F401
+    except ImportError:
+        for name in names:
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["ansible.module_utils.basic"].AnsibleModule = None
+    try:
+        spec = importlib.util.spec_from_file_location("vmsnap_ansible_module", ANSIBLE_MODULE)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        for name, m in saved.items():
+            if m is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = m
+
+
+def test_the_ansible_module_knows_its_session_process_by_pid_and_start_time(ansible_module,
+                                                                            tmp_path):
+    """Its launcher writes "PID START"; a pid file naming a live process of
+    another start time (a reused pid) is not the session's process."""
+    d = str(tmp_path)
+    p = subprocess.Popen(["/bin/sh", "-c", ansible_module.LAUNCH, d, "sleep", "30"])
+    try:
+        end = time.monotonic() + 10
+        while not os.path.exists(os.path.join(d, "pid")) and time.monotonic() < end:
+            time.sleep(0.01)
+        with open(os.path.join(d, "pid")) as f:
+            assert f.read().split() == [str(p.pid), str(process.starttime(p.pid))]
+        assert ansible_module.session_state(d)["running"]
+        # a pid reused by another process: here this test's own, live, pid with
+        # a start time that is not its own
+        me, mine = os.getpid(), process.starttime(os.getpid())
+        with open(os.path.join(d, "pid"), "w") as f:
+            f.write("%d %d\n" % (me, mine + 1))
+        st = ansible_module.session_state(d)
+        assert st["pid"] == me and not st["running"], "a reused pid passed for the session's"
+        with open(os.path.join(d, "pid"), "w") as f:
+            f.write("%d %d\n" % (me, mine))
+        assert ansible_module.session_state(d)["running"]
+    finally:
+        p.kill()
+        p.wait()
+    # gone: its own pid file, rewritten as it was, names nobody alive
+    with open(os.path.join(d, "pid"), "w") as f:
+        f.write("%d %d\n" % (p.pid, 1))
+    assert not ansible_module.session_state(d)["running"]

@@ -357,7 +357,11 @@ read verdict < "$d/release"
 LAUNCH = r"""
 d=$0
 exec </dev/null >/dev/null 2>"$d/stderr.log"
-echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
+nth20() { shift 19; echo "$1"; }
+read -r st < /proc/$$/stat
+st=${st##*) }
+start=$(nth20 $st)
+echo "$$ $start" > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
 "$@" > "$d/result.json.part"
 rc=$?
 mv "$d/result.json.part" "$d/result.json"
@@ -548,25 +552,40 @@ def read_float(path):
         return None
 
 
-def pid_alive(pid):
-    """The session's vmsnap process still runs (it is not our child: no wait)."""
-    if not pid:
-        return False
+def starttime(pid):
+    """Field 22 of /proc/PID/stat (clock ticks after boot), None if PID is
+    gone or a zombie: with the pid, it names one process and no other, ever."""
     try:
         with open("/proc/%d/stat" % pid) as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            return None
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid, start):
+    """The session's launcher (PID, started at START) still runs: a pid
+    alone may name another process by now (not our child: no wait)."""
+    if not pid or start is None:
         return False
-    return state != "Z"
+    return starttime(pid) == start
+
+
+def read_pid(d):
+    """(pid, start time) of the session's launcher, from its pid file
+    ("PID START"); (None, None) when there is none or it says less."""
+    try:
+        with open(os.path.join(d, "pid")) as f:
+            words = f.read().split()
+        return int(words[0]), int(words[1])
+    except (OSError, ValueError, IndexError):
+        return None, None
 
 
 def session_state(d):
-    pid = None
-    try:
-        with open(os.path.join(d, "pid")) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        pass
+    pid, start = read_pid(d)
     result = None
     try:
         with open(os.path.join(d, "result.json")) as f:
@@ -574,7 +593,8 @@ def session_state(d):
     except (OSError, ValueError):
         pass
     with_lease = read_float(os.path.join(d, "lease"))
-    return {"group": os.path.basename(d), "dir": d, "pid": pid, "running": pid_alive(pid),
+    return {"group": os.path.basename(d), "dir": d, "pid": pid,
+            "running": pid_alive(pid, start),
             "frozen_at": read_float(os.path.join(d, "frozen_at")),
             "released_at": read_float(os.path.join(d, "released_at")),
             "released": os.path.exists(os.path.join(d, "release")),
