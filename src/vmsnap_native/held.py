@@ -266,8 +266,9 @@ def thaw_session(session: str, timeout: float = THAW_WAIT_S) -> SessionThaw:
             out.message = "process %d is not the guardian of a held freeze" % pid
             return out
         out.status = EXPIRED
-        out.message = "that freeze no longer holds (its deadline passed, or another thaw " \
-                      "ended it): the snapshot it was for is not consistent"
+        out.message = "that freeze no longer holds (its deadline passed, another thaw " \
+                      "ended it, or its guardian died and it was thawed from its record): " \
+                      "the snapshot it was for is not consistent"
         return out
     path, fd = found
     try:
