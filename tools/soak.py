@@ -1015,14 +1015,17 @@ class Soak:
         if plan.mode == "run":
             return None
         first_call = next((e for e in evs if e["ev"] == "first-call"), None)
-        if first_call is None:
-            return None
         first_exit = next((e for e in evs if e["ev"] == "first-exit"), None)
+        if first_call is None and facts.get("agent_rc", 0) >= 0:
+            return None   # the agent ended on its own without a first call
         answered = first_exit is not None and first_exit.get("rc", -1) >= 0
         if answered:
             return first_exit["t"]
+        # an agent killed may have spawned its first call before it could say
+        # so: that call goes on, orphaned, and opens the session
+        called = first_call["t"] if first_call else facts["t_end"]
         return max(first_exit["t"] if first_exit else facts["t_end"],
-                   first_call["t"] + INTERP_S + plan.pre_budget() + 1.0)
+                   called + INTERP_S + plan.pre_budget() + 1.0)
 
     def check_run(self, plan, fault, facts, led):
         res, rc = facts["result"], facts["rc"]
