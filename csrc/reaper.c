@@ -79,6 +79,7 @@ struct reaper_resume {
 struct reaper_shared {
     struct reaper_entry slot[VMSNAP_REAPER_SLOTS];
     struct reaper_resume resume;
+    int32_t closing; /* set by the reaper before it reads the table to kill */
 };
 
 /* This process's table, shared with its reaper (one reaper per process). */
@@ -408,6 +409,13 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struc
             break; /* EOF: the controller is gone */
     }
     int64_t died = now_ns();
+    /* from here a child cloned by the dead controller that has not exec'd
+     * yet sees that it must not run (reaper_child_check): either it
+     * registered itself before this store and the kill below finds it, or
+     * it sees the store (both sides order store-then-load, sequentially
+     * consistent) */
+    __atomic_store_n(&sh->closing, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     kill_registered(sh);
     contain_cgroup_sweep(controller); /* its cgroups that are empty now */
     setpriority(PRIO_PROCESS, 0, 0);
@@ -506,6 +514,15 @@ void reaper_prewatch_done(int slot, int pid) {
     __atomic_store_n(&e->state, SLOT_FREE, __ATOMIC_RELEASE);
 }
 
+int reaper_child_check(int pid, uint64_t starttime) {
+    if (!shared)
+        return 0;
+    if (pid > 0)
+        (void)add_entry(pid, pid, starttime, pid, NULL); /* full: the parent's own try fails */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&shared->closing, __ATOMIC_SEQ_CST) ? -ESHUTDOWN : 0;
+}
+
 int vmsnap_reaper_unwatch(int key) {
     if (!shared || key <= 0)
         return -EINVAL;
@@ -552,16 +569,33 @@ int vmsnap_reaper_watch(const struct vmsnap_proc *p) {
     int free_slots, mine = count_slots(p->pid, &free_slots);
     if (n > free_slots + mine)
         return -ENOSPC; /* nothing changed: the caller still has what it had */
-    if (mine)
+    /* the new entries first, then the old ones go: at no instant is the
+     * tree unknown to the reaper (only with the table nearly full, the old
+     * ones go first) */
+    int old[VMSNAP_REAPER_SLOTS], n_old = 0;
+    if (mine && n > free_slots) {
         vmsnap_reaper_unwatch(p->pid);
-    for (int i = 0; i < n; i++) {
-        int r = p->containment == VMSNAP_CONTAIN_CGROUP
-                    ? add_entry(p->pid, 0, 0, 0, p->cgroup)
-                    : add_entry(p->pid, pids[i], starts[i], p->pid, NULL);
-        if (r < 0)
-            return r; /* another thread took the slots meanwhile */
+    } else {
+        for (int i = 0; i < VMSNAP_REAPER_SLOTS; i++)
+            if (__atomic_load_n(&shared->slot[i].state, __ATOMIC_ACQUIRE) == SLOT_LIVE &&
+                shared->slot[i].key == p->pid)
+                old[n_old++] = i;
     }
-    return 0;
+    int r = 0;
+    for (int i = 0; i < n && r == 0; i++)
+        r = p->containment == VMSNAP_CONTAIN_CGROUP
+                ? add_entry(p->pid, 0, 0, 0, p->cgroup)
+                : add_entry(p->pid, pids[i], starts[i], p->pid, NULL);
+    for (int i = 0; i < n_old; i++) {
+        struct reaper_entry *e = &shared->slot[old[i]];
+        int32_t expected = SLOT_LIVE;
+        if (e->key == p->pid && __atomic_compare_exchange_n(&e->state, &expected, SLOT_BUSY, 0,
+                                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            e->key = 0;
+            __atomic_store_n(&e->state, SLOT_FREE, __ATOMIC_RELEASE);
+        }
+    }
+    return r; /* < 0: another thread took the slots meanwhile */
 }
 
 int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
