@@ -136,12 +136,20 @@ static int child_main(void *arg) {
     stage = STAGE_SETUP;
     struct procfs_info self;
     pid_t me = getpid();
-    if (a->self_register && procfs_read(me, &self) < 0)
+    /* an attempt of the resume's job in progress: the last attempt's mark
+     * goes before the check (one that ended must not speak for this one),
+     * this one's after it (the check passed: it runs, or the reaper kills it) */
+    int job = reaper_child_job();
+    if ((a->self_register || job) && procfs_read(me, &self) < 0)
         goto fail;
+    if (job)
+        reaper_child_mark(0, 0);
     if (reaper_child_check(a->self_register ? me : 0, a->self_register ? self.starttime : 0) < 0) {
         errno = ESHUTDOWN;
         goto fail;
     }
+    if (job)
+        reaper_child_mark(me, self.starttime);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

@@ -492,6 +492,106 @@ def test_sigkill_at_the_spawn_of_a_retry_leaves_no_script_running(tmp_path, loop
                 os.kill(int(ln.split()[1]), signal.SIGKILL)
 
 
+def _resume_finished(log, timeout=60):
+    """Waits until the reaper's resume has logged and exited."""
+    end = time.monotonic() + timeout
+    while True:
+        text = log.read_text() if log.exists() else ""
+        running = False
+        for d in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    running = running or b"vmsnap_native._resume" in f.read().split(b"\0")
+            except (OSError, ValueError):
+                pass
+        if "resume: " in text and not running:
+            return text
+        assert time.monotonic() < end, "the resume did not finish:\n" + text
+        time.sleep(0.05)
+
+
+def _runs(events):
+    """(starts, ends) of the post-script, from its marker lines."""
+    words = [ln.split()[0] for ln in events.read_text().splitlines()]
+    return words.count("start"), words.count("end")
+
+
+def test_sigkill_during_the_post_script_the_resume_runs_it_again_once(tmp_path, loopfs):
+    """vmsnap SIGKILLed while its post-script runs: the reaper kills the
+    post-script (its whole tree) and the resume runs it again from the start,
+    so that it runs to its end once."""
+    (m,) = loopfs.make(1)
+    events, hold = tmp_path / "events", tmp_path / "hold"
+    hold.touch()
+    cfg = setup_scripts(tmp_path, post='echo "start $$" >> %s; while [ -e %s ]; do sleep 0.05; '
+                        'done; echo "end $$" >> %s' % (events, hold, events))
+    proc = start_run(tmp_path, cfg, [m])
+    wait_for(events)
+    first = int(events.read_text().split()[1])
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert gone_soon(first, timeout=10), "the reaper did not kill the post-script"
+    hold.unlink()   # the resume's post-script runs through
+    log = _resume_finished(tmp_path / "vmsnap.log")
+    assert _runs(events) == (2, 1), events.read_text()
+    assert "resume: post-script done" in log
+
+
+KILL_AFTER_THE_POST_SCRIPT_TRACER = r"""
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+SEIZE, CONT, WALL = 0x4206, 7, 0x40000000
+
+def ptrace(req, pid, addr=None, data=None):
+    if libc.ptrace(req, pid, addr, data) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "ptrace(%d, %d): %s" % (req, pid, os.strerror(e)))
+
+events, argv = sys.argv[1], sys.argv[2:]
+controller = os.fork()
+if controller == 0:
+    os.execv(argv[0], argv)
+ptrace(SEIZE, controller)
+while True:
+    pid, status = os.waitpid(controller, WALL)
+    if not os.WIFSTOPPED(status):
+        sys.exit("the run ended before its post-script did")
+    sig = os.WSTOPSIG(status)
+    # SIGCHLD (seen, ignored or not, by a tracer) once the post-script has
+    # ended: the run is held before it has run a single instruction since
+    if sig == signal.SIGCHLD and status >> 16 == 0 and os.path.exists(events) and \
+            "end" in open(events).read().split():
+        break
+    ptrace(CONT, controller, None, 0 if status >> 16 else sig)
+os.kill(controller, signal.SIGKILL)
+os.waitpid(controller, WALL)
+"""
+
+
+def test_sigkill_right_after_the_post_script_ended_does_not_run_it_again(tmp_path, loopfs):
+    """vmsnap SIGKILLed after its post-script ended but before it could note
+    it (held there exactly: under ptrace, at the SIGCHLD of the post-script's
+    exit): the post-script has run, and the resume must not run it a second
+    time."""
+    (m,) = loopfs.make(1)
+    events = tmp_path / "events"
+    cfg = setup_scripts(tmp_path, post='echo "start $$" >> %s; echo "end $$" >> %s'
+                        % (events, events))
+    env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+    run = [sys.executable, "-m", "vmsnap_native", "run", "--json", "--config", str(cfg),
+           "--log-file", str(tmp_path / "vmsnap.log"), "--mount", m]
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_THE_POST_SCRIPT_TRACER, str(events),
+                        *run], env=env, capture_output=True, text=True, timeout=180,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    log = _resume_finished(tmp_path / "vmsnap.log")
+    assert _runs(events) == (1, 1), "the post-script ran twice:\n" + events.read_text()
+    assert "nothing left to run" in log
+    assert not frozen_state(m)
+
+
 def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, monkeypatch):
     """What the run hands the reaper (the containment branch's
     process.set_resume_command), seen from inside; the command it registers
