@@ -79,6 +79,11 @@ struct reaper_resume {
 struct reaper_shared {
     struct reaper_entry slot[VMSNAP_REAPER_SLOTS];
     struct reaper_resume resume;
+    int32_t closing; /* set by the reaper before it reads the table to kill */
+    /* the resume's jobs (vmsnap_reaper_resume_job_*): arguments dropped,
+     * those of the job in progress, and its latest attempt (pid last) */
+    uint64_t job_done, job_next, mark_args, mark_start;
+    int32_t mark_pid;
 };
 
 /* This process's table, shared with its reaper (one reaper per process). */
@@ -291,7 +296,32 @@ static const char *stderr_summary(char *buf, size_t len) {
     return buf;
 }
 
-static void run_resume(struct reaper_resume *r, int64_t died_ns) {
+/* The resume's arguments to drop: the jobs that have run, and the marked
+ * attempt's job if that attempt had ended by our controller's death.  The
+ * attempt is stopped first (it cannot end between the look and the kill
+ * that follows): an attempt stopped or in the kernel is still running,
+ * and its job runs again. */
+static uint64_t jobs_that_ran(struct reaper_shared *sh) {
+    uint64_t drop = __atomic_load_n(&sh->job_done, __ATOMIC_SEQ_CST);
+    int pid = __atomic_load_n(&sh->mark_pid, __ATOMIC_SEQ_CST);
+    if (pid <= 0)
+        return drop;
+    uint64_t start = sh->mark_start, args = sh->mark_args;
+    _cleanup_close_ int fd = compat_pidfd_open(pid);
+    if (fd >= 0 && vmsnap_process_matches(pid, start))
+        compat_pidfd_send_signal(fd, SIGSTOP);
+    for (int64_t until = now_ns() + 1000000000LL;;) {
+        struct procfs_info info;
+        if (procfs_read(pid, &info) < 0 || info.starttime != start || info.state == 'Z' ||
+            info.state == 'X')
+            return drop | args; /* it had ended: its job has run */
+        if (info.state == 'T' || info.state == 't' || now_ns() >= until)
+            return drop; /* still running: killed below, run again */
+        usleep(1000);
+    }
+}
+
+static void run_resume(struct reaper_resume *r, uint64_t drop, int64_t died_ns) {
     if (!__atomic_load_n(&r->valid, __ATOMIC_ACQUIRE))
         return;
     const char *log_path = r->log_path;
@@ -299,13 +329,15 @@ static void run_resume(struct reaper_resume *r, int64_t died_ns) {
         wait_gone(r->wait_pid[i], r->wait_start[i], log_path, died_ns);
     char *argv[RESUME_MAX_STRINGS + 1], *envp[RESUME_MAX_STRINGS + 1];
     char *s = r->strings;
+    int argc = 0;
     for (int i = 0; i < r->argc; i++, s += strlen(s) + 1)
-        argv[i] = s;
-    argv[r->argc] = NULL;
+        if (i >= 64 || !(drop >> i & 1))
+            argv[argc++] = s;
+    argv[argc] = NULL;
     for (int i = 0; i < r->envc; i++, s += strlen(s) + 1)
         envp[i] = s;
     envp[r->envc] = NULL;
-    const char *what = r->argc > 2 ? argv[2] : argv[0]; /* python -m MODULE: the module */
+    const char *what = argc > 2 ? argv[2] : argv[0]; /* python -m MODULE: the module */
     int errp[2], execp[2];
     if (pipe2(errp, O_CLOEXEC) < 0 || pipe2(execp, O_CLOEXEC) < 0) {
         reaper_log(log_path, "ERROR", "resume: cannot start %s: %s; the application was not "
@@ -408,10 +440,18 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struc
             break; /* EOF: the controller is gone */
     }
     int64_t died = now_ns();
+    /* from here a child cloned by the dead controller that has not exec'd
+     * yet sees that it must not run (reaper_child_check): either it
+     * registered itself before this store and the kill below finds it, or
+     * it sees the store (both sides order store-then-load, sequentially
+     * consistent) */
+    __atomic_store_n(&sh->closing, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint64_t ran = jobs_that_ran(sh); /* before the kill, which ends attempts too */
     kill_registered(sh);
     contain_cgroup_sweep(controller); /* its cgroups that are empty now */
     setpriority(PRIO_PROCESS, 0, 0);
-    run_resume(&sh->resume, died);
+    run_resume(&sh->resume, ran, died);
     _exit(0);
 }
 
@@ -506,6 +546,47 @@ void reaper_prewatch_done(int slot, int pid) {
     __atomic_store_n(&e->state, SLOT_FREE, __ATOMIC_RELEASE);
 }
 
+int reaper_child_check(int pid, uint64_t starttime) {
+    if (!shared)
+        return 0;
+    if (pid > 0)
+        (void)add_entry(pid, pid, starttime, pid, NULL); /* full: the parent's own try fails */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&shared->closing, __ATOMIC_SEQ_CST) ? -ESHUTDOWN : 0;
+}
+
+int reaper_child_job(void) {
+    return shared && __atomic_load_n(&shared->job_next, __ATOMIC_SEQ_CST) != 0;
+}
+
+void reaper_child_mark(int pid, uint64_t starttime) {
+    if (!shared)
+        return;
+    uint64_t args = __atomic_load_n(&shared->job_next, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&shared->mark_pid, 0, __ATOMIC_SEQ_CST);
+    if (!args || pid <= 0)
+        return;
+    shared->mark_start = starttime;
+    shared->mark_args = args;
+    __atomic_store_n(&shared->mark_pid, pid, __ATOMIC_SEQ_CST);
+}
+
+void vmsnap_reaper_resume_job_begin(uint64_t args) {
+    if (!shared)
+        return;
+    __atomic_store_n(&shared->job_next, args, __ATOMIC_SEQ_CST);
+    if (!args)
+        __atomic_store_n(&shared->mark_pid, 0, __ATOMIC_SEQ_CST);
+}
+
+void vmsnap_reaper_resume_job_done(uint64_t args) {
+    if (!shared)
+        return;
+    __atomic_fetch_or(&shared->job_done, args, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&shared->job_next, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&shared->mark_pid, 0, __ATOMIC_SEQ_CST);
+}
+
 int vmsnap_reaper_unwatch(int key) {
     if (!shared || key <= 0)
         return -EINVAL;
@@ -552,16 +633,33 @@ int vmsnap_reaper_watch(const struct vmsnap_proc *p) {
     int free_slots, mine = count_slots(p->pid, &free_slots);
     if (n > free_slots + mine)
         return -ENOSPC; /* nothing changed: the caller still has what it had */
-    if (mine)
+    /* the new entries first, then the old ones go: at no instant is the
+     * tree unknown to the reaper (only with the table nearly full, the old
+     * ones go first) */
+    int old[VMSNAP_REAPER_SLOTS], n_old = 0;
+    if (mine && n > free_slots) {
         vmsnap_reaper_unwatch(p->pid);
-    for (int i = 0; i < n; i++) {
-        int r = p->containment == VMSNAP_CONTAIN_CGROUP
-                    ? add_entry(p->pid, 0, 0, 0, p->cgroup)
-                    : add_entry(p->pid, pids[i], starts[i], p->pid, NULL);
-        if (r < 0)
-            return r; /* another thread took the slots meanwhile */
+    } else {
+        for (int i = 0; i < VMSNAP_REAPER_SLOTS; i++)
+            if (__atomic_load_n(&shared->slot[i].state, __ATOMIC_ACQUIRE) == SLOT_LIVE &&
+                shared->slot[i].key == p->pid)
+                old[n_old++] = i;
     }
-    return 0;
+    int r = 0;
+    for (int i = 0; i < n && r == 0; i++)
+        r = p->containment == VMSNAP_CONTAIN_CGROUP
+                ? add_entry(p->pid, 0, 0, 0, p->cgroup)
+                : add_entry(p->pid, pids[i], starts[i], p->pid, NULL);
+    for (int i = 0; i < n_old; i++) {
+        struct reaper_entry *e = &shared->slot[old[i]];
+        int32_t expected = SLOT_LIVE;
+        if (e->key == p->pid && __atomic_compare_exchange_n(&e->state, &expected, SLOT_BUSY, 0,
+                                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            e->key = 0;
+            __atomic_store_n(&e->state, SLOT_FREE, __ATOMIC_RELEASE);
+        }
+    }
+    return r; /* < 0: another thread took the slots meanwhile */
 }
 
 int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
@@ -569,6 +667,9 @@ int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32
     if (!shared)
         return -EINVAL;
     struct reaper_resume *r = &shared->resume;
+    __atomic_store_n(&shared->job_next, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&shared->mark_pid, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&shared->job_done, 0, __ATOMIC_SEQ_CST);
     if (!argv || !argv[0]) {
         __atomic_store_n(&r->valid, 0, __ATOMIC_RELEASE);
         return 0;

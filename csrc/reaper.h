@@ -11,5 +11,15 @@
  * frees it. */
 int reaper_prewatch_cgroup(const char *cgroup);
 void reaper_prewatch_done(int slot, int pid);
+/* In a child cloned with CLONE_VM, just before its exec: registers it (PID
+ * with STARTTIME, and its group PID; PID 0: nothing to register, its
+ * cgroup was) and says whether it may run: -ESHUTDOWN once the reaper has
+ * begun to kill (the controller is gone), else 0. */
+int reaper_child_check(int pid, uint64_t starttime);
+/* In such a child: whether a resume job is in progress (its attempts mark
+ * themselves), and the mark (PID 0: none), once it is known to run (just
+ * before its exec). */
+int reaper_child_job(void);
+void reaper_child_mark(int pid, uint64_t starttime);
 
 #endif

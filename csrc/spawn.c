@@ -100,6 +100,7 @@ struct child_args {
     char *const *envp;
     const char *cwd;
     int devnull, out_w, procs_fd;
+    int self_register;       /* no cgroup: the child registers its own identity */
     int err_fd;              /* CLOEXEC: {stage, errno} of a failure, EOF at the exec */
     int err, stage;          /* what came through err_fd */
 };
@@ -128,6 +129,27 @@ static int child_main(void *arg) {
     /* only 0-2 go on, whatever we inherited (err_fd closes at the exec) */
     compat_close_range(3, (unsigned)a->err_fd - 1);
     compat_close_range((unsigned)a->err_fd + 1, ~0U);
+    /* our parent may have been SIGKILLed since the clone: the reaper knows
+     * this child (its cgroup, registered before the clone and joined above,
+     * or the identity registered here) or it has begun its kill, and then
+     * nothing is run */
+    stage = STAGE_SETUP;
+    struct procfs_info self;
+    pid_t me = getpid();
+    /* an attempt of the resume's job in progress: the last attempt's mark
+     * goes before the check (one that ended must not speak for this one),
+     * this one's after it (the check passed: it runs, or the reaper kills it) */
+    int job = reaper_child_job();
+    if ((a->self_register || job) && procfs_read(me, &self) < 0)
+        goto fail;
+    if (job)
+        reaper_child_mark(0, 0);
+    if (reaper_child_check(a->self_register ? me : 0, a->self_register ? self.starttime : 0) < 0) {
+        errno = ESHUTDOWN;
+        goto fail;
+    }
+    if (job)
+        reaper_child_mark(me, self.starttime);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -225,7 +247,8 @@ int vmsnap_proc_spawn(const char *path, char *const argv[], char *const envp[],
          * of ours at any instant from here on still kills the child */
         int slot = p->containment == VMSNAP_CONTAIN_CGROUP ? reaper_prewatch_cgroup(p->cgroup) : -1;
         a = (struct child_args){.path = path, .argv = argv, .envp = envp, .cwd = cwd,
-                                .devnull = devnull, .out_w = out_w, .procs_fd = procs_fd};
+                                .devnull = devnull, .out_w = out_w, .procs_fd = procs_fd,
+                                .self_register = p->containment != VMSNAP_CONTAIN_CGROUP};
         pid = clone_child(&a, want_pidfd, &pidfd);
         reaper_prewatch_done(slot, pid > 0 && !a.err ? pid : 0);
         if (pid < 0) {

@@ -306,6 +306,18 @@ int vmsnap_reaper_unwatch(int key);
  * ARGV NULL clears it.  -E2BIG when the strings or the pids do not fit. */
 int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
                              const uint64_t *wait_starttimes, int n_wait, const char *log_path);
+/* The resume command's jobs that have run (a job: the resume's arguments
+ * that ask for it, as bits of their indices; only the first 64 count).
+ * resume_job_begin(ARGS): each process spawned from now on marks itself,
+ * before its exec, as the attempt of that job; resume_job_done(ARGS): the
+ * job has run, its arguments are dropped; resume_job_begin(0) forgets the
+ * mark (the attempt was killed by us: the job has not run).  At our death
+ * the reaper stops the marked attempt before its kill: one that had ended
+ * already has run (its arguments are dropped too), one still running is
+ * killed and the resume runs its job again.  vmsnap_reaper_set_resume
+ * resets both. */
+void vmsnap_reaper_resume_job_begin(uint64_t args);
+void vmsnap_reaper_resume_job_done(uint64_t args);
 
 /* cffi-cdef-end */
 

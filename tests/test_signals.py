@@ -354,6 +354,244 @@ def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, l
     assert "resume: hook 10-app thaw done" in (tmp_path / "vmsnap.log").read_text()
 
 
+# The tracer of the next test: runs ARGV (a `vmsnap run`) under ptrace,
+# catches the first script spawn after EVENTS has a "pre" line (a retry of
+# the pre-script) at the child's first instruction, before it has done
+# anything (the auto-attached child of PTRACE_O_TRACEVFORK starts stopped),
+# SIGKILLs the run there, waits for the reaper's resume to run the
+# post-script, then lets the caught child go and waits until it is gone.
+# Prints the caught child's pid.
+KILL_AT_SPAWN_TRACER = r"""
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+SEIZE, CONT, DETACH, GETEVENTMSG = 0x4206, 7, 17, 0x4201
+O_TRACEVFORK, EVENT_VFORK, WALL = 0x4, 2, 0x40000000
+
+def ptrace(req, pid, addr=None, data=None):
+    if libc.ptrace(req, pid, addr, data) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "ptrace(%d, %d): %s" % (req, pid, os.strerror(e)))
+
+def lines(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+def wait_until(cond, what, timeout=60):
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            sys.exit("never: " + what)
+        time.sleep(0.02)
+
+def running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+events, dead, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+controller = os.fork()
+if controller == 0:
+    os.execv(argv[0], argv)
+ptrace(SEIZE, controller, None, O_TRACEVFORK)   # long before its first script
+stopped, children, caught = set(), {}, None
+while caught is None:
+    pid, status = os.waitpid(-1, WALL)
+    if not os.WIFSTOPPED(status):
+        if pid == controller:
+            sys.exit("the run ended before a retry was spawned")
+        continue
+    if pid != controller:              # a spawned child, at its first stop
+        stopped.add(pid)
+    elif status >> 16 == EVENT_VFORK:
+        msg = ctypes.c_ulong()
+        ptrace(GETEVENTMSG, controller, None, ctypes.byref(msg))
+        children[msg.value] = "pre" in lines(events)
+        if children[msg.value]:
+            caught = msg.value         # the controller stays in its event stop
+            break
+        ptrace(CONT, controller, None, 0)
+    else:                              # a signal for the controller: delivered
+        sig = os.WSTOPSIG(status)
+        ptrace(CONT, controller, None, 0 if status >> 16 else sig)
+    for c in [c for c in stopped if c in children and not children[c]]:
+        ptrace(DETACH, c, None, 0)     # not the one: it runs on
+        stopped.discard(c)
+while caught not in stopped:           # its first stop: it has run nothing yet
+    pid, status = os.waitpid(caught, WALL)
+    stopped.add(pid)
+open(dead, "w").close()               # from now on a pre-script stays
+os.kill(controller, signal.SIGKILL)    # the run dies with its retry cloned, not exec'd
+while True:
+    pid, status = os.waitpid(controller, WALL)
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        break
+# the reaper starts its resume once it has killed what it knew of: then
+# the child goes on (the resume waits for the run lock, which the child's
+# copy of the lock's fd holds until its exec or exit)
+def resume_started():
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                if b"vmsnap_native._resume" in f.read().split(b"\0"):   # -m MODULE
+                    return True
+        except (OSError, ValueError):
+            pass
+    return False
+wait_until(resume_started, "the reaper started no resume")
+ptrace(DETACH, caught, None, 0)
+wait_until(lambda: not running(caught), "the caught child (pid %d) is still running" % caught, 10)
+print(caught)
+"""
+
+
+@pytest.mark.parametrize("containment", ["cgroup", "subreaper"])
+def test_sigkill_at_the_spawn_of_a_retry_leaves_no_script_running(tmp_path, loopfs,
+                                                                  containment):
+    """`vmsnap run` SIGKILLed at the instant a pre-script retry is cloned (the
+    child exists, has run nothing and is not yet known by pid: the worst
+    instant, held exactly with ptrace).  The reaper's resume runs the
+    post-script; the cloned child, let go only after that, must not run the
+    pre-script again: a pre-script after the post-script would leave the
+    application paused for good."""
+    (m,) = loopfs.make(1)
+    events = tmp_path / "events"
+    # a pre-script that runs after the run's death stays (as a lock session would)
+    cfg = setup_scripts(tmp_path, pre='echo "pre $$" >> %s; [ -e %s ] && exec sleep 30; exit 1'
+                        % (events, tmp_path / "dead"),
+                        post="echo post >> %s" % events, preScriptNoOfRetries=3)
+    env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+    if containment == "subreaper":
+        env["VMSNAP_COMPAT_DISABLE"] = "cgroup"
+    run = [sys.executable, "-m", "vmsnap_native", "run", "--json", "--config", str(cfg),
+           "--log-file", str(tmp_path / "vmsnap.log"), "--mount", m]
+    p = subprocess.Popen([sys.executable, "-c", KILL_AT_SPAWN_TRACER, str(events),
+                          str(tmp_path / "dead"), *run],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL)
+    try:
+        out, err = p.communicate(timeout=180)
+        wait_for_line = time.monotonic() + 60
+        while "post" not in events.read_text().split():
+            assert time.monotonic() < wait_for_line, "the resume ran no post-script"
+            time.sleep(0.05)
+        lines = [ln.split()[0] for ln in events.read_text().splitlines()]
+        assert p.returncode == 0, err
+        assert lines == ["pre", "post"], "a pre-script ran after vmsnap was killed"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for ln in events.read_text().splitlines():   # whatever escaped
+            if ln.startswith("pre ") and alive(int(ln.split()[1])):
+                os.kill(int(ln.split()[1]), signal.SIGKILL)
+
+
+def _resume_finished(log, timeout=60):
+    """Waits until the reaper's resume has logged and exited."""
+    end = time.monotonic() + timeout
+    while True:
+        text = log.read_text() if log.exists() else ""
+        running = False
+        for d in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    running = running or b"vmsnap_native._resume" in f.read().split(b"\0")
+            except (OSError, ValueError):
+                pass
+        if "resume: " in text and not running:
+            return text
+        assert time.monotonic() < end, "the resume did not finish:\n" + text
+        time.sleep(0.05)
+
+
+def _runs(events):
+    """(starts, ends) of the post-script, from its marker lines."""
+    words = [ln.split()[0] for ln in events.read_text().splitlines()]
+    return words.count("start"), words.count("end")
+
+
+def test_sigkill_during_the_post_script_the_resume_runs_it_again_once(tmp_path, loopfs):
+    """vmsnap SIGKILLed while its post-script runs: the reaper kills the
+    post-script (its whole tree) and the resume runs it again from the start,
+    so that it runs to its end once."""
+    (m,) = loopfs.make(1)
+    events, hold = tmp_path / "events", tmp_path / "hold"
+    hold.touch()
+    cfg = setup_scripts(tmp_path, post='echo "start $$" >> %s; while [ -e %s ]; do sleep 0.05; '
+                        'done; echo "end $$" >> %s' % (events, hold, events))
+    proc = start_run(tmp_path, cfg, [m])
+    wait_for(events)
+    first = int(events.read_text().split()[1])
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert gone_soon(first, timeout=10), "the reaper did not kill the post-script"
+    hold.unlink()   # the resume's post-script runs through
+    log = _resume_finished(tmp_path / "vmsnap.log")
+    assert _runs(events) == (2, 1), events.read_text()
+    assert "resume: post-script done" in log
+
+
+KILL_AFTER_THE_POST_SCRIPT_TRACER = r"""
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+SEIZE, CONT, WALL = 0x4206, 7, 0x40000000
+
+def ptrace(req, pid, addr=None, data=None):
+    if libc.ptrace(req, pid, addr, data) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "ptrace(%d, %d): %s" % (req, pid, os.strerror(e)))
+
+events, argv = sys.argv[1], sys.argv[2:]
+controller = os.fork()
+if controller == 0:
+    os.execv(argv[0], argv)
+ptrace(SEIZE, controller)
+while True:
+    pid, status = os.waitpid(controller, WALL)
+    if not os.WIFSTOPPED(status):
+        sys.exit("the run ended before its post-script did")
+    sig = os.WSTOPSIG(status)
+    # SIGCHLD (seen, ignored or not, by a tracer) once the post-script has
+    # ended: the run is held before it has run a single instruction since
+    if sig == signal.SIGCHLD and status >> 16 == 0 and os.path.exists(events) and \
+            "end" in open(events).read().split():
+        break
+    ptrace(CONT, controller, None, 0 if status >> 16 else sig)
+os.kill(controller, signal.SIGKILL)
+os.waitpid(controller, WALL)
+"""
+
+
+def test_sigkill_right_after_the_post_script_ended_does_not_run_it_again(tmp_path, loopfs):
+    """vmsnap SIGKILLed after its post-script ended but before it could note
+    it (held there exactly: under ptrace, at the SIGCHLD of the post-script's
+    exit): the post-script has run, and the resume must not run it a second
+    time."""
+    (m,) = loopfs.make(1)
+    events = tmp_path / "events"
+    cfg = setup_scripts(tmp_path, post='echo "start $$" >> %s; echo "end $$" >> %s'
+                        % (events, events))
+    env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+    run = [sys.executable, "-m", "vmsnap_native", "run", "--json", "--config", str(cfg),
+           "--log-file", str(tmp_path / "vmsnap.log"), "--mount", m]
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_THE_POST_SCRIPT_TRACER, str(events),
+                        *run], env=env, capture_output=True, text=True, timeout=180,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    log = _resume_finished(tmp_path / "vmsnap.log")
+    assert _runs(events) == (1, 1), "the post-script ran twice:\n" + events.read_text()
+    assert "nothing left to run" in log
+    assert not frozen_state(m)
+
+
 def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, monkeypatch):
     """What the run hands the reaper (the containment branch's
     process.set_resume_command), seen from inside; the command it registers

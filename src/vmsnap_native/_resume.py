@@ -21,16 +21,22 @@ freeze call started, in the order they started; --bound: the longest its
 scripts can take (said in the run lock, so that a run started meanwhile
 waits for it that long).  Exit status 0 when everything that had to run
 succeeded, 1 otherwise.
+
+What the run has already done is left out by the reaper (``job()``): the
+post-script, or a hook's thaw call, whose attempt had ended when the run
+died has run, however little before; one the reaper had to kill runs again
+from the start.  So the post-script runs to its end once per pre-script.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import lock as lock_mod
 from . import policy, process
@@ -111,16 +117,55 @@ def register(config: str, *, log_file: str | None = None, post: bool = False,
     argv, env = resume_command(config, log_file=log_file, post=post, hooks=hooks, bound_s=bound,
                                thaw_records=thaw_records)
     process.set_resume_command(argv, env, wait_for=wait_for, log_file=log_file)
+    _registered[:] = argv
     held = lock_mod.held()
     if held is not None:
         start = max(time.monotonic_ns(), int(wait_until_ns or 0))
         held.announce_resume(process.reaper_identity(), start + int(bound * 1e9))
 
 
+# The argv registered last (job() finds a job's arguments in it).
+_registered: list[str] = []
+
+
+def _job_args(post: bool, hook: str | None) -> int:
+    """The bits of the registered argv's indices that ask for the post-script
+    (POST) or HOOK's thaw call; 0 when it is not there (or past the 64th)."""
+    argv = _registered
+    for i, a in enumerate(argv[:64]):
+        if post and a == "--post":
+            return 1 << i
+        if hook and a == "--hook" and i + 1 < min(len(argv), 64) and \
+                argv[i + 1] == os.path.abspath(hook):
+            return 3 << i
+    return 0
+
+
+@contextlib.contextmanager
+def job(*, post: bool = False, hook: str | None = None) -> Iterator[None]:
+    """Runs the post-script (POST) or HOOK's thaw call, a job of the resume
+    registered: once it has run (ended, whatever its status) the resume
+    leaves it out, also when vmsnap dies between its end and this block's;
+    killed before its end (by the reaper, or by us on an exception), the
+    resume runs it again (SIGKILL after the post-script: no second run)."""
+    args = _job_args(post, hook)
+    if not args:
+        yield
+        return
+    process.resume_job_begin(args)
+    try:
+        yield
+    except BaseException:
+        process.resume_job_begin(0)   # its attempt was stopped: the job has not run
+        raise
+    process.resume_job_done(args)
+
+
 def clear() -> None:
     """The reaper has nothing to resume any more (the run resumed the
     application itself)."""
     process.set_resume_command(None)
+    _registered[:] = []
     held = lock_mod.held()
     if held is not None:
         held.announce_resume(None)
@@ -150,6 +195,10 @@ def _run(log: Logbook, path: str, role: str, params, retries: int, timeout: floa
 
 
 def resume(config: str, post: bool, hook_paths, log: Logbook) -> bool:
+    if not post and not hook_paths:
+        log.info("resume: vmsnap died after its post-script and thaw hooks had run: "
+                 "nothing left to run")
+        return True
     log.warning("resume: vmsnap died after the application was quiesced; running %s "
                 "(vmsnap from %s)",
                 " and ".join(x for x in ("the thaw hooks" if hook_paths else "",

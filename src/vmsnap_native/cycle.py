@@ -14,6 +14,7 @@ the first time: everything used there is imported at the top of this file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -208,7 +209,9 @@ class Cycle:
             if action == "freeze":
                 self.hooks_started.append(h)   # attempted: it will get its thaw
                 self._register_resume()
-            sr, fact = self._run_script(role, chk, [action], retries, (h, action))
+            # a thaw call that ended is not run again by the resume
+            with _resume.job(hook=h.path) if action == "thaw" else _no_job():
+                sr, fact = self._run_script(role, chk, [action], retries, (h, action))
             self._record_script(role, (h, action), sr, fact)
         self.phase("hooks %s" % action, t)
 
@@ -333,8 +336,10 @@ class Cycle:
             return
         self.out.post = StepFact("post", decide.STOPPED, self.plan.post_check.path)
         t = time.monotonic_ns()
-        sr, fact = self._run_script("post", self.plan.post_check, self.plan.config.post_params,
-                                    self.plan.config.post_retries)
+        with _resume.job(post=True):   # once it ended, the resume does not run it again
+            sr, fact = self._run_script("post", self.plan.post_check,
+                                        self.plan.config.post_params,
+                                        self.plan.config.post_retries)
         self.phase("post-script", t)
         self._record_script("post", None, sr, fact)
 
@@ -399,6 +404,9 @@ class Cycle:
             self.log.error("Interrupted: vmsnap got %s", self.out.interrupted)
         res.duration_ms = round((time.monotonic_ns() - self.t0) / 1e6, 3)
         return res
+
+
+_no_job = contextlib.nullcontext
 
 
 def _guardian_starttime(session) -> int:

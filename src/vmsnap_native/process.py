@@ -220,6 +220,23 @@ def set_resume_command(argv: list | None, env: dict | None = None, wait_for=(),
                          lib.VMSNAP_PATH_MAX - 1))
 
 
+def resume_job_begin(args_mask: int) -> None:
+    """The resume command's job whose arguments are the bits of ARGS_MASK
+    (their indices in its argv) runs now: every process spawned until
+    ``resume_job_done`` marks itself as its attempt (0: no job; forgets the
+    mark).  At our death the reaper drops the arguments of an attempt that
+    had ended (its job has run) and kills one still running (its job runs
+    again)."""
+    if _reaper["owner"] == os.getpid():
+        core()[1].vmsnap_reaper_resume_job_begin(int(args_mask))
+
+
+def resume_job_done(args_mask: int) -> None:
+    """The job of ARGS_MASK has run: the resume command leaves it out."""
+    if _reaper["owner"] == os.getpid():
+        core()[1].vmsnap_reaper_resume_job_done(int(args_mask))
+
+
 def clean_environment(extra: dict | None = None) -> dict:
     """The environment of scripts and hooks: PATH has only the standard
     directories that pass the permission policy (what `#!/usr/bin/env X`
