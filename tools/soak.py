@@ -366,6 +366,8 @@ def script_body(role, kind, tag, ledger, holders):
     lines = ["#!/bin/sh", "# soak %s %s (%s)" % (role, kind, tag), "export SOAK_TAG=%s" % tag,
              'echo "%s $$ $(date +%%s.%%N)" >> %s' % (role, ledger)]
     if role == "post":   # the application's resume: it releases the lock holders
+        # and says when it ends on its own (not when a signal kills it)
+        lines.append("trap 'echo \"post-end $$ $(date +%%s.%%N)\" >> %s' EXIT" % ledger)
         lines.append('for p in $(cat %s 2>/dev/null); do kill -9 "$p" 2>/dev/null; done; '
                      ': > %s' % (holders, holders))
     lines.append({
@@ -988,15 +990,25 @@ class Soak:
         # the ledger, read again after the next run: a late post-script shows now
         led = read_ledger(ledger)
         self.log("ledger after the next run: %s" % led)
+        # one post-script per pre-script: it may start again only if the one
+        # before was killed (vmsnap SIGKILLed mid-post-script: the reaper kills
+        # it with the rest and its resume runs it again); it never runs to its
+        # end twice, nor starts again after it ended
         pres = [e for e in led if e[0] == "pre"]
         posts = [e for e in led if e[0] == "post"]
-        if pres and len(posts) != 1:
+        ended = {pid for r, pid, _ in led if r == "post-end"}
+        rerun_after_end = [p for p in posts[:-1] if p[1] in ended]
+        if pres and not posts:
             self.violate(plan, "ledger", "the pre-script started %d time(s) and the post-script "
-                         "ran %d time(s) (want exactly 1)" % (len(pres), len(posts)))
-        elif len(posts) > 1:
-            self.violate(plan, "ledger", "the post-script ran %d times" % len(posts))
+                         "never ran" % len(pres))
+        elif len(ended) > 1 or rerun_after_end:
+            self.violate(plan, "ledger", "the post-script started %d time(s) and ran to its end "
+                         "%d time(s): it started again after it had ended"
+                         % (len(posts), len(ended)))
         elif pres and posts and posts[0][2] < pres[-1][2]:
             self.violate(plan, "ledger", "the post-script ran before the pre-script")
+        if len(posts) > 1:
+            self.behaviours["post-script killed and run again"] += 1
         for f in (ledger, events, events + ".spec", os.path.join(STATE, "holders-%05d" % plan.k)):
             try:
                 os.unlink(f)
@@ -1160,7 +1172,7 @@ class Soak:
             self.violate(plan, "next-run", "the next `vmsnap run` says %s %s %s (exit %d)"
                          % (res.get("status"), res.get("consistency"), codes, p.returncode))
         led = read_ledger(self.next_ledger)
-        if [r for r, _, _ in led] != ["pre", "post"]:
+        if [r for r, _, _ in led] != ["pre", "post", "post-end"]:
             self.violate(plan, "next-run", "the next run's ledger: %s" % led)
         for late, limit, thawed in self.monitor.take():
             self.violate(plan, "frozen-past-deadline", "the next run: %s blocked past %gs"
