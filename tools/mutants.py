@@ -39,19 +39,20 @@ from concurrent.futures import ThreadPoolExecutor
 from mutmut import ALL, Context, list_mutations, mutate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORK = os.path.join(ROOT, "build", "mutants")
+WORK = os.path.join(ROOT, "build", "mutants")   # --work: another, for a second run beside
 PKG = "src/vmsnap_native/"
 
 # module -> the tests that judge its mutants first (its own)
 MODULE_TESTS = {
     "policy": ["tests/test_policy.py", "tests/test_policy_exact.py"],
     "config": ["tests/test_config.py", "tests/test_config_exact.py"],
-    "decide": ["tests/test_decide.py"],
-    "metrics": ["tests/test_operations.py"],
-    "held": ["tests/test_cli.py"],
+    "decide": ["tests/test_decide_mutants.py", "tests/test_decide.py",
+               "tests/test_decide_agent.py"],
+    "metrics": ["tests/test_metrics_mutants.py", "tests/test_operations.py"],
+    "held": ["tests/test_leases.py", "tests/test_cli.py"],
     "cycle": ["tests/test_cycle.py"],
     "plan": ["tests/test_config.py", "tests/test_policy_exact.py", "tests/test_cycle.py"],
-    "agents": ["tests/test_agents.py"],
+    "agents": ["tests/test_agents_mutants.py", "tests/test_decide_agent.py", "tests/test_agents.py"],
 }
 # pytest's exit statuses: 0 passed, 1 failed, 2 collection errors, 4 a conftest
 # that cannot import (the mutant broke the import: killed); 3 (pytest's internal
@@ -135,6 +136,7 @@ class Worker:
 
 
 def main() -> int:
+    global WORK
     ap = argparse.ArgumentParser()
     ap.add_argument("--modules", required=True, help="space-separated source files to mutate")
     ap.add_argument("--tests", default="", help="tests run for every module, after its own")
@@ -143,46 +145,58 @@ def main() -> int:
                     help="'MODULE:N ...': judge N of MODULE's mutants, drawn with a fixed seed")
     ap.add_argument("--min", type=float, default=0.0, help="the least score over the whole set")
     ap.add_argument("--min-module", type=float, default=0.0, help="the least score per module")
+    ap.add_argument("--work", default=WORK, help="the scratch directory (default build/mutants)")
     args = ap.parse_args()
+    WORK = os.path.abspath(args.work)
     os.chdir(ROOT)
     modules = args.modules.split()
     extra = args.tests.split()
     samples = {m: int(n) for m, n in (x.split(":") for x in args.sample.split())}
     problems = []
     plan = []   # (module, rel path, source, [mutant ids], tests)
-    for rel in modules:
-        stem = os.path.splitext(os.path.basename(rel))[0]
+    for entry in modules:
+        # a module is a source file, or NAME=FILE,FILE,... (a package's files judged as one)
+        if "=" in entry:
+            stem, files = entry.split("=", 1)
+            files = files.split(",")
+        else:
+            stem, files = os.path.splitext(os.path.basename(entry))[0], [entry]
         tests = MODULE_TESTS.get(stem, []) + [t for t in extra if t not in MODULE_TESTS.get(stem, [])]
         if not tests:
-            problems.append("%s: no tests judge it (MODULE_TESTS)" % rel)
+            problems.append("%s: no tests judge it (MODULE_TESTS)" % entry)
             continue
-        with open(rel) as f:
-            source = f.read()
-        ids = mutants_of(rel)
-        if not ids:
-            problems.append("%s: no mutants (mutmut yields nothing)" % rel)
+        cands = []    # (file, source, mutant id)
+        for rel in files:
+            with open(rel) as f:
+                source = f.read()
+            ids = mutants_of(rel)
+            if not ids:
+                problems.append("%s: no mutants (mutmut yields nothing)" % rel)
+            cands += [(rel, source, mid) for mid in ids]
+        if not cands:
             continue
+        total = len(cands)
         want = samples.get(stem, 0)
-        if want and want < len(ids):
-            ids = sorted(random.Random(stem).sample(ids, want),
-                         key=lambda m: (m.line_number, m.index))
-        plan.append((stem, rel, source, ids, tests, len(mutants_of(rel))))
+        if want and want < total:
+            cands = sorted(random.Random(stem).sample(cands, want),
+                           key=lambda c: (c[0], c[2].line_number, c[2].index))
+        plan.append((stem, cands, tests, total))
     workers = [Worker(k) for k in range(max(1, args.jobs))]
     # the clean runs: each module's tests pass unmutated, and say how long they take
     limits = {}
-    for stem, rel, _source, _ids, tests, _total in plan:
+    for stem, _cands, tests, _total in plan:
         rc, took = workers[0].pytest(tests, 1800)
         if rc != 0:
             problems.append("%s: its tests fail without a mutant (exit %s): %s"
-                            % (rel, rc, " ".join(tests)))
+                            % (stem, rc, " ".join(tests)))
         limits[stem] = 3 * took + 10
         print("clean run of %s's tests: %.1f s" % (stem, took), flush=True)
     if problems:
         for p in problems:
             print("mutants: %s" % p, file=sys.stderr)
         return 1
-    jobs = [(stem, rel, source, mid, tests) for stem, rel, source, ids, tests, _ in plan
-            for mid in ids]
+    jobs = [(stem, rel, source, mid, tests) for stem, cands, tests, _ in plan
+            for rel, source, mid in cands]
     results = {}
     free = list(workers)
 
@@ -190,24 +204,29 @@ def main() -> int:
         w = free.pop()
         try:
             stem, rel, source, mid, tests = job
-            results[(stem, mid)] = w.judge(rel, source, mid, tests, limits[stem])
+            got = results[(rel, mid)] = w.judge(rel, source, mid, tests, limits[stem])
+            with open(os.path.join(WORK, "progress.log"), "a") as f:   # to follow a long run
+                f.write("%d/%d %s:%d %s\n" % (len(results), len(jobs), rel,
+                                              mid.line_number + 1, got))
         finally:
             free.append(w)
 
     t0 = time.monotonic()
+    with open(os.path.join(WORK, "progress.log"), "w"):
+        pass
     with ThreadPoolExecutor(len(workers)) as pool:
         list(pool.map(run, jobs))
     os.makedirs(WORK, exist_ok=True)
     tot = {"killed": 0, "timeout": 0, "survived": 0, "n": 0}
     lines = []
-    for stem, rel, source, ids, _tests, total in plan:
-        got = [results[(stem, mid)] for mid in ids]
+    for stem, cands, _tests, total in plan:
+        got = [results[(rel, mid)] for rel, _source, mid in cands]
         errors = [g for g in got if g.startswith("error")]
         if errors:
-            problems.append("%s: pytest did not judge %d mutants (%s)" % (rel, len(errors),
+            problems.append("%s: pytest did not judge %d mutants (%s)" % (stem, len(errors),
                                                                            errors[0]))
         k, t, s = got.count("killed"), got.count("timeout"), got.count("survived")
-        n = len(ids)
+        n = len(cands)
         for key, v in (("killed", k), ("timeout", t), ("survived", s), ("n", n)):
             tot[key] += v
         pct = 100.0 * k / n
@@ -216,15 +235,15 @@ def main() -> int:
               % (stem, k, n, sampled, pct, t, s))
         if pct < args.min_module:
             problems.append("%s: %.1f%% is below %.0f%%" % (stem, pct, args.min_module))
-        for mid, g in zip(ids, got):
+        for (rel, source, mid), g in zip(cands, got):
             if g != "killed":
                 lines.append("%s:%d [%s] %s  ->  %s" % (
                     rel, mid.line_number + 1, g, mid.line.strip(),
                     mutated(rel, source, mid).split("\n")[mid.line_number].strip()))
     with open(os.path.join(WORK, "survivors.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("survivors and timeouts: build/mutants/survivors.txt (%d); %.0f s with %d jobs"
-          % (len(lines), time.monotonic() - t0, len(workers)))
+    print("survivors and timeouts: %s (%d); %.0f s with %d jobs"
+          % (os.path.join(os.path.relpath(WORK, ROOT), "survivors.txt"), len(lines), time.monotonic() - t0, len(workers)))
     pct = 100.0 * tot["killed"] / tot["n"] if tot["n"] else 0.0
     if pct < args.min:
         problems.append("%.1f%% over the whole set is below %.0f%%" % (pct, args.min))
