@@ -50,8 +50,9 @@ MODULE_TESTS = {
                "tests/test_decide_agent.py"],
     "metrics": ["tests/test_metrics_mutants.py", "tests/test_operations.py"],
     "held": ["tests/test_leases.py", "tests/test_cli.py"],
-    "cycle": ["tests/test_cycle.py"],
-    "plan": ["tests/test_config.py", "tests/test_policy_exact.py", "tests/test_cycle.py"],
+    "cycle": ["tests/test_cycle_mutants.py", "tests/test_cycle.py"],
+    "plan": ["tests/test_plan_mutants.py", "tests/test_config.py", "tests/test_policy_exact.py",
+             "tests/test_cycle.py"],
     "agents": ["tests/test_agents_mutants.py", "tests/test_decide_agent.py", "tests/test_agents.py"],
 }
 # pytest's exit statuses: 0 passed, 1 failed, 2 collection errors, 4 a conftest
@@ -184,13 +185,23 @@ def main() -> int:
     workers = [Worker(k) for k in range(max(1, args.jobs))]
     # the clean runs: each module's tests pass unmutated, and say how long they take
     limits = {}
-    for stem, _cands, tests, _total in plan:
-        rc, took = workers[0].pytest(tests, 1800)
+    idle = list(workers)
+
+    def clean(module):
+        stem, _cands, tests, _total = module
+        w = idle.pop()
+        try:
+            rc, took = w.pytest(tests, 1800)
+        finally:
+            idle.append(w)
         if rc != 0:
             problems.append("%s: its tests fail without a mutant (exit %s): %s"
                             % (stem, rc, " ".join(tests)))
         limits[stem] = 3 * took + 10
         print("clean run of %s's tests: %.1f s" % (stem, took), flush=True)
+
+    with ThreadPoolExecutor(len(workers)) as pool:   # the slowest first
+        list(pool.map(clean, sorted(plan, key=lambda m: -len(m[2]))))
     if problems:
         for p in problems:
             print("mutants: %s" % p, file=sys.stderr)
