@@ -49,7 +49,7 @@ MODULE_TESTS = {
     "decide": ["tests/test_decide_mutants.py", "tests/test_decide.py",
                "tests/test_decide_agent.py"],
     "metrics": ["tests/test_metrics_mutants.py", "tests/test_operations.py"],
-    "held": ["tests/test_leases.py", "tests/test_cli.py"],
+    "held": ["tests/test_held_mutants.py", "tests/test_leases.py", "tests/test_cli.py"],
     "cycle": ["tests/test_cycle_mutants.py", "tests/test_cycle.py"],
     "plan": ["tests/test_plan_mutants.py", "tests/test_config.py", "tests/test_policy_exact.py",
              "tests/test_cycle.py"],
