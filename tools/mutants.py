@@ -89,8 +89,8 @@ class Worker:
         self.env = dict(os.environ, PYTHONPATH=os.path.join(self.dir, "src"),
                         VMSNAP_HYPOTHESIS_PROFILE="mutants", PYTHONDONTWRITEBYTECODE="1")
 
-    def pytest(self, tests, timeout: float) -> tuple:
-        """(exit status or None for a timeout, seconds)."""
+    def pytest(self, tests, timeout: float, log: str | None = None) -> tuple:
+        """(exit status or None for a timeout, seconds); pytest's output to LOG if given."""
         t = time.monotonic()
         argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                 "-p", "no:randomly", *tests]
@@ -99,9 +99,13 @@ class Worker:
             # namespace with its own /run, apart from everything else on the machine
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                     'mount -t tmpfs tmpfs /run && exec "$@"', "sh", *argv]
-        proc = subprocess.Popen(argv,
-                                cwd=self.dir, env=self.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        out = open(log, "w") if log else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(argv, cwd=self.dir, env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if log:
+                out.close()
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -191,12 +195,13 @@ def main() -> int:
         stem, _cands, tests, _total = module
         w = idle.pop()
         try:
-            rc, took = w.pytest(tests, 1800)
+            rc, took = w.pytest(tests, 1800, os.path.join(WORK, "clean-%s.log" % stem))
         finally:
             idle.append(w)
         if rc != 0:
-            problems.append("%s: its tests fail without a mutant (exit %s): %s"
-                            % (stem, rc, " ".join(tests)))
+            problems.append("%s: its tests fail without a mutant (exit %s): %s (output: %s)"
+                            % (stem, rc, " ".join(tests),
+                               os.path.join(os.path.relpath(WORK, ROOT), "clean-%s.log" % stem)))
         limits[stem] = 3 * took + 10
         print("clean run of %s's tests: %.1f s" % (stem, took), flush=True)
 
