@@ -82,10 +82,19 @@ class Worker:
         self.dir = os.path.join(WORK, "w%d" % k)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
-        for name in ("src", "tests", "contrib", "examples"):   # what the tests read
-            shutil.copytree(os.path.join(ROOT, name), os.path.join(self.dir, name),
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        shutil.copy(os.path.join(ROOT, "pyproject.toml"), self.dir)
+        # the checkout as the tests read it (the README, the man pages, ...): all of it
+        # but what is built or kept there
+        for name in sorted(os.listdir(ROOT)):
+            src = os.path.join(ROOT, name)
+            if name in ("build", ".git", ".venv", "dist", ".hypothesis", ".benchmarks") \
+                    or name.startswith(".mypy") \
+                    or name.startswith(".ruff") or name.startswith(".pytest"):
+                continue
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(self.dir, name), symlinks=True,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(src, self.dir)
         self.env = dict(os.environ, PYTHONPATH=os.path.join(self.dir, "src"),
                         VMSNAP_HYPOTHESIS_PROFILE="mutants", PYTHONDONTWRITEBYTECODE="1")
 
