@@ -112,3 +112,22 @@ def test_a_late_last_call_goes_to_the_log_file_given(tmp_path):
     p = hook(tmp_path, "dlm", "--log-file", str(log), "post-script")
     assert p.returncode == 203, p.stderr
     assert "the deadline passed" in p.stderr and "the deadline passed" in log.read_text()
+
+
+def test_the_hooks_help_names_the_agents_the_phases_and_the_defaults(tmp_path):
+    """What `vmsnap hook --help` tells the one who writes an agent's hook
+    configuration: the agents known, where the arguments go, the defaults."""
+    p = hook(tmp_path, "--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.split())    # argparse wraps to the terminal's width
+    assert text == (
+        "usage: vmsnap hook [-h] [-q | -v] [--config F] [--log-file F] AGENT PHASE ... "
+        "positional arguments: "
+        "AGENT one of: qemu-ga, vmware, gce, dlm "
+        "PHASE as the agent calls it "
+        "ARG the agent's extra arguments (VMware scriptArg, GCE disk list) "
+        "options: -h, --help show this help message and exit "
+        "-q, --quiet print only errors on stderr "
+        "-v, --verbose also print the log's records on stderr "
+        "--config F configuration file (default: $VMSNAP_CONFIG or the Azure path) "
+        "--log-file F log file (default /var/log/vmsnap.log; '' for none)")

@@ -13,20 +13,25 @@ checkout itself is never touched), with PYTHONPATH pointing at the copy.
 
 A mutant is *killed* when the tests fail, *survived* when they pass, a
 *timeout* when they run past 3x the clean run (plus 10 s): timeouts are not
-counted as killed.  The run fails (exit 1) when a module's clean run fails,
+counted as killed.  A survivor listed in tools/mutants-survivors.txt as
+``equivalent: PATH: ORIGINAL  ->  MUTATED`` (under a paragraph that says why
+no user can tell it from the original) is *equivalent* and left out of N;
+the line before the last says how many, and the score with them counted.  The run fails (exit 1) when a module's clean run fails,
 when a module yields no mutant, when pytest cannot run a mutant's tests
 (no tests collected, usage error), or when the score is below --min (whole
 set) or --min-module (any module).  --sample "MODULE:N" judges N of the
 module's mutants drawn with a fixed seed (its line says "a sample of").
 As root each pytest runs in a private mount namespace with its own /run.  Prints per module
-``module: K killed of N (P%), T timeouts, S survived``, the survivors to
-build/mutants/survivors.txt, and as its last line:
+``module: K killed of N (P%), T timeouts, S survived; E equivalent, not counted``,
+the survivors to build/mutants/survivors.txt (every verdict to verdicts.json),
+and as its last line:
 ``mutants: K killed of N (P%), T timeouts, S survived``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -41,6 +46,7 @@ from mutmut import ALL, Context, list_mutations, mutate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "build", "mutants")   # --work: another, for a second run beside
 PKG = "src/vmsnap_native/"
+EQUIVALENTS = os.path.join(ROOT, "tools", "mutants-survivors.txt")
 
 # module -> the tests that judge its mutants first (its own)
 MODULE_TESTS = {
@@ -59,6 +65,24 @@ MODULE_TESTS = {
 # that cannot import (the mutant broke the import: killed); 3 (pytest's internal
 # error) and 5 (no tests collected) say nothing about the mutant
 NOT_A_VERDICT = (3, 5)
+
+
+def describe(rel: str, source: str, mid) -> str:
+    """'PATH: ORIGINAL LINE  ->  MUTATED LINE' (stripped): how a mutant is named in
+    tools/mutants-survivors.txt, whatever line it is on."""
+    return "%s: %s  ->  %s" % (rel, mid.line.strip(),
+                               mutated(rel, source, mid).split("\n")[mid.line_number].strip())
+
+
+def read_equivalents(path: str) -> set:
+    """The mutants kept as equivalent: the lines 'equivalent: PATH: ORIGINAL  ->  MUTATED'
+    of PATH (each under a paragraph that says why)."""
+    try:
+        with open(path) as f:
+            return {line[len("equivalent: "):].strip() for line in f
+                    if line.startswith("equivalent: ")}
+    except FileNotFoundError:
+        return set()
 
 
 def mutants_of(path: str) -> list:
@@ -159,6 +183,8 @@ def main() -> int:
                     help="'MODULE:N ...': judge N of MODULE's mutants, drawn with a fixed seed")
     ap.add_argument("--min", type=float, default=0.0, help="the least score over the whole set")
     ap.add_argument("--min-module", type=float, default=0.0, help="the least score per module")
+    ap.add_argument("--equivalents", default=EQUIVALENTS,
+                    help="the list of equivalent mutants (default tools/mutants-survivors.txt)")
     ap.add_argument("--work", default=WORK, help="the scratch directory (default build/mutants)")
     args = ap.parse_args()
     WORK = os.path.abspath(args.work)
@@ -242,38 +268,53 @@ def main() -> int:
     with ThreadPoolExecutor(len(workers)) as pool:
         list(pool.map(run, jobs))
     os.makedirs(WORK, exist_ok=True)
-    tot = {"killed": 0, "timeout": 0, "survived": 0, "n": 0}
-    lines = []
+    equivalent = read_equivalents(args.equivalents)
+    tot = {"killed": 0, "timeout": 0, "survived": 0, "n": 0, "equivalent": 0}
+    lines, verdicts = [], []
     for stem, cands, _tests, total in plan:
         got = [results[(rel, mid)] for rel, _source, mid in cands]
+        texts = [describe(rel, source, mid) for rel, source, mid in cands]
+        # a survivor listed as equivalent (with why) in tools/mutants-survivors.txt: not counted
+        got = ["equivalent" if g == "survived" and x in equivalent else g
+               for g, x in zip(got, texts)]
         errors = [g for g in got if g.startswith("error")]
         if errors:
             problems.append("%s: pytest did not judge %d mutants (%s)" % (stem, len(errors),
                                                                            errors[0]))
         k, t, s = got.count("killed"), got.count("timeout"), got.count("survived")
-        n = len(cands)
-        for key, v in (("killed", k), ("timeout", t), ("survived", s), ("n", n)):
+        e = got.count("equivalent")
+        n = len(cands) - e
+        for key, v in (("killed", k), ("timeout", t), ("survived", s), ("n", n),
+                       ("equivalent", e)):
             tot[key] += v
-        pct = 100.0 * k / n
-        sampled = " (a sample of %d)" % total if n < total else ""
-        print("%s: %d killed of %d%s (%.1f%%), %d timeouts, %d survived"
-              % (stem, k, n, sampled, pct, t, s))
+        pct = 100.0 * k / n if n else 0.0
+        sampled = " (a sample of %d)" % total if len(cands) < total else ""
+        print("%s: %d killed of %d%s (%.1f%%), %d timeouts, %d survived; %d equivalent, not "
+              "counted" % (stem, k, n, sampled, pct, t, s, e))
         if pct < args.min_module:
             problems.append("%s: %.1f%% is below %.0f%%" % (stem, pct, args.min_module))
-        for (rel, source, mid), g in zip(cands, got):
+        for (_rel, _source, mid), g, x in zip(cands, got, texts):
+            verdicts.append({"module": stem, "line": mid.line_number + 1, "verdict": g,
+                             "mutant": x})
             if g != "killed":
-                lines.append("%s:%d [%s] %s  ->  %s" % (
-                    rel, mid.line_number + 1, g, mid.line.strip(),
-                    mutated(rel, source, mid).split("\n")[mid.line_number].strip()))
+                path, rest = x.split(": ", 1)
+                lines.append("%s:%d [%s] %s" % (path, mid.line_number + 1, g, rest))
     with open(os.path.join(WORK, "survivors.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("survivors and timeouts: %s (%d); %.0f s with %d jobs"
-          % (os.path.join(os.path.relpath(WORK, ROOT), "survivors.txt"), len(lines), time.monotonic() - t0, len(workers)))
+    with open(os.path.join(WORK, "verdicts.json"), "w") as f:
+        json.dump(verdicts, f, indent=0)
+    print("survivors, timeouts and equivalents: %s (%d); %.0f s with %d jobs"
+          % (os.path.join(os.path.relpath(WORK, ROOT), "survivors.txt"), len(lines),
+             time.monotonic() - t0, len(workers)))
     pct = 100.0 * tot["killed"] / tot["n"] if tot["n"] else 0.0
     if pct < args.min:
         problems.append("%.1f%% over the whole set is below %.0f%%" % (pct, args.min))
     for p in problems:
         print("mutants: %s" % p, file=sys.stderr)
+    every = tot["n"] + tot["equivalent"]
+    print("%d equivalent mutants (tools/mutants-survivors.txt) not counted; counted as "
+          "survivors: %d killed of %d (%.1f%%)" % (tot["equivalent"], tot["killed"], every,
+                                                   100.0 * tot["killed"] / every if every else 0))
     print("mutants: %d killed of %d (%.1f%%), %d timeouts, %d survived"
           % (tot["killed"], tot["n"], pct, tot["timeout"], tot["survived"]))
     return 1 if problems else 0
