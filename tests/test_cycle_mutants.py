@@ -6,6 +6,7 @@ library's users call it; root, loop filesystems only)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from vmsnap_native import cycle
@@ -36,6 +37,9 @@ def test_each_phase_is_reported_in_order_and_the_step_is_told_what_is_frozen(tmp
     phase, frozen = seen.read_text().split("|")
     assert phase == "snapshot" and sorted(frozen.split("\n")) == sorted([a, b])
     assert [m["frozen"] for m in res.freeze.mounts] == [True, True]
+    last = (tmp_path / "vmsnap.log").read_text().splitlines()[-1]   # the run's own summary
+    assert re.search(r" result: status success, consistency application, window [0-9.]+ ms, "
+                     r"errors none$", last), last
     assert res.freeze.window_ms > 0 and res.freeze.deadline_hit is False
     assert not frozen_state(a) and not frozen_state(b)
 

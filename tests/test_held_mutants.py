@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from vmsnap_native import held, process
+from vmsnap_native import freeze, held, process
 
 from .conftest import frozen_state, root_only
 
@@ -78,3 +78,25 @@ def test_sessions_that_are_not_leases_are_said_so(loopfs):
     t = held.thaw_session(me[:-8] + ("0" * 8 if not me.endswith("0" * 8) else "1" * 8))
     assert (t.status, t.message) == (
         "expired", "the machine has restarted since: that freeze ended with it")
+
+
+def test_records_that_cannot_be_read_do_not_hide_the_lease(loopfs):
+    """Names that look like records but cannot be opened (a link) or read (a
+    crash mid-write, say) sort before the lease's own: thaw --session still
+    finds the lease's record behind them."""
+    (a,) = loopfs.make(1)
+    link = os.path.join(freeze.runtime_dir(), "freeze-0-link.rec")
+    junk = os.path.join(freeze.runtime_dir(), "freeze-00-garbled.rec")
+    os.symlink("/nonexistent", link)
+    with open(junk, "wb") as f:
+        f.write(b"not a freeze record")
+    try:
+        h = held.freeze_and_hold(None, [a], 30)
+        assert h.status == "frozen", h.errors
+        t = held.thaw_session(h.session)
+        assert (t.status, t.message) == ("thawed", "thawed: the freeze held until now")
+        assert not frozen_state(a)
+    finally:
+        for path in (link, junk):
+            if os.path.lexists(path):
+                os.unlink(path)
