@@ -10,6 +10,7 @@ wheel=$1
 python3 -m pip install --quiet --no-index --break-system-packages "$wheel"
 rm -f "$wheel"
 command -v vmsnap
+vmsnap --version   # the installed package imports (every subpackage made it into the wheel)
 
 # the hook, as examples/qemu-guest-agent/README.md says (first way)
 install -o root -m 700 /tmp/vmsnap-hook /etc/qemu/vmsnap-fsfreeze-hook
