@@ -22,6 +22,7 @@ pytestmark = pytest.mark.ci_required
 
 FREEZE_TIMEOUT = 15          # freezeTimeoutInSeconds in the guest's configuration
 BOOT_TIMEOUT = 480
+PGBENCH_S = 30               # pgbench runs through the host's freeze, snapshot and thaw
 PG = "runuser -u postgres -- "
 PSQL = PG + "psql -qAtX -v ON_ERROR_STOP=1 -d bench "
 PROBE = r"""
@@ -157,14 +158,17 @@ def test_guest_runs_vmsnap_from_the_wheel_as_qemu_ga_hook(guest):
     _, mounts = vm.sh("findmnt -rno TARGET,SOURCE -t ext4")
     assert "/data1 /dev/vdb" in mounts and "/data2 /dev/vdc" in mounts, mounts
     figure("guest kernel", out.strip().splitlines()[-1])
+    _, boot = vm.sh("systemd-analyze time | head -1; systemd-analyze blame | head -5", check=False)
+    figure("guest boot (systemd-analyze)", " | ".join(x.strip() for x in boot.splitlines()))
 
 
 # -- 2 and 3. the host's snapshot, and the proof from it -------------------------
 
 def test_host_freeze_snapshot_thaw_under_pgbench(guest):
     vm = guest.vm
-    vm.spawn("cd /var/lib/postgresql && exec " + PG + "pgbench -T 45 -c 2 -j 2 -l "
-             "--log-prefix=/var/lib/postgresql/pgb bench > /var/lib/vmsnap-test/pgbench.out 2>&1")
+    vm.spawn("cd /var/lib/postgresql && exec " + PG + "pgbench -T %d -c 2 -j 2 -l "
+             "--log-prefix=/var/lib/postgresql/pgb bench > /var/lib/vmsnap-test/pgbench.out 2>&1"
+             % PGBENCH_S)
     time.sleep(4)
     guest.token = uuid.uuid4().hex
     vm.sh(PSQL + "-c \"INSERT INTO marks (token) VALUES ('%s')\"" % guest.token)
@@ -221,7 +225,7 @@ def test_host_freeze_snapshot_thaw_under_pgbench(guest):
         if end - lat <= g1 and end >= g0:
             worst_freeze = max(worst_freeze, lat)
     processed = [x for x in out.splitlines() if "actually processed" in x][0].split(": ")[1]
-    figure("pgbench (2 clients, 45 s) transactions / failed", "%s / 0" % processed)
+    figure("pgbench (2 clients, %d s) transactions / failed" % PGBENCH_S, "%s / 0" % processed)
     figure("pgbench worst latency of a transaction spanning the freeze", round(worst_freeze * 1000), "ms")
     figure("pgbench worst latency overall", round(worst_all * 1000), "ms")
     assert n > 0 and worst_freeze > 0
