@@ -300,9 +300,14 @@ def test_virsh_snapshot_create_as_disk_only_quiesce(guest, libvirt):
         assert not libvirt.startswith("no libvirt"), libvirt
         assert proof is not None and hasattr(proof, "uri"), \
             "the snapshot VM did not run under libvirt"
+        proof.spawn("exec python3 /root/probe.py /var/lib/vmsnap-test/probe-virsh")
         proof.spawn("cd /var/lib/postgresql && exec " + PG + "pgbench -T 25 -c 2 -j 2 bench "
                     "> /var/lib/vmsnap-test/pgbench-virsh.out 2>&1")
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while not lines(proof, "/var/lib/vmsnap-test/probe-virsh"):
+            assert time.monotonic() < deadline, "the writer did not start in the guest"
+            time.sleep(1)
+        start = lines(proof, "/var/lib/vmsnap-test/probe-virsh")[0]
         posts = len(lines(proof, "/var/lib/vmsnap-test/post-ran"))
         runs = len(guest_log(proof))
         before = {t: s for t, s in (x.split() for x in proof.virsh("domblklist", proof.domain)
@@ -327,8 +332,11 @@ def test_virsh_snapshot_create_as_disk_only_quiesce(guest, libvirt):
             time.sleep(2)
         _, out = proof.sh("cat /var/lib/vmsnap-test/pgbench-virsh.out")
         assert "number of failed transactions: 0 " in out, out
+        g0, g1 = largest_gap(lines(proof, "/var/lib/vmsnap-test/probe-virsh"), start)
         figure("virsh snapshot-create-as --disk-only --quiesce of %d disks took" % len(overlays),
                round(took, 2), "s")
+        figure("virsh quiesce: freeze window seen by a writer on / in the guest",
+               round(g1 - g0, 2), "s")
         figure("virsh quiesce: vmsnap's verdict in the guest / pgbench failed transactions",
                "%s, %s-consistent / 0" % (res["status"], res["consistency"]))
     finally:
@@ -410,8 +418,11 @@ def test_host_never_thaws_watchdog_thaws_and_runs_post_script(guest):
 def test_qemu_ga_killed_mid_freeze_watchdog_thaws(guest):
     def kill_agent_once_frozen(vm):
         vm.sh("touch /run/killer-start")
+        # the session file appears when the hook's session begins, before the
+        # pre-script; the agent freezes once its hook (its child) has returned
         vm.spawn("until [ /run/vmsnap/hook-qemu-ga.json -nt /run/killer-start ]; do sleep 0.2; done; "
-                 "sleep 5; pkill -KILL -x qemu-ga")
+                 "while pgrep -P \"$(pidof qemu-ga)\" >/dev/null; do sleep 0.2; done; "
+                 "sleep 3; pkill -KILL -x qemu-ga")
         assert vm.qga("guest-fsfreeze-freeze") >= 3
     # systemd stops the agent's unit when its main process dies: vmsnap's
     # watchdog, in the same cgroup, may end the session at once (earlier
