@@ -32,7 +32,9 @@ mkdir -p "$out/run"
 lv=$top/$out/libvirt
 rm -f "$lv.pid" "$lv.why" "$lv.failed"
 (sh tools/vm/libvirtd.sh "$lv" > "$lv.pid" 2> "$lv.why" || touch "$lv.failed") &
+lvjob=$!
 stop_libvirtd() {
+    wait "$lvjob" 2>/dev/null || true   # a libvirtd still starting is stopped too
     uri="qemu:///system?socket=$lv/sock/libvirt-sock"
     if [ -s "$lv.pid" ]; then
         for dom in $(virsh -q -c "$uri" list --name 2>/dev/null); do
