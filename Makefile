@@ -98,7 +98,7 @@ cross: build/$(ARCH)/ctest ## cross-build the core's C tests for ARCH (aarch64) 
 cross-system: build/$(ARCH)/ctest ## boot Debian's ARCH kernel under qemu-system and run the C tests, freeze included
 	sh tools/cross-system.sh $(ARCH) build/$(ARCH)/ctest
 
-test-vm: build ## vmsnap as qemu-ga's hook in a real QEMU guest whose disks the host snapshots (root; builds a Debian image)
+test-vm: build ## vmsnap as qemu-ga's hook in real QEMU guests that the host and libvirt snapshot (root; builds a Debian image, cached)
 	sh tools/vm/test-vm.sh $(PY)
 
 wheel: build ## manylinux wheels: native (suite run against the install) and ARCH (tests under qemu-user)

@@ -64,10 +64,18 @@ class Fleet:
         self.machines: list = []
         self.accel = None
 
-    def machine(self, name: str, disks: list):
+    def machine(self, name: str, disks: list, **kw):
         from hostvm import Machine
         m = Machine(self.dir, os.path.join(IMAGE, "vmlinuz"), os.path.join(IMAGE, "initrd.img"),
-                    disks, accel=self.accel or "tcg", name=name)
+                    disks, accel=self.accel or "tcg", name=name, **kw)
+        self.machines.append(m)
+        return m
+
+    def libvirt_machine(self, uri: str, name: str, disks: list, **kw):
+        from hostvm import LibvirtMachine
+        m = LibvirtMachine(uri, self.dir, os.path.join(IMAGE, "vmlinuz"),
+                           os.path.join(IMAGE, "initrd.img"), disks, accel=self.accel or "tcg",
+                           name=name, **kw)
         self.machines.append(m)
         return m
 
@@ -93,32 +101,71 @@ def fleet(workdir):
     f.kill_all()
 
 
-def probe_accel(fleet) -> str:
-    """KVM only if a probe guest boots under it within 25 s; TCG otherwise."""
+def probe_accel(fleet) -> tuple:
+    """KVM only if a probe guest boots under it; TCG otherwise.  (accel, why).
+    A working KVM prints the kernel's banner within a second or two: none in
+    PROBE_BANNER_S means KVM cannot run this guest here, without waiting for
+    a boot that never comes."""
     forced = os.environ.get("VMSNAP_VM_ACCEL")
     if forced:
-        return forced
+        return forced, "VMSNAP_VM_ACCEL"
     if not os.path.exists("/dev/kvm"):
-        return "tcg"
+        return "tcg", "no /dev/kvm"
     fleet.accel = "kvm"
     root = fleet.overlay("probe-root.qcow2", os.path.join(IMAGE, "root.qcow2"), "qcow2")
-    m = fleet.machine("kvm-probe", [("root", root, "qcow2")])
+    m = fleet.machine("kvm-probe", [("root", root, "qcow2")], append="earlyprintk=ttyS0")
     try:
         m.start()
-        m.wait_agent(25)
-        return "kvm"
+        deadline = time.monotonic() + PROBE_BANNER_S
+        while "Linux version" not in m.console_tail(100000):
+            if m.proc.poll() is not None:
+                return "tcg", "QEMU -accel kvm exited: %s" % m.stderr().strip()[-200:]
+            if time.monotonic() > deadline:
+                return "tcg", "no kernel output within %d s under KVM" % PROBE_BANNER_S
+            time.sleep(0.2)
+        m.wait_agent(PROBE_AGENT_S)
+        return "kvm", "a probe guest booted under KVM"
     except (RuntimeError, TimeoutError) as e:
-        print("KVM probe failed, using TCG: %s" % str(e).splitlines()[0], flush=True)
-        return "tcg"
+        return "tcg", "the KVM probe guest did not boot: %s" % str(e).splitlines()[0]
     finally:
         m.kill()
         os.unlink(root)
 
 
+PROBE_BANNER_S = 8
+PROBE_AGENT_S = 40
+
+
 @pytest.fixture(scope="session")
 def accel(fleet):
     t0 = time.monotonic()
-    fleet.accel = probe_accel(fleet)
-    figure("accelerator", fleet.accel)
+    fleet.accel, why = probe_accel(fleet)
+    figure("accelerator", "%s (%s)" % (fleet.accel, why))
     figure("KVM probe took", round(time.monotonic() - t0, 1), "s")
     return fleet.accel
+
+
+LIBVIRT_WAIT_S = 180
+
+
+@pytest.fixture(scope="session")
+def libvirt():
+    """The URI of the libvirtd that make test-vm started (tools/vm/libvirtd.sh),
+    or the reason it could not start (a str beginning with "no libvirt: ")."""
+    d = os.environ.get("VMSNAP_VM_LIBVIRT")
+    if not d:
+        return "no libvirt: VMSNAP_VM_LIBVIRT is not set (make test-vm sets it)"
+    uri = "qemu:///system?socket=%s/sock/libvirt-sock" % d
+    deadline = time.monotonic() + LIBVIRT_WAIT_S
+    while time.monotonic() < deadline:
+        if os.path.exists(d + ".failed"):
+            with open(d + ".why") as f:
+                return "no libvirt: " + " ".join(f.read().split())[:400]
+        try:
+            with open(d + ".pid") as f:
+                if f.read().strip():
+                    return uri
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return "no libvirt: libvirtd did not answer within %d s" % LIBVIRT_WAIT_S

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.ci_required
 
 FREEZE_TIMEOUT = 15          # freezeTimeoutInSeconds in the guest's configuration
 BOOT_TIMEOUT = 480
+PGBENCH_S = 30               # pgbench runs through the host's freeze, snapshot and thaw
 PG = "runuser -u postgres -- "
 PSQL = PG + "psql -qAtX -v ON_ERROR_STOP=1 -d bench "
 PROBE = r"""
@@ -42,6 +44,7 @@ class Guest:
         self.disks = {}            # id -> (path, format): the current top of each chain
         self.token = None
         self.snapshot_backing = {}  # id -> (path, format): the snapshot (read-only)
+        self.proof = None           # the VM booted from the snapshot, while it runs
 
     def boot(self, name):
         vm = self.fleet.machine(name, [(i, p, f) for i, (p, f) in self.disks.items()])
@@ -122,11 +125,7 @@ def guest(fleet, accel):
     boot_s, pg_s = g.boot("guest")
     figure("boot: QEMU start to qemu-ga answering guest-ping (%s)" % accel, round(boot_s, 1), "s")
     figure("boot: QEMU start to PostgreSQL accepting connections", round(pg_s, 1), "s")
-    vm = g.vm
-    t0 = time.monotonic()
-    vm.sh(PG + "createdb bench && " + PG + "pgbench -i -q -s 2 bench >/dev/null 2>&1 && " + PSQL
-          + "-c 'CREATE EXTENSION amcheck; CREATE TABLE marks (token text PRIMARY KEY, at timestamptz DEFAULT now())'")
-    figure("pgbench -i -s 2 in the guest", round(time.monotonic() - t0, 1), "s")
+    vm = g.vm     # the database (pgbench -i -s 2, amcheck, marks) is in the image
     vm.sh("cat > /root/probe.py <<'EOF'\n%s\nEOF" % PROBE)
     vm.spawn("exec python3 /root/probe.py /var/lib/vmsnap-test/probe")
     yield g
@@ -138,8 +137,8 @@ def never_left_frozen(request):
     """A failed test must not leave the shared guest frozen for the next."""
     yield
     g = request.node.funcargs.get("guest")
-    if g is None or g.vm is None or g.vm.proc.poll() is not None:
-        return
+    if g is None or g.vm is None or g.vm.proc.poll() is not None or g.proof is not None:
+        return           # (paused while the snapshot VM runs)
     try:
         if g.vm.qga("guest-fsfreeze-status") == "frozen":
             g.vm.qga("guest-fsfreeze-thaw")
@@ -154,18 +153,22 @@ def test_guest_runs_vmsnap_from_the_wheel_as_qemu_ga_hook(guest):
     _, out = vm.sh("vmsnap --version; cat /etc/qemu/qemu-ga.conf; "
                    "python3 -c 'import vmsnap_native; print(vmsnap_native.__file__)'; uname -r")
     assert "fsfreeze-hook=/etc/qemu/vmsnap-fsfreeze-hook" in out
+    assert out.startswith("vmsnap "), out           # it runs (imports every module it needs)
     assert "/usr/local/lib/python3" in out          # installed from the wheel, not a checkout
     _, mounts = vm.sh("findmnt -rno TARGET,SOURCE -t ext4")
     assert "/data1 /dev/vdb" in mounts and "/data2 /dev/vdc" in mounts, mounts
     figure("guest kernel", out.strip().splitlines()[-1])
+    _, boot = vm.sh("systemd-analyze time | head -1; systemd-analyze blame | head -5", check=False)
+    figure("guest boot (systemd-analyze)", " | ".join(x.strip() for x in boot.splitlines()))
 
 
 # -- 2 and 3. the host's snapshot, and the proof from it -------------------------
 
 def test_host_freeze_snapshot_thaw_under_pgbench(guest):
     vm = guest.vm
-    vm.spawn("cd /var/lib/postgresql && exec " + PG + "pgbench -T 45 -c 2 -j 2 -l "
-             "--log-prefix=/var/lib/postgresql/pgb bench > /var/lib/vmsnap-test/pgbench.out 2>&1")
+    vm.spawn("cd /var/lib/postgresql && exec " + PG + "pgbench -T %d -c 2 -j 2 -l "
+             "--log-prefix=/var/lib/postgresql/pgb bench > /var/lib/vmsnap-test/pgbench.out 2>&1"
+             % PGBENCH_S)
     time.sleep(4)
     guest.token = uuid.uuid4().hex
     vm.sh(PSQL + "-c \"INSERT INTO marks (token) VALUES ('%s')\"" % guest.token)
@@ -222,47 +225,123 @@ def test_host_freeze_snapshot_thaw_under_pgbench(guest):
         if end - lat <= g1 and end >= g0:
             worst_freeze = max(worst_freeze, lat)
     processed = [x for x in out.splitlines() if "actually processed" in x][0].split(": ")[1]
-    figure("pgbench (2 clients, 45 s) transactions / failed", "%s / 0" % processed)
+    figure("pgbench (2 clients, %d s) transactions / failed" % PGBENCH_S, "%s / 0" % processed)
     figure("pgbench worst latency of a transaction spanning the freeze", round(worst_freeze * 1000), "ms")
     figure("pgbench worst latency overall", round(worst_all * 1000), "ms")
     assert n > 0 and worst_freeze > 0
 
 
-def test_snapshot_boots_and_postgresql_is_whole(guest):
+def test_snapshot_boots_and_postgresql_is_whole(guest, libvirt):
     """A second VM boots from the snapshot's backing files (through throw-away
     overlays, so the snapshot stays untouched): crash recovery, the row
-    committed before the freeze, amcheck, then a clean stop and pg_checksums."""
+    committed before the freeze, amcheck, then a clean stop and pg_checksums.
+    libvirt starts it (where libvirtd runs), so the next test snapshots it
+    with virsh; the first guest waits, paused: two emulated guests are slow."""
     assert guest.snapshot_backing, "no snapshot was taken"
     fleet = guest.fleet
     disks = [(i, fleet.overlay("proof-%s.qcow2" % i, p, f), "qcow2")
              for i, (p, f) in guest.snapshot_backing.items()]
-    proof = fleet.machine("proof", disks)
-    guest.vm.qmp("stop")          # the first guest waits, paused: two emulated guests are slow
-    proof.start()
-    boot_s = proof.wait_agent(BOOT_TIMEOUT)
-    pg_s = wait_postgres(proof)
-    figure("snapshot VM: boot to qemu-ga / to PostgreSQL ready", "%.1f s / %.1f s" % (boot_s, pg_s))
-    _, n = proof.sh(PSQL + "-c \"SELECT count(*) FROM marks WHERE token = '%s'\"" % guest.token)
-    assert n.strip() == "1", "the row committed before the freeze is not in the snapshot"
-    _, idx = proof.sh(PSQL + "-c \"SELECT count(bt_index_check(c.oid, true)) FROM pg_index i "
-                      "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
-                      "WHERE a.amname = 'btree' AND c.relpersistence = 'p'\"")
-    _, heap = proof.sh(PSQL + "-c \"SELECT count(v.*) FROM pg_class c, verify_heapam(c.oid) v "
-                       "WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace\"")
-    assert heap.strip() == "0", "verify_heapam found corruption"
-    _, rows = proof.sh(PSQL + "-c \"SELECT (SELECT count(*) FROM pgbench_accounts) + "
-                       "(SELECT count(*) FROM pgbench_history) + (SELECT count(*) FROM marks)\"")
-    figure("snapshot: btree indexes checked with heapallindexed / heap corruptions", "%s / 0" % idx.strip())
-    figure("snapshot: rows checked (accounts + history + marks)", int(rows))
-    proof.sh("systemctl stop postgresql@15-main")
-    _, ck = proof.sh(PG + "/usr/lib/postgresql/15/bin/pg_checksums --check -D /var/lib/postgresql/15/main")
-    assert "Bad checksums:  0" in ck, ck
-    blocks = [x for x in ck.splitlines() if "Blocks scanned" in x][0].split(":")[1].strip()
-    figure("snapshot: pg_checksums --check after a clean stop, blocks / bad", "%s / 0" % blocks)
+    if libvirt.startswith("no libvirt"):
+        proof = fleet.machine("proof", disks)
+    else:
+        proof = fleet.libvirt_machine(libvirt, "proof", disks)
+    guest.vm.qmp("stop")
+    try:
+        proof.start()
+        boot_s = proof.wait_agent(BOOT_TIMEOUT)
+        pg_s = wait_postgres(proof)
+        figure("snapshot VM (started by %s): boot to qemu-ga / to PostgreSQL ready"
+               % ("libvirt" if hasattr(proof, "uri") else "QEMU"),
+               "%.1f s / %.1f s" % (boot_s, pg_s))
+        _, n = proof.sh(PSQL + "-c \"SELECT count(*) FROM marks WHERE token = '%s'\"" % guest.token)
+        assert n.strip() == "1", "the row committed before the freeze is not in the snapshot"
+        _, idx = proof.sh(PSQL + "-c \"SELECT count(bt_index_check(c.oid, true)) FROM pg_index i "
+                          "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
+                          "WHERE a.amname = 'btree' AND c.relpersistence = 'p'\"")
+        _, heap = proof.sh(PSQL + "-c \"SELECT count(v.*) FROM pg_class c, verify_heapam(c.oid) v "
+                           "WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace\"")
+        assert heap.strip() == "0", "verify_heapam found corruption"
+        _, rows = proof.sh(PSQL + "-c \"SELECT (SELECT count(*) FROM pgbench_accounts) + "
+                           "(SELECT count(*) FROM pgbench_history) + (SELECT count(*) FROM marks)\"")
+        figure("snapshot: btree indexes checked with heapallindexed / heap corruptions",
+               "%s / 0" % idx.strip())
+        figure("snapshot: rows checked (accounts + history + marks)", int(rows))
+        proof.sh("systemctl stop postgresql@15-main")
+        _, ck = proof.sh(PG + "/usr/lib/postgresql/15/bin/pg_checksums --check "
+                         "-D /var/lib/postgresql/15/main")
+        assert "Bad checksums:  0" in ck, ck
+        blocks = [x for x in ck.splitlines() if "Blocks scanned" in x][0].split(":")[1].strip()
+        figure("snapshot: pg_checksums --check after a clean stop, blocks / bad", "%s / 0" % blocks)
+        proof.sh("systemctl start postgresql@15-main")
+        guest.proof = proof
+    finally:
+        if guest.proof is None:
+            release_proof(guest, proof)
+
+
+def release_proof(guest, proof):
+    """The snapshot VM goes, its throw-away disks with it; the first guest runs on."""
     proof.kill()
+    for p in proof.disks:
+        try:
+            os.unlink(p[1])
+        except OSError:
+            pass
+    guest.proof = None
     guest.vm.qmp("cont")
-    for _, p, _ in disks:
-        os.unlink(p)
+
+
+def test_virsh_snapshot_create_as_disk_only_quiesce(guest, libvirt):
+    """libvirt's own path on the guest libvirt runs: `virsh snapshot-create-as
+    --disk-only --quiesce` (libvirt freezes through qemu-ga, which calls
+    vmsnap; snapshots every disk; thaws), with pgbench writing."""
+    proof = guest.proof
+    try:
+        assert not libvirt.startswith("no libvirt"), libvirt
+        assert proof is not None and hasattr(proof, "uri"), \
+            "the snapshot VM did not run under libvirt"
+        proof.spawn("exec python3 /root/probe.py /var/lib/vmsnap-test/probe-virsh")
+        proof.spawn("cd /var/lib/postgresql && exec " + PG + "pgbench -T 25 -c 2 -j 2 bench "
+                    "> /var/lib/vmsnap-test/pgbench-virsh.out 2>&1")
+        deadline = time.monotonic() + 60
+        while not lines(proof, "/var/lib/vmsnap-test/probe-virsh"):
+            assert time.monotonic() < deadline, "the writer did not start in the guest"
+            time.sleep(1)
+        start = lines(proof, "/var/lib/vmsnap-test/probe-virsh")[0]
+        posts = len(lines(proof, "/var/lib/vmsnap-test/post-ran"))
+        runs = len(guest_log(proof))
+        before = {t: s for t, s in (x.split() for x in proof.virsh("domblklist", proof.domain)
+                                     .splitlines() if x.strip())}
+        overlays = {t: os.path.join(guest.fleet.dir, "virsh-%s.qcow2" % t) for t in before}
+        took = proof.snapshot_quiesced(overlays)
+        after = {t: s for t, s in (x.split() for x in proof.virsh("domblklist", proof.domain)
+                                    .splitlines() if x.strip())}
+        assert after == overlays, after
+        for t, path in overlays.items():
+            chain = subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
+                                   capture_output=True, text=True, check=True).stdout
+            assert json.loads(chain)["backing-filename"] == before[t], chain
+        results = guest_log(proof)
+        assert len(results) == runs + 1, "vmsnap did not run as the hook of libvirt's quiesce"
+        res = results[-1]
+        assert (res["status"], res["consistency"], res["errors"]) == ("success", "application", [])
+        assert len(lines(proof, "/var/lib/vmsnap-test/post-ran")) == posts + 1
+        deadline = time.monotonic() + 120
+        while "tps =" not in proof.sh("cat /var/lib/vmsnap-test/pgbench-virsh.out", check=False)[1]:
+            assert time.monotonic() < deadline, "pgbench did not finish"
+            time.sleep(2)
+        _, out = proof.sh("cat /var/lib/vmsnap-test/pgbench-virsh.out")
+        assert "number of failed transactions: 0 " in out, out
+        g0, g1 = largest_gap(lines(proof, "/var/lib/vmsnap-test/probe-virsh"), start)
+        figure("virsh snapshot-create-as --disk-only --quiesce of %d disks took" % len(overlays),
+               round(took, 2), "s")
+        figure("virsh quiesce: freeze window seen by a writer on / in the guest",
+               round(g1 - g0, 2), "s")
+        figure("virsh quiesce: vmsnap's verdict in the guest / pgbench failed transactions",
+               "%s, %s-consistent / 0" % (res["status"], res["consistency"]))
+    finally:
+        if proof is not None:
+            release_proof(guest, proof)  # its disks go with the work directory
 
 
 # -- 4. faults from the host's side ----------------------------------------------
@@ -339,8 +418,11 @@ def test_host_never_thaws_watchdog_thaws_and_runs_post_script(guest):
 def test_qemu_ga_killed_mid_freeze_watchdog_thaws(guest):
     def kill_agent_once_frozen(vm):
         vm.sh("touch /run/killer-start")
+        # the session file appears when the hook's session begins, before the
+        # pre-script; the agent freezes once its hook (its child) has returned
         vm.spawn("until [ /run/vmsnap/hook-qemu-ga.json -nt /run/killer-start ]; do sleep 0.2; done; "
-                 "sleep 5; pkill -KILL -x qemu-ga")
+                 "while pgrep -P \"$(pidof qemu-ga)\" >/dev/null; do sleep 0.2; done; "
+                 "sleep 3; pkill -KILL -x qemu-ga")
         assert vm.qga("guest-fsfreeze-freeze") >= 3
     # systemd stops the agent's unit when its main process dies: vmsnap's
     # watchdog, in the same cgroup, may end the session at once (earlier

@@ -17,7 +17,7 @@ rootfs=$out/rootfs
 rm -rf "$rootfs" "$out/root.raw" "$out/root.qcow2"
 trap 'rm -rf "$rootfs" "$out/root.raw"' EXIT
 
-PACKAGES="linux-image-amd64 initramfs-tools systemd-sysv udev kmod procps
+PACKAGES="linux-image-cloud-amd64 initramfs-tools systemd-sysv udev kmod procps
 util-linux e2fsprogs qemu-guest-agent postgresql postgresql-contrib lvm2
 thin-provisioning-tools python3 python3-cffi python3-pip"
 

@@ -10,6 +10,7 @@ wheel=$1
 python3 -m pip install --quiet --no-index --break-system-packages "$wheel"
 rm -f "$wheel"
 command -v vmsnap
+vmsnap --version   # the installed package imports (every subpackage made it into the wheel)
 
 # the hook, as examples/qemu-guest-agent/README.md says (first way)
 install -o root -m 700 /tmp/vmsnap-hook /etc/qemu/vmsnap-fsfreeze-hook
@@ -57,6 +58,20 @@ ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
 runuser -u postgres -- "/usr/lib/postgresql/$ver/bin/pg_checksums" --enable -D "/var/lib/postgresql/$ver/main" >/dev/null
 echo "listen_addresses = ''" > "/etc/postgresql/$ver/main/conf.d/vmsnap-test.conf"
 systemctl enable postgresql >/dev/null 2>&1
+
+# the test's database, made here rather than in the emulated guest: pgbench's
+# tables (scale 2), amcheck, and the table of marks the tests commit
+mkdir -p /var/run/postgresql
+chown postgres:postgres /var/run/postgresql
+pgctl="runuser -u postgres -- /usr/lib/postgresql/$ver/bin/pg_ctl -D /var/lib/postgresql/$ver/main -w"
+$pgctl -l /tmp/pg-setup.log -o "-c config_file=/etc/postgresql/$ver/main/postgresql.conf" start \
+    || { cat /tmp/pg-setup.log; exit 1; }
+runuser -u postgres -- createdb bench
+runuser -u postgres -- pgbench -i -q -s 2 bench >/dev/null 2>&1
+runuser -u postgres -- psql -qAtX -v ON_ERROR_STOP=1 -d bench \
+    -c 'CREATE EXTENSION amcheck; CREATE TABLE marks (token text PRIMARY KEY, at timestamptz DEFAULT now())'
+$pgctl stop -m fast >/dev/null
+rm -f /tmp/pg-setup.log
 
 # a quicker boot under emulation: nothing periodic, no console login
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \

@@ -129,7 +129,8 @@ class Machine:
     a QMP socket, no network device, the console in a file."""
 
     def __init__(self, workdir: str, kernel: str, initrd: str, disks: list,
-                 accel: str = "tcg", memory: int = 2048, name: str = "vm"):
+                 accel: str = "tcg", memory: int = 2048, name: str = "vm",
+                 append: str = "quiet systemd.show_status=auto"):
         self.dir = workdir
         self.kernel = kernel
         self.initrd = initrd
@@ -137,6 +138,7 @@ class Machine:
         self.accel = accel
         self.memory = memory
         self.name = name
+        self.append = append
         self.qmp_path = os.path.join(workdir, name + "-qmp.sock")
         self.qga_path = os.path.join(workdir, name + "-qga.sock")
         self.console = os.path.join(workdir, name + "-console.log")
@@ -149,7 +151,7 @@ class Machine:
                 "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot", "-nic", "none",
                 "-serial", "file:" + self.console,
                 "-kernel", self.kernel, "-initrd", self.initrd,
-                "-append", "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=auto",
+                "-append", "root=/dev/vda rw console=ttyS0 " + self.append,
                 "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
                 "-chardev", "socket,path=%s,server=on,wait=off,id=qga0" % self.qga_path,
                 "-device", "virtio-serial-pci",
@@ -283,6 +285,102 @@ class Machine:
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
+
+
+class LibvirtMachine(Machine):
+    """The same guest, started and driven by libvirt (a libvirtd of its own,
+    tools/vm/libvirtd.sh): a transient domain, TCG or KVM, direct kernel
+    boot, the same virtio disks, and libvirt's own channel to qemu-ga, which
+    every agent command here goes through (`virsh qemu-agent-command`)."""
+
+    def __init__(self, uri: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uri = uri
+        self.domain = "vmsnap-" + self.name
+
+    def virsh(self, *argv, timeout: float = 120, check: bool = True) -> str:
+        p = subprocess.run(["virsh", "-q", "-c", self.uri] + list(argv), capture_output=True,
+                           text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise RuntimeError("virsh %s: %s" % (" ".join(argv[:2]), (p.stderr or p.stdout).strip()))
+        return p.stdout
+
+    def xml(self) -> str:
+        disks = "".join(
+            "<disk type='file' device='disk'><driver name='qemu' type='%s' cache='unsafe'/>"
+            "<source file='%s'/><target dev='vd%s' bus='virtio'/></disk>"
+            % (fmt, path, chr(ord("a") + n)) for n, (_, path, fmt) in enumerate(self.disks))
+        return """<domain type='%s'>
+  <name>%s</name><memory unit='MiB'>%d</memory><vcpu>2</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd>
+    <cmdline>root=/dev/vda rw console=ttyS0 %s</cmdline></os>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices><emulator>/usr/bin/%s</emulator>%s
+    <serial type='file'><source path='%s'/><target port='0'/></serial>
+    <channel type='unix'><source mode='bind' path='%s'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <memballoon model='none'/>
+  </devices>
+</domain>""" % ("kvm" if self.accel == "kvm" else "qemu", self.domain, self.memory, self.kernel,
+                self.initrd, self.append, QEMU, disks, self.console, self.qga_path)
+
+    def start(self) -> None:
+        path = os.path.join(self.dir, self.name + ".xml")
+        with open(path, "w") as f:
+            f.write(self.xml())
+        self.started = time.monotonic()
+        self.virsh("create", path)
+
+    def stderr(self) -> str:
+        try:
+            return self.virsh("domstate", self.domain, "--reason", check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            return str(e)
+
+    def running(self) -> bool:
+        return "running" in self.virsh("domstate", self.domain, check=False)
+
+    def qga(self, command: str, timeout: float = 120, **arguments):
+        msg = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        p = subprocess.run(["virsh", "-q", "-c", self.uri, "qemu-agent-command", self.domain,
+                            json.dumps(msg), "--timeout", str(int(timeout))],
+                           capture_output=True, text=True, timeout=timeout + 30)
+        if p.returncode != 0:
+            raise AgentError(command, {"desc": (p.stderr or p.stdout).strip()})
+        return json.loads(p.stdout).get("return")
+
+    def wait_agent(self, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise RuntimeError("the domain is not running: %s\n%s"
+                                   % (self.stderr(), self.console_tail()))
+            try:
+                self.qga("guest-ping", timeout=5)
+                return time.monotonic() - self.started
+            except (AgentError, subprocess.TimeoutExpired, ValueError):
+                time.sleep(2)
+        raise TimeoutError("the guest agent did not answer within %.0f s; console:\n%s"
+                           % (timeout, self.console_tail()))
+
+    def snapshot_quiesced(self, overlays: dict) -> float:
+        """`virsh snapshot-create-as --disk-only --quiesce` of every disk (one
+        new overlay each, named by OVERLAYS {target: path}); returns its seconds."""
+        specs = []
+        for target, path in overlays.items():
+            specs += ["--diskspec", "%s,snapshot=external,file=%s" % (target, path)]
+        t0 = time.monotonic()
+        self.virsh("snapshot-create-as", self.domain, "quiesced", "--disk-only", "--quiesce",
+                   "--atomic", "--no-metadata", *specs, timeout=300)
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        self.virsh("destroy", self.domain, check=False)
+
+    def stop(self, timeout: float = 60) -> None:
+        self.kill()
 
 
 def _die_with_parent() -> None:
