@@ -156,8 +156,9 @@ def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
         only=only, skip=settings.mounts_to_skip,
         unselected=None if selection_known or mounts else UNREADABLE_SELECTION)
     if mounts:
+        named = {os.path.normpath(m) for m in mounts}
         for c in plan.selection.skipped:
-            if c.mount.mountpoint in {os.path.normpath(m) for m in mounts}:
+            if c.mount.mountpoint in named:
                 warnings.append("%s not frozen: %s" % (c.mount.mountpoint, c.reason))
     plan.one_disk = disks.single_disk([c.mount for c in plan.selection.eligible]) \
         if plan.selection.eligible else True
