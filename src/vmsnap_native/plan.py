@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from . import decide, disks, hooks, metrics, mountinfo, policy
+from . import decide, disks, mountinfo, policy
 from .config import Config, config_path, parse_config, read_config_file, selection_settings
 from .errors import CONFIG_INVALID, UNABLE_TO_OPEN_MOUNT, ConfigError, Error
-from .result import FreezeResult, Result
+
+# hooks (and through them the scripts' machinery), metrics and result are
+# imported where they are used: `vmsnap mounts` needs none of them.
+if TYPE_CHECKING:
+    from .result import Result
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Plan:
         path = self.settings.metrics_file
         if not path:
             return []
+        from . import metrics
         found, notes = metrics.check_path(path)
         self.warnings.extend(n for n in notes if n not in self.warnings)
         return [CONFIG_INVALID.error("%s: metricsFile: %s" % (self.config_path, p))
@@ -163,6 +169,7 @@ def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
     plan.one_disk = disks.single_disk([c.mount for c in plan.selection.eligible]) \
         if plan.selection.eligible else True
     if cfg is not None:
+        from . import hooks
         plan.hooks = hooks.discover(settings.hooks_directory)
     return plan
 
@@ -268,6 +275,7 @@ def dry_run_result(plan: Plan) -> Result:
     """What a run would do, without running scripts, freezing or snapshotting:
     the verdict a run would reach if every script and the snapshot step worked
     (so continueBackupOnFailure: false fails it as the run would), and the plan."""
+    from .result import FreezeResult, Result
     outcome = expected_outcome(plan)
     verdict = decide.decide(outcome, plan.decision_settings)
     res = Result(status=verdict.status, errors=list(verdict.errors))
