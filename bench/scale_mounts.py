@@ -7,7 +7,11 @@ the plan alone (in process, after the imports), `vmsnap run --dry-run
 --mount <one loop filesystem>`, and util-linux `findmnt` on the same
 table.  At 100 entries also the start-up alone: the interpreter, `vmsnap
 --version`, and `python -X importtime` of `--version` and of `mounts`,
-grouped by module.
+grouped by module.  The package's bytecode is compiled first, as an
+installed package has it (without it every start compiles every module).
+With VMSNAP_SCALE_BEFORE=DIR (a source tree's src/, for instance a `git
+archive` of the commit before a change), the same commands from that tree
+take turns with these in every round ("..., before").
 
     python bench/scale_mounts.py --child [SIZES...]   (as root; it makes its
                                                       own namespace when not --child)
@@ -35,6 +39,24 @@ VMSNAP = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "vmsna
 LOOP_FILESYSTEMS = 4
 MS_BIND = 4096
 ALTERNATIVES = ["vmsnap mounts", "plan (in process)", "vmsnap run --dry-run", "findmnt"]
+BEFORE = os.environ.get("VMSNAP_SCALE_BEFORE")
+if BEFORE:
+    ALTERNATIVES += ["vmsnap mounts, before", "vmsnap run --dry-run, before"]
+
+
+def before(*args) -> list:
+    """The vmsnap command of the tree in BEFORE, started as the installed script starts it."""
+    return [sys.executable, "-c", "import sys; sys.path.insert(0, %r); from vmsnap_native.cli "
+            "import main; sys.exit(main())" % BEFORE, *args]
+
+
+def compile_bytecode() -> None:
+    import compileall
+
+    import vmsnap_native
+    for d in [os.path.dirname(vmsnap_native.__file__)] + \
+            ([os.path.join(BEFORE, "vmsnap_native")] if BEFORE else []):
+        compileall.compile_dir(d, quiet=1)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -108,6 +130,10 @@ def measure(size: int, rounds: int, cfg: str, loop_mount: str, log=None) -> dict
                                                cfg, "--mount", loop_mount, "--log-file", ""]),
         "findmnt": lambda: timed(["findmnt"]),
     }
+    if BEFORE:
+        runners["vmsnap mounts, before"] = lambda: timed(before("mounts", "--config", cfg))
+        runners["vmsnap run --dry-run, before"] = lambda: timed(before(
+            "run", "--dry-run", "--json", "--config", cfg, "--mount", loop_mount, "--log-file", ""))
     for fn in runners.values():   # warm: page cache, dentries
         fn()
     res = {k: [] for k in ALTERNATIVES}
@@ -191,6 +217,9 @@ def startup(cfg: str, rounds: int) -> dict:
         "vmsnap --version": lambda: timed([*VMSNAP, "--version"]),
         "vmsnap mounts": lambda: timed([*VMSNAP, "mounts", "--config", cfg]),
     }
+    if BEFORE:
+        runners["vmsnap --version, before"] = lambda: timed(before("--version"))
+        runners["vmsnap mounts, before"] = lambda: timed(before("mounts", "--config", cfg))
     names = list(runners)
     for fn in runners.values():
         fn()
@@ -199,17 +228,20 @@ def startup(cfg: str, rounds: int) -> dict:
         for k in names[r % len(names):] + names[:r % len(names)]:
             res[k].append(runners[k]())
     out = {k: summary(v)["median"] for k, v in res.items()}
+    fastest = {k: summary(v)["min"] for k, v in res.items()}
     # the import time, median of 3 of each
     imp = {}
     for label, tail in (("--version", ["--version"]), ("mounts", ["mounts", "--config", cfg])):
         runs = [importtime(tail, env) for _ in range(3)]
         runs.sort(key=lambda x: x["total_self_ms"])
         imp[label] = runs[1]
-    return {"wall_median_ms": out, "rounds": rounds, "importtime": imp}
+    return {"wall_median_ms": out, "wall_min_ms": fastest, "rounds": rounds, "importtime": imp,
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def child(sizes, rounds, log) -> dict:
     """In a private mount namespace: build the table, measure at each size."""
+    compile_bytecode()
     base = tempfile.mkdtemp(prefix="vmsnap-scale-node-")
     mount("scale-node", base, "tmpfs", 0, "size=512m,mode=700")
     fs = loopfs.LoopFilesystems(base)
@@ -247,7 +279,7 @@ def child(sizes, rounds, log) -> dict:
 
 def run(sizes=(100, 1000, 10000), rounds=None, log=None) -> dict:
     """Runs child() in a new private mount namespace; returns its figures."""
-    rounds = rounds or {100: 10, 1000: 8, 10000: 5, "startup": 10}
+    rounds = rounds or {100: 12, 1000: 9, 10000: 7, "startup": 15}
     t0 = time.monotonic()
     fd, path = tempfile.mkstemp(prefix="vmsnap-scale-mounts-", suffix=".json")
     os.close(fd)
