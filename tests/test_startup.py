@@ -60,8 +60,10 @@ def test_mounts_without_a_configuration_imports_only_the_plan(tmp_path):
 def test_mounts_with_a_configuration_imports_no_freeze(tmp_path):
     cfg = setup_scripts(tmp_path)
     mods = imported(tmp_path, "mounts", "--config", cfg)
-    assert "vmsnap_native.config" in mods
-    assert not mods & (FREEZE_AND_SCRIPTS | ELSEWHERE)
+    assert "vmsnap_native.config" in mods and "vmsnap_native.policy" in mods
+    # it shows no hooks: neither their discovery nor the scripts' machinery behind it
+    assert not mods & (FREEZE_AND_SCRIPTS | ELSEWHERE | {"vmsnap_native." + m for m in (
+        "hooks", "scripts", "process", "result")})
 
 
 def test_hook_imports_neither_the_azure_report_nor_the_bench(tmp_path):

@@ -262,7 +262,7 @@ def cmd_mounts(args) -> int:
 def _print_mounts(args) -> int:
     from .disks import disks_of
     from .plan import make_plan
-    plan = make_plan(args.config, mounts=args.mount or None)
+    plan = make_plan(args.config, mounts=args.mount or None, with_hooks=False)
     sel = plan.selection
     if args.json:
         d = sel.to_dict()

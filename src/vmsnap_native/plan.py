@@ -130,8 +130,9 @@ UNREADABLE_SELECTION = ("not selected: the configuration cannot be read, so only
                         "named with --mount are frozen")
 
 
-def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
-    """Reads the configuration, checks permissions and scripts, selects mounts."""
+def make_plan(config=None, mounts=None, freeze_timeout=None, *, with_hooks=True) -> Plan:
+    """Reads the configuration, checks permissions and scripts, selects mounts
+    (and finds the hooks, unless not WITH_HOOKS: `vmsnap mounts` shows none)."""
     # once, as a list: a generator read twice would select nothing the second time
     mounts = [mounts] if isinstance(mounts, str) else list(mounts or ()) or None
     warnings = []
@@ -168,7 +169,7 @@ def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
                 warnings.append("%s not frozen: %s" % (c.mount.mountpoint, c.reason))
     plan.one_disk = disks.single_disk([c.mount for c in plan.selection.eligible]) \
         if plan.selection.eligible else True
-    if cfg is not None:
+    if cfg is not None and with_hooks:
         from . import hooks
         plan.hooks = hooks.discover(settings.hooks_directory)
     return plan
