@@ -231,9 +231,16 @@ def report(res) -> None:
         rows = [dict({"entries": s["entries"], "loadavg": s["loadavg"]},
                      **{k: s[k]["median_ms"] for k in keys}) for s in mt["sizes"]]
         print(table("\nmount tables (median ms):", rows, ["entries", *keys, "loadavg"]))
+        if "cpu_median_ms" in mt["sizes"][0][keys[0]]:
+            rows = [dict({"entries": s["entries"]}, **{k: s[k]["cpu_median_ms"] for k in keys})
+                    for s in mt["sizes"]]
+            print(table("mount tables, CPU time (user + system; median ms):", rows,
+                        ["entries", *keys]))
         st = mt.get("startup")
         if st:
             print("\nstart-up at %d entries (median ms): %s" % (st["entries"], st["wall_median_ms"]))
+            if st.get("cpu_median_ms"):
+                print("  CPU time (user + system), median ms: %s" % st["cpu_median_ms"])
             for label, imp in st["importtime"].items():
                 print("  python -X importtime ... %s: %d modules, %.1f ms self in all; by "
                       "package: %s" % (label, imp["modules"], imp["total_self_ms"],
