@@ -199,3 +199,31 @@ def test_a_table_of_10000_mounts_is_classified_in_time_that_grows_linearly(tmp_p
     assert sum("hidden" in r for r in reasons) > 50 and sum("read-only" in r for r in reasons) > 50
     # doubling the table: a linear pass doubles the time; a quadratic one would quadruple it
     assert t_full / t_half < 3, "%.3f s at 5,000 mounts, %.3f s at 10,000" % (t_half, t_full)
+
+
+@given(st.lists(st.sampled_from(["/", "", "/data", "/data/", "/d*", "/data/inner", "/x/",
+                                 "/mnt/with space", "/[ab]oot*", "/srv/bind/", "?"]), max_size=4))
+def test_plain_paths_and_globs_match_as_before(patterns):
+    # the set lookup for plain paths matches exactly what trying each pattern matched
+    match = mountinfo._matcher(patterns)
+    for m in mountinfo.parse_mountinfo(LINES):
+        assert match(m.mountpoint) == mountinfo._matches(m.mountpoint, patterns)
+
+
+def test_many_named_mounts_on_a_large_table_are_selected_in_linear_time(tmp_path):
+    import time
+    mounts = mountinfo.parse_mountinfo(synthetic_table(10000, tmp_path))
+    named = ["/vol/v%d" % i for i in range(0, 1000, 2)]
+
+    def best(only) -> float:
+        runs = []
+        for _ in range(3):
+            t0 = time.process_time()
+            sel = mountinfo.select(mounts, only=only, sysfs=str(tmp_path))
+            runs.append(time.process_time() - t0)
+        assert sorted(c.mount.mountpoint for c in sel.eligible) == sorted(only)
+        return min(runs)
+
+    # 500 named mount points cost about what 5 do, not 100 times more
+    few, many = best(named[:5]), best(named)
+    assert many < 3 * few + 0.05, "%.3f s for 5 named mounts, %.3f s for 500" % (few, many)
