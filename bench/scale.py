@@ -225,16 +225,22 @@ def report(res) -> None:
             print("  vmsnap run %-22s %s  b=%s" % (name, s["values"], s["exponent_top"]))
     mt = res.get("mount_tables")
     if mt and mt.get("sizes"):
+        keys = [k for k in ("vmsnap mounts", "plan (in process)", "vmsnap run --dry-run",
+                            "findmnt", "vmsnap mounts, before", "vmsnap run --dry-run, before")
+                if k in mt["sizes"][0]]
         rows = [dict({"entries": s["entries"], "loadavg": s["loadavg"]},
-                     **{k: s[k]["median_ms"] for k in ("vmsnap mounts", "plan (in process)",
-                                                       "vmsnap run --dry-run", "findmnt")})
-                for s in mt["sizes"]]
-        print(table("\nmount tables (median ms):", rows,
-                    ["entries", "vmsnap mounts", "plan (in process)", "vmsnap run --dry-run",
-                     "findmnt", "loadavg"]))
+                     **{k: s[k]["median_ms"] for k in keys}) for s in mt["sizes"]]
+        print(table("\nmount tables (median ms):", rows, ["entries", *keys, "loadavg"]))
+        if "cpu_median_ms" in mt["sizes"][0][keys[0]]:
+            rows = [dict({"entries": s["entries"]}, **{k: s[k]["cpu_median_ms"] for k in keys})
+                    for s in mt["sizes"]]
+            print(table("mount tables, CPU time (user + system; median ms):", rows,
+                        ["entries", *keys]))
         st = mt.get("startup")
         if st:
             print("\nstart-up at %d entries (median ms): %s" % (st["entries"], st["wall_median_ms"]))
+            if st.get("cpu_median_ms"):
+                print("  CPU time (user + system), median ms: %s" % st["cpu_median_ms"])
             for label, imp in st["importtime"].items():
                 print("  python -X importtime ... %s: %d modules, %.1f ms self in all; by "
                       "package: %s" % (label, imp["modules"], imp["total_self_ms"],
@@ -276,6 +282,9 @@ def main() -> int:
     ap.add_argument("--ansible", help="ansible-playbook for the hosts part (make bench-scale "
                     "builds one); without it that part is left out")
     ap.add_argument("--out", default=os.path.join(HERE, "scale.json"))
+    ap.add_argument("--keep", action="store_true", help="the parts not measured keep their "
+                    "figures from the --out file of an earlier run (marked as kept, with its "
+                    "date and load)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/scale.py needs root (it makes and freezes loop filesystems)", file=sys.stderr)
@@ -318,6 +327,14 @@ def main() -> int:
     elif "fleet" in parts:
         res["hosts"] = {"rows": [], "skipped": "no --ansible given"}
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.keep and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        for part in ("filesystems", "mount_tables", "hosts"):
+            if part not in res and part in old:
+                res[part] = dict({"kept_from": {
+                    "date": old["machine"].get("date"), "loadavg_start": old.get("loadavg_start"),
+                    "loadavg_end": old.get("loadavg_end")}}, **old[part])   # kept twice: the first
     res["targets"] = targets(res)
     res["seconds"] = round(time.monotonic() - t0, 1)
     with open(args.out, "w") as f:

@@ -7,7 +7,11 @@ the plan alone (in process, after the imports), `vmsnap run --dry-run
 --mount <one loop filesystem>`, and util-linux `findmnt` on the same
 table.  At 100 entries also the start-up alone: the interpreter, `vmsnap
 --version`, and `python -X importtime` of `--version` and of `mounts`,
-grouped by module.
+grouped by module.  The package's bytecode is compiled first, as an
+installed package has it (without it every start compiles every module).
+With VMSNAP_SCALE_BEFORE=DIR (a source tree's src/, for instance a `git
+archive` of the commit before a change), the same commands from that tree
+take turns with these in every round ("..., before").
 
     python bench/scale_mounts.py --child [SIZES...]   (as root; it makes its
                                                       own namespace when not --child)
@@ -18,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +40,24 @@ VMSNAP = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "vmsna
 LOOP_FILESYSTEMS = 4
 MS_BIND = 4096
 ALTERNATIVES = ["vmsnap mounts", "plan (in process)", "vmsnap run --dry-run", "findmnt"]
+BEFORE = os.environ.get("VMSNAP_SCALE_BEFORE")
+if BEFORE:
+    ALTERNATIVES += ["vmsnap mounts, before", "vmsnap run --dry-run, before"]
+
+
+def before(*args) -> list:
+    """The vmsnap command of the tree in BEFORE, started as the installed script starts it."""
+    return [sys.executable, "-c", "import sys; sys.path.insert(0, %r); from vmsnap_native.cli "
+            "import main; sys.exit(main())" % BEFORE, *args]
+
+
+def compile_bytecode() -> None:
+    import compileall
+
+    import vmsnap_native
+    for d in [os.path.dirname(vmsnap_native.__file__)] + \
+            ([os.path.join(BEFORE, "vmsnap_native")] if BEFORE else []):
+        compileall.compile_dir(d, quiet=1)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -90,13 +113,38 @@ class Node:
         return table_size()
 
 
+# CPU time (user + system) of each timed command, in the order timed: on a
+# loaded machine the wall time mostly measures the wait for a core, the CPU
+# time what the command itself costs
+CPU_MS = []
+
+
 def timed(argv, env=None) -> float:
+    c0 = _children_cpu_ms()
     t0 = time.perf_counter_ns()
-    p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, stderr = p.communicate()
     ms = (time.perf_counter_ns() - t0) / 1e6
+    CPU_MS.append(_children_cpu_ms() - c0)
     if p.returncode not in (0,):
-        raise RuntimeError("%s: exit %d: %s" % (argv, p.returncode, p.stderr.decode()[-500:]))
+        raise RuntimeError("%s: exit %d: %s" % (argv, p.returncode, stderr.decode()[-500:]))
     return ms
+
+
+def _children_cpu_ms() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * 1e3
+
+
+def _cpu_of(fn) -> tuple:
+    """(wall ms, CPU ms) of FN, a timed() command or the plan in process."""
+    if fn is None:
+        return None
+    c0 = time.process_time()
+    n = len(CPU_MS)
+    wall = fn()
+    cpu = CPU_MS[-1] if len(CPU_MS) > n else (time.process_time() - c0) * 1e3
+    return wall, cpu
 
 
 def measure(size: int, rounds: int, cfg: str, loop_mount: str, log=None) -> dict:
@@ -108,19 +156,27 @@ def measure(size: int, rounds: int, cfg: str, loop_mount: str, log=None) -> dict
                                                cfg, "--mount", loop_mount, "--log-file", ""]),
         "findmnt": lambda: timed(["findmnt"]),
     }
+    if BEFORE:
+        runners["vmsnap mounts, before"] = lambda: timed(before("mounts", "--config", cfg))
+        runners["vmsnap run --dry-run, before"] = lambda: timed(before(
+            "run", "--dry-run", "--json", "--config", cfg, "--mount", loop_mount, "--log-file", ""))
     for fn in runners.values():   # warm: page cache, dentries
         fn()
     res = {k: [] for k in ALTERNATIVES}
+    cpu = {k: [] for k in ALTERNATIVES}
     la0 = os.getloadavg()
     for r in range(rounds):
         order = ALTERNATIVES[r % len(ALTERNATIVES):] + ALTERNATIVES[:r % len(ALTERNATIVES)]
         for k in order:
-            res[k].append(runners[k]())
+            wall, c = _cpu_of(runners[k])
+            res[k].append(wall)
+            cpu[k].append(c)
     out = {"entries": size, "rounds": rounds, "loadavg": [round(x, 2) for x in la0 +
                                                           os.getloadavg()[:1]]}
     for k in ALTERNATIVES:
         s = summary(res[k])
-        out[k] = {"median_ms": s["median"], "min_ms": s["min"], "max_ms": s["max"], "ms": res[k]}
+        out[k] = {"median_ms": s["median"], "min_ms": s["min"], "max_ms": s["max"], "ms": res[k],
+                  "cpu_median_ms": summary(cpu[k])["median"], "cpu_ms": cpu[k]}
     if log:
         log("  %d mounts: %s" % (size, ", ".join("%s %.0f ms" % (k, out[k]["median_ms"])
                                                   for k in ALTERNATIVES)))
@@ -191,25 +247,36 @@ def startup(cfg: str, rounds: int) -> dict:
         "vmsnap --version": lambda: timed([*VMSNAP, "--version"]),
         "vmsnap mounts": lambda: timed([*VMSNAP, "mounts", "--config", cfg]),
     }
+    if BEFORE:
+        runners["vmsnap --version, before"] = lambda: timed(before("--version"))
+        runners["vmsnap mounts, before"] = lambda: timed(before("mounts", "--config", cfg))
     names = list(runners)
     for fn in runners.values():
         fn()
     res = {k: [] for k in names}
+    cpu = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            res[k].append(runners[k]())
+            wall, c = _cpu_of(runners[k])
+            res[k].append(wall)
+            cpu[k].append(c)
     out = {k: summary(v)["median"] for k, v in res.items()}
+    cpu_out = {k: summary(v)["median"] for k, v in cpu.items()}
+    fastest = {k: summary(v)["min"] for k, v in res.items()}
     # the import time, median of 3 of each
     imp = {}
     for label, tail in (("--version", ["--version"]), ("mounts", ["mounts", "--config", cfg])):
         runs = [importtime(tail, env) for _ in range(3)]
         runs.sort(key=lambda x: x["total_self_ms"])
         imp[label] = runs[1]
-    return {"wall_median_ms": out, "rounds": rounds, "importtime": imp}
+    return {"wall_median_ms": out, "wall_min_ms": fastest, "cpu_median_ms": cpu_out,
+            "rounds": rounds, "importtime": imp,
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def child(sizes, rounds, log) -> dict:
     """In a private mount namespace: build the table, measure at each size."""
+    compile_bytecode()
     base = tempfile.mkdtemp(prefix="vmsnap-scale-node-")
     mount("scale-node", base, "tmpfs", 0, "size=512m,mode=700")
     fs = loopfs.LoopFilesystems(base)
@@ -247,7 +314,7 @@ def child(sizes, rounds, log) -> dict:
 
 def run(sizes=(100, 1000, 10000), rounds=None, log=None) -> dict:
     """Runs child() in a new private mount namespace; returns its figures."""
-    rounds = rounds or {100: 10, 1000: 8, 10000: 5, "startup": 10}
+    rounds = rounds or {100: 12, 1000: 9, 10000: 7, "startup": 15}
     t0 = time.monotonic()
     fd, path = tempfile.mkstemp(prefix="vmsnap-scale-mounts-", suffix=".json")
     os.close(fd)

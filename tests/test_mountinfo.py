@@ -85,3 +85,145 @@ def test_escape_roundtrip(name):
     escaped = (name.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
                .replace("\n", "\\012"))
     assert mountinfo.unescape(escaped) == name
+
+
+# -- huge tables: discovery, classification and levels grow linearly ----------------
+
+def synthetic_table(n: int, sysfs) -> str:
+    """About N mountinfo lines as a busy node has them: per unit a volume on
+    its own disk with another one nested in it, a pod (an overlay root, two
+    tmpfs, bind mounts of volumes), now and then a read-only mount, a mount
+    made over another at the same path, and a loop filesystem whose image
+    lives on an earlier volume or on the previous loop filesystem (its
+    backing file written under SYSFS, as the kernel shows it)."""
+    lines = ["1 0 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw"]
+    anon, loops, i = 100, 0, 0
+
+    def add(dev, mountpoint, fstype, source, opts="rw,relatime", root="/"):
+        lines.append("%d 1 %s %s %s %s shared:%d - %s %s rw"
+                     % (len(lines) + 1, dev, root, mountpoint, opts, len(lines), fstype, source))
+
+    while len(lines) < n:
+        vol = "/vol/v%d" % i
+        add("8:%d" % (2 * i), vol, "ext4", "/dev/sd%d" % i)
+        add("253:%d" % i, vol + "/data/inner", "xfs", "/dev/mapper/in%d" % i)
+        pod = "/var/lib/kubelet/pods/p%d" % i
+        for sub, fstype in (("root", "overlay"), ("shm", "tmpfs"), ("secrets", "tmpfs")):
+            anon += 1
+            add("0:%d" % anon, "%s/%s" % (pod, sub), fstype, fstype)
+        add("8:%d" % (2 * i), pod + "/volumes/a", "ext4", "/dev/sd%d" % i, root="/pv%d" % i)
+        add("8:%d" % (2 * (i // 2)), pod + "/volumes/b", "ext4", "/dev/sd%d" % (i // 2))
+        if i % 10 == 3:
+            add("8:%d" % (2 * i + 1), vol + "/ro", "ext4", "/dev/ro%d" % i, opts="ro")
+        if i % 10 == 7:   # mounted over: only the second one is reachable
+            add("8:%d" % (2 * i + 1), vol + "/data/inner", "ext4", "/dev/over%d" % i)
+        if i % 4 == 0:
+            image = ("/mnt/loop%d/img" % (loops - 1) if loops % 3 == 2 else
+                     "/vol/v%d/data/inner/images/%d.img" % (i // 2, loops))
+            backing = sysfs / "dev" / "block" / ("7:%d" % loops) / "loop"
+            backing.mkdir(parents=True)
+            (backing / "backing_file").write_text(image + "\n")
+            add("7:%d" % loops, "/mnt/loop%d" % loops, "ext4", "/dev/loop%d" % loops)
+            loops += 1
+        i += 1
+    return "\n".join(lines) + "\n"
+
+
+def slow_levels(cands, sysfs) -> None:
+    """The levels the simple way: every pair of candidates asked whether one
+    is below the other or holds its image, then relaxed to a fixed point."""
+    def under(path, top):
+        return path != "/" if top == "/" else path.startswith(top + "/")
+
+    def holder(path):
+        best = None
+        for p in cands:
+            mp = p.mount.mountpoint
+            if (path == mp or under(path, mp)) and (best is None or len(mp) > len(best.mount.mountpoint)):
+                best = p
+        return best
+
+    parents = {}
+    for c in cands:
+        backing = mountinfo._loop_backing_file(c.mount, str(sysfs))
+        parents[id(c)] = [p for p in cands if p is not c and (
+            under(c.mount.mountpoint, p.mount.mountpoint) or (backing and holder(backing) is p))]
+        c.level = 0
+    changed = True
+    while changed:
+        changed = False
+        for c in cands:
+            for p in parents[id(c)]:
+                if p.level < c.level + 1:
+                    p.level, changed = c.level + 1, True
+
+
+def test_levels_of_a_large_table_equal_the_simple_way(tmp_path):
+    mounts = mountinfo.parse_mountinfo(synthetic_table(1200, tmp_path))
+    sel = mountinfo.select(mounts, sysfs=str(tmp_path))
+    got = [(c.mount.mountpoint, c.level) for c in sel.eligible]
+    cands = [mountinfo.Candidate(c.mount, True) for c in sel.eligible]
+    slow_levels(cands, tmp_path)
+    cands.sort(key=lambda c: (c.level, -c.mount.mountpoint.count("/"), c.mount.mountpoint))
+    assert got == [(c.mount.mountpoint, c.level) for c in cands]
+    levels = dict(got)
+    # a loop filesystem's image on another one: a chain through the table
+    assert levels["/mnt/loop1"] == levels["/mnt/loop2"] + 1
+    assert levels["/vol/v0"] == levels["/vol/v0/data/inner"] + 1 >= levels["/mnt/loop0"] + 2
+    assert levels["/"] == max(levels.values())
+
+
+def test_a_table_of_10000_mounts_is_classified_in_time_that_grows_linearly(tmp_path):
+    import statistics
+    import time
+
+    def timed(text, sysfs) -> tuple:
+        runs = []
+        for _ in range(5):
+            t0 = time.process_time()
+            sel = mountinfo.select(mountinfo.parse_mountinfo(text), sysfs=sysfs)
+            runs.append(time.process_time() - t0)
+        return statistics.median(runs), sel
+
+    (tmp_path / "half").mkdir()
+    (tmp_path / "full").mkdir()
+    half = synthetic_table(5000, tmp_path / "half")
+    full = synthetic_table(10000, tmp_path / "full")
+    t_half, _ = timed(half, str(tmp_path / "half"))
+    t_full, sel = timed(full, str(tmp_path / "full"))
+    reasons = [c.reason for c in sel.skipped]
+    assert len(sel.eligible) + len(sel.skipped) == full.count("\n") >= 10000
+    assert len(sel.eligible) > 1500   # thousands of filesystems to order, not a handful
+    assert sum("pseudo" in r for r in reasons) > 2500
+    assert sum("same filesystem as" in r for r in reasons) > 1500
+    assert sum("hidden" in r for r in reasons) > 50 and sum("read-only" in r for r in reasons) > 50
+    # doubling the table: a linear pass doubles the time; a quadratic one would quadruple it
+    assert t_full / t_half < 3, "%.3f s at 5,000 mounts, %.3f s at 10,000" % (t_half, t_full)
+
+
+@given(st.lists(st.sampled_from(["/", "", "/data", "/data/", "/d*", "/data/inner", "/x/",
+                                 "/mnt/with space", "/[ab]oot*", "/srv/bind/", "?"]), max_size=4))
+def test_plain_paths_and_globs_match_as_before(patterns):
+    # the set lookup for plain paths matches exactly what trying each pattern matched
+    match = mountinfo._matcher(patterns)
+    for m in mountinfo.parse_mountinfo(LINES):
+        assert match(m.mountpoint) == mountinfo._matches(m.mountpoint, patterns)
+
+
+def test_many_named_mounts_on_a_large_table_are_selected_in_linear_time(tmp_path):
+    import time
+    mounts = mountinfo.parse_mountinfo(synthetic_table(10000, tmp_path))
+    named = ["/vol/v%d" % i for i in range(0, 1000, 2)]
+
+    def best(only) -> float:
+        runs = []
+        for _ in range(3):
+            t0 = time.process_time()
+            sel = mountinfo.select(mounts, only=only, sysfs=str(tmp_path))
+            runs.append(time.process_time() - t0)
+        assert sorted(c.mount.mountpoint for c in sel.eligible) == sorted(only)
+        return min(runs)
+
+    # 500 named mount points cost about what 5 do, not 100 times more
+    few, many = best(named[:5]), best(named)
+    assert many < 3 * few + 0.05, "%.3f s for 5 named mounts, %.3f s for 500" % (few, many)

@@ -9,17 +9,14 @@ JSON object on stdout and nothing else there; human text goes to stderr
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 
-from . import agents, cycle, step
-from . import config as config_mod
 from ._version import __version__
-from .config import DEFAULT_CONFIG_PATH
-from .errors import BusyError, CoreUnavailable
-from .logbook import DEFAULT_LOG_FILE, LOGGER, journal_line, stderr_is_journal
+
+# Each command imports what it uses, when it runs: agents start `vmsnap hook`
+# on every snapshot, and `--version` or `mounts` need neither the freeze nor
+# the scripts' machinery.
 
 EXIT_USAGE = 2
 NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}
@@ -40,6 +37,7 @@ def err(*lines):
     if _quiet["on"]:
         _quiet["lines"].extend(lines)
         return
+    from .logbook import journal_line
     for line in lines:
         print(journal_line(line, _level(line)), file=sys.stderr)
 
@@ -64,6 +62,9 @@ def _quiet_end(status: int) -> None:
 def _echo_log() -> None:
     """-v: the log's records on stderr as well (unless it already is the
     journal, which gets them anyway)."""
+    import logging
+
+    from .logbook import LOGGER, stderr_is_journal
     if stderr_is_journal():
         return
     handler = logging.StreamHandler(sys.stderr)
@@ -73,6 +74,7 @@ def _echo_log() -> None:
 
 
 def emit_json(obj):
+    import json
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
 
@@ -81,6 +83,7 @@ def emit_json(obj):
 
 def summarize(res) -> list:
     """A short human report: what happened, consistency, window, actions."""
+    from . import step
     lines = []
     cons = res.consistency or "no snapshot"
     window = res.freeze.window_ms
@@ -124,6 +127,7 @@ def step_plan(snapshot_argv) -> dict:
     """What a run would run as the snapshot step, for the dry run."""
     if not snapshot_argv:
         return {"argv": [], "program": None, "problem": None, "warning": None}
+    from . import step
     prog = step.find_program(snapshot_argv[0], os.environ.get("PATH"))
     return {"argv": list(snapshot_argv), "program": prog.path, "problem": prog.problem,
             "warning": prog.warning}
@@ -180,6 +184,8 @@ def plan_lines(plan: dict) -> list:
 
 
 def cmd_run(args, snapshot_argv) -> int:
+    from . import cycle
+    from .logbook import DEFAULT_LOG_FILE
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
                     freeze_timeout=args.freeze_timeout, log_file=log_file or None,
@@ -202,7 +208,8 @@ def cmd_check(args) -> int:
     if args.azure:
         from .azure import check_azure
         return check_azure(args)
-    plan = cycle.make_plan(args.config)
+    from .plan import make_plan
+    plan = make_plan(args.config)
     problems = [e.to_dict() for e in plan.problems()]
     report = {
         "ok": not problems,
@@ -253,9 +260,10 @@ def cmd_mounts(args) -> int:
 
 
 def _print_mounts(args) -> int:
-    plan = cycle.make_plan(args.config, mounts=args.mount or None)
-    sel = plan.selection
     from .disks import disks_of
+    from .plan import make_plan
+    plan = make_plan(args.config, mounts=args.mount or None, with_hooks=False)
+    sel = plan.selection
     if args.json:
         d = sel.to_dict()
         d["one_disk"] = plan.one_disk
@@ -313,6 +321,7 @@ def cmd_thaw_session(args) -> int:
 def cmd_thaw(args) -> int:
     if args.session is not None:
         return cmd_thaw_session(args)
+    from .errors import BusyError, CoreUnavailable
     from .freeze import thaw_recorded
     try:
         results = thaw_recorded(force=args.force)
@@ -354,7 +363,13 @@ def cmd_bench(args) -> int:
 
 # -- parser -----------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with COMMAND (the command word found in the
+    arguments, "" for none) only that command's options are added, and only
+    what they need is imported."""
+    def want(name):
+        return command is None or command == name
+
     p = argparse.ArgumentParser(prog="vmsnap", description=(
         "Application-consistent snapshots: pre-script, parallel filesystem freeze with a "
         "guaranteed thaw, snapshot step, thaw, post-script."), parents=[_verbosity(True)])
@@ -366,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))
 
     def common(sp, config=True, mount=True):
+        from .config import DEFAULT_CONFIG_PATH
         if config:
             sp.add_argument("--config", metavar="F", help="configuration file (default: "
                             "$VMSNAP_CONFIG or %s)" % DEFAULT_CONFIG_PATH)
@@ -379,6 +395,53 @@ def build_parser() -> argparse.ArgumentParser:
                        "post-script. The snapshot command comes last, after --; it is looked "
                        "up only in root-controlled directories (or give its full path) and "
                        "gets VMSNAP_PHASE=snapshot and VMSNAP_FROZEN_MOUNTS.")
+    if want("run"):
+        _run_options(r, common)
+    c = sub.add_parser("check", help="validate configuration, permissions and scripts")
+    if want("check"):
+        common(c, mount=False)
+        c.add_argument("--azure", action="store_true", help="migration report: every way Azure's "
+                       "own framework would behave differently with this configuration and these "
+                       "scripts (exit 1 if there is any; vmsnap-only fields, which Azure ignores, "
+                       "are listed but do not count)")
+    m = sub.add_parser("mounts", help="what a run would freeze, and what it leaves out and why")
+    if want("mounts"):
+        common(m)
+    f = sub.add_parser("freeze", help="freeze and return; the guardian holds until thaw/timeout")
+    if want("freeze"):
+        common(f)
+        f.add_argument("--timeout", type=_positive, required=True, metavar="S",
+                       help="the guardian thaws after S seconds at the latest")
+    t = sub.add_parser("thaw", help="thaw what `vmsnap freeze` or a crashed run left frozen")
+    t.add_argument("--force", action="store_true",
+                   help="also thaw a run in progress (it then reports an early thaw)")
+    t.add_argument("--session", metavar="ID",
+                   help="end only the freeze `vmsnap freeze` printed ID for: exit 0 when it "
+                   "still held and is thawed now, 1 when it had expired (its deadline, another "
+                   "thaw) or is unknown; never anyone else's freeze")
+    t.add_argument("--json", action="store_true", help=JSON_HELP)
+    d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
+    d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
+    d.add_argument("--json", action="store_true", help=JSON_HELP)
+    k = sub.add_parser("hook", help="be the freeze hook of an agent: qemu-ga, vmware, gce, dlm")
+    if want("hook"):
+        from . import agents
+        agents.add_arguments(k)
+    b = sub.add_parser("bench", help="measure the freeze window, sequential vs parallel")
+    b.add_argument("--mount", metavar="M", action="append",
+                   help="measure this mount point (repeatable; default: what a run would freeze)")
+    b.add_argument("--rounds", type=int, default=20, metavar="N",
+                   help="freeze/thaw rounds per method (default 20)")
+    b.add_argument("--json", action="store_true", help=JSON_HELP)
+    b.add_argument("--yes", action="store_true", help="agree to freeze / if it is selected")
+    b.add_argument("--load", choices=("none", "light", "streaming"), default="none",
+                   help="write meanwhile on each filesystem (streaming: a 256 MiB rewrite, "
+                        "light: 8 MiB) and report the worst write() a 1 ms probe saw")
+    return p
+
+
+def _run_options(r, common) -> None:
+    from .logbook import DEFAULT_LOG_FILE
     common(r)
     r.add_argument("snapshot_cmd", nargs="*", metavar=SNAPSHOT_METAVAR,
                    help="the command that takes the snapshot while the filesystems are frozen, "
@@ -393,42 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the run, write Prometheus textfile metrics to F (a *.prom file in "
                    "node_exporter's textfile directory; default: the config's metricsFile; "
                    "'' for none)")
-    c = sub.add_parser("check", help="validate configuration, permissions and scripts")
-    common(c, mount=False)
-    c.add_argument("--azure", action="store_true", help="migration report: every way Azure's "
-                   "own framework would behave differently with this configuration and these "
-                   "scripts (exit 1 if there is any; vmsnap-only fields, which Azure ignores, "
-                   "are listed but do not count)")
-    m = sub.add_parser("mounts", help="what a run would freeze, and what it leaves out and why")
-    common(m)
-    f = sub.add_parser("freeze", help="freeze and return; the guardian holds until thaw/timeout")
-    common(f)
-    f.add_argument("--timeout", type=_positive, required=True, metavar="S",
-                   help="the guardian thaws after S seconds at the latest")
-    t = sub.add_parser("thaw", help="thaw what `vmsnap freeze` or a crashed run left frozen")
-    t.add_argument("--force", action="store_true",
-                   help="also thaw a run in progress (it then reports an early thaw)")
-    t.add_argument("--session", metavar="ID",
-                   help="end only the freeze `vmsnap freeze` printed ID for: exit 0 when it "
-                   "still held and is thawed now, 1 when it had expired (its deadline, another "
-                   "thaw) or is unknown; never anyone else's freeze")
-    t.add_argument("--json", action="store_true", help=JSON_HELP)
-    d = sub.add_parser("demo", help="the built-in demonstration on a sandbox filesystem")
-    d.add_argument("--keep", action="store_true", help="keep the sandbox for inspection")
-    d.add_argument("--json", action="store_true", help=JSON_HELP)
-    k = sub.add_parser("hook", help="be the freeze hook of an agent: qemu-ga, vmware, gce, dlm")
-    agents.add_arguments(k)
-    b = sub.add_parser("bench", help="measure the freeze window, sequential vs parallel")
-    b.add_argument("--mount", metavar="M", action="append",
-                   help="measure this mount point (repeatable; default: what a run would freeze)")
-    b.add_argument("--rounds", type=int, default=20, metavar="N",
-                   help="freeze/thaw rounds per method (default 20)")
-    b.add_argument("--json", action="store_true", help=JSON_HELP)
-    b.add_argument("--yes", action="store_true", help="agree to freeze / if it is selected")
-    b.add_argument("--load", choices=("none", "light", "streaming"), default="none",
-                   help="write meanwhile on each filesystem (streaming: a 256 MiB rewrite, "
-                        "light: 8 MiB) and report the worst write() a 1 ms probe saw")
-    return p
 
 
 def _verbosity(top: bool) -> argparse.ArgumentParser:
@@ -452,6 +479,7 @@ def _with_parents(add_parser, parent):
 
 
 def _positive(text):
+    from . import config as config_mod
     try:
         return config_mod.seconds_option(text)
     except ValueError as exc:
@@ -464,7 +492,8 @@ def main(argv=None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, snapshot_argv = argv[:i], argv[i + 1:]
-    parser = build_parser()
+    # the command word: top-level options (-q, -v, -V, -h) take no value
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
     if snapshot_argv and args.command != "run":
         err("error: vmsnap: only `run` takes a snapshot command after --")
@@ -499,6 +528,7 @@ def _dispatch(args, snapshot_argv) -> int:
         if args.command == "run":
             return cmd_run(args, snapshot_argv)
         if args.command == "hook":
+            from . import agents
             return agents.main(args)
         return handlers[args.command](args)
     except KeyboardInterrupt:

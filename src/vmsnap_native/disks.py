@@ -44,18 +44,23 @@ def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> s
     return {os.path.basename(node)}
 
 
-def btrfs_devices(device: tuple, sysfs: str = "/sys") -> list:
+def btrfs_filesystems(sysfs: str = "/sys") -> list:
+    """The devices of each btrfs filesystem, from /sys/fs/btrfs/FSID/devices/."""
+    return [[_dev_of(os.path.realpath(os.path.join(devices_dir, name)))
+             for name in sorted(os.listdir(devices_dir))]
+            for devices_dir in sorted(glob.glob(os.path.join(sysfs, "fs", "btrfs", "*", "devices")))]
+
+
+def btrfs_devices(device: tuple, sysfs: str = "/sys", filesystems: list | None = None) -> list:
     """Every device of the btrfs filesystem that DEVICE (major, minor) belongs
-    to, from /sys/fs/btrfs/FSID/devices/; [DEVICE] when none lists it."""
-    for devices_dir in sorted(glob.glob(os.path.join(sysfs, "fs", "btrfs", "*", "devices"))):
-        members = [_dev_of(os.path.realpath(os.path.join(devices_dir, name)))
-                   for name in sorted(os.listdir(devices_dir))]
+    to (among FILESYSTEMS, default: read from sysfs); [DEVICE] when none lists it."""
+    for members in btrfs_filesystems(sysfs) if filesystems is None else filesystems:
         if device in members:
             return [m for m in members if m is not None]
     return [device]
 
 
-def mount_disks(mount, sysfs: str = "/sys") -> set:
+def mount_disks(mount, sysfs: str = "/sys", btrfs: list | None = None) -> set:
     major, minor = mount.major, mount.minor
     if major == 0 and mount.source.startswith("/dev/"):
         # btrfs and friends: an anonymous device number; the source names a device
@@ -66,7 +71,7 @@ def mount_disks(mount, sysfs: str = "/sys") -> set:
             pass
     devices = [(major, minor)]
     if mount.fstype == "btrfs":
-        devices = btrfs_devices((major, minor), sysfs)   # one filesystem, several disks
+        devices = btrfs_devices((major, minor), sysfs, btrfs)   # one filesystem, several disks
     out = set()
     for dev in devices:
         out |= top_disks(dev[0], dev[1], sysfs)
@@ -75,8 +80,11 @@ def mount_disks(mount, sysfs: str = "/sys") -> set:
 
 def disks_of(mounts, sysfs: str = "/sys") -> set:
     out = set()
+    btrfs = None   # read once, not once per btrfs mount
     for m in mounts:
-        out |= mount_disks(m, sysfs)
+        if m.fstype == "btrfs" and btrfs is None:
+            btrfs = btrfs_filesystems(sysfs)
+        out |= mount_disks(m, sysfs, btrfs)
     return out
 
 

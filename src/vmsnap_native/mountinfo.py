@@ -140,12 +140,6 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list:
         return parse_mountinfo(f.read())
 
 
-def _is_under(path: str, top: str) -> bool:
-    if top == "/":
-        return path != "/"
-    return path.startswith(top.rstrip("/") + "/")
-
-
 def _block_backed(m: Mount) -> bool:
     if m.major != 0:
         return True
@@ -184,6 +178,19 @@ def _matches(mountpoint: str, patterns) -> bool:
                (p == "/" and mountpoint == "/") for p in patterns)
 
 
+def _matcher(patterns):
+    """``_matches`` against PATTERNS, in one set lookup for the plain paths
+    among them (a glob is tried on every mount; a plain path need not be:
+    128 --mount paths on a table of 10,000 would be 1.3 million tries)."""
+    exact, globs = set(), []
+    for p in patterns:
+        if any(c in p for c in "*?["):
+            globs.append(p)
+        else:   # what fnmatchcase of a plain path matches: the path itself
+            exact.update((p, p.rstrip("/")))   # "/" itself stays in as p
+    return lambda mountpoint: mountpoint in exact or _matches(mountpoint, globs)
+
+
 def _normalize(path: str) -> str:
     path = os.path.normpath(path)
     return path if path != "//" else "/"
@@ -207,7 +214,8 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
     shown = {id(m) for m in visible(mounts)}
     paths = {m.mountpoint for m in mounts}
     # skipping a mount point skips its filesystem wherever else it is mounted
-    skipped_sb = {m.device: m.mountpoint for m in mounts if skip and _matches(m.mountpoint, skip)}
+    selected, skipped = _matcher(only or ()), _matcher(skip)
+    skipped_sb = {m.device: m.mountpoint for m in mounts if skip and skipped(m.mountpoint)}
     first_of_sb = {}
     chosen = []
     for m in mounts:
@@ -218,10 +226,10 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
             reason = _skip_reason(m)
         if reason is not None:
             pass
-        elif only is not None and not _matches(m.mountpoint, only):
+        elif only is not None and not selected(m.mountpoint):
             reason = unselected or ("not selected (--mount / mountsToFreeze)" if only
                                     else "not selected: mountsToFreeze is an empty list")
-        elif skip and _matches(m.mountpoint, skip):
+        elif skip and skipped(m.mountpoint):
             reason = "skipped by mountsToSkip"
         elif m.device in skipped_sb:
             reason = "same filesystem as %s, skipped by mountsToSkip" % skipped_sb[m.device]
@@ -249,52 +257,90 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
 def assign_levels(cands: list, sysfs: str = "/sys") -> None:
     """Level 0 for filesystems nothing else depends on; a parent gets one more
     than its deepest child.  A child is a mount below the parent's mount
-    point, or a loop filesystem whose image file lives on the parent."""
-    parents = {id(c): set() for c in cands}
+    point, or a loop filesystem whose image file lives on the parent.
+
+    Linear in the candidates (times the depth of their paths): each finds
+    its parents by walking up its mount point, and its image's path, in a
+    dictionary of mount points; the levels are then one pass in topological
+    order.  Only the nearest candidate above a mount point is linked: the
+    ones further up are above that one too, so the levels are the same."""
+    at = _index([c.mount for c in cands])
+    owner = {}
     for c in cands:
+        owner.setdefault(id(c.mount), c)
+    parents = {}
+    for c in cands:
+        ps = parents.setdefault(id(c), [])
+        for top in _above(c.mount.mountpoint, itself=False):
+            if top in at:
+                ps.append(owner[id(at[top])])
+                break
         backing = _loop_backing_file(c.mount, sysfs)
-        for p in cands:
-            if p is c:
-                continue
-            if _is_under(c.mount.mountpoint, p.mount.mountpoint):
-                parents[id(c)].add(id(p))
-            elif backing and _contains(p, backing, cands):
-                parents[id(c)].add(id(p))
-    by_id = {id(c): c for c in cands}
+        if backing:
+            p = _lookup(at, backing)
+            p = owner[id(p)] if p is not None else None
+            if p is not None and p is not c and all(p is not q for q in ps):
+                ps.append(p)
+    # children first: a candidate is done once every child has passed on its level
+    children_left = {id(c): 0 for c in cands}
     for c in cands:
         c.level = 0
-    # longest-path relaxation; the graph is small and acyclic (cycles cannot mount)
-    for _ in range(len(cands)):
-        changed = False
-        for c in cands:
-            for pid in parents[id(c)]:
-                p = by_id[pid]
-                if p.level < c.level + 1:
-                    p.level = c.level + 1
-                    changed = True
-        if not changed:
+        for p in parents[id(c)]:
+            children_left[id(p)] += 1
+    ready = [c for c in cands if children_left[id(c)] == 0]
+    while ready:
+        c = ready.pop()
+        for p in parents[id(c)]:
+            if p.level < c.level + 1:
+                p.level = c.level + 1
+            children_left[id(p)] -= 1
+            if children_left[id(p)] == 0:
+                ready.append(p)
+    # a cycle (image paths that name each other, through mounts made over them) leaves
+    # its members with the levels their other children gave them
+
+
+def _above(path: str, itself: bool = True):
+    """The mount points that would hold PATH, deepest first: PATH itself
+    (unless not ITSELF), each prefix of it that ends before a '/', then '/'."""
+    if itself:
+        yield path
+    if path == "/":
+        return
+    i = len(path)
+    while True:
+        i = path.rfind("/", 0, i)
+        if i <= 0:
             break
+        yield path[:i]
+    yield "/"
+
+
+def _index(mounts) -> dict:
+    """Mount point -> the first of MOUNTS there (the one ``holder`` picks)."""
+    at = {}
+    for m in mounts:
+        at.setdefault(m.mountpoint, m)
+    return at
+
+
+def _lookup(at: dict, path: str):
+    for top in _above(path):
+        m = at.get(top)
+        if m is not None:
+            return m
+    return None
 
 
 def holder(mounts, path: str):
     """The deepest of MOUNTS at or above PATH (None if none is)."""
-    best = None
-    for m in mounts:
-        if (path == m.mountpoint or _is_under(path, m.mountpoint)) and \
-                (best is None or len(m.mountpoint) > len(best.mountpoint)):
-            best = m
-    return best
+    return _lookup(_index(mounts), path)
 
 
 def visible(mounts: list) -> list:
     """MOUNTS without those hidden under a later mount at the same path."""
     last = {m.mountpoint: m for m in mounts}
     return [m for m in mounts if last[m.mountpoint] is m]
-
-
-def _contains(p: Candidate, path: str, cands: list) -> bool:
-    """Whether PATH lives on P's filesystem: P is the deepest candidate mount above it."""
-    return holder([c.mount for c in cands], path) is p.mount
 
 
 def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo",

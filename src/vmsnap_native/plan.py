@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from . import decide, disks, hooks, metrics, mountinfo, policy
+from . import decide, disks, mountinfo, policy
 from .config import Config, config_path, parse_config, read_config_file, selection_settings
 from .errors import CONFIG_INVALID, UNABLE_TO_OPEN_MOUNT, ConfigError, Error
-from .result import FreezeResult, Result
+
+# hooks (and through them the scripts' machinery), metrics and result are
+# imported where they are used: `vmsnap mounts` needs none of them.
+if TYPE_CHECKING:
+    from .result import Result
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Plan:
         path = self.settings.metrics_file
         if not path:
             return []
+        from . import metrics
         found, notes = metrics.check_path(path)
         self.warnings.extend(n for n in notes if n not in self.warnings)
         return [CONFIG_INVALID.error("%s: metricsFile: %s" % (self.config_path, p))
@@ -124,8 +130,9 @@ UNREADABLE_SELECTION = ("not selected: the configuration cannot be read, so only
                         "named with --mount are frozen")
 
 
-def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
-    """Reads the configuration, checks permissions and scripts, selects mounts."""
+def make_plan(config=None, mounts=None, freeze_timeout=None, *, with_hooks=True) -> Plan:
+    """Reads the configuration, checks permissions and scripts, selects mounts
+    (and finds the hooks, unless not WITH_HOOKS: `vmsnap mounts` shows none)."""
     # once, as a list: a generator read twice would select nothing the second time
     mounts = [mounts] if isinstance(mounts, str) else list(mounts or ()) or None
     warnings = []
@@ -156,12 +163,14 @@ def make_plan(config=None, mounts=None, freeze_timeout=None) -> Plan:
         only=only, skip=settings.mounts_to_skip,
         unselected=None if selection_known or mounts else UNREADABLE_SELECTION)
     if mounts:
+        named = {os.path.normpath(m) for m in mounts}
         for c in plan.selection.skipped:
-            if c.mount.mountpoint in {os.path.normpath(m) for m in mounts}:
+            if c.mount.mountpoint in named:
                 warnings.append("%s not frozen: %s" % (c.mount.mountpoint, c.reason))
     plan.one_disk = disks.single_disk([c.mount for c in plan.selection.eligible]) \
         if plan.selection.eligible else True
-    if cfg is not None:
+    if cfg is not None and with_hooks:
+        from . import hooks
         plan.hooks = hooks.discover(settings.hooks_directory)
     return plan
 
@@ -267,6 +276,7 @@ def dry_run_result(plan: Plan) -> Result:
     """What a run would do, without running scripts, freezing or snapshotting:
     the verdict a run would reach if every script and the snapshot step worked
     (so continueBackupOnFailure: false fails it as the run would), and the plan."""
+    from .result import FreezeResult, Result
     outcome = expected_outcome(plan)
     verdict = decide.decide(outcome, plan.decision_settings)
     res = Result(status=verdict.status, errors=list(verdict.errors))
