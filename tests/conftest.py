@@ -7,6 +7,7 @@ mount point.  Teardown thaws, unmounts and detaches even when a test fails.
 from __future__ import annotations
 
 import os
+import signal
 import re
 import shutil
 import tempfile
@@ -85,6 +86,13 @@ _RUNTIME_DIR = None
 
 
 def pytest_configure(config):
+    # started under nohup or as a shell's background job, the suite inherits SIGHUP
+    # or SIGINT ignored, and so would every vmsnap it starts (an ignored signal stays
+    # ignored, as nohup intends): the tests that send them would see nothing happen
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # keep the suite's crash records apart from a real /run/vmsnap
     global _RUNTIME_DIR
     if "VMSNAP_RUNTIME_DIR" not in os.environ:
