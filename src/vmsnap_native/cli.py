@@ -35,7 +35,7 @@ def _level(line: str) -> str:
     return {"error": "ERROR", "warning:": "WARNING"}.get(word, "INFO")
 
 
-def err(*lines):
+def err(*lines) -> None:
     """Human text on stderr; with syslog priorities when stderr is the journal."""
     if _quiet["on"]:
         _quiet["lines"].extend(lines)
@@ -72,7 +72,7 @@ def _echo_log() -> None:
     LOGGER.setLevel(logging.INFO)
 
 
-def emit_json(obj):
+def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
 
@@ -145,7 +145,7 @@ def plan_lines(plan: dict) -> list:
     """A dry run's plan in words: what a run would do, in order."""
     lines = ["  plan (configuration %s), in order:" % plan["config"]]
 
-    def script(label, d):
+    def script(label, d) -> None:
         if d is None:
             lines.append("    %s: none configured" % label)
         elif not d["runs"]:
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))
 
-    def common(sp, config=True, mount=True):
+    def common(sp, config=True, mount=True) -> None:
         if config:
             sp.add_argument("--config", metavar="F", help="configuration file (default: "
                             "$VMSNAP_CONFIG or %s)" % DEFAULT_CONFIG_PATH)

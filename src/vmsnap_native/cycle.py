@@ -71,7 +71,7 @@ def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
 
 
 class Cycle:
-    def __init__(self, plan: Plan, snapshot, log: Logbook):
+    def __init__(self, plan: Plan, snapshot, log: Logbook) -> None:
         self.plan = plan
         self.snapshot = snapshot
         self.log = log
@@ -86,7 +86,7 @@ class Cycle:
         self.resume_registered = False
 
     # -- helpers -------------------------------------------------------------
-    def phase(self, name, start_ns):
+    def phase(self, name, start_ns) -> None:
         now = time.monotonic_ns()
         entry = {"phase": name, "start_ms": round((start_ns - self.t0) / 1e6, 3),
                  "duration_ms": round((now - start_ns) / 1e6, 3)}
@@ -117,7 +117,7 @@ class Cycle:
         sr.containment = getattr(last, "containment", None)
         return sr, _script_fact(role, who, sr, last, all_timed_out, getattr(chk, "hint", None))
 
-    def _record_script(self, role, hook, sr, fact):
+    def _record_script(self, role, hook, sr, fact) -> None:
         """Keeps a script's (or a hook call's) result and fact; logs its error."""
         if hook is not None:
             self.res.hooks.append({"hook": hook[0].name, "action": hook[1], **sr.__dict__,
@@ -132,7 +132,7 @@ class Cycle:
             self.note(err)
 
     # -- the reaper's resume command (SIGKILL of vmsnap) ------------------------
-    def _register_resume(self):
+    def _register_resume(self) -> None:
         """Tells the reaper what resumes the application if vmsnap is SIGKILLed:
         _resume.py runs the thaw hooks and (if the pre-script ran) the
         post-script, once the guardian (if any) has thawed and exited."""
@@ -156,14 +156,14 @@ class Cycle:
         guardian's own thaw is waited for)."""
         return None
 
-    def _clear_resume(self):
+    def _clear_resume(self) -> None:
         if not self.resume_registered:
             return
         _resume.clear()   # the run ended: nothing left for the reaper to do
         self.resume_registered = False
 
     # -- phases --------------------------------------------------------------
-    def run_pre(self):
+    def run_pre(self) -> None:
         plan = self.plan
         if plan.config_problem:
             self.note(plan.config_problem)
@@ -185,7 +185,7 @@ class Cycle:
         self.phase("pre-script", t)
         self._record_script("pre", None, sr, fact)
 
-    def run_hooks(self, action):
+    def run_hooks(self, action) -> None:
         """Each hook's freeze call in name order; the thaw call, in reverse order,
         for every hook whose freeze call started.  Each checked as it is called."""
         if action == "freeze":
@@ -212,7 +212,7 @@ class Cycle:
             self._record_script(role, (h, action), sr, fact)
         self.phase("hooks %s" % action, t)
 
-    def run_freeze(self):
+    def run_freeze(self) -> None:
         global in_window
         plan = self.plan
         if plan.selection.missing:
@@ -260,11 +260,11 @@ class Cycle:
                                          % m.mountpoint)
         self.out.freeze = decide.FROZEN
 
-    def _freeze_failed(self, errs):
+    def _freeze_failed(self, errs) -> None:
         self.out.freeze = decide.FREEZE_FAILED
         self.out.freeze_errors = [self.note(e) for e in errs]
 
-    def end_window(self):
+    def end_window(self) -> None:
         """Thaws (if a session is open) and writes the held log."""
         global in_window
         if self.session is not None and not self.session._thawed:
@@ -274,7 +274,7 @@ class Cycle:
         in_window = False
         self.log.release()
 
-    def run_snapshot(self):
+    def run_snapshot(self) -> None:
         frozen = self.out.freeze == decide.FROZEN
         # frozen: the guardian thaws at the deadline and the step is stopped just after, so
         # the thaw at the deadline is always the guardian's, never a race with ours
@@ -301,7 +301,7 @@ class Cycle:
             m.mountpoint for m in (self.session.mounts if self.session else []) if m.frozen)
         return env
 
-    def finish_freeze(self):
+    def finish_freeze(self) -> None:
         self.end_window()
         s = self.session
         fr = self.res.freeze
@@ -328,7 +328,7 @@ class Cycle:
                 self.out.thaw_errors.append(self.note(FS_FREEZE_FAILED.error(
                     "%s: %s (run `vmsnap thaw`)" % (m.mountpoint, m.error))))
 
-    def run_post(self):
+    def run_post(self) -> None:
         if self.out.post.state != decide.OK:   # not needed, or refused (already reported)
             return
         self.out.post = StepFact("post", decide.STOPPED, self.plan.post_check.path)
@@ -364,7 +364,7 @@ class Cycle:
             raise failure
         return self.verdict()
 
-    def _quiesce_and_snapshot(self):
+    def _quiesce_and_snapshot(self) -> None:
         plan, res, s = self.plan, self.res, self.plan.settings
         res.warnings.extend(plan.warnings)
         res.freeze = FreezeResult(enabled=s.fs_freeze_enabled)

@@ -320,7 +320,7 @@ class FreezeSession:
                 raise OSError(errno_mod.ESTALE, "the mount changed since it was selected "
                               "(unmounted or mounted over): not frozen", c.mount.mountpoint)
 
-    def _close_fds(self):
+    def _close_fds(self) -> None:
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -387,7 +387,7 @@ class FreezeSession:
         self.guardian_starttime = int(self._shared.guardian_starttime)
         return self
 
-    def _remove_record(self):
+    def _remove_record(self) -> None:
         if self.record_path:
             try:
                 os.unlink(self.record_path)
@@ -474,7 +474,7 @@ class FreezeSession:
         self._shared = None
         return self
 
-    def _finish(self):
+    def _finish(self) -> None:
         _, lib = core()
         self._thawed = True
         leftover = any(m.state in LEFT_OVER for m in self.mounts)
@@ -484,7 +484,7 @@ class FreezeSession:
         if not leftover:
             self._remove_record()
 
-    def _collect(self):
+    def _collect(self) -> None:
         sh = self._shared
         if sh is None:
             return
@@ -530,7 +530,7 @@ class FreezeSession:
         self.thaw()
         return False
 
-    def __del__(self):
+    def __del__(self) -> None:
         # a session dropped without thaw: the guardian thaws on the socket EOF
         if getattr(self, "_session", None) is not None:
             try:

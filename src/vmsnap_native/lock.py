@@ -68,7 +68,7 @@ def _reaper(d: dict):
 
 
 class RunLock:
-    def __init__(self, log=None, role: str = "run", bound_s: float | None = None):
+    def __init__(self, log=None, role: str = "run", bound_s: float | None = None) -> None:
         """LOG (a Logbook, or None): where a wait for a resume is said;
         ROLE: "run" for everything that freezes or runs scripts, "resume"
         for the resume command itself, which says in the lock file that it
@@ -209,6 +209,6 @@ class RunLock:
     def __enter__(self):
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.release()
         return False

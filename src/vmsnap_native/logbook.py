@@ -66,7 +66,7 @@ def _to_logging(record) -> None:
 
 
 class Logbook:
-    def __init__(self, path: str | None = None, journal: bool | None = None):
+    def __init__(self, path: str | None = None, journal: bool | None = None) -> None:
         self.path = path
         self._held = []
         self._holding = False
@@ -109,13 +109,13 @@ class Logbook:
                 pass
         _to_logging(record)
 
-    def info(self, msg, *args):
+    def info(self, msg, *args) -> None:
         self._emit("INFO", msg, args)
 
-    def warning(self, msg, *args):
+    def warning(self, msg, *args) -> None:
         self._emit("WARNING", msg, args)
 
-    def error(self, msg, *args):
+    def error(self, msg, *args) -> None:
         self._emit("ERROR", msg, args)
 
     def hold(self) -> None:

@@ -295,7 +295,7 @@ class Process:
     """A supervised child.  ``wait()`` returns its ProcessResult."""
 
     def __init__(self, argv, env=None, cwd=None, output_limit=DEFAULT_OUTPUT_LIMIT,
-                 executable=None, force_fallback=False):
+                 executable=None, force_fallback=False) -> None:
         ffi, lib = core()
         if not argv:
             raise ValueError("argv must not be empty")
@@ -338,7 +338,7 @@ class Process:
                 self._stop()
                 raise
 
-    def _stop(self):
+    def _stop(self) -> None:
         """Kills the whole tree and waits until it is gone."""
         lib = core()[1]
         lib.vmsnap_proc_kill_tree(self._p)
@@ -346,7 +346,7 @@ class Process:
         lib.vmsnap_proc_close(self._p)
         self._release()
 
-    def _release(self):
+    def _release(self) -> None:
         if self._released or not self.pid:
             return
         self._released = True

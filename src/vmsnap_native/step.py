@@ -185,7 +185,7 @@ def _run_argv(snap: SnapshotResult, deadline_ns: int, env: dict, log,
 def _run_callable(fn, snap: SnapshotResult, deadline_ns: int) -> tuple:
     box = {}
 
-    def target():
+    def target() -> None:
         try:
             box["value"] = fn()
         except BaseException as exc:  # reported, not raised in a thread nobody joins

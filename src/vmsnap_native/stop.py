@@ -15,7 +15,7 @@ class Interrupted(BaseException):
     """A stop signal, raised once where the run is (not an Exception: nothing
     on the way may swallow it)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.name = signal.Signals(signum).name
 
@@ -27,7 +27,7 @@ class StopSignals:
     clean-up runs to its end.  A signal the caller ignores (nohup) stays
     ignored; off the main thread (an embedding agent's) nothing is installed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: str | None = None
         self.armed = True
         self._previous = {}
@@ -39,7 +39,7 @@ class StopSignals:
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         return False
@@ -51,5 +51,5 @@ class StopSignals:
                 self.armed = False
                 raise Interrupted(signum)
 
-    def disarm(self):
+    def disarm(self) -> None:
         self.armed = False

@@ -81,7 +81,7 @@ def _open_session(spec: AgentSpec) -> dict | None:
 class HookCall:
     """One call of ``vmsnap hook``."""
 
-    def __init__(self, spec: AgentSpec, phase: str, args, config, log_file):
+    def __init__(self, spec: AgentSpec, phase: str, args, config, log_file) -> None:
         self.spec, self.phase, self.args = spec, phase, list(args)
         self.config = config
         self.log_file = log_file

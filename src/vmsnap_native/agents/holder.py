@@ -117,7 +117,7 @@ class AgentStep:
     """The snapshot step of an agent session: waits on the session's socket
     for the agent's last call (or a first call that supersedes this one)."""
 
-    def __init__(self, session: "AgentSession"):
+    def __init__(self, session: "AgentSession") -> None:
         self.s = session
         self.__qualname__ = "%s snapshot (until `%s`)" % (session.spec.name,
                                                           session.spec.last[0])
@@ -166,7 +166,7 @@ class SessionEnded(Exception):
 class AgentSession(Cycle):
     """One agent snapshot, run as a Cycle in the session holder."""
 
-    def __init__(self, plan, spec: AgentSpec, log: Logbook, listener: socket.socket):
+    def __init__(self, plan, spec: AgentSpec, log: Logbook, listener: socket.socket) -> None:
         self.spec = spec
         self.listener = listener
         self.listener.settimeout(0.2)
@@ -194,7 +194,7 @@ class AgentSession(Cycle):
         cycle.in_window = True
         self.out.freeze = decide.AGENT_FROZE
 
-    def finish_freeze(self):
+    def finish_freeze(self) -> None:
         self.step_over = True
         fs = self.agent_fs
         if fs is not None and fs.record_path and not os.path.exists(fs.record_path) \
@@ -343,7 +343,7 @@ def hold(spec: AgentSpec, phase: str, config, log_file, first: socket.socket, lo
     os._exit(code)
 
 
-def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socket.socket):
+def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socket.socket) -> None:
     """Gives the first call its answer once the session is armed (the
     snapshot step began), and takes its acknowledgement; if the first call
     dies before that, the session stops: the agent will not snapshot."""

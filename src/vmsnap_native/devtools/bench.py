@@ -59,7 +59,7 @@ _LOAD_ARGS = {"streaming": ("256", "0"), "light": ("8", "0.002")}
 class _Load:
     """A writer and a probe on each mount point, in hidden files removed at the end."""
 
-    def __init__(self, mountpoints, load: str):
+    def __init__(self, mountpoints, load: str) -> None:
         self.files, self.procs, self.writes = [], [], []
         try:
             for m in mountpoints:
@@ -77,7 +77,7 @@ class _Load:
             raise
         time.sleep(2.0)   # the writers reach their steady state
 
-    def _read(self, f):
+    def _read(self, f) -> None:
         while len(b := f.read(16)) == 16:
             self.writes.append(struct.unpack("qq", b))
 
@@ -87,7 +87,7 @@ class _Load:
         worst = max((b - a for a, b in list(self.writes) if b >= t0 and a <= t1), default=0)
         return round(worst / 1e6, 3)
 
-    def stop(self):
+    def stop(self) -> None:
         for p in self.procs:
             try:
                 os.killpg(p.pid, signal.SIGKILL)

@@ -75,7 +75,7 @@ def requirements() -> str | None:
 
 
 class Sandbox:
-    def __init__(self, keep: bool):
+    def __init__(self, keep: bool) -> None:
         self.keep = keep
         self.dir = tempfile.mkdtemp(prefix="vmsnap-demo-")
         os.chmod(self.dir, 0o700)
@@ -85,7 +85,7 @@ class Sandbox:
         self.fs = LoopFilesystems(self.dir)
         self.app = None
 
-    def build(self):
+    def build(self) -> None:
         for d in (self.ctl, self.etc):
             os.makedirs(d, mode=0o700)
         (self.data,) = self.fs.make(1, size_mb=IMAGE_MB)
@@ -93,7 +93,7 @@ class Sandbox:
         self.loopdev = _sh("findmnt", "-n", "-o", "SOURCE", self.data).strip() \
             if shutil.which("findmnt") else "loop"
 
-    def write_config(self):
+    def write_config(self) -> None:
         pre = os.path.join(self.etc, "pre.sh")
         post = os.path.join(self.etc, "post.sh")
         for path, body in ((pre, PRE_SCRIPT), (post, POST_SCRIPT)):
@@ -140,7 +140,7 @@ class Sandbox:
         return {"integrity": integrity, "rows": rows, "paused_rows": paused_rows,
                 "ok": integrity == "ok" and rows == paused_rows}
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         if self.app is not None and self.app.poll() is None:
             self.app.terminate()
             try:
@@ -178,7 +178,7 @@ def main(keep: bool = False, json_out: bool = False) -> int:
     box = Sandbox(keep)
     report = {"sandbox": box.dir, "ok": False}
 
-    def say(text=""):
+    def say(text="") -> None:
         print(text, file=out, flush=True)
 
     try:

@@ -47,7 +47,7 @@ def available(fstype: str = "ext4") -> str | None:
 class LoopFilesystems:
     """Makes loop-mounted filesystems under BASE and takes them down again."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str) -> None:
         self.base = base
         self.mounts = []   # (mountpoint, image), in the order made
 
