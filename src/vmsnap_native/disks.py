@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .mountinfo import Mount
+
+Device = tuple[int, int]   # (major, minor)
 
 
 def _sys_node(major: int, minor: int, sysfs: str) -> str | None:
@@ -16,7 +23,7 @@ def _sys_node(major: int, minor: int, sysfs: str) -> str | None:
     return os.path.realpath(p) if os.path.exists(p) else None
 
 
-def _dev_of(node: str) -> tuple | None:
+def _dev_of(node: str) -> Device | None:
     try:
         with open(os.path.join(node, "dev")) as f:
             major, minor = f.read().strip().split(":")
@@ -25,7 +32,7 @@ def _dev_of(node: str) -> tuple | None:
         return None
 
 
-def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> set:
+def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> set[str]:
     node = _sys_node(major, minor, sysfs)
     if node is None or _depth > 16:
         return {"%d:%d" % (major, minor)}
@@ -34,7 +41,7 @@ def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> s
     slaves_dir = os.path.join(node, "slaves")
     slaves = sorted(os.listdir(slaves_dir)) if os.path.isdir(slaves_dir) else []
     if slaves:
-        out = set()
+        out: set[str] = set()
         for s in slaves:
             dev = _dev_of(os.path.realpath(os.path.join(slaves_dir, s)))
             if dev:
@@ -44,7 +51,7 @@ def top_disks(major: int, minor: int, sysfs: str = "/sys", _depth: int = 0) -> s
     return {os.path.basename(node)}
 
 
-def btrfs_devices(device: tuple, sysfs: str = "/sys") -> list:
+def btrfs_devices(device: Device, sysfs: str = "/sys") -> list[Device]:
     """Every device of the btrfs filesystem that DEVICE (major, minor) belongs
     to, from /sys/fs/btrfs/FSID/devices/; [DEVICE] when none lists it."""
     for devices_dir in sorted(glob.glob(os.path.join(sysfs, "fs", "btrfs", "*", "devices"))):
@@ -55,7 +62,7 @@ def btrfs_devices(device: tuple, sysfs: str = "/sys") -> list:
     return [device]
 
 
-def mount_disks(mount, sysfs: str = "/sys") -> set:
+def mount_disks(mount: Mount, sysfs: str = "/sys") -> set[str]:
     major, minor = mount.major, mount.minor
     if major == 0 and mount.source.startswith("/dev/"):
         # btrfs and friends: an anonymous device number; the source names a device
@@ -67,19 +74,19 @@ def mount_disks(mount, sysfs: str = "/sys") -> set:
     devices = [(major, minor)]
     if mount.fstype == "btrfs":
         devices = btrfs_devices((major, minor), sysfs)   # one filesystem, several disks
-    out = set()
+    out: set[str] = set()
     for dev in devices:
         out |= top_disks(dev[0], dev[1], sysfs)
     return out
 
 
-def disks_of(mounts, sysfs: str = "/sys") -> set:
-    out = set()
+def disks_of(mounts: Iterable[Mount], sysfs: str = "/sys") -> set[str]:
+    out: set[str] = set()
     for m in mounts:
         out |= mount_disks(m, sysfs)
     return out
 
 
-def single_disk(mounts, sysfs: str = "/sys") -> bool:
+def single_disk(mounts: Iterable[Mount], sysfs: str = "/sys") -> bool:
     """True when every mount resolves to the same one disk."""
     return len(disks_of(mounts, sysfs)) == 1

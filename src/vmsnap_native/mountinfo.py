@@ -13,7 +13,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Filesystem types that implement freeze (sb->s_op->freeze_fs/freeze_super).
 FREEZABLE_FSTYPES = frozenset({
@@ -47,11 +49,11 @@ class Mount:
     minor: int
     root: str
     mountpoint: str
-    options: tuple
-    optional: tuple
+    options: tuple[str, ...]
+    optional: tuple[str, ...]
     fstype: str
     source: str
-    super_options: tuple
+    super_options: tuple[str, ...]
 
     @property
     def device(self) -> str:
@@ -71,7 +73,7 @@ class Candidate:
     reason: str | None = None
     level: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "mountpoint": self.mount.mountpoint,
             "fstype": self.mount.fstype,
@@ -85,11 +87,11 @@ class Candidate:
 
 @dataclass
 class Selection:
-    eligible: list = field(default_factory=list)   # Candidates, freeze order
-    skipped: list = field(default_factory=list)    # Candidates, with reasons
-    missing: list = field(default_factory=list)    # requested paths that are no mount point
+    eligible: list[Candidate] = field(default_factory=list)   # freeze order
+    skipped: list[Candidate] = field(default_factory=list)    # with reasons
+    missing: list[str] = field(default_factory=list)    # requested paths that are no mount point
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "eligible": [c.to_dict() for c in self.eligible],
             "skipped": [c.to_dict() for c in self.skipped],
@@ -131,11 +133,11 @@ def parse_line(line: str) -> Mount:
     )
 
 
-def parse_mountinfo(text: str) -> list:
+def parse_mountinfo(text: str) -> list[Mount]:
     return [parse_line(line) for line in text.splitlines() if line.strip()]
 
 
-def read_mountinfo(path: str = "/proc/self/mountinfo") -> list:
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return parse_mountinfo(f.read())
 
@@ -179,7 +181,7 @@ def _skip_reason(m: Mount) -> str | None:
     return None
 
 
-def _matches(mountpoint: str, patterns) -> bool:
+def _matches(mountpoint: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(mountpoint, p) or mountpoint == p.rstrip("/") or
                (p == "/" and mountpoint == "/") for p in patterns)
 
@@ -189,7 +191,8 @@ def _normalize(path: str) -> str:
     return path if path != "//" else "/"
 
 
-def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
+def select(mounts: list[Mount], only: Iterable[str] | None = None,
+           skip: Iterable[str] | None = (), sysfs: str = "/sys",
            unselected: str | None = None) -> Selection:
     """Chooses what to freeze.
 
@@ -208,7 +211,7 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
     paths = {m.mountpoint for m in mounts}
     # skipping a mount point skips its filesystem wherever else it is mounted
     skipped_sb = {m.device: m.mountpoint for m in mounts if skip and _matches(m.mountpoint, skip)}
-    first_of_sb = {}
+    first_of_sb: dict[str, Mount] = {}
     chosen = []
     for m in mounts:
         reason = None
@@ -246,11 +249,11 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
     return sel
 
 
-def assign_levels(cands: list, sysfs: str = "/sys") -> None:
+def assign_levels(cands: list[Candidate], sysfs: str = "/sys") -> None:
     """Level 0 for filesystems nothing else depends on; a parent gets one more
     than its deepest child.  A child is a mount below the parent's mount
     point, or a loop filesystem whose image file lives on the parent."""
-    parents = {id(c): set() for c in cands}
+    parents: dict[int, set[int]] = {id(c): set() for c in cands}
     for c in cands:
         backing = _loop_backing_file(c.mount, sysfs)
         for p in cands:
@@ -276,7 +279,7 @@ def assign_levels(cands: list, sysfs: str = "/sys") -> None:
             break
 
 
-def holder(mounts, path: str):
+def holder(mounts: Iterable[Mount], path: str) -> Mount | None:
     """The deepest of MOUNTS at or above PATH (None if none is)."""
     best = None
     for m in mounts:
@@ -286,17 +289,18 @@ def holder(mounts, path: str):
     return best
 
 
-def visible(mounts: list) -> list:
+def visible(mounts: list[Mount]) -> list[Mount]:
     """MOUNTS without those hidden under a later mount at the same path."""
     last = {m.mountpoint: m for m in mounts}
     return [m for m in mounts if last[m.mountpoint] is m]
 
 
-def _contains(p: Candidate, path: str, cands: list) -> bool:
+def _contains(p: Candidate, path: str, cands: list[Candidate]) -> bool:
     """Whether PATH lives on P's filesystem: P is the deepest candidate mount above it."""
     return holder([c.mount for c in cands], path) is p.mount
 
 
-def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo",
+def discover(only: Iterable[str] | None = None, skip: Iterable[str] | None = (),
+             mountinfo_path: str = "/proc/self/mountinfo",
              unselected: str | None = None) -> Selection:
     return select(read_mountinfo(mountinfo_path), only=only, skip=skip, unselected=unselected)
