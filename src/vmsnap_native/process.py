@@ -18,11 +18,11 @@ import select
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import policy
-from ._core import core
+from ._core import CData, core
 
 DEFAULT_GRACE = 2.0
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
@@ -39,11 +39,11 @@ class ReaperError(OSError):
 # The reaper: one per controller process, started before the first child
 # (csrc/reaper.c).  The fd is our end of the socket whose closing wakes it:
 # held for our lifetime.
-_reaper = {"owner": None, "fd": None, "pid": None}
+_reaper: dict[str, int | None] = {"owner": None, "fd": None, "pid": None}
 # Children whose trees are still registered (keep_watched): released by
 # unwatch_group(pid).  Cgroups that still held processes at their release.
-_held: dict = {}
-_busy_cgroups: list = []
+_held: dict[int, Process] = {}
+_busy_cgroups: list[str] = []
 
 
 def _ensure_reaper() -> None:
@@ -67,7 +67,7 @@ def reaper_identity() -> tuple[int, int] | None:
     """(pid, /proc start time) of this process's reaper, or None if it has none."""
     pid = reaper_pid()
     st = starttime(pid) if pid else None
-    return (pid, st) if st is not None else None
+    return (pid, st) if pid and st is not None else None
 
 
 # -- another process, by identity: pid + /proc start time (a reused pid is someone else)
@@ -143,7 +143,7 @@ def _watch(proc: "Process") -> None:
     _ensure_reaper()
     r = core()[1].vmsnap_reaper_watch(proc._p)
     if r < 0:
-        raise ReaperError(-r, "cannot register %s (pid %d) with the reaper: %s%s" % (
+        raise ReaperError(-r, "cannot register %s (pid %s) with the reaper: %s%s" % (
             proc.argv[0], proc.pid, os.strerror(-r),
             " (its table is full)" if r == -errno_mod.ENOSPC else ""))
 
@@ -181,7 +181,8 @@ def unwatch_group(pid: int) -> None:
     _retry_busy_cgroups()
 
 
-def set_resume_command(argv: list | None, env: dict | None = None, wait_for=(),
+def set_resume_command(argv: Sequence[str] | None, env: Mapping[str, str] | None = None,
+                       wait_for: Iterable[tuple[int, int]] = (),
                        log_file: str | None = None) -> None:
     """What the reaper runs if this process dies (a SIGKILL, or any exit
     with it still set): after it killed the registered trees, once every
@@ -220,7 +221,7 @@ def set_resume_command(argv: list | None, env: dict | None = None, wait_for=(),
                          lib.VMSNAP_PATH_MAX - 1))
 
 
-def clean_environment(extra: dict | None = None) -> dict:
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of scripts and hooks: PATH has only the standard
     directories that pass the permission policy (what `#!/usr/bin/env X`
     finds there is what the policy checked)."""
@@ -266,14 +267,14 @@ class ProcessResult:
         return "exited with status %s" % self.exit_code
 
 
-def _resolve(argv0: str, env: dict) -> str:
+def _resolve(argv0: str, env: Mapping[str, str]) -> str:
     if "/" in argv0:
         return argv0
     found = shutil.which(argv0, path=env.get("PATH", CLEAN_PATH))
     return found or argv0
 
 
-def _output(ffi, p) -> tuple:
+def _output(ffi: CData, p: CData) -> tuple[str, bool]:
     head = ffi.buffer(p.head, p.head_len)[:] if p.head_len else b""
     tail = b""
     if p.tail_len:
@@ -294,17 +295,18 @@ def _output(ffi, p) -> tuple:
 class Process:
     """A supervised child.  ``wait()`` returns its ProcessResult."""
 
-    def __init__(self, argv, env=None, cwd=None, output_limit=DEFAULT_OUTPUT_LIMIT,
-                 executable=None, force_fallback=False) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, output_limit: int = DEFAULT_OUTPUT_LIMIT,
+                 executable: str | None = None, force_fallback: bool = False) -> None:
         ffi, lib = core()
         if not argv:
             raise ValueError("argv must not be empty")
         self.argv = [os.fspath(a) for a in argv]
         env = clean_environment() if env is None else dict(env)
         path = executable or _resolve(self.argv[0], env)
-        self._keep = []   # keeps the C strings alive while the child exists
+        self._keep: list[CData] = []   # keeps the C strings alive while the child exists
 
-        def cstr(s):
+        def cstr(s: str) -> CData:
             b = ffi.new("char[]", os.fsencode(s))
             self._keep.append(b)
             return b
@@ -329,7 +331,7 @@ class Process:
         self.pid = p.pid if p.pid > 0 else None
         self.containment = CONTAINMENTS.get(p.containment, "process-group") if self.pid else "none"
         self.cgroup = ffi.string(p.cgroup).decode() or None if self.pid else None
-        self.result = None
+        self.result: ProcessResult | None = None
         self._released = False
         if self.pid:
             try:
