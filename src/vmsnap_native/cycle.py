@@ -36,15 +36,15 @@ from .errors import (
 from .freeze import FreezeSession, active_records, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
-from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
-    Plan,
+from .plan import Plan as Plan  # re-exported: the CLI's and tests' name
+from .plan import (
     dry_run_result,
-    make_plan,
     missing_mount_errors,
     problem_error,
     script_facts,
     withheld_warning,
 )
+from .plan import make_plan as make_plan  # re-exported: the CLI's and tests' name
 from .process import unwatch_group
 from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
