@@ -34,6 +34,7 @@ from .errors import (
     FreezeError,
 )
 from .freeze import FreezeSession, active_records, thaw_recorded
+from .hooks import Hook
 from .lock import RunLock
 from .logbook import Logbook
 from .plan import Plan as Plan  # re-exported: the CLI's and tests' name
@@ -45,7 +46,7 @@ from .plan import (
     withheld_warning,
 )
 from .plan import make_plan as make_plan  # re-exported: the CLI's and tests' name
-from .process import unwatch_group
+from .process import ProcessResult, unwatch_group
 from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
 from .stop import Interrupted, StopSignals
@@ -57,7 +58,8 @@ STEP_STOP_AFTER_DEADLINE_NS = 250_000_000
 in_window = False
 
 
-def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
+def _script_fact(role: str, who: str, sr: ScriptResult, last: ProcessResult,
+                 all_timed_out: bool, hint: str | None = None) -> StepFact:
     """What a script's (or hook call's) ScriptResult says, as a fact; HINT:
     the policy's guess why it fails (Windows line endings, say)."""
     if sr.ok:
@@ -71,7 +73,7 @@ def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
 
 
 class Cycle:
-    def __init__(self, plan: Plan, snapshot, log: Logbook) -> None:
+    def __init__(self, plan: Plan, snapshot: step.Snapshot, log: Logbook) -> None:
         self.plan = plan
         self.snapshot = snapshot
         self.log = log
@@ -80,13 +82,14 @@ class Cycle:
                            hooks_configured=bool(plan.hooks))
         self.settings = plan.decision_settings
         self.t0 = time.monotonic_ns()
-        self.session = None
-        self.hooks_started = []   # hooks whose freeze call started: each gets its thaw
-        self.watched = []         # process groups the scripts left; released at the end
+        self.session: FreezeSession | None = None
+        self.hooks_started: list[Hook] = []   # hooks whose freeze call started: each gets its thaw
+        self.watched: list[int] = []         # process groups the scripts left; released at the end
         self.resume_registered = False
+        self.step_program: step.StepProgram | None = None
 
     # -- helpers -------------------------------------------------------------
-    def phase(self, name, start_ns) -> None:
+    def phase(self, name: str, start_ns: int) -> None:
         now = time.monotonic_ns()
         entry = {"phase": name, "start_ms": round((start_ns - self.t0) / 1e6, 3),
                  "duration_ms": round((now - start_ns) / 1e6, 3)}
@@ -99,7 +102,9 @@ class Cycle:
         self.log.error("%s: %s", error.code, error.message)
         return error
 
-    def _run_script(self, role, chk, params, retries, hook=None):
+    def _run_script(self, role: str, chk: policy.ScriptCheck, params: Iterable[str],
+                    retries: int, hook: tuple[Hook, str] | None = None
+                    ) -> tuple[ScriptResult, StepFact]:
         """Runs a checked script (or a HOOK's call: (hook, action)); returns
         (ScriptResult, StepFact).  Stopped by a signal: recorded as stopped,
         and Interrupted goes on."""
@@ -117,7 +122,8 @@ class Cycle:
         sr.containment = getattr(last, "containment", None)
         return sr, _script_fact(role, who, sr, last, all_timed_out, getattr(chk, "hint", None))
 
-    def _record_script(self, role, hook, sr, fact) -> None:
+    def _record_script(self, role: str, hook: tuple[Hook, str] | None, sr: ScriptResult,
+                       fact: StepFact) -> None:
         """Keeps a script's (or a hook call's) result and fact; logs its error."""
         if hook is not None:
             self.res.hooks.append({"hook": hook[0].name, "action": hook[1], **sr.__dict__,
@@ -138,7 +144,8 @@ class Cycle:
         post-script, once the guardian (if any) has thawed and exited."""
         if not self.plan.config_path:
             return
-        wait_for, until = [], 0
+        wait_for: list[tuple[int, int]] = []
+        until = 0
         if self.session is not None and self.session.guardian_pid:
             wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
             until = self.session.deadline_ns
@@ -177,6 +184,7 @@ class Cycle:
                 self._record_script("pre", None, ScriptResult(path=pre.who), pre)
             return
         # from here the pre-script may have paused the application: the post-script must run
+        assert plan.config is not None and plan.pre_check is not None   # the pre-script is OK
         self.out.pre, self.out.post = StepFact("pre", decide.STOPPED, pre.who), post
         self._register_resume()
         t = time.monotonic_ns()
@@ -185,7 +193,7 @@ class Cycle:
         self.phase("pre-script", t)
         self._record_script("pre", None, sr, fact)
 
-    def run_hooks(self, action) -> None:
+    def run_hooks(self, action: str) -> None:
         """Each hook's freeze call in name order; the thaw call, in reverse order,
         for every hook whose freeze call started.  Each checked as it is called."""
         if action == "freeze":
@@ -200,7 +208,7 @@ class Cycle:
             self.plan.settings.post_retries
         for h, chk in todo:
             name = "hook %s %s" % (h.name, action)
-            if not chk.ok:
+            if chk.problem is not None:   # refused
                 self._record_script(role, (h, action), ScriptResult(path=h.path), StepFact(
                     role, decide.REFUSED, name,
                     problem=problem_error(chk.problem, "hook %s: " % h.name)))
@@ -260,7 +268,7 @@ class Cycle:
                                          % m.mountpoint)
         self.out.freeze = decide.FROZEN
 
-    def _freeze_failed(self, errs) -> None:
+    def _freeze_failed(self, errs: Iterable[Error]) -> None:
         self.out.freeze = decide.FREEZE_FAILED
         self.out.freeze_errors = [self.note(e) for e in errs]
 
@@ -275,10 +283,11 @@ class Cycle:
         self.log.release()
 
     def run_snapshot(self) -> None:
-        frozen = self.out.freeze == decide.FROZEN
+        # the session whose freeze holds (frozen: run_freeze opened it)
+        frozen = self.session if self.out.freeze == decide.FROZEN else None
         # frozen: the guardian thaws at the deadline and the step is stopped just after, so
         # the thaw at the deadline is always the guardian's, never a race with ours
-        deadline = self.session.deadline_ns + STEP_STOP_AFTER_DEADLINE_NS if frozen else \
+        deadline = frozen.deadline_ns + STEP_STOP_AFTER_DEADLINE_NS if frozen is not None else \
             time.monotonic_ns() + int(self.plan.freeze_timeout * 1e9)
         t = time.monotonic_ns()
         self.out.snapshot = decide.INTERRUPTED   # until the step says otherwise
@@ -291,10 +300,10 @@ class Cycle:
                 self.out.snapshot_error = self.note(SNAPSHOT_FAILED.error(failure))
         finally:
             self.phase("snapshot", t)
-            if frozen:   # before the thaw is asked for: did the freeze hold throughout?
-                self.out.thawed_early = _thawed_early(self.session)
+            if frozen is not None:   # before the thaw is asked for: did the freeze hold throughout?
+                self.out.thawed_early = _thawed_early(frozen)
 
-    def _snapshot_env(self):
+    def _snapshot_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["VMSNAP_PHASE"] = "snapshot"
         env["VMSNAP_FROZEN_MOUNTS"] = "\n".join(
@@ -331,6 +340,7 @@ class Cycle:
     def run_post(self) -> None:
         if self.out.post.state != decide.OK:   # not needed, or refused (already reported)
             return
+        assert self.plan.config is not None and self.plan.post_check is not None   # it is OK
         self.out.post = StepFact("post", decide.STOPPED, self.plan.post_check.path)
         t = time.monotonic_ns()
         sr, fact = self._run_script("post", self.plan.post_check, self.plan.config.post_params,
@@ -340,7 +350,7 @@ class Cycle:
 
     # -- the whole cycle -------------------------------------------------------
     def run(self) -> Result:
-        failure = None
+        failure: BaseException | None = None
         with StopSignals() as stop:
             try:
                 try:
@@ -401,7 +411,7 @@ class Cycle:
         return res
 
 
-def _guardian_starttime(session) -> int:
+def _guardian_starttime(session: FreezeSession) -> int:
     """The guardian's /proc start time, which identifies it beyond a reused pid."""
     got = getattr(session, "guardian_starttime", None)
     if got is None and session._shared is not None:
@@ -409,7 +419,7 @@ def _guardian_starttime(session) -> int:
     return int(got or 0)
 
 
-def _thawed_early(session) -> str | None:
+def _thawed_early(session: FreezeSession) -> str | None:
     """None if every filesystem of SESSION is still frozen (nobody but the
     controller has thawed), else the cause."""
     cause = session.thawed_early()
@@ -418,7 +428,7 @@ def _thawed_early(session) -> str | None:
     return decide.DEADLINE if cause is not None and deadline else cause
 
 
-def _write_metrics(res: Result, plan, metrics_file, log: Logbook) -> None:
+def _write_metrics(res: Result, plan: Plan, metrics_file: str | None, log: Logbook) -> None:
     """The run's Prometheus textfile (after the thaw: never inside the window)."""
     path = metrics_file if metrics_file is not None else plan.settings.metrics_file
     if not path:
@@ -439,7 +449,7 @@ def _failed(error: Error, log: Logbook, t0: int) -> Result:
     return res
 
 
-def recover_stale(log: Logbook) -> list:
+def recover_stale(log: Logbook) -> list[str]:
     """Thaws what crashed runs left frozen; refuses if a guardian still holds
     a freeze (an earlier `vmsnap freeze`)."""
     live = active_records()
