@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import process
-from ._core import core
+from ._core import CData, core
 from .cycle import recover_stale
 from .errors import BusyError, CoreUnavailable, FreezeError
 from .freeze import (
@@ -121,6 +121,7 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
             else:
                 held.status, held.guardian_pid, held.record = "frozen", s.guardian_pid, \
                     s.record_path
+                assert s.guardian_pid is not None and s.guardian_starttime is not None   # started
                 held.session = session_id(s.guardian_pid, s.guardian_starttime)
                 s.detach()
     except (BusyError, FreezeError, CoreUnavailable) as exc:
@@ -174,7 +175,7 @@ class SessionThaw:
                                 for r in self.filesystems if r.mountpoint is not None]}
 
 
-def _find_record(pid: int, start: int):
+def _find_record(pid: int, start: int) -> tuple[str, int] | None:
     """(path, fd) of the record whose guardian is (PID, START), the file
     held open (the guardian writes its last word into it before it unlinks
     it), or None."""
@@ -194,7 +195,7 @@ def _find_record(pid: int, start: int):
     return None
 
 
-def _final_word(path: str, fd: int):
+def _final_word(path: str, fd: int) -> tuple[CData, CData] | None:
     """The record open as FD as its guardian left it (buffer, struct), or None."""
     try:
         return _read_record(path, fd)
@@ -202,11 +203,11 @@ def _final_word(path: str, fd: int):
         return None
 
 
-def _ended_by(sh) -> str:
+def _ended_by(sh: CData) -> str:
     reason = thaw_reason_name(sh.thaw_reason)
     return {"deadline": "its deadline passed", "vmsnap-thaw": "another `vmsnap thaw` ended it",
             "signal": "a signal to its guardian ended it",
-            "controller-died": "it was never handed over"}.get(reason, "it was ended (%s)"
+            "controller-died": "it was never handed over"}.get(reason or "", "it was ended (%s)"
                                                                 % reason)
 
 
