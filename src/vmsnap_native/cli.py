@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import agents, cycle, step
 from . import config as config_mod
@@ -20,6 +22,7 @@ from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
 from .errors import BusyError, CoreUnavailable
 from .logbook import DEFAULT_LOG_FILE, LOGGER, journal_line, stderr_is_journal
+from .result import Result
 
 EXIT_USAGE = 2
 NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}
@@ -27,7 +30,7 @@ JSON_HELP = "print one JSON object on stdout (the human report still goes to std
 SNAPSHOT_METAVAR = "-- SNAPSHOT_CMD"
 
 # -q: the human lines are kept here and only the errors printed at the end
-_quiet = {"on": False, "lines": []}
+_quiet: dict[str, Any] = {"on": False, "lines": []}
 
 
 def _level(line: str) -> str:
@@ -35,7 +38,7 @@ def _level(line: str) -> str:
     return {"error": "ERROR", "warning:": "WARNING"}.get(word, "INFO")
 
 
-def err(*lines) -> None:
+def err(*lines: str) -> None:
     """Human text on stderr; with syslog priorities when stderr is the journal."""
     if _quiet["on"]:
         _quiet["lines"].extend(lines)
@@ -72,14 +75,14 @@ def _echo_log() -> None:
     LOGGER.setLevel(logging.INFO)
 
 
-def emit_json(obj) -> None:
+def emit_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
 
 
 # -- run ------------------------------------------------------------------------
 
-def summarize(res) -> list:
+def summarize(res: Result) -> list[str]:
     """A short human report: what happened, consistency, window, actions."""
     lines = []
     cons = res.consistency or "no snapshot"
@@ -120,7 +123,7 @@ def summarize(res) -> list:
     return lines
 
 
-def step_plan(snapshot_argv) -> dict:
+def step_plan(snapshot_argv: Sequence[str]) -> dict[str, Any]:
     """What a run would run as the snapshot step, for the dry run."""
     if not snapshot_argv:
         return {"argv": [], "program": None, "problem": None, "warning": None}
@@ -129,7 +132,7 @@ def step_plan(snapshot_argv) -> dict:
             "warning": prog.warning}
 
 
-def _step_line(plan: dict) -> str:
+def _step_line(plan: dict[str, Any]) -> str:
     sp = plan.get("snapshot_step") or {"argv": []}
     if not plan["snapshot"]:
         return "snapshot step: NOT run (continueBackupOnFailure: false, several disks)"
@@ -141,11 +144,11 @@ def _step_line(plan: dict) -> str:
     return "snapshot step: runs %s (program %s)" % (cmd, sp["program"])
 
 
-def plan_lines(plan: dict) -> list:
+def plan_lines(plan: dict[str, Any]) -> list[str]:
     """A dry run's plan in words: what a run would do, in order."""
     lines = ["  plan (configuration %s), in order:" % plan["config"]]
 
-    def script(label, d) -> None:
+    def script(label: str, d: dict[str, Any] | None) -> None:
         if d is None:
             lines.append("    %s: none configured" % label)
         elif not d["runs"]:
@@ -179,7 +182,7 @@ def plan_lines(plan: dict) -> list:
     return lines
 
 
-def cmd_run(args, snapshot_argv) -> int:
+def cmd_run(args: argparse.Namespace, snapshot_argv: list[str]) -> int:
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
                     freeze_timeout=args.freeze_timeout, log_file=log_file or None,
@@ -198,7 +201,7 @@ def cmd_run(args, snapshot_argv) -> int:
 
 # -- check ----------------------------------------------------------------------
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     if args.azure:
         from .azure import check_azure
         return check_azure(args)
@@ -240,7 +243,7 @@ def cmd_check(args) -> int:
 
 # -- mounts ---------------------------------------------------------------------
 
-def cmd_mounts(args) -> int:
+def cmd_mounts(args: argparse.Namespace) -> int:
     try:
         return _print_mounts(args)
     except BrokenPipeError:
@@ -252,7 +255,7 @@ def cmd_mounts(args) -> int:
         return 128 + 13   # what a shell shows for a writer killed by SIGPIPE
 
 
-def _print_mounts(args) -> int:
+def _print_mounts(args: argparse.Namespace) -> int:
     plan = cycle.make_plan(args.config, mounts=args.mount or None)
     sel = plan.selection
     from .disks import disks_of
@@ -281,7 +284,7 @@ def _print_mounts(args) -> int:
 
 # -- freeze / thaw --------------------------------------------------------------
 
-def cmd_freeze(args) -> int:
+def cmd_freeze(args: argparse.Namespace) -> int:
     from .held import freeze_and_hold
     held = freeze_and_hold(args.config, args.mount, args.timeout)
     if args.json:
@@ -289,7 +292,7 @@ def cmd_freeze(args) -> int:
     if held.status == "frozen":
         if not args.json:
             print(held.session, flush=True)   # for `vmsnap thaw --session`
-        err("vmsnap: %d filesystem(s) frozen, session %s; the guardian (pid %d) thaws them at "
+        err("vmsnap: %d filesystem(s) frozen, session %s; the guardian (pid %s) thaws them at "
             "`vmsnap thaw --session %s` or in %gs" % (len(held.mounts), held.session,
                                                      held.guardian_pid, held.session,
                                                      args.timeout))
@@ -298,7 +301,7 @@ def cmd_freeze(args) -> int:
     return 1
 
 
-def cmd_thaw_session(args) -> int:
+def cmd_thaw_session(args: argparse.Namespace) -> int:
     from .held import thaw_session
     out = thaw_session(args.session)
     if args.json:
@@ -310,7 +313,7 @@ def cmd_thaw_session(args) -> int:
     return 0 if out.ok else 1
 
 
-def cmd_thaw(args) -> int:
+def cmd_thaw(args: argparse.Namespace) -> int:
     if args.session is not None:
         return cmd_thaw_session(args)
     from .freeze import thaw_recorded
@@ -341,12 +344,12 @@ def cmd_thaw(args) -> int:
 
 # -- demo / bench ---------------------------------------------------------------
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .devtools import demo
     return demo.main(keep=args.keep, json_out=args.json)
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from .devtools import bench
     return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes,
                       load=args.load)
@@ -363,9 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            help="what to do (`vmsnap COMMAND --help` for its options)")
     sub.required = True
-    sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))
+    # every command takes -q/-v too: its parser is made with them as a parent
+    sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))  # type: ignore[method-assign]
 
-    def common(sp, config=True, mount=True) -> None:
+    def common(sp: argparse.ArgumentParser, config: bool = True, mount: bool = True) -> None:
         if config:
             sp.add_argument("--config", metavar="F", help="configuration file (default: "
                             "$VMSNAP_CONFIG or %s)" % DEFAULT_CONFIG_PATH)
@@ -435,7 +439,7 @@ def _verbosity(top: bool) -> argparse.ArgumentParser:
     """-q/-v, accepted before and after the command (after it, only what
     is given overrides what was given before)."""
     v = argparse.ArgumentParser(add_help=False)
-    extra = {} if top else {"default": argparse.SUPPRESS}
+    extra: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     group = v.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors on stderr",
                        **extra)
@@ -444,23 +448,24 @@ def _verbosity(top: bool) -> argparse.ArgumentParser:
     return v
 
 
-def _with_parents(add_parser, parent):
-    def add(name, **kw):
+def _with_parents(add_parser: Callable[..., argparse.ArgumentParser],
+                  parent: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
         kw.setdefault("parents", []).append(parent)
         return add_parser(name, **kw)
     return add
 
 
-def _positive(text):
+def _positive(text: str) -> float:
     try:
         return config_mod.seconds_option(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    snapshot_argv = []
+    snapshot_argv: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, snapshot_argv = argv[:i], argv[i + 1:]
@@ -488,7 +493,7 @@ def main(argv=None) -> int:
     return status
 
 
-def _dispatch(args, snapshot_argv) -> int:
+def _dispatch(args: argparse.Namespace, snapshot_argv: list[str]) -> int:
     handlers = {"check": cmd_check, "mounts": cmd_mounts, "freeze": cmd_freeze,
                 "thaw": cmd_thaw, "demo": cmd_demo, "bench": cmd_bench}
     if args.command in NEEDS_ROOT and os.geteuid() != 0 and not getattr(args, "dry_run", False):
