@@ -128,7 +128,7 @@ MAN_PAGES := man/vmsnap.8 man/vmsnap-config.5
 
 $(PKG_VENV)/bin/shtab:
 	test -x $(PKG_VENV)/bin/python || $(PYTHON) -m venv $(PKG_VENV)
-	$(PKG_VENV)/bin/pip install -q 'build>=1' 'pyroma>=4' twine 'shtab>=1.7'
+	$(PKG_VENV)/bin/pip install -q 'build>=1' 'pyroma>=4' twine 'check-manifest>=0.49' 'shtab>=1.7'
 
 sdist: $(PKG_VENV)/bin/shtab ## sdist + wheel built from it, each installed in a fresh venv and run; pyroma, twine
 	sh tools/sdist-check.sh $(PYTHON)
