@@ -113,13 +113,15 @@ bench-scale: build fleet-deps $(FLEET_VENV)/bin/ansible-playbook ## how the cost
 	  $(PY) $(abspath $(FLEET_VENV))/bin/ansible-playbook; \
 	  rc=$$?; $(PY) -m tests.fleet.harness sweep $$run; exit $$rc
 
-# the public API's modules, type-checked strictly (mypy --strict); the rest is not typed yet
-TYPED ?= src/vmsnap_native/__init__.py src/vmsnap_native/result.py \
-         src/vmsnap_native/errors.py src/vmsnap_native/decide.py
-lint: build ## static checks: ruff, mypy --strict on the public API, a warnings-as-errors C build
-	$(PIP) install -q ruff mypy
+# the whole package under mypy --strict, and the tests' helpers; mypy comes with the
+# test extras (tests/test_packaging.py runs the same check, so make test does too)
+typecheck: build ## mypy --strict over the whole package and tests/helpers.py: any error fails
+	$(VENV)/bin/mypy --strict src/vmsnap_native
+	$(VENV)/bin/mypy --strict --follow-imports=silent tests/helpers.py
+
+lint: typecheck ## static checks: ruff, make typecheck, a warnings-as-errors C build
+	$(PIP) install -q ruff
 	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/mypy --strict --follow-imports=silent $(TYPED)
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Icsrc -fsyntax-only csrc/*.c $(CTEST_SRC)
 
 # -- packaging: sdist and wheel, manual pages, completion, the Debian package --
@@ -154,7 +156,7 @@ test-packaging: build sdist man completion test-deb ## all of the above, and the
 
 clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
-	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
+	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis .mypy_cache
 
-.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint mutants soak test-under-load cmutants clean \
+.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint typecheck mutants soak test-under-load cmutants clean \
         sdist man completion deb test-deb test-packaging
