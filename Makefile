@@ -115,6 +115,7 @@ bench-scale: build fleet-deps $(FLEET_VENV)/bin/ansible-playbook ## how the cost
 
 # the whole package under mypy --strict, and the tests' helpers; mypy comes with the
 # test extras (tests/test_packaging.py runs the same check, so make test does too)
+.PHONY: typecheck
 typecheck: build ## mypy --strict over the whole package and tests/helpers.py: any error fails
 	$(VENV)/bin/mypy --strict src/vmsnap_native
 	$(VENV)/bin/mypy --strict --follow-imports=silent tests/helpers.py
@@ -158,5 +159,5 @@ clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
 	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis .mypy_cache
 
-.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint typecheck mutants soak test-under-load cmutants clean \
+.PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint mutants soak test-under-load cmutants clean \
         sdist man completion deb test-deb test-packaging
