@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import agents, cycle, step
 from . import config as config_mod
@@ -22,7 +22,9 @@ from ._version import __version__
 from .config import DEFAULT_CONFIG_PATH
 from .errors import BusyError, CoreUnavailable
 from .logbook import DEFAULT_LOG_FILE, LOGGER, journal_line, stderr_is_journal
-from .result import Result
+
+if TYPE_CHECKING:
+    from .result import Result
 
 EXIT_USAGE = 2
 NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}

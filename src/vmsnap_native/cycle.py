@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from . import _resume, decide, metrics, policy, step
 from ._core import core
@@ -34,7 +35,6 @@ from .errors import (
     FreezeError,
 )
 from .freeze import FreezeSession, active_records, thaw_recorded
-from .hooks import Hook
 from .lock import RunLock
 from .logbook import Logbook
 from .plan import Plan as Plan  # re-exported: the CLI's and tests' name
@@ -50,6 +50,9 @@ from .process import ProcessResult, unwatch_group
 from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
 from .stop import Interrupted, StopSignals
+
+if TYPE_CHECKING:
+    from .hooks import Hook
 
 QUIESCE_LOST_EXIT = decide.QUIESCE_LOST_EXIT
 STEP_STOP_AFTER_DEADLINE_NS = 250_000_000

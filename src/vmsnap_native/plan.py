@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import decide, disks, hooks, metrics, mountinfo, policy
 from .config import Config, config_path, parse_config, read_config_file, selection_settings
 from .errors import CONFIG_INVALID, UNABLE_TO_OPEN_MOUNT, ConfigError, Error
-from .hooks import Hook
 from .result import FreezeResult, Result
+
+if TYPE_CHECKING:
+    from .hooks import Hook
 
 
 @dataclass
