@@ -27,14 +27,14 @@ DIRECTORIES = {"--mount"}
 # `run`'s snapshot command, the words after `--`: both shells offer command
 # names there.  zsh needs an action for this positional in any case: without
 # one it lists `--dry-run` for `run --dry` instead of inserting it.
-SNAPSHOT_COMMAND = {
-    "zsh": "_command_names -e",
-    "bash": "_shtab_vmsnap_compgen_commands",
-    # compgen -c names a command once per PATH directory that has it
-    "preamble": {"bash": '_shtab_vmsnap_compgen_commands() {\n'
-                         '  compgen -c -- "$1" | sort -u\n'
-                         '}\n'},
+SNAPSHOT_COMMAND = {"zsh": "_command_names -e", "bash": "_shtab_vmsnap_compgen_commands"}
+# defined here, not as a shtab preamble (shtab 1.7 leaves those out); compgen
+# -c names a command once per PATH directory that has it
+BASH_FUNCTIONS = """
+_shtab_vmsnap_compgen_commands() {
+  compgen -c -- "$1" | sort -u
 }
+"""
 # zsh's _arguments ends a command's options at `--` only with -S, as
 # argparse does: without it, the words after `--` are not the snapshot
 # command to zsh.  Each command's branch of the case (not the top level,
@@ -78,6 +78,8 @@ def main(argv) -> int:
         text = shtab.complete(parser, shell=shell)
         if shell == "zsh":
             text = _zsh(text)
+        else:
+            text = text.rstrip("\n") + "\n" + BASH_FUNCTIONS
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
             f.write(text if text.endswith("\n") else text + "\n")
     return 0
