@@ -124,13 +124,16 @@ bench-scale: build fleet-deps $(FLEET_VENV)/bin/ansible-playbook ## how the cost
 	  $(PY) $(abspath $(FLEET_VENV))/bin/ansible-playbook; \
 	  rc=$$?; $(PY) -m tests.fleet.harness sweep $$run; exit $$rc
 
-# the public API's modules, type-checked strictly (mypy --strict); the rest is not typed yet
-TYPED ?= src/vmsnap_native/__init__.py src/vmsnap_native/result.py \
-         src/vmsnap_native/errors.py src/vmsnap_native/decide.py
-lint: build ## static checks: ruff, mypy --strict on the public API, a warnings-as-errors C build
-	$(PIP) install -q ruff mypy
+# the whole package under mypy --strict, and the tests' helpers; mypy comes with the
+# test extras (tests/test_packaging.py runs the same check, so make test does too)
+.PHONY: typecheck
+typecheck: build ## mypy --strict over the whole package and tests/helpers.py: any error fails
+	$(VENV)/bin/mypy --strict src/vmsnap_native
+	$(VENV)/bin/mypy --strict --follow-imports=silent tests/helpers.py
+
+lint: typecheck ## static checks: ruff, make typecheck, a warnings-as-errors C build
+	$(PIP) install -q ruff
 	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/mypy --strict --follow-imports=silent $(TYPED)
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Icsrc -fsyntax-only csrc/*.c $(CTEST_SRC)
 
 # -- packaging: sdist and wheel, manual pages, completion, the Debian package --
@@ -139,7 +142,7 @@ MAN_PAGES := man/vmsnap.8 man/vmsnap-config.5
 
 $(PKG_VENV)/bin/shtab:
 	test -x $(PKG_VENV)/bin/python || $(PYTHON) -m venv $(PKG_VENV)
-	$(PKG_VENV)/bin/pip install -q 'build>=1' 'pyroma>=4' twine 'shtab>=1.7'
+	$(PKG_VENV)/bin/pip install -q 'build>=1' 'pyroma>=4' twine 'check-manifest>=0.49' 'shtab>=1.7'
 
 sdist: $(PKG_VENV)/bin/shtab ## sdist + wheel built from it, each installed in a fresh venv and run; pyroma, twine
 	sh tools/sdist-check.sh $(PYTHON)
@@ -165,7 +168,7 @@ test-packaging: build sdist man completion test-deb ## all of the above, and the
 
 clean: ## remove build products and the virtual environment
 	rm -rf build dist *.egg-info src/*.egg-info src/vmsnap_native/_vmsnap_core*.so \
-	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis
+	       src/vmsnap_native/_vmsnap_core.c $(VENV) .pytest_cache .hypothesis .mypy_cache
 
 .PHONY: help build test test-vm ctest cross cross-system wheel demo bench bench-scale lint mutants soak soak-ci test-under-load cmutants clean \
         sdist man completion deb test-deb test-packaging

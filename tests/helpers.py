@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 
-def write_script(path, body, mode=0o700, shebang="#!/bin/sh"):
+def write_script(path: str | os.PathLike[str], body: str, mode: int = 0o700,
+                 shebang: str | None = "#!/bin/sh") -> str:
     path = str(path)
     with open(path, "w") as f:
         f.write("%s\n%s\n" % (shebang, body) if shebang else body + "\n")
@@ -16,7 +20,7 @@ def write_script(path, body, mode=0o700, shebang="#!/bin/sh"):
     return path
 
 
-def write_config(path, mode=0o600, **fields):
+def write_config(path: str | os.PathLike[str], mode: int = 0o600, **fields: Any) -> str:
     path = str(path)
     with open(path, "w") as f:
         json.dump(fields, f)
@@ -24,23 +28,26 @@ def write_config(path, mode=0o600, **fields):
     return path
 
 
-def setup_scripts(tmp_path, pre="exit 0", post="exit 0", **fields):
+def setup_scripts(tmp_path: Path, pre: str = "exit 0", post: str = "exit 0",
+                  **fields: Any) -> str:
     """A config with a pre- and a post-script in TMP_PATH/etc (all root, 700/600)."""
     etc = tmp_path / "etc"
     etc.mkdir(mode=0o755, exist_ok=True)
     os.chmod(etc, 0o755)
     pre_path = write_script(etc / "pre.sh", pre)
     post_path = write_script(etc / "post.sh", post)
-    cfg = {"pluginName": "ScriptRunner", "preScriptLocation": pre_path,
-           "postScriptLocation": post_path, "preScriptParams": [], "postScriptParams": [],
-           "preScriptNoOfRetries": 0, "postScriptNoOfRetries": 0, "timeoutInSeconds": 10,
-           "continueBackupOnFailure": True, "fsFreezeEnabled": True,
-           "hooksDirectory": str(tmp_path / "no-hooks")}
+    cfg: dict[str, Any] = {
+        "pluginName": "ScriptRunner", "preScriptLocation": pre_path,
+        "postScriptLocation": post_path, "preScriptParams": [], "postScriptParams": [],
+        "preScriptNoOfRetries": 0, "postScriptNoOfRetries": 0, "timeoutInSeconds": 10,
+        "continueBackupOnFailure": True, "fsFreezeEnabled": True,
+        "hooksDirectory": str(tmp_path / "no-hooks")}
     cfg.update(fields)
     return write_config(etc / "config.json", **cfg)
 
 
-def vmsnap(*args, timeout=120, env=None, input=None):
+def vmsnap(*args: str, timeout: float = 120, env: Mapping[str, str] | None = None,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Runs `python -m vmsnap_native ARGS`; returns CompletedProcess (text)."""
     e = dict(os.environ)
     if env:
@@ -49,7 +56,10 @@ def vmsnap(*args, timeout=120, env=None, input=None):
                           text=True, timeout=timeout, env=e, stdin=subprocess.DEVNULL)
 
 
-def run_json(tmp_path, config, mounts, snapshot=(), extra=(), env=None, timeout=120):
+def run_json(tmp_path: str | os.PathLike[str], config: str | os.PathLike[str] | None,
+             mounts: Iterable[str], snapshot: Sequence[str] = (), extra: Iterable[str] = (),
+             env: Mapping[str, str] | None = None, timeout: float = 120
+             ) -> tuple[int, Any, subprocess.CompletedProcess[str]]:
     """`vmsnap run --json` with an explicit mount list; returns (exit status, result dict, proc)."""
     args = ["run", "--json", "--log-file", os.path.join(str(tmp_path), "vmsnap.log")]
     if config is not None:
@@ -68,11 +78,11 @@ def run_json(tmp_path, config, mounts, snapshot=(), extra=(), env=None, timeout=
     return p.returncode, res, p
 
 
-def codes(res):
+def codes(res: Mapping[str, Any]) -> list[str]:
     return [e["code"] for e in res["errors"]]
 
 
-def outliving_step(tmp_path, mount):
+def outliving_step(tmp_path: str | os.PathLike[str], mount: str) -> str:
     """A snapshot step (sh -c) that outlives the freeze deadline: it notes
     when SIGTERM came (TMP/term) and beats every 20 ms (TMP/beats) until the
     SIGKILL.  Inside the freeze window it starts a writer to MOUNT that blocks
@@ -84,7 +94,7 @@ def outliving_step(tmp_path, mount):
             % {"t": tmp_path, "m": mount})
 
 
-def thawed_while_the_step_ran(tmp_path) -> float:
+def thawed_while_the_step_ran(tmp_path: str | os.PathLike[str]) -> float:
     """For outliving_step: asserts the write to the frozen filesystem went
     through while the step was still running (the guardian thawed at the
     deadline, not once the controller had stopped the step); returns how
@@ -101,7 +111,7 @@ def thawed_while_the_step_ran(tmp_path) -> float:
     return last_beat - thawed_at
 
 
-def frozen_or_thawed(mount):
+def frozen_or_thawed(mount: str) -> str:
     """Shell words that print `frozen` or `thawed`, what the kernel says of MOUNT
     now (FIFREEZE on a frozen filesystem fails with EBUSY; a thawed one is
     frozen and thawed again at once).  For scripts and steps of a run."""
@@ -109,19 +119,19 @@ def frozen_or_thawed(mount):
             "else echo frozen; fi)" % (mount, mount))
 
 
-def guardian_of(pid):
+def guardian_of(pid: int) -> int:
     """The pid of the freeze guardian among the descendants of PID."""
     return helper_below(pid, "vmsnap-guardian")
 
 
-def helper_below(pid, comm):
+def helper_below(pid: int, comm: str) -> int:
     """The pid of the first process named COMM among the descendants of PID."""
     from .conftest import descendants
     for child in descendants(pid):
         try:
             with open("/proc/%d/comm" % child) as f:
                 if f.read().strip() == comm:
-                    return child
+                    return int(child)
         except OSError:
             pass
     raise AssertionError("no %s below pid %d" % (comm, pid))

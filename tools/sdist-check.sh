@@ -2,7 +2,8 @@
 # usage: tools/sdist-check.sh PYTHON
 # Builds the sdist and, from the unpacked sdist, the wheel (python -m build),
 # checks that the sdist carries what the native build needs, rates the
-# metadata with pyroma and twine, then installs each artifact into its own
+# metadata with pyroma and twine, checks with check-manifest that the sdist
+# has every file under version control, then installs each artifact into its own
 # fresh virtual environment outside the checkout and runs it there:
 # `vmsnap --version` and a dry run (which runs no script and freezes nothing);
 # and the same for `pip install .` of this tree, as the README says.
@@ -12,7 +13,7 @@ checkout=$(pwd)
 base=$("$py" -c "import sys; print(sys._base_executable)")
 tools=build/packaging-venv
 test -x "$tools/bin/python" || "$base" -m venv "$tools"
-"$tools/bin/pip" install -q 'build>=1' 'pyroma>=4' twine
+"$tools/bin/pip" install -q 'build>=1' 'pyroma>=4' twine 'check-manifest>=0.49'
 out=build/sdist-check
 rm -rf "$out"
 "$tools/bin/python" -m build --outdir "$out" . >"$out.log" 2>&1 || { cat "$out.log"; exit 1; }
@@ -34,8 +35,11 @@ fi
 unzip -l "$wheel" | grep -q 'dist-info/licenses/LICENSE' || { echo "wheel lacks LICENSE" >&2; exit 1; }
 
 "$tools/bin/twine" check --strict "$sdist" "$wheel"
-# pyroma: 10 would need an author e-mail and a project URL, which vmsnap has not
-"$tools/bin/pyroma" -n 8 -d .
+# every file git has is in the sdist (MANIFEST.in), every package in it (pyproject.toml)
+"$tools/bin/check-manifest" .
+# pyroma (which counts check-manifest's verdict too): 9 of 10; 10 would need an
+# author e-mail and a project URL, which vmsnap has not
+"$tools/bin/pyroma" -n 9 -d .
 
 tmp=$(mktemp -d /tmp/vmsnap-sdist.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

@@ -8,6 +8,7 @@ the framework), never a bare ImportError from deep inside.
 from __future__ import annotations
 
 import os
+from typing import Any, Tuple
 
 from ._version import __version__
 from .errors import CoreUnavailable
@@ -20,6 +21,14 @@ EXPECTED_ABI = 13
 # usable cgroup v2: subreaper containment), cgroup_kill (before 5.14).
 COMPAT_ENV = "VMSNAP_COMPAT_DISABLE"
 COMPAT_FLAGS = {"pidfd": 1, "close_range": 2, "syncfs": 4, "cgroup": 16, "cgroup_kill": 32}
+
+# The compiled core as typed code sees it: (ffi, lib).  cffi builds both at
+# build time from csrc/vmsnap.h, with no type information; they cross into
+# typed code here, as Any, and only here.  Values read from them are given
+# their types where they are used (the functions that wrap each call).
+Core = Tuple[Any, Any]
+# a pointer to, or a struct of, the core's (a cffi cdata object)
+CData = Any
 
 
 def compat_flags(text: str) -> int:
@@ -35,9 +44,9 @@ def compat_flags(text: str) -> int:
     return flags
 
 
-def _load():
+def _load() -> Core:
     try:
-        from ._vmsnap_core import ffi, lib
+        from ._vmsnap_core import ffi, lib  # type: ignore[import-not-found]  # cffi: no stubs
     except ImportError as exc:
         raise CoreUnavailable("native core vmsnap_native._vmsnap_core cannot be loaded: %s" % exc) from exc
     abi = lib.vmsnap_core_abi()
@@ -52,10 +61,10 @@ def _load():
     return ffi, lib
 
 
-_loaded = None
+_loaded: Core | None = None
 
 
-def core():
+def core() -> Core:
     """Returns (ffi, lib), loading and checking the core on first use."""
     global _loaded
     if _loaded is None:

@@ -36,11 +36,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from . import lock as lock_mod
 from . import policy, process
-from .config import parse_config, read_config_file
+from .config import Config, parse_config, read_config_file
 from .errors import BusyError, ConfigError
 from .freeze import RUNTIME_DIR_ENV, runtime_dir
 from .lock import RunLock
@@ -171,7 +171,7 @@ def clear() -> None:
         held.announce_resume(None)
 
 
-def _config(path: str):
+def _config(path: str) -> Config:
     """The configuration, or raises ConfigError saying why it cannot be used."""
     got = read_config_file(path)
     if got is None:
@@ -183,10 +183,11 @@ def _config(path: str):
     return parse_config(data, path)
 
 
-def _run(log: Logbook, path: str, role: str, params, retries: int, timeout: float,
-         name: str, check=policy.check_script) -> bool:
+def _run(log: Logbook, path: str, role: str, params: Sequence[str], retries: int,
+         timeout: float, name: str,
+         check: Callable[[str, str], policy.ScriptCheck] = policy.check_script) -> bool:
     chk = check(path, role)
-    if not chk.ok:
+    if chk.problem is not None:   # refused
         log.error("resume: %s not run: %s (%s)", name, chk.problem.message, chk.problem.code)
         return False
     sr, last, _ = run_script(chk, params, retries, timeout, log=log, name="resume: %s" % name)
@@ -194,7 +195,7 @@ def _run(log: Logbook, path: str, role: str, params, retries: int, timeout: floa
     return sr.ok
 
 
-def resume(config: str, post: bool, hook_paths, log: Logbook) -> bool:
+def resume(config: str, post: bool, hook_paths: Sequence[str], log: Logbook) -> bool:
     if not post and not hook_paths:
         log.info("resume: vmsnap died after its post-script and thaw hooks had run: "
                  "nothing left to run")
@@ -220,7 +221,7 @@ def resume(config: str, post: bool, hook_paths, log: Logbook) -> bool:
     return ok
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vmsnap_native._resume")
     p.add_argument("--config", required=True)
     p.add_argument("--log-file")

@@ -20,8 +20,15 @@ import re
 import stat
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .config import AZURE_TIMEOUT_CAP, AzureDifference, ConfigError, parse_config, read_config_file
+from .config import AZURE_TIMEOUT_CAP, AzureDifference, Config, parse_config, read_config_file
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+    from .policy import ScriptCheck
 
 AZURE_CODE_NAMES = {
     302: "Pre-ScriptNotFound", 303: "Post-ScriptNotFound",
@@ -40,14 +47,14 @@ class AzureConfigView:
 
     code: int = 0            # 0: loaded; 304 or 305: rejected (scripts skipped)
     why: str = ""
-    doc: dict | None = None  # the document as Azure reads it, when it loads
+    doc: dict[str, Any] | None = None  # the document as Azure reads it, when it loads
 
     @property
     def name(self) -> str:
         return AZURE_CODE_NAMES.get(self.code, "success")
 
 
-def _py_type_error(v) -> bool:
+def _py_type_error(v: object) -> bool:
     """Whether comparing V with a number raises (Python 3): everything but numbers and booleans."""
     return not isinstance(v, (int, float))
 
@@ -89,7 +96,7 @@ def azure_config_view(data: bytes) -> AzureConfigView:
     return AzureConfigView(0, "", doc)
 
 
-def _azure_script_code(path, role: str) -> int:
+def _azure_script_code(path: object, role: str) -> int:
     """Azure's check of one script: exists, no group/other digit in its mode, owned by root."""
     tag = 0 if role == "pre" else 1
     # a relative path is looked up from the extension's own directory: nothing there
@@ -146,11 +153,11 @@ BASHISMS = [
 _HEREDOC = re.compile(r"<<(-?)\s*(['\"]?)([A-Za-z_]\w*)\2")
 
 
-def bashisms(text: str) -> list:
+def bashisms(text: str) -> list[tuple[int, str]]:
     """(line number, what) of each bash-only construct in TEXT (comments and
     here-document bodies skipped: SQL fed to a client is not shell)."""
     found = []
-    ending = None   # (delimiter, tabs allowed) of the here-document being skipped
+    ending: tuple[str, bool] | None = None   # (delimiter, tabs allowed) of the here-document being skipped
     for n, line in enumerate(text.splitlines(), 1):
         if ending is not None:
             if (line.lstrip("\t") if ending[1] else line).rstrip("\r") == ending[0]:
@@ -188,12 +195,12 @@ def _is_sh(interpreter: str) -> bool:
     return _program(interpreter) in ("", "sh")
 
 
-def script_differences(role: str, path, check) -> list:
+def script_differences(role: str, path: Any, check: ScriptCheck | None) -> list[AzureDifference]:
     """How Azure would treat one configured script differently (CHECK: vmsnap's policy check)."""
     label = "%s-script %s" % (role, path)
     out = []
     azure_code = _azure_script_code(path, role)
-    vmsnap_code = None if check is None or check.ok else check.problem.code
+    vmsnap_code = None if check is None or check.problem is None else check.problem.code
     unsafe = _unsafe_directory(path) if isinstance(path, str) and path.startswith("/") else None
     if azure_code == 0 and vmsnap_code and unsafe:
         out.append(AzureDifference(
@@ -243,9 +250,12 @@ def script_differences(role: str, path, check) -> list:
     return out
 
 
-def config_differences(data: bytes, path: str) -> tuple:
+def config_differences(data: bytes, path: str) -> tuple[
+        AzureConfigView, Config | None, ConfigError | None, list[AzureDifference]]:
     """(Azure's view, vmsnap's error or None, the differences) for the configuration bytes."""
     view = azure_config_view(data)
+    cfg: Config | None
+    error: ConfigError | None
     try:
         cfg = parse_config(data, path)
         error, diffs = None, list(cfg.azure_differences)
@@ -269,21 +279,23 @@ def config_differences(data: bytes, path: str) -> tuple:
     return view, cfg, error, diffs
 
 
-def report(config=None) -> dict:
+def report(config: str | None = None) -> dict[str, Any]:
     """The migration report for the configuration at CONFIG (or the default path)."""
     from . import cycle  # cycle imports much; check --azure is its only user here
     plan = cycle.make_plan(config)
-    out = {"config": plan.config_path, "found": False, "azure": None, "differences": [],
+    path = plan.config_path
+    assert path is not None   # make_plan names the file it looked for
+    out: dict[str, Any] = {"config": path, "found": False, "azure": None, "differences": [],
            "behaves_differently": False}
     try:
-        got = read_config_file(plan.config_path)
+        got = read_config_file(path)
     except ConfigError as exc:
         out.update(found=True, unreadable=str(exc), behaves_differently=None)  # cannot tell
         return out
     if got is None:
         return out
     out["found"] = True
-    view, cfg, error, diffs = config_differences(got[0], plan.config_path)
+    view, cfg, error, diffs = config_differences(got[0], path)
     out["azure"] = {"config_code": view.code, "config_error": view.name if view.code else None,
                     "why": view.why or None}
     if view.doc is not None:
@@ -292,6 +304,7 @@ def report(config=None) -> dict:
             out["azure"]["timeout"] = min(t, AZURE_TIMEOUT_CAP)
     if view.code == 0:
         doc = view.doc
+        assert doc is not None   # Azure loaded it
         for role in ("pre", "post"):
             chk = plan.pre_check if role == "pre" else plan.post_check
             diffs.extend(script_differences(role, doc["%sScriptLocation" % role], chk))
@@ -308,7 +321,7 @@ def report(config=None) -> dict:
     return out
 
 
-def check_azure(args) -> int:
+def check_azure(args: Namespace) -> int:
     """``vmsnap check --azure [--config F] [--json]``: 0 when Azure would do
     the same with this file (vmsnap-only fields, which Azure ignores, are
     listed but do not count), 1 when it would behave differently."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
@@ -18,13 +20,16 @@ from ._version import __version__
 # on every snapshot, and `--version` or `mounts` need neither the freeze nor
 # the scripts' machinery.
 
+if TYPE_CHECKING:
+    from .result import Result
+
 EXIT_USAGE = 2
 NEEDS_ROOT = {"run", "freeze", "thaw", "demo", "bench"}
 JSON_HELP = "print one JSON object on stdout (the human report still goes to stderr)"
 SNAPSHOT_METAVAR = "-- SNAPSHOT_CMD"
 
 # -q: the human lines are kept here and only the errors printed at the end
-_quiet = {"on": False, "lines": []}
+_quiet: dict[str, Any] = {"on": False, "lines": []}
 
 
 def _level(line: str) -> str:
@@ -32,7 +37,7 @@ def _level(line: str) -> str:
     return {"error": "ERROR", "warning:": "WARNING"}.get(word, "INFO")
 
 
-def err(*lines):
+def err(*lines: str) -> None:
     """Human text on stderr; with syslog priorities when stderr is the journal."""
     if _quiet["on"]:
         _quiet["lines"].extend(lines)
@@ -73,7 +78,7 @@ def _echo_log() -> None:
     LOGGER.setLevel(logging.INFO)
 
 
-def emit_json(obj):
+def emit_json(obj: object) -> None:
     import json
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
@@ -81,7 +86,7 @@ def emit_json(obj):
 
 # -- run ------------------------------------------------------------------------
 
-def summarize(res) -> list:
+def summarize(res: Result) -> list[str]:
     """A short human report: what happened, consistency, window, actions."""
     from . import step
     lines = []
@@ -123,7 +128,7 @@ def summarize(res) -> list:
     return lines
 
 
-def step_plan(snapshot_argv) -> dict:
+def step_plan(snapshot_argv: Sequence[str]) -> dict[str, Any]:
     """What a run would run as the snapshot step, for the dry run."""
     if not snapshot_argv:
         return {"argv": [], "program": None, "problem": None, "warning": None}
@@ -133,7 +138,7 @@ def step_plan(snapshot_argv) -> dict:
             "warning": prog.warning}
 
 
-def _step_line(plan: dict) -> str:
+def _step_line(plan: dict[str, Any]) -> str:
     sp = plan.get("snapshot_step") or {"argv": []}
     if not plan["snapshot"]:
         return "snapshot step: NOT run (continueBackupOnFailure: false, several disks)"
@@ -145,11 +150,11 @@ def _step_line(plan: dict) -> str:
     return "snapshot step: runs %s (program %s)" % (cmd, sp["program"])
 
 
-def plan_lines(plan: dict) -> list:
+def plan_lines(plan: dict[str, Any]) -> list[str]:
     """A dry run's plan in words: what a run would do, in order."""
     lines = ["  plan (configuration %s), in order:" % plan["config"]]
 
-    def script(label, d):
+    def script(label: str, d: dict[str, Any] | None) -> None:
         if d is None:
             lines.append("    %s: none configured" % label)
         elif not d["runs"]:
@@ -183,7 +188,7 @@ def plan_lines(plan: dict) -> list:
     return lines
 
 
-def cmd_run(args, snapshot_argv) -> int:
+def cmd_run(args: argparse.Namespace, snapshot_argv: list[str]) -> int:
     from . import cycle
     from .logbook import DEFAULT_LOG_FILE
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
@@ -204,7 +209,7 @@ def cmd_run(args, snapshot_argv) -> int:
 
 # -- check ----------------------------------------------------------------------
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     if args.azure:
         from .azure import check_azure
         return check_azure(args)
@@ -247,7 +252,7 @@ def cmd_check(args) -> int:
 
 # -- mounts ---------------------------------------------------------------------
 
-def cmd_mounts(args) -> int:
+def cmd_mounts(args: argparse.Namespace) -> int:
     try:
         return _print_mounts(args)
     except BrokenPipeError:
@@ -259,7 +264,7 @@ def cmd_mounts(args) -> int:
         return 128 + 13   # what a shell shows for a writer killed by SIGPIPE
 
 
-def _print_mounts(args) -> int:
+def _print_mounts(args: argparse.Namespace) -> int:
     from .disks import disks_of
     from .plan import make_plan
     plan = make_plan(args.config, mounts=args.mount or None, with_hooks=False)
@@ -289,7 +294,7 @@ def _print_mounts(args) -> int:
 
 # -- freeze / thaw --------------------------------------------------------------
 
-def cmd_freeze(args) -> int:
+def cmd_freeze(args: argparse.Namespace) -> int:
     from .held import freeze_and_hold
     held = freeze_and_hold(args.config, args.mount, args.timeout)
     if args.json:
@@ -297,7 +302,7 @@ def cmd_freeze(args) -> int:
     if held.status == "frozen":
         if not args.json:
             print(held.session, flush=True)   # for `vmsnap thaw --session`
-        err("vmsnap: %d filesystem(s) frozen, session %s; the guardian (pid %d) thaws them at "
+        err("vmsnap: %d filesystem(s) frozen, session %s; the guardian (pid %s) thaws them at "
             "`vmsnap thaw --session %s` or in %gs" % (len(held.mounts), held.session,
                                                      held.guardian_pid, held.session,
                                                      args.timeout))
@@ -306,7 +311,7 @@ def cmd_freeze(args) -> int:
     return 1
 
 
-def cmd_thaw_session(args) -> int:
+def cmd_thaw_session(args: argparse.Namespace) -> int:
     from .held import thaw_session
     out = thaw_session(args.session)
     if args.json:
@@ -318,7 +323,7 @@ def cmd_thaw_session(args) -> int:
     return 0 if out.ok else 1
 
 
-def cmd_thaw(args) -> int:
+def cmd_thaw(args: argparse.Namespace) -> int:
     if args.session is not None:
         return cmd_thaw_session(args)
     from .errors import BusyError, CoreUnavailable
@@ -350,12 +355,12 @@ def cmd_thaw(args) -> int:
 
 # -- demo / bench ---------------------------------------------------------------
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .devtools import demo
     return demo.main(keep=args.keep, json_out=args.json)
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from .devtools import bench
     return bench.main(mounts=args.mount, rounds=args.rounds, json_out=args.json, yes=args.yes,
                       load=args.load)
@@ -367,7 +372,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with COMMAND (the command word found in the
     arguments, "" for none) only that command's options are added, and only
     what they need is imported."""
-    def want(name):
+    def want(name: str) -> bool:
         return command is None or command == name
 
     p = argparse.ArgumentParser(prog="vmsnap", description=(
@@ -378,9 +383,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            help="what to do (`vmsnap COMMAND --help` for its options)")
     sub.required = True
-    sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))
+    # every command takes -q/-v too: its parser is made with them as a parent
+    sub.add_parser = _with_parents(sub.add_parser, _verbosity(False))  # type: ignore[method-assign]
 
-    def common(sp, config=True, mount=True):
+    def common(sp: argparse.ArgumentParser, config: bool = True, mount: bool = True) -> None:
         from .config import DEFAULT_CONFIG_PATH
         if config:
             sp.add_argument("--config", metavar="F", help="configuration file (default: "
@@ -440,7 +446,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _run_options(r, common) -> None:
+def _run_options(r: argparse.ArgumentParser,
+                 common: Callable[[argparse.ArgumentParser], None]) -> None:
     from .logbook import DEFAULT_LOG_FILE
     common(r)
     r.add_argument("snapshot_cmd", nargs="*", metavar=SNAPSHOT_METAVAR,
@@ -462,7 +469,7 @@ def _verbosity(top: bool) -> argparse.ArgumentParser:
     """-q/-v, accepted before and after the command (after it, only what
     is given overrides what was given before)."""
     v = argparse.ArgumentParser(add_help=False)
-    extra = {} if top else {"default": argparse.SUPPRESS}
+    extra: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     group = v.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors on stderr",
                        **extra)
@@ -471,14 +478,15 @@ def _verbosity(top: bool) -> argparse.ArgumentParser:
     return v
 
 
-def _with_parents(add_parser, parent):
-    def add(name, **kw):
+def _with_parents(add_parser: Callable[..., argparse.ArgumentParser],
+                  parent: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
         kw.setdefault("parents", []).append(parent)
         return add_parser(name, **kw)
     return add
 
 
-def _positive(text):
+def _positive(text: str) -> float:
     from . import config as config_mod
     try:
         return config_mod.seconds_option(text)
@@ -486,9 +494,9 @@ def _positive(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    snapshot_argv = []
+    snapshot_argv: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, snapshot_argv = argv[:i], argv[i + 1:]
@@ -517,7 +525,7 @@ def main(argv=None) -> int:
     return status
 
 
-def _dispatch(args, snapshot_argv) -> int:
+def _dispatch(args: argparse.Namespace, snapshot_argv: list[str]) -> int:
     handlers = {"check": cmd_check, "mounts": cmd_mounts, "freeze": cmd_freeze,
                 "thaw": cmd_thaw, "demo": cmd_demo, "bench": cmd_bench}
     if args.command in NEEDS_ROOT and os.geteuid() != 0 and not getattr(args, "dry_run", False):

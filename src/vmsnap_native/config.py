@@ -19,6 +19,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .errors import ConfigError
 
@@ -52,7 +53,7 @@ class AzureDifference:
     def warning(self) -> str:
         return "%s: %s; Azure would %s" % (self.where, self.vmsnap, self.azure)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str]:
         return {"topic": self.topic, "where": self.where, "azure": self.azure,
                 "vmsnap": self.vmsnap}
 
@@ -63,29 +64,29 @@ class Config:
     plugin_name: str = "ScriptRunner"
     pre_script: str | None = None
     post_script: str | None = None
-    pre_params: list = field(default_factory=list)
-    post_params: list = field(default_factory=list)
+    pre_params: list[str] = field(default_factory=list)
+    post_params: list[str] = field(default_factory=list)
     pre_retries: int = 0
     post_retries: int = 0
     timeout: float = 30.0
     continue_on_failure: bool = True
     fs_freeze_enabled: bool = True
     freeze_timeout: float = 60.0
-    mounts_to_skip: list = field(default_factory=list)
-    mounts_to_freeze: list | None = None   # None: every eligible filesystem; []: none
+    mounts_to_skip: list[str] = field(default_factory=list)
+    mounts_to_freeze: list[str] | None = None   # None: every eligible filesystem; []: none
     hooks_directory: str = DEFAULT_HOOKS_DIRECTORY
     expedite_rcu: bool = True
     metrics_file: str | None = None   # Prometheus textfile written after each run
     dirty_cap_mib: int = DEFAULT_DIRTY_CAP_MIB   # per-device dirty limit in the presync; 0: none
-    warnings: list = field(default_factory=list)
-    azure_differences: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    azure_differences: list[AzureDifference] = field(default_factory=list)
 
     @property
     def has_scripts(self) -> bool:
         return self.pre_script is not None
 
 
-def json_type(v) -> str:
+def json_type(v: object) -> str:
     """The JSON name of a parsed value's type (messages never say NoneType or list)."""
     if v is None:
         return "null"
@@ -100,7 +101,7 @@ def json_type(v) -> str:
     return "object"
 
 
-def describe(v) -> str:
+def describe(v: object) -> str:
     """A value as the user wrote it, with its JSON type where that helps."""
     kind = json_type(v)
     if kind in ("array", "object"):
@@ -120,15 +121,15 @@ class _Bad(Exception):
 class _Found:
     """What the converters learn on the way: Azure differences, plain notes."""
 
-    diffs: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
+    diffs: list[AzureDifference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 _NUMBER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
 _INTEGER_TEXT = re.compile(r"\s*[0-9]+\s*\Z")
 
 
-def _text(v):
+def _text(v: str) -> str:
     """A string a program can receive: no NUL byte, no lone surrogate."""
     if "\0" in v:
         raise _Bad("without a NUL byte")
@@ -140,13 +141,13 @@ def _text(v):
     return v
 
 
-def _string(v, name, found):
+def _string(v: object, name: str, found: _Found) -> str:
     if not isinstance(v, str):
         raise _Bad("a string")
     return _text(v)
 
 
-def _full_path(v, name, found):
+def _full_path(v: object, name: str, found: _Found) -> str:
     if not isinstance(v, str):
         raise _Bad("a string (a full path)")
     if not v.startswith("/"):
@@ -154,17 +155,17 @@ def _full_path(v, name, found):
     return _text(v)
 
 
-def _string_list(v, name, found):
+def _string_list(v: object, name: str, found: _Found) -> list[str]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise _Bad("an array of strings")
     return [_text(x) for x in v]
 
 
-def _params(v, name, found):
+def _params(v: object, name: str, found: _Found) -> list[str]:
     """Strings; a number is passed as Python's str() of it, exactly as Azure does."""
     if not isinstance(v, list):
         raise _Bad("an array of strings")
-    out = []
+    out: list[str] = []
     for i, x in enumerate(v):
         if isinstance(x, str):
             out.append(_text(x))
@@ -177,7 +178,7 @@ def _params(v, name, found):
     return out
 
 
-def _azure_bool_string(name, meaning):
+def _azure_bool_string(name: str, meaning: bool) -> str:
     """What Azure does with a string in a boolean field: any non-empty string is true."""
     if name == "fsFreezeEnabled":
         return ("read any non-empty string as true: it would freeze" +
@@ -188,7 +189,7 @@ def _azure_bool_string(name, meaning):
             % (" (so \"false\" is true)" if not meaning else ""))
 
 
-def _boolean(v, name, found, azure=True):
+def _boolean(v: object, name: str, found: _Found, azure: bool = True) -> bool:
     if isinstance(v, bool):
         return v
     if azure and isinstance(v, str) and v.strip().lower() in ("true", "false"):
@@ -206,11 +207,11 @@ def _boolean(v, name, found, azure=True):
     raise _Bad("true or false")
 
 
-def _vmsnap_boolean(v, name, found):
+def _vmsnap_boolean(v: object, name: str, found: _Found) -> bool:
     return _boolean(v, name, found, azure=False)
 
 
-def _retries(v, name, found):
+def _retries(v: object, name: str, found: _Found) -> int:
     want = "an integer from 0 to %d (at most %d retries)" % (MAX_RETRIES, MAX_RETRIES)
     if isinstance(v, str) and _INTEGER_TEXT.match(v):
         n = int(v)
@@ -230,7 +231,7 @@ def _retries(v, name, found):
     return v
 
 
-def _seconds(v, name, found, azure=False):
+def _seconds(v: object, name: str, found: _Found, azure: bool = False) -> float:
     want = "a number of seconds > 0 and at most %d (30 days)" % MAX_SECONDS
     if azure and isinstance(v, str) and _NUMBER_TEXT.match(v):
         n = float(v) if "." in v else int(v)
@@ -261,7 +262,7 @@ def seconds_option(text: str) -> float:
     return value
 
 
-def _azure_seconds(v, name, found):
+def _azure_seconds(v: object, name: str, found: _Found) -> float:
     value = _seconds(v, name, found, azure=True)
     if value > AZURE_TIMEOUT_CAP:
         found.diffs.append(AzureDifference(
@@ -272,7 +273,7 @@ def _azure_seconds(v, name, found):
     return value
 
 
-def _dirty_cap(v, name, found):
+def _dirty_cap(v: object, name: str, found: _Found) -> int:
     # the kernel pauses any write of a capped device for up to 200 ms: a cap of a
     # few MiB throttles writers to a crawl, hence the floor
     if isinstance(v, bool) or not isinstance(v, int) or not (
@@ -282,12 +283,15 @@ def _dirty_cap(v, name, found):
     return v
 
 
-def _freeze_seconds(v, name, found):
+def _freeze_seconds(v: object, name: str, found: _Found) -> float:
     return _seconds(v, name, found, azure=False)
 
 
+# a converter: (the parsed value, the field's name, what it found on the way) -> the value
+Converter = Callable[[Any, str, _Found], Any]
+
 # field name -> (attribute, converter, required); the converter raises _Bad(what it wants)
-FIELDS = {
+FIELDS: dict[str, tuple[str, Converter, bool]] = {
     "pluginName": ("plugin_name", _string, False),
     "preScriptLocation": ("pre_script", _string, True),
     "postScriptLocation": ("post_script", _string, True),
@@ -345,7 +349,7 @@ def config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
-def read_config_file(path: str):
+def read_config_file(path: str) -> tuple[bytes, os.stat_result] | None:
     """Opens PATH once and returns (bytes, stat of that same file), or None
     if there is no file.  Reads at most MAX_CONFIG_BYTES + 1 bytes."""
     try:
@@ -359,7 +363,8 @@ def read_config_file(path: str):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError("%s: not a regular file" % path)
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while size <= MAX_CONFIG_BYTES:
             b = os.read(fd, 65536)
             if not b:
@@ -371,12 +376,12 @@ def read_config_file(path: str):
         os.close(fd)
 
 
-def _reject_constant(name):
+def _reject_constant(name: str) -> None:
     raise ValueError("%s is not valid JSON" % name)
 
 
-def _no_duplicates(pairs):
-    out = {}
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
             raise ValueError("duplicate key %r" % k)
@@ -384,7 +389,7 @@ def _no_duplicates(pairs):
     return out
 
 
-def decode_document(data: bytes, path: str):
+def decode_document(data: bytes, path: str) -> Any:
     """The JSON document in DATA; ConfigError if it is not strict JSON."""
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError("%s: larger than %d bytes; not a configuration file" % (path, MAX_CONFIG_BYTES))
@@ -403,10 +408,11 @@ def decode_document(data: bytes, path: str):
         raise ConfigError("%s: not valid JSON: %s" % (path, exc)) from None
 
 
-def _other_fields(doc: dict, found: _Found):
+def _other_fields(doc: dict[str, Any], found: _Found) -> tuple[list[str], dict[str, str]]:
     """Notes on the fields vmsnap does not read: Azure's own (known, explained)
     and unknown ones, with a did-you-mean for slips.  Returns (hints, slips)."""
-    hints, slips = [], {}
+    hints: list[str] = []
+    slips: dict[str, str] = {}
     for name in doc:
         if name in FIELDS:
             continue
@@ -429,7 +435,7 @@ def _other_fields(doc: dict, found: _Found):
     return hints, slips
 
 
-def _behaviour_differences(doc: dict, cfg: Config, found: _Found) -> None:
+def _behaviour_differences(doc: dict[str, Any], cfg: Config, found: _Found) -> None:
     """Differences of a valid file that only ``check --azure`` lists."""
     if "timeoutInSeconds" not in doc:
         found.diffs.append(AzureDifference(
@@ -492,7 +498,8 @@ def parse_config(data: bytes, path: str = "<config>") -> Config:
 SELECTION_FIELDS = ("fsFreezeEnabled", "mountsToSkip", "mountsToFreeze")
 
 
-def selection_settings(data: bytes, path: str, also=()) -> tuple:
+def selection_settings(data: bytes, path: str, also: tuple[str, ...] = ()
+                       ) -> tuple[Config | None, str | None]:
     """(Config of defaults with the selection fields of DATA, None) when the
     selection can be read; (None, why) when it cannot (DATA is no JSON
     object, or one of the selection fields is itself invalid: what it would

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from . import _resume, decide, metrics, policy, step
 from ._core import core
@@ -37,19 +38,22 @@ from .errors import (
 from .freeze import FreezeSession, active_records, thaw_recorded
 from .lock import RunLock
 from .logbook import Logbook
-from .plan import (  # noqa: F401  (make_plan and Plan: the CLI's and tests' names)
-    Plan,
+from .plan import Plan as Plan  # re-exported: the CLI's and tests' name
+from .plan import (
     dry_run_result,
-    make_plan,
     missing_mount_errors,
     problem_error,
     script_facts,
     withheld_warning,
 )
-from .process import unwatch_group
+from .plan import make_plan as make_plan  # re-exported: the CLI's and tests' name
+from .process import ProcessResult, unwatch_group
 from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
 from .stop import Interrupted, StopSignals
+
+if TYPE_CHECKING:
+    from .hooks import Hook
 
 QUIESCE_LOST_EXIT = decide.QUIESCE_LOST_EXIT
 STEP_STOP_AFTER_DEADLINE_NS = 250_000_000
@@ -58,7 +62,8 @@ STEP_STOP_AFTER_DEADLINE_NS = 250_000_000
 in_window = False
 
 
-def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
+def _script_fact(role: str, who: str, sr: ScriptResult, last: ProcessResult,
+                 all_timed_out: bool, hint: str | None = None) -> StepFact:
     """What a script's (or hook call's) ScriptResult says, as a fact; HINT:
     the policy's guess why it fails (Windows line endings, say)."""
     if sr.ok:
@@ -72,7 +77,7 @@ def _script_fact(role, who, sr, last, all_timed_out, hint=None) -> StepFact:
 
 
 class Cycle:
-    def __init__(self, plan: Plan, snapshot, log: Logbook):
+    def __init__(self, plan: Plan, snapshot: step.Snapshot, log: Logbook) -> None:
         self.plan = plan
         self.snapshot = snapshot
         self.log = log
@@ -81,13 +86,14 @@ class Cycle:
                            hooks_configured=bool(plan.hooks))
         self.settings = plan.decision_settings
         self.t0 = time.monotonic_ns()
-        self.session = None
-        self.hooks_started = []   # hooks whose freeze call started: each gets its thaw
-        self.watched = []         # process groups the scripts left; released at the end
+        self.session: FreezeSession | None = None
+        self.hooks_started: list[Hook] = []   # hooks whose freeze call started: each gets its thaw
+        self.watched: list[int] = []         # process groups the scripts left; released at the end
         self.resume_registered = False
+        self.step_program: step.StepProgram | None = None
 
     # -- helpers -------------------------------------------------------------
-    def phase(self, name, start_ns):
+    def phase(self, name: str, start_ns: int) -> None:
         now = time.monotonic_ns()
         entry = {"phase": name, "start_ms": round((start_ns - self.t0) / 1e6, 3),
                  "duration_ms": round((now - start_ns) / 1e6, 3)}
@@ -100,7 +106,9 @@ class Cycle:
         self.log.error("%s: %s", error.code, error.message)
         return error
 
-    def _run_script(self, role, chk, params, retries, hook=None):
+    def _run_script(self, role: str, chk: policy.ScriptCheck, params: Iterable[str],
+                    retries: int, hook: tuple[Hook, str] | None = None
+                    ) -> tuple[ScriptResult, StepFact]:
         """Runs a checked script (or a HOOK's call: (hook, action)); returns
         (ScriptResult, StepFact).  Stopped by a signal: recorded as stopped,
         and Interrupted goes on."""
@@ -118,7 +126,8 @@ class Cycle:
         sr.containment = getattr(last, "containment", None)
         return sr, _script_fact(role, who, sr, last, all_timed_out, getattr(chk, "hint", None))
 
-    def _record_script(self, role, hook, sr, fact):
+    def _record_script(self, role: str, hook: tuple[Hook, str] | None, sr: ScriptResult,
+                       fact: StepFact) -> None:
         """Keeps a script's (or a hook call's) result and fact; logs its error."""
         if hook is not None:
             self.res.hooks.append({"hook": hook[0].name, "action": hook[1], **sr.__dict__,
@@ -133,13 +142,14 @@ class Cycle:
             self.note(err)
 
     # -- the reaper's resume command (SIGKILL of vmsnap) ------------------------
-    def _register_resume(self):
+    def _register_resume(self) -> None:
         """Tells the reaper what resumes the application if vmsnap is SIGKILLed:
         _resume.py runs the thaw hooks and (if the pre-script ran) the
         post-script, once the guardian (if any) has thawed and exited."""
         if not self.plan.config_path:
             return
-        wait_for, until = [], 0
+        wait_for: list[tuple[int, int]] = []
+        until = 0
         if self.session is not None and self.session.guardian_pid:
             wait_for.append((self.session.guardian_pid, _guardian_starttime(self.session)))
             until = self.session.deadline_ns
@@ -157,14 +167,14 @@ class Cycle:
         guardian's own thaw is waited for)."""
         return None
 
-    def _clear_resume(self):
+    def _clear_resume(self) -> None:
         if not self.resume_registered:
             return
         _resume.clear()   # the run ended: nothing left for the reaper to do
         self.resume_registered = False
 
     # -- phases --------------------------------------------------------------
-    def run_pre(self):
+    def run_pre(self) -> None:
         plan = self.plan
         if plan.config_problem:
             self.note(plan.config_problem)
@@ -178,6 +188,7 @@ class Cycle:
                 self._record_script("pre", None, ScriptResult(path=pre.who), pre)
             return
         # from here the pre-script may have paused the application: the post-script must run
+        assert plan.config is not None and plan.pre_check is not None   # the pre-script is OK
         self.out.pre, self.out.post = StepFact("pre", decide.STOPPED, pre.who), post
         self._register_resume()
         t = time.monotonic_ns()
@@ -186,7 +197,7 @@ class Cycle:
         self.phase("pre-script", t)
         self._record_script("pre", None, sr, fact)
 
-    def run_hooks(self, action):
+    def run_hooks(self, action: str) -> None:
         """Each hook's freeze call in name order; the thaw call, in reverse order,
         for every hook whose freeze call started.  Each checked as it is called."""
         if action == "freeze":
@@ -201,7 +212,7 @@ class Cycle:
             self.plan.settings.post_retries
         for h, chk in todo:
             name = "hook %s %s" % (h.name, action)
-            if not chk.ok:
+            if chk.problem is not None:   # refused
                 self._record_script(role, (h, action), ScriptResult(path=h.path), StepFact(
                     role, decide.REFUSED, name,
                     problem=problem_error(chk.problem, "hook %s: " % h.name)))
@@ -215,7 +226,7 @@ class Cycle:
             self._record_script(role, (h, action), sr, fact)
         self.phase("hooks %s" % action, t)
 
-    def run_freeze(self):
+    def run_freeze(self) -> None:
         global in_window
         plan = self.plan
         if plan.selection.missing:
@@ -263,11 +274,11 @@ class Cycle:
                                          % m.mountpoint)
         self.out.freeze = decide.FROZEN
 
-    def _freeze_failed(self, errs):
+    def _freeze_failed(self, errs: Iterable[Error]) -> None:
         self.out.freeze = decide.FREEZE_FAILED
         self.out.freeze_errors = [self.note(e) for e in errs]
 
-    def end_window(self):
+    def end_window(self) -> None:
         """Thaws (if a session is open) and writes the held log."""
         global in_window
         if self.session is not None and not self.session._thawed:
@@ -277,11 +288,12 @@ class Cycle:
         in_window = False
         self.log.release()
 
-    def run_snapshot(self):
-        frozen = self.out.freeze == decide.FROZEN
+    def run_snapshot(self) -> None:
+        # the session whose freeze holds (frozen: run_freeze opened it)
+        frozen = self.session if self.out.freeze == decide.FROZEN else None
         # frozen: the guardian thaws at the deadline and the step is stopped just after, so
         # the thaw at the deadline is always the guardian's, never a race with ours
-        deadline = self.session.deadline_ns + STEP_STOP_AFTER_DEADLINE_NS if frozen else \
+        deadline = frozen.deadline_ns + STEP_STOP_AFTER_DEADLINE_NS if frozen is not None else \
             time.monotonic_ns() + int(self.plan.freeze_timeout * 1e9)
         t = time.monotonic_ns()
         self.out.snapshot = decide.INTERRUPTED   # until the step says otherwise
@@ -294,17 +306,17 @@ class Cycle:
                 self.out.snapshot_error = self.note(SNAPSHOT_FAILED.error(failure))
         finally:
             self.phase("snapshot", t)
-            if frozen:   # before the thaw is asked for: did the freeze hold throughout?
-                self.out.thawed_early = _thawed_early(self.session)
+            if frozen is not None:   # before the thaw is asked for: did the freeze hold throughout?
+                self.out.thawed_early = _thawed_early(frozen)
 
-    def _snapshot_env(self):
+    def _snapshot_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["VMSNAP_PHASE"] = "snapshot"
         env["VMSNAP_FROZEN_MOUNTS"] = "\n".join(
             m.mountpoint for m in (self.session.mounts if self.session else []) if m.frozen)
         return env
 
-    def finish_freeze(self):
+    def finish_freeze(self) -> None:
         self.end_window()
         s = self.session
         fr = self.res.freeze
@@ -331,9 +343,10 @@ class Cycle:
                 self.out.thaw_errors.append(self.note(FS_FREEZE_FAILED.error(
                     "%s: %s (run `vmsnap thaw`)" % (m.mountpoint, m.error))))
 
-    def run_post(self):
+    def run_post(self) -> None:
         if self.out.post.state != decide.OK:   # not needed, or refused (already reported)
             return
+        assert self.plan.config is not None and self.plan.post_check is not None   # it is OK
         self.out.post = StepFact("post", decide.STOPPED, self.plan.post_check.path)
         t = time.monotonic_ns()
         with _resume.job(post=True):   # once it ended, the resume does not run it again
@@ -345,7 +358,7 @@ class Cycle:
 
     # -- the whole cycle -------------------------------------------------------
     def run(self) -> Result:
-        failure = None
+        failure: BaseException | None = None
         with StopSignals() as stop:
             try:
                 try:
@@ -369,7 +382,7 @@ class Cycle:
             raise failure
         return self.verdict()
 
-    def _quiesce_and_snapshot(self):
+    def _quiesce_and_snapshot(self) -> None:
         plan, res, s = self.plan, self.res, self.plan.settings
         res.warnings.extend(plan.warnings)
         res.freeze = FreezeResult(enabled=s.fs_freeze_enabled)
@@ -409,7 +422,7 @@ class Cycle:
 _no_job = contextlib.nullcontext
 
 
-def _guardian_starttime(session) -> int:
+def _guardian_starttime(session: FreezeSession) -> int:
     """The guardian's /proc start time, which identifies it beyond a reused pid."""
     got = getattr(session, "guardian_starttime", None)
     if got is None and session._shared is not None:
@@ -417,7 +430,7 @@ def _guardian_starttime(session) -> int:
     return int(got or 0)
 
 
-def _thawed_early(session) -> str | None:
+def _thawed_early(session: FreezeSession) -> str | None:
     """None if every filesystem of SESSION is still frozen (nobody but the
     controller has thawed), else the cause."""
     cause = session.thawed_early()
@@ -426,7 +439,7 @@ def _thawed_early(session) -> str | None:
     return decide.DEADLINE if cause is not None and deadline else cause
 
 
-def _write_metrics(res: Result, plan, metrics_file, log: Logbook) -> None:
+def _write_metrics(res: Result, plan: Plan, metrics_file: str | None, log: Logbook) -> None:
     """The run's Prometheus textfile (after the thaw: never inside the window)."""
     path = metrics_file if metrics_file is not None else plan.settings.metrics_file
     if not path:
@@ -447,7 +460,7 @@ def _failed(error: Error, log: Logbook, t0: int) -> Result:
     return res
 
 
-def recover_stale(log: Logbook) -> list:
+def recover_stale(log: Logbook) -> list[str]:
     """Thaws what crashed runs left frozen; refuses if a guardian still holds
     a freeze (an earlier `vmsnap freeze`)."""
     live = active_records()

@@ -13,7 +13,10 @@ exception) is converted to it once, by ``Error.of`` / ``VmsnapError.error``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import AzureDifference
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ class ConfigError(VmsnapError):
     """The configuration file is invalid (IncorrectJSONConfigFile); the message names the field."""
 
     code = CONFIG_INVALID
+    # set by parse_config when the file was read: what it warned about, how Azure differs
+    warnings: list[str]
+    azure_differences: list[AzureDifference]
 
 
 class FreezeError(VmsnapError):

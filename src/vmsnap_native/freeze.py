@@ -21,12 +21,12 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from . import mountinfo, process
-from ._core import core
+from ._core import CData, core
 from .config import DEFAULT_DIRTY_CAP_MIB, MIN_DIRTY_CAP_MIB
 from .errors import BusyError, FreezeError
 
@@ -62,7 +62,7 @@ LEFT_OVER = frozenset({"freezing", "frozen", "thaw-failed"})
 
 
 @functools.lru_cache(maxsize=None)
-def state_names() -> dict:
+def state_names() -> dict[int, str]:
     """enum vmsnap_fs_state (csrc/vmsnap.h) as names: VMSNAP_FS_THAW_FAILED -> 'thaw-failed'."""
     _, lib = core()
     prefix = "VMSNAP_FS_"
@@ -75,7 +75,7 @@ def state_name(code: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _thaw_reasons() -> dict:
+def _thaw_reasons() -> dict[int, tuple[str | None, str | None]]:
     """enum vmsnap_thaw_reason -> (short name, the cause as a user reads it)."""
     _, lib = core()
     return {
@@ -89,11 +89,11 @@ def _thaw_reasons() -> dict:
     }
 
 
-def thaw_reason_name(code: int):
+def thaw_reason_name(code: int) -> str | None:
     return _thaw_reasons().get(code, (str(code), str(code)))[0]
 
 
-def thaw_cause(code: int):
+def thaw_cause(code: int) -> str | None:
     return _thaw_reasons().get(code, (str(code), str(code)))[1]
 
 
@@ -122,7 +122,7 @@ def ensure_runtime_dir() -> str:
     return rdir
 
 
-def _ms(start: int, end: int):
+def _ms(start: int, end: int) -> float | None:
     if not start or not end or end < start:
         return None
     return round((end - start) / 1e6, 3)
@@ -162,7 +162,7 @@ class MountResult:
         }
 
 
-def fd_mount_id(fd: int):
+def fd_mount_id(fd: int) -> int | None:
     """The id of the mount an open fd is on (/proc/self/fdinfo), or None."""
     try:
         with open("/proc/self/fdinfo/%d" % fd) as f:
@@ -174,7 +174,7 @@ def fd_mount_id(fd: int):
     return None
 
 
-def _targets(mountpoints) -> list:
+def _targets(mountpoints: Iterable[str | mountinfo.Candidate]) -> list[mountinfo.Candidate]:
     """Candidates for the given mount points (strings or Candidates), levels assigned."""
     cands = [m for m in mountpoints if isinstance(m, mountinfo.Candidate)]
     paths = [m for m in mountpoints if not isinstance(m, mountinfo.Candidate)]
@@ -205,22 +205,22 @@ def _targets(mountpoints) -> list:
 _STACKING = ("overlay", "aufs", "fuse", "9p", "virtiofs", "nfs", "cifs")
 
 
-def _superblock_of(fd: int, mounts: dict):
+def _superblock_of(fd: int, mounts: dict[int | None, mountinfo.Mount]) -> tuple[str, str] | None:
     """(major:minor of the superblock, fstype) of the mount FD is on, or None."""
     m = mounts.get(fd_mount_id(fd))
     return (m.device, m.fstype) if m is not None else None
 
 
-def record_may_stay_live(record_fd: int, target_fds) -> bool:
+def record_may_stay_live(record_fd: int, target_fds: Iterable[int]) -> bool:
     """Whether the guardian may rewrite the record during the window: only
     where writing cannot block on a filesystem we freeze.  Superblocks are
     compared (mountinfo's major:minor of each fd's mount), not st_dev: a
     btrfs subvolume's st_dev is not its superblock's."""
-    mounts = {m.mount_id: m for m in mountinfo.read_mountinfo()}
+    mounts: dict[int | None, mountinfo.Mount] = {m.mount_id: m for m in mountinfo.read_mountinfo()}
     rec = _superblock_of(record_fd, mounts)
     if rec is None or rec[1].split(".")[0] in _STACKING:
         return False
-    frozen = set()
+    frozen: set[str | int] = set()   # superblocks (major:minor) and st_dev numbers
     for fd in target_fds:
         sb = _superblock_of(fd, mounts)
         if sb is None:
@@ -294,14 +294,14 @@ class FreezeSession:
         self.window_ms: float | None = None
         self.first_freeze_ns: int | None = None   # CLOCK_MONOTONIC of the first FIFREEZE issued
         self.detached: bool = False
-        self._fds = []
-        self._session = None
-        self._shared = None
+        self._fds: list[int] = []
+        self._session: CData = None   # struct vmsnap_session *
+        self._shared: CData = None    # struct vmsnap_shared *: what the guardian writes
         self._thawed = False
         self._thaw_code = 0
 
     # -- set-up -----------------------------------------------------------
-    def _open_all(self):
+    def _open_all(self) -> None:
         """Opens every mount point before anything is frozen, and checks that
         each fd is on the mount that was selected: a mount point unmounted
         since discovery opens the directory underneath, on another filesystem
@@ -320,7 +320,7 @@ class FreezeSession:
                 raise OSError(errno_mod.ESTALE, "the mount changed since it was selected "
                               "(unmounted or mounted over): not frozen", c.mount.mountpoint)
 
-    def _close_fds(self):
+    def _close_fds(self) -> None:
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -328,7 +328,7 @@ class FreezeSession:
                 pass
         self._fds = []
 
-    def _open_record(self):
+    def _open_record(self) -> tuple[int, str | None, bool]:
         """The crash record, in a root-only runtime directory; live (rewritten
         by the guardian in the window) only where that cannot block."""
         try:
@@ -387,7 +387,7 @@ class FreezeSession:
         self.guardian_starttime = int(self._shared.guardian_starttime)
         return self
 
-    def _remove_record(self):
+    def _remove_record(self) -> None:
         if self.record_path:
             try:
                 os.unlink(self.record_path)
@@ -395,7 +395,7 @@ class FreezeSession:
                 pass
 
     # -- the window ---------------------------------------------------------
-    def _call(self, fn, *args):
+    def _call(self, fn: Callable[..., int], *args: object) -> int:
         """Calls a blocking core function; on -EINTR lets Python run its signal
         handlers (Ctrl-C) and calls again."""
         while True:
@@ -474,7 +474,7 @@ class FreezeSession:
         self._shared = None
         return self
 
-    def _finish(self):
+    def _finish(self) -> None:
         _, lib = core()
         self._thawed = True
         leftover = any(m.state in LEFT_OVER for m in self.mounts)
@@ -484,7 +484,7 @@ class FreezeSession:
         if not leftover:
             self._remove_record()
 
-    def _collect(self):
+    def _collect(self) -> None:
         sh = self._shared
         if sh is None:
             return
@@ -526,11 +526,11 @@ class FreezeSession:
     def __enter__(self) -> FreezeSession:
         return self.freeze()
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.thaw()
         return False
 
-    def __del__(self):
+    def __del__(self) -> None:
         # a session dropped without thaw: the guardian thaws on the socket EOF
         if getattr(self, "_session", None) is not None:
             try:
@@ -539,7 +539,7 @@ class FreezeSession:
                 pass
 
 
-def _seconds(what: str, value) -> float:
+def _seconds(what: str, value: Any) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -550,7 +550,7 @@ def _seconds(what: str, value) -> float:
     return v
 
 
-def _mount_error(state: str, err: int):
+def _mount_error(state: str, err: int) -> str | None:
     if state == "busy":
         return "already frozen by someone else (EBUSY): left alone"
     if state == "failed":
@@ -628,7 +628,7 @@ def _creator_gone(path: str) -> bool:
     return process.starttime(pid) is None   # no start time in an old name: the pid alone
 
 
-def _check_runtime_dir(rdir: str):
+def _check_runtime_dir(rdir: str) -> str | None:
     """Why records in RDIR are not to be trusted, or None: only root may
     have written them (a root-owned directory of mode 0700)."""
     try:
@@ -641,13 +641,13 @@ def _check_runtime_dir(rdir: str):
     return None
 
 
-def _read_record(path: str, fd: int | None = None):
+def _read_record(path: str, fd: int | None = None) -> tuple[CData, CData]:
     """The record at PATH (or open as FD) as (buffer, struct vmsnap_shared *);
     ValueError if it is not one of ours or anyone but root could have
     written it, IncompleteRecord if it was never written."""
     ffi, lib = core()
     own = fd is None
-    if own:
+    if fd is None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
@@ -673,11 +673,11 @@ def _read_record(path: str, fd: int | None = None):
     return buf, sh
 
 
-def _records() -> list:
+def _records() -> list[str]:
     return sorted(glob.glob(os.path.join(runtime_dir(), "freeze-*.rec")))
 
 
-def active_records() -> list:
+def active_records() -> list[str]:
     """Paths of freeze records whose guardian is still alive."""
     _, lib = core()
     if _check_runtime_dir(runtime_dir()):
@@ -693,14 +693,15 @@ def active_records() -> list:
     return out
 
 
-def _live_run(sh) -> bool:
+def _live_run(sh: CData) -> bool:
     """The record is a run's in progress: not detached and its controller alive."""
     _, lib = core()
     return not sh.detached and bool(lib.vmsnap_process_matches(sh.controller_pid,
                                                                sh.controller_starttime))
 
 
-def _thaw_one_record(path: str, sh, buf, force: bool, timeout: float) -> list:
+def _thaw_one_record(path: str, sh: CData, buf: CData, force: bool,
+                     timeout: float) -> list[RecordedThaw]:
     ffi, lib = core()
     names = [os.fsdecode(ffi.string(sh.fs[i].path)) for i in range(sh.n)]
     pid, start = sh.guardian_pid, sh.guardian_starttime

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import process
-from ._core import core
+from ._core import CData, core
 from ._resume import _python, package_root  # the resume's interpreter and package
 from .cycle import recover_stale
 from .errors import BusyError, CoreUnavailable, FreezeError
@@ -127,6 +127,7 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
             s.start()
             # before anything is frozen: should the guardian die, its record
             # is thawed from once this process is gone too
+            assert s.guardian_pid is not None and s.guardian_starttime is not None
             watch_lease_after_exit(s.record_path, s.guardian_pid, s.guardian_starttime)
             watching = True
             s.freeze()
@@ -143,6 +144,7 @@ def freeze_and_hold(config: str | None, mounts: Sequence[str] | None,
             else:
                 held.status, held.guardian_pid, held.record = "frozen", s.guardian_pid, \
                     s.record_path
+                assert s.guardian_pid is not None and s.guardian_starttime is not None   # started
                 held.session = session_id(s.guardian_pid, s.guardian_starttime)
                 s.detach()
     except (BusyError, FreezeError, CoreUnavailable) as exc:
@@ -198,7 +200,7 @@ class SessionThaw:
                                 for r in self.filesystems if r.mountpoint is not None]}
 
 
-def _find_record(pid: int, start: int):
+def _find_record(pid: int, start: int) -> tuple[str, int] | None:
     """(path, fd) of the record whose guardian is (PID, START), the file
     held open (the guardian writes its last word into it before it unlinks
     it), or None."""
@@ -218,7 +220,7 @@ def _find_record(pid: int, start: int):
     return None
 
 
-def _final_word(path: str, fd: int):
+def _final_word(path: str, fd: int) -> tuple[CData, CData] | None:
     """The record open as FD as its guardian left it (buffer, struct), or None."""
     try:
         return _read_record(path, fd)
@@ -226,11 +228,11 @@ def _final_word(path: str, fd: int):
         return None
 
 
-def _ended_by(sh) -> str:
+def _ended_by(sh: CData) -> str:
     reason = thaw_reason_name(sh.thaw_reason)
     return {"deadline": "its deadline passed", "vmsnap-thaw": "another `vmsnap thaw` ended it",
             "signal": "a signal to its guardian ended it",
-            "controller-died": "it was never handed over"}.get(reason, "it was ended (%s)"
+            "controller-died": "it was never handed over"}.get(reason or "", "it was ended (%s)"
                                                                 % reason)
 
 
@@ -421,7 +423,7 @@ def watch_lease(record: str, pid: int, start: int, lock_wait: float = WATCH_LOCK
             return 0   # not that guardian's
         results = _thaw_one_record(record, sh, buf, False, THAW_WAIT_S)
         failed = [r for r in results if r.outcome.startswith("failed")]
-        thawed = [r.mountpoint for r in results if r.outcome == "thawed"]
+        thawed = [str(r.mountpoint) for r in results if r.outcome == "thawed"]
         if thawed:
             _say(syslog.LOG_WARNING, "the guardian (pid %d) of a held freeze died before its "
                  "thaw; thawed %s from its record: the lease ended early, the snapshot it was "
@@ -436,7 +438,7 @@ def watch_lease(record: str, pid: int, start: int, lock_wait: float = WATCH_LOCK
         lock.release()
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m %s" % WATCH_MODULE)
     p.add_argument("--watch-lease", required=True, metavar="RECORD")

@@ -13,10 +13,14 @@ import fnmatch
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from . import policy
 from .result import ScriptResult
 from .scripts import run_script
+
+if TYPE_CHECKING:
+    from .logbook import Logbook
 
 IGNORED_PATTERNS = ("*~", "*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*.sample",
                     "*.swp", "*.bak", ".*", "#*#")
@@ -38,7 +42,7 @@ class HookRun:
     all_timed_out: bool = False
     hint: str | None = None   # the policy's guess why a run fails (policy.ScriptCheck.hint)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {"hook": self.hook.name, "action": self.action, **self.result.__dict__}
         d["error"] = self.problem.message if self.problem else None
         return d
@@ -48,7 +52,7 @@ def ignored(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in IGNORED_PATTERNS)
 
 
-def discover(directory: str) -> list:
+def discover(directory: str) -> list[Hook]:
     """The hooks in DIRECTORY in name order ([] if there is no directory)."""
     try:
         names = sorted(os.listdir(directory))
@@ -68,11 +72,11 @@ def discover(directory: str) -> list:
     return out
 
 
-def run_hook(hook: Hook, action: str, retries: int, timeout: float, log=None,
-             watched: list | None = None) -> HookRun:
+def run_hook(hook: Hook, action: str, retries: int, timeout: float, log: Logbook | None = None,
+             watched: list[int] | None = None) -> HookRun:
     role = "pre" if action == "freeze" else "post"
     chk = policy.check_hook(hook.path, role)
-    if not chk.ok:
+    if chk.problem is not None:   # refused by the policy
         problem = policy.Problem(chk.problem.code, "hook %s: %s" % (hook.name, chk.problem.message))
         return HookRun(hook, action, ScriptResult(path=hook.path, ran=False), problem=problem)
     res, last, all_timed_out = run_script(chk, [action], retries, timeout, log=log,

@@ -22,10 +22,14 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from typing import TYPE_CHECKING, Literal
 
 from . import process
 from .errors import BusyError
 from .freeze import ensure_runtime_dir, runtime_dir
+
+if TYPE_CHECKING:
+    from .logbook import Logbook
 
 # Past a resume's own bound: its interpreter starting, the log, the scheduler.
 RESUME_MARGIN_S = 10.0
@@ -33,7 +37,7 @@ _POLL_S = 0.02
 
 # The RunLock this process holds (a second one in the same process would
 # only find the first busy): announce_resume() writes into it.
-_held: list = []
+_held: list[RunLock] = []
 
 
 def held() -> RunLock | None:
@@ -41,7 +45,7 @@ def held() -> RunLock | None:
     return _held[-1] if _held else None
 
 
-def _parse(text: str) -> dict:
+def _parse(text: str) -> dict[str, str]:
     out = {}
     for word in text.split():
         k, sep, v = word.partition("=")
@@ -52,14 +56,14 @@ def _parse(text: str) -> dict:
     return out
 
 
-def _int(d: dict, key: str):
+def _int(d: dict[str, str], key: str) -> int | None:
     try:
         return int(d[key])
     except (KeyError, ValueError):
         return None
 
 
-def _reaper(d: dict):
+def _reaper(d: dict[str, str]) -> tuple[int, int] | None:
     pid, _, start = d.get("reaper", "").partition(":")
     try:
         return int(pid), int(start)
@@ -68,13 +72,14 @@ def _reaper(d: dict):
 
 
 class RunLock:
-    def __init__(self, log=None, role: str = "run", bound_s: float | None = None):
+    def __init__(self, log: Logbook | None = None, role: str = "run",
+                 bound_s: float | None = None) -> None:
         """LOG (a Logbook, or None): where a wait for a resume is said;
         ROLE: "run" for everything that freezes or runs scripts, "resume"
         for the resume command itself, which says in the lock file that it
         is done BOUND_S seconds after it took the lock at the latest."""
         self.path = os.path.join(runtime_dir(), "lock")
-        self._fd = None
+        self._fd: int | None = None
         self.log = log
         self.role = role
         self.notes: list[str] = []   # what the caller should report (a wait)
@@ -82,13 +87,14 @@ class RunLock:
         self.bound_s = bound_s
 
     # -- the file's line ------------------------------------------------------
-    def _read(self, fd: int) -> dict:
+    def _read(self, fd: int) -> dict[str, str]:
         try:
             return _parse(os.pread(fd, 512, 0).decode("ascii", "replace"))
         except OSError:
             return {}
 
     def _write(self) -> None:
+        assert self._fd is not None   # only while the lock is held
         me = os.getpid()
         line = "pid=%d start=%d role=%s%s\n" % (me, process.starttime(me) or 0, self.role,
                                                 self._resume)
@@ -114,7 +120,7 @@ class RunLock:
         raising BusyError; TIMEOUT: waits that many seconds at most for a
         holder that is not a resume.  A resume in progress, or one still to
         come from a run that died, is waited for (bounded) either way."""
-        waited_for = set()
+        waited_for: set[tuple[int | None, int | None]] = set()
         until = None if timeout is None else time.monotonic() + timeout
         while True:
             fd = self._open()
@@ -129,8 +135,9 @@ class RunLock:
                 os.close(fd)
                 pid, start = _int(holder, "pid"), _int(holder, "start")
                 until = _int(holder, "until")
-                if holder.get("role") == "resume" and until and process.alive(pid, start) \
-                        and (pid, start) not in waited_for:
+                if holder.get("role") == "resume" and until and pid is not None and \
+                        start is not None and process.alive(pid, start) and \
+                        (pid, start) not in waited_for:
                     waited_for.add((pid, start))
                     self._wait_for_resume(pid, start, until, "holds the lock")
                     continue
@@ -206,9 +213,9 @@ class RunLock:
             if self in _held:
                 _held.remove(self)
 
-    def __enter__(self):
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.release()
         return False

@@ -19,6 +19,9 @@ import time
 
 from . import opsfile
 
+# (time.time() when it was made, level name, message)
+Record = tuple[float, str, str]
+
 DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
 
 # syslog priorities (sd-daemon.h: SD_ERR, SD_WARNING, SD_INFO)
@@ -53,27 +56,27 @@ def journal_line(text: str, level: str = "INFO") -> str:
     return "\n".join(prefix + line for line in text.split("\n"))
 
 
-def _to_logging(record) -> None:
+def _to_logging(record: Record) -> None:
     """RECORD on the vmsnap logger, stamped with the time it was made (not
     the time a held record is released)."""
     ts, level, msg = record
     levelno = logging.getLevelName(level)
     if not LOGGER.isEnabledFor(levelno):
         return
-    rec = LOGGER.makeRecord(LOGGER.name, levelno, __file__, 0, msg, None, None)
+    rec = LOGGER.makeRecord(LOGGER.name, levelno, __file__, 0, msg, (), None)
     rec.created, rec.msecs = ts, ts % 1 * 1000
     LOGGER.handle(rec)
 
 
 class Logbook:
-    def __init__(self, path: str | None = None, journal: bool | None = None):
+    def __init__(self, path: str | None = None, journal: bool | None = None) -> None:
         self.path = path
-        self._held = []
+        self._held: list[Record] = []
         self._holding = False
-        self._fd = None
+        self._fd: int | None = None
         # None: echo to stderr only when stderr is the journal
         self.journal = stderr_is_journal() if journal is None else journal
-        self.open_error = None
+        self.open_error: str | None = None
         if path:
             try:
                 # a plain file of root's only: not a link, FIFO or user's file planted there
@@ -81,7 +84,7 @@ class Logbook:
             except OSError as exc:
                 self.open_error = "cannot write the log file %s: %s" % (path, exc.strerror)
 
-    def _emit(self, level: str, msg: str, args) -> None:
+    def _emit(self, level: str, msg: str, args: tuple[object, ...]) -> None:
         if args:
             msg = msg % args
         record = (time.time(), level, msg)
@@ -90,7 +93,7 @@ class Logbook:
         else:
             self._write(record)
 
-    def _write(self, record) -> None:
+    def _write(self, record: Record) -> None:
         ts, level, msg = record
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + ".%03dZ" % (ts % 1 * 1000)
         line = "%s vmsnap[%d] %s %s\n" % (stamp, os.getpid(), level, msg)
@@ -109,13 +112,13 @@ class Logbook:
                 pass
         _to_logging(record)
 
-    def info(self, msg, *args):
+    def info(self, msg: str, *args: object) -> None:
         self._emit("INFO", msg, args)
 
-    def warning(self, msg, *args):
+    def warning(self, msg: str, *args: object) -> None:
         self._emit("WARNING", msg, args)
 
-    def error(self, msg, *args):
+    def error(self, msg: str, *args: object) -> None:
         self._emit("ERROR", msg, args)
 
     def hold(self) -> None:

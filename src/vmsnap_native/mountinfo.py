@@ -13,7 +13,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 # Filesystem types that implement freeze (sb->s_op->freeze_fs/freeze_super).
 FREEZABLE_FSTYPES = frozenset({
@@ -47,11 +49,11 @@ class Mount:
     minor: int
     root: str
     mountpoint: str
-    options: tuple
-    optional: tuple
+    options: tuple[str, ...]
+    optional: tuple[str, ...]
     fstype: str
     source: str
-    super_options: tuple
+    super_options: tuple[str, ...]
 
     @property
     def device(self) -> str:
@@ -71,7 +73,7 @@ class Candidate:
     reason: str | None = None
     level: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "mountpoint": self.mount.mountpoint,
             "fstype": self.mount.fstype,
@@ -85,11 +87,11 @@ class Candidate:
 
 @dataclass
 class Selection:
-    eligible: list = field(default_factory=list)   # Candidates, freeze order
-    skipped: list = field(default_factory=list)    # Candidates, with reasons
-    missing: list = field(default_factory=list)    # requested paths that are no mount point
+    eligible: list[Candidate] = field(default_factory=list)   # freeze order
+    skipped: list[Candidate] = field(default_factory=list)    # with reasons
+    missing: list[str] = field(default_factory=list)    # requested paths that are no mount point
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "eligible": [c.to_dict() for c in self.eligible],
             "skipped": [c.to_dict() for c in self.skipped],
@@ -131,11 +133,11 @@ def parse_line(line: str) -> Mount:
     )
 
 
-def parse_mountinfo(text: str) -> list:
+def parse_mountinfo(text: str) -> list[Mount]:
     return [parse_line(line) for line in text.splitlines() if line.strip()]
 
 
-def read_mountinfo(path: str = "/proc/self/mountinfo") -> list:
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return parse_mountinfo(f.read())
 
@@ -173,16 +175,17 @@ def _skip_reason(m: Mount) -> str | None:
     return None
 
 
-def _matches(mountpoint: str, patterns) -> bool:
+def _matches(mountpoint: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(mountpoint, p) or mountpoint == p.rstrip("/") or
                (p == "/" and mountpoint == "/") for p in patterns)
 
 
-def _matcher(patterns):
+def _matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
     """``_matches`` against PATTERNS, in one set lookup for the plain paths
     among them (a glob is tried on every mount; a plain path need not be:
     128 --mount paths on a table of 10,000 would be 1.3 million tries)."""
-    exact, globs = set(), []
+    exact: set[str] = set()
+    globs: list[str] = []
     for p in patterns:
         if any(c in p for c in "*?["):
             globs.append(p)
@@ -196,7 +199,8 @@ def _normalize(path: str) -> str:
     return path if path != "//" else "/"
 
 
-def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
+def select(mounts: list[Mount], only: Iterable[str] | None = None,
+           skip: Iterable[str] | None = (), sysfs: str = "/sys",
            unselected: str | None = None) -> Selection:
     """Chooses what to freeze.
 
@@ -216,7 +220,7 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
     # skipping a mount point skips its filesystem wherever else it is mounted
     selected, skipped = _matcher(only or ()), _matcher(skip)
     skipped_sb = {m.device: m.mountpoint for m in mounts if skip and skipped(m.mountpoint)}
-    first_of_sb = {}
+    first_of_sb: dict[str, Mount] = {}
     chosen = []
     for m in mounts:
         reason = None
@@ -254,7 +258,7 @@ def select(mounts: list, only=None, skip=(), sysfs: str = "/sys",
     return sel
 
 
-def assign_levels(cands: list, sysfs: str = "/sys") -> None:
+def assign_levels(cands: list[Candidate], sysfs: str = "/sys") -> None:
     """Level 0 for filesystems nothing else depends on; a parent gets one more
     than its deepest child.  A child is a mount below the parent's mount
     point, or a loop filesystem whose image file lives on the parent.
@@ -265,10 +269,10 @@ def assign_levels(cands: list, sysfs: str = "/sys") -> None:
     order.  Only the nearest candidate above a mount point is linked: the
     ones further up are above that one too, so the levels are the same."""
     at = _index([c.mount for c in cands])
-    owner = {}
+    owner: dict[int, Candidate] = {}
     for c in cands:
         owner.setdefault(id(c.mount), c)
-    parents = {}
+    parents: dict[int, list[Candidate]] = {}
     for c in cands:
         ps = parents.setdefault(id(c), [])
         for top in _above(c.mount.mountpoint, itself=False):
@@ -277,8 +281,8 @@ def assign_levels(cands: list, sysfs: str = "/sys") -> None:
                 break
         backing = _loop_backing_file(c.mount, sysfs)
         if backing:
-            p = _lookup(at, backing)
-            p = owner[id(p)] if p is not None else None
+            m = _lookup(at, backing)
+            p = owner[id(m)] if m is not None else None
             if p is not None and p is not c and all(p is not q for q in ps):
                 ps.append(p)
     # children first: a candidate is done once every child has passed on its level
@@ -300,7 +304,7 @@ def assign_levels(cands: list, sysfs: str = "/sys") -> None:
     # its members with the levels their other children gave them
 
 
-def _above(path: str, itself: bool = True):
+def _above(path: str, itself: bool = True) -> Iterator[str]:
     """The mount points that would hold PATH, deepest first: PATH itself
     (unless not ITSELF), each prefix of it that ends before a '/', then '/'."""
     if itself:
@@ -316,15 +320,15 @@ def _above(path: str, itself: bool = True):
     yield "/"
 
 
-def _index(mounts) -> dict:
+def _index(mounts: Iterable[Mount]) -> dict[str, Mount]:
     """Mount point -> the first of MOUNTS there (the one ``holder`` picks)."""
-    at = {}
+    at: dict[str, Mount] = {}
     for m in mounts:
         at.setdefault(m.mountpoint, m)
     return at
 
 
-def _lookup(at: dict, path: str):
+def _lookup(at: dict[str, Mount], path: str) -> Mount | None:
     for top in _above(path):
         m = at.get(top)
         if m is not None:
@@ -332,17 +336,18 @@ def _lookup(at: dict, path: str):
     return None
 
 
-def holder(mounts, path: str):
+def holder(mounts: Iterable[Mount], path: str) -> Mount | None:
     """The deepest of MOUNTS at or above PATH (None if none is)."""
     return _lookup(_index(mounts), path)
 
 
-def visible(mounts: list) -> list:
+def visible(mounts: list[Mount]) -> list[Mount]:
     """MOUNTS without those hidden under a later mount at the same path."""
     last = {m.mountpoint: m for m in mounts}
     return [m for m in mounts if last[m.mountpoint] is m]
 
 
-def discover(only=None, skip=(), mountinfo_path: str = "/proc/self/mountinfo",
+def discover(only: Iterable[str] | None = None, skip: Iterable[str] | None = (),
+             mountinfo_path: str = "/proc/self/mountinfo",
              unselected: str | None = None) -> Selection:
     return select(read_mountinfo(mountinfo_path), only=only, skip=skip, unselected=unselected)

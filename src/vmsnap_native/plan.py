@@ -7,8 +7,9 @@ the dry run), and ``describe_plan()`` says it in words."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import decide, disks, mountinfo, policy
 from .config import Config, config_path, parse_config, read_config_file, selection_settings
@@ -18,6 +19,9 @@ from .errors import CONFIG_INVALID, UNABLE_TO_OPEN_MOUNT, ConfigError, Error
 # imported where they are used: `vmsnap mounts` needs none of them.
 if TYPE_CHECKING:
     from .result import Result
+
+if TYPE_CHECKING:
+    from .hooks import Hook
 
 
 @dataclass
@@ -30,12 +34,12 @@ class Plan:
     config_problem: Error | None = None   # 305 or 317: the configuration is not used
     pre_check: policy.ScriptCheck | None = None
     post_check: policy.ScriptCheck | None = None
-    selection: mountinfo.Selection | None = None
+    selection: mountinfo.Selection = field(default_factory=mountinfo.Selection)
     one_disk: bool = True
     selection_source: str = "mountsToFreeze"   # or --mount: what names the mounts to freeze
     freeze_timeout: float = 60.0
-    hooks: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+    hooks: list[Hook] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def decision_settings(self) -> decide.Settings:
@@ -43,24 +47,24 @@ class Plan:
                                freeze_timeout=self.freeze_timeout,
                                script_timeout=self.settings.timeout)
 
-    def hook_checks(self) -> list:
+    def hook_checks(self) -> list[tuple[Hook, policy.ScriptCheck]]:
         """(hook, its policy check) for each hook; checked as its freeze call runs it."""
         return [(h, policy.check_hook(h.path, "pre")) for h in self.hooks]
 
-    def problems(self) -> list:
+    def problems(self) -> list[Error]:
         """Every problem the checks find, as Errors (what `check` prints)."""
         out = [self.config_problem] if self.config_problem else []
         checks = [(chk, "") for chk in (self.pre_check, self.post_check) if chk is not None]
         checks += [(chk, "hook %s: " % h.name) for h, chk in self.hook_checks()]
         for chk, prefix in checks:
             # refused; or it runs but will likely fail (Windows line endings, say)
-            found = [chk.problem] if not chk.ok else getattr(chk, "check_problems", [])
+            found = [chk.problem] if chk.problem is not None else chk.check_problems
             out += [problem_error(p, prefix) for p in found]
         out += missing_mount_errors(self)
         out += self._metrics_errors()
         return out
 
-    def _metrics_errors(self) -> list:
+    def _metrics_errors(self) -> list[Error]:
         """The configuration's metricsFile as `check` sees it: what stops a run
         from writing it is a problem; who else can write there, a warning."""
         path = self.settings.metrics_file
@@ -78,7 +82,7 @@ def problem_error(problem: policy.Problem, prefix: str = "") -> Error:
     return Error.of(problem.code, prefix + problem.message)
 
 
-def missing_mount_errors(plan: Plan) -> list:
+def missing_mount_errors(plan: Plan) -> list[Error]:
     """A selection that names what is no mount point (--mount, mountsToFreeze):
     found before anything runs, and nothing runs (a mistyped mount must never
     become a quiet, unfrozen snapshot)."""
@@ -88,7 +92,8 @@ def missing_mount_errors(plan: Plan) -> list:
         for p in plan.selection.missing]
 
 
-def _read_config(config, warnings: list):
+def _read_config(config: str | os.PathLike[str] | Config | None, warnings: list[str]
+                 ) -> tuple[str | None, Config | None, Error | None, Config | None]:
     """(path, Config or None, problem Error or None, settings) for CONFIG (a
     path, a Config, or None).  SETTINGS is what a run goes by: the Config; the
     defaults when there is no file; when the file cannot be used (305, 317),
@@ -119,7 +124,8 @@ def _read_config(config, warnings: list):
     return path, cfg, None, cfg
 
 
-def _selection(data: bytes, path: str, warnings: list, also=()):
+def _selection(data: bytes, path: str, warnings: list[str],
+               also: tuple[str, ...] = ()) -> Config | None:
     settings, why = selection_settings(data, path, also)
     if settings is None:
         warnings.append("what to freeze cannot be read from the configuration (%s)" % why)
@@ -130,12 +136,14 @@ UNREADABLE_SELECTION = ("not selected: the configuration cannot be read, so only
                         "named with --mount are frozen")
 
 
-def make_plan(config=None, mounts=None, freeze_timeout=None, *, with_hooks=True) -> Plan:
+def make_plan(config: str | os.PathLike[str] | Config | None = None,
+              mounts: str | Iterable[str] | None = None,
+              freeze_timeout: float | None = None, *, with_hooks: bool = True) -> Plan:
     """Reads the configuration, checks permissions and scripts, selects mounts
     (and finds the hooks, unless not WITH_HOOKS: `vmsnap mounts` shows none)."""
     # once, as a list: a generator read twice would select nothing the second time
     mounts = [mounts] if isinstance(mounts, str) else list(mounts or ()) or None
-    warnings = []
+    warnings: list[str] = []
     path, cfg, problem, settings = _read_config(config, warnings)
     selection_known = settings is not None
     if settings is None:
@@ -177,17 +185,18 @@ def make_plan(config=None, mounts=None, freeze_timeout=None, *, with_hooks=True)
 
 # -- what a run would record -------------------------------------------------------
 
-def script_facts(plan: Plan) -> tuple:
+def script_facts(plan: Plan) -> tuple[decide.StepFact, decide.StepFact]:
     """The pre- and post-script's facts known before anything runs: refused by
     the checks, or withheld (the pre-script runs only if the post-script can:
     nothing else would resume the application)."""
     if plan.pre_check is None:
         return decide.StepFact("pre"), decide.StepFact("post", decide.NOT_NEEDED)
     pre, post = plan.pre_check, plan.post_check
-    if not pre.ok:
+    assert post is not None   # make_plan checks both scripts or neither
+    if pre.problem is not None:   # refused
         return (decide.StepFact("pre", decide.REFUSED, pre.path, problem=problem_error(pre.problem)),
                 decide.StepFact("post", decide.NOT_NEEDED, post.path))
-    if not post.ok:
+    if post.problem is not None:
         return (decide.StepFact("pre", decide.WITHHELD, pre.path),
                 decide.StepFact("post", decide.REFUSED, post.path,
                                 problem=problem_error(post.problem)))
@@ -195,8 +204,10 @@ def script_facts(plan: Plan) -> tuple:
 
 
 def withheld_warning(plan: Plan) -> str:
+    pre, post = plan.pre_check, plan.post_check
+    assert pre is not None and post is not None and post.problem is not None   # withheld
     return ("pre-script %s not run: the post-script cannot run (%s), and nothing else would "
-            "resume the application" % (plan.pre_check.path, plan.post_check.problem.code))
+            "resume the application" % (pre.path, post.problem.code))
 
 
 def expected_outcome(plan: Plan) -> decide.Outcome:
@@ -210,7 +221,7 @@ def expected_outcome(plan: Plan) -> decide.Outcome:
         return o
     o.pre, o.post = script_facts(plan)
     for h, chk in plan.hook_checks():
-        o.hook_freeze.append(decide.StepFact("pre", decide.OK, h.name) if chk.ok else decide.StepFact(
+        o.hook_freeze.append(decide.StepFact("pre", decide.OK, h.name) if chk.problem is None else decide.StepFact(
             "pre", decide.REFUSED, h.name, problem=problem_error(chk.problem, "hook %s: " % h.name)))
     s = plan.decision_settings
     if not decide.take_snapshot(o, s):
@@ -225,7 +236,8 @@ def expected_outcome(plan: Plan) -> decide.Outcome:
     return o
 
 
-def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) -> dict:
+def describe_plan(plan: Plan, outcome: decide.Outcome,
+                  verdict: decide.Verdict) -> dict[str, Any]:
     """What a run would do, as data (the dry run's ``plan``; printed in words by the CLI)."""
     cfg = plan.config
     takes = outcome.snapshot == decide.TAKEN
@@ -233,7 +245,8 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
                % (", ".join(plan.selection.missing), plan.selection_source)
                if plan.selection.missing else None)
 
-    def script(chk, fact, params, retries):
+    def script(chk: policy.ScriptCheck | None, fact: decide.StepFact, params: list[str],
+               retries: int) -> dict[str, Any] | None:
         if chk is None:
             return None
         d = {"path": chk.path, "runs": fact.state in (decide.OK,) and not missing,
@@ -242,8 +255,10 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
         if missing:
             d["why_not"] = missing
         elif fact.state == decide.REFUSED:
+            assert fact.problem is not None   # a refusal says why
             d["why_not"] = fact.problem.message
         elif fact.state == decide.WITHHELD:
+            assert plan.post_check is not None and plan.post_check.problem is not None
             d["why_not"] = ("the post-script cannot run (%s): nothing else would resume the "
                             "application" % plan.post_check.problem.code)
         elif fact.state == decide.NOT_NEEDED:
@@ -255,7 +270,7 @@ def describe_plan(plan: Plan, outcome: decide.Outcome, verdict: decide.Verdict) 
         "pre_script": script(plan.pre_check, outcome.pre, cfg.pre_params if cfg else [],
                              plan.settings.pre_retries),
         "hooks": [{"name": h.name, "path": h.path, "runs": chk.ok and not missing,
-                   "why_not": missing or (None if chk.ok else chk.problem.message)}
+                   "why_not": missing or (None if chk.problem is None else chk.problem.message)}
                   for h, chk in plan.hook_checks()],
         "freeze": {"enabled": plan.settings.fs_freeze_enabled, "timeout_s": plan.freeze_timeout,
                    "mounts": [c.mount.mountpoint for c in plan.selection.eligible]

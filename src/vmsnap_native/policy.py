@@ -57,20 +57,20 @@ class ScriptCheck:
     path: str
     role: str                 # "pre" or "post" (or "hook")
     problem: Problem | None = None
-    argv_prefix: tuple = ()   # what to exec: (path,) or ("/bin/sh", path)
+    argv_prefix: tuple[str, ...] = ()   # what to exec: (path,) or ("/bin/sh", path)
     resolved: str | None = None
     # why a run of this script will likely fail (Windows line endings, a
     # missing interpreter): for the run's failure message
     hint: str | None = None
     # problems `vmsnap check` reports for a script that still runs
-    check_problems: list = field(default_factory=list)
+    check_problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
 
-def _mode(st) -> str:
+def _mode(st: os.stat_result) -> str:
     return "%o" % stat.S_IMODE(st.st_mode)
 
 
@@ -81,7 +81,7 @@ def _owner(uid: int) -> str:
         return "uid %d" % uid
 
 
-def check_config_stat(st, path: str) -> Problem | None:
+def check_config_stat(st: os.stat_result, path: str) -> Problem | None:
     bad = []
     if st.st_uid != 0:
         bad.append("owned by %s, not root" % _owner(st.st_uid))
@@ -92,7 +92,7 @@ def check_config_stat(st, path: str) -> Problem | None:
     return None
 
 
-def _unsafe_dir(st, sticky_ok: bool = True) -> str | None:
+def _unsafe_dir(st: os.stat_result, sticky_ok: bool = True) -> str | None:
     if st.st_uid != 0:
         return "owned by %s, not root" % _owner(st.st_uid)
     mode = stat.S_IMODE(st.st_mode)
@@ -101,32 +101,32 @@ def _unsafe_dir(st, sticky_ok: bool = True) -> str | None:
     return None
 
 
-def _components(path: str) -> list:
+def _components(path: str) -> list[str]:
     return [c for c in path.split("/") if c and c != "."]
 
 
 class _Walk:
     """One path walk: the checked directories from / down, as O_PATH fds."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.fds = []      # every fd opened, closed when the walk ends
-        self.stack = []    # (path, fd) of the directories entered
+        self.fds: list[int] = []      # every fd opened, closed when the walk ends
+        self.stack: list[tuple[str, int]] = []    # (path, fd) of the directories entered
         self.links = 0
 
-    def __enter__(self):
+    def __enter__(self) -> _Walk:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for fd in self.fds:
             os.close(fd)
 
-    def _open(self, name: str, dir_fd):
+    def _open(self, name: str, dir_fd: int | None) -> tuple[int, os.stat_result]:
         fd = os.open(name, _O_WALK, dir_fd=dir_fd)
         self.fds.append(fd)
         return fd, os.fstat(fd)
 
-    def _enter(self, where: str, fd: int, st) -> None:
+    def _enter(self, where: str, fd: int, st: os.stat_result) -> None:
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(20, "not a directory", where)
         why = _unsafe_dir(st)
@@ -139,7 +139,7 @@ class _Walk:
         fd, st = self._open("/", None)
         self._enter("/", fd, st)
 
-    def _link(self, where: str, fd: int, st) -> list:
+    def _link(self, where: str, fd: int, st: os.stat_result) -> list[str]:
         """The components a symlink stands for, once it passed the policy."""
         self.links += 1
         if self.links > MAX_SYMLINKS:
@@ -152,7 +152,7 @@ class _Walk:
             self._to_root()
         return _components(target)
 
-    def follow(self) -> tuple:
+    def follow(self) -> tuple[str, os.stat_result]:
         self._to_root()
         pending = _components(self.path)
         while pending:
@@ -174,7 +174,7 @@ class _Walk:
         return where, os.fstat(fd)
 
 
-def resolve_checked(path: str) -> tuple:
+def resolve_checked(path: str) -> tuple[str, os.stat_result]:
     """Follows the full PATH from /, one component at a time, refusing what
     is not root-controlled.  Returns (resolved path, stat of the final
     object, not followed).  Raises Unsafe naming the first offending
@@ -201,7 +201,7 @@ def trusted_search_path() -> str:
     return ":".join(d for d in STANDARD_PATH if _trusted_dir(d))
 
 
-def _read_head(path: str, st) -> bytes:
+def _read_head(path: str, st: os.stat_result) -> bytes:
     """The first bytes of the file PATH, which must still be ST's file."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
@@ -213,11 +213,12 @@ def _read_head(path: str, st) -> bytes:
         os.close(fd)
 
 
-def _shebang(first_line: bytes) -> tuple | None:
+def _shebang(first_line: bytes) -> tuple[str, str | None] | None:
     """(interpreter, its one argument or None) as the kernel splits a #! line."""
     if not first_line.startswith(b"#!"):
         return None
     m = re.match(rb"[ \t]*([^ \t]*)[ \t]*(.*?)[ \t]*$", first_line[2:])
+    assert m is not None   # every part of the pattern may be empty: any line matches
     if not m.group(1):
         return None   # "#!" alone: the kernel refuses it; run as a plain sh script
     return os.fsdecode(m.group(1)), os.fsdecode(m.group(2)) or None
@@ -263,7 +264,8 @@ def _find_on_trusted_path(chk: ScriptCheck, name: str, who: str) -> str | None:
     return None
 
 
-def _check_program(chk: ScriptCheck, program: str, arg, who: str, nested: int, hops: int) -> None:
+def _check_program(chk: ScriptCheck, program: str, arg: str | None, who: str, nested: int,
+                   hops: int) -> None:
     """PROGRAM, which WHO makes the kernel run with ARG: it and what it runs
     in turn (its own #! interpreter, or the program env finds)."""
     if hops > MAX_PROGRAMS:
@@ -294,7 +296,8 @@ def _check_program(chk: ScriptCheck, program: str, arg, who: str, nested: int, h
         _check_env_command(chk, "%s %s" % (program, arg), arg, who, hops)
 
 
-def _check_env_command(chk: ScriptCheck, env_line: str, arg, who: str, hops: int) -> None:
+def _check_env_command(chk: ScriptCheck, env_line: str, arg: str | None, who: str,
+                       hops: int) -> None:
     """What ENV_LINE (env and its ARG) runs, as env finds it on the trusted PATH."""
     command = _env_command(arg, who)
     found = command and _find_on_trusted_path(chk, command, env_line)
@@ -302,8 +305,9 @@ def _check_env_command(chk: ScriptCheck, env_line: str, arg, who: str, hops: int
         _check_program(chk, found, None, env_line, 0, hops + 1)
 
 
-def _plan_exec(chk: ScriptCheck, st) -> None:
+def _plan_exec(chk: ScriptCheck, st: os.stat_result) -> None:
     """Decides how the script runs (argv_prefix) and checks what that runs."""
+    assert chk.resolved is not None   # check_script resolved it first
     first_line = _read_head(chk.resolved, st).split(b"\n", 1)[0]
     if first_line.endswith(b"\r"):
         _cannot_run(chk, _crlf_hint(chk.path, first_line))
@@ -318,7 +322,7 @@ def _plan_exec(chk: ScriptCheck, st) -> None:
         _check_program(chk, *shebang, "the #! line of %s" % chk.path, 0, 0)
 
 
-def _script_file_problem(path: str, st) -> str | None:
+def _script_file_problem(path: str, st: os.stat_result) -> str | None:
     bad = []
     if st.st_uid != 0:
         bad.append("owned by %s, not root" % _owner(st.st_uid))

@@ -18,11 +18,11 @@ import select
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import policy
-from ._core import core
+from ._core import CData, core
 
 DEFAULT_GRACE = 2.0
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
@@ -39,11 +39,11 @@ class ReaperError(OSError):
 # The reaper: one per controller process, started before the first child
 # (csrc/reaper.c).  The fd is our end of the socket whose closing wakes it:
 # held for our lifetime.
-_reaper = {"owner": None, "fd": None, "pid": None}
+_reaper: dict[str, int | None] = {"owner": None, "fd": None, "pid": None}
 # Children whose trees are still registered (keep_watched): released by
 # unwatch_group(pid).  Cgroups that still held processes at their release.
-_held: dict = {}
-_busy_cgroups: list = []
+_held: dict[int, Process] = {}
+_busy_cgroups: list[str] = []
 
 
 def _ensure_reaper() -> None:
@@ -67,7 +67,7 @@ def reaper_identity() -> tuple[int, int] | None:
     """(pid, /proc start time) of this process's reaper, or None if it has none."""
     pid = reaper_pid()
     st = starttime(pid) if pid else None
-    return (pid, st) if st is not None else None
+    return (pid, st) if pid and st is not None else None
 
 
 # -- another process, by identity: pid + /proc start time (a reused pid is someone else)
@@ -143,7 +143,7 @@ def _watch(proc: "Process") -> None:
     _ensure_reaper()
     r = core()[1].vmsnap_reaper_watch(proc._p)
     if r < 0:
-        raise ReaperError(-r, "cannot register %s (pid %d) with the reaper: %s%s" % (
+        raise ReaperError(-r, "cannot register %s (pid %s) with the reaper: %s%s" % (
             proc.argv[0], proc.pid, os.strerror(-r),
             " (its table is full)" if r == -errno_mod.ENOSPC else ""))
 
@@ -181,7 +181,8 @@ def unwatch_group(pid: int) -> None:
     _retry_busy_cgroups()
 
 
-def set_resume_command(argv: list | None, env: dict | None = None, wait_for=(),
+def set_resume_command(argv: Sequence[str] | None, env: Mapping[str, str] | None = None,
+                       wait_for: Iterable[tuple[int, int]] = (),
                        log_file: str | None = None) -> None:
     """What the reaper runs if this process dies (a SIGKILL, or any exit
     with it still set): after it killed the registered trees, once every
@@ -237,7 +238,7 @@ def resume_job_done(args_mask: int) -> None:
         core()[1].vmsnap_reaper_resume_job_done(int(args_mask))
 
 
-def clean_environment(extra: dict | None = None) -> dict:
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of scripts and hooks: PATH has only the standard
     directories that pass the permission policy (what `#!/usr/bin/env X`
     finds there is what the policy checked)."""
@@ -283,14 +284,14 @@ class ProcessResult:
         return "exited with status %s" % self.exit_code
 
 
-def _resolve(argv0: str, env: dict) -> str:
+def _resolve(argv0: str, env: Mapping[str, str]) -> str:
     if "/" in argv0:
         return argv0
     found = shutil.which(argv0, path=env.get("PATH", CLEAN_PATH))
     return found or argv0
 
 
-def _output(ffi, p) -> tuple:
+def _output(ffi: CData, p: CData) -> tuple[str, bool]:
     head = ffi.buffer(p.head, p.head_len)[:] if p.head_len else b""
     tail = b""
     if p.tail_len:
@@ -318,17 +319,19 @@ class Process:
     it (use it, or call ``abandon()`` when anything is raised before the
     wait)."""
 
-    def __init__(self, argv, env=None, cwd=None, output_limit=DEFAULT_OUTPUT_LIMIT,
-                 executable=None, force_fallback=False, _spawned=None):
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, output_limit: int = DEFAULT_OUTPUT_LIMIT,
+                 executable: str | None = None, force_fallback: bool = False,
+                 _spawned: "list[Process] | None" = None) -> None:
         ffi, lib = core()
         if not argv:
             raise ValueError("argv must not be empty")
         self.argv = [os.fspath(a) for a in argv]
         env = clean_environment() if env is None else dict(env)
         path = executable or _resolve(self.argv[0], env)
-        self._keep = []   # keeps the C strings alive while the child exists
+        self._keep: list[CData] = []   # keeps the C strings alive while the child exists
 
-        def cstr(s):
+        def cstr(s: str) -> CData:
             b = ffi.new("char[]", os.fsencode(s))
             self._keep.append(b)
             return b
@@ -351,9 +354,10 @@ class Process:
         # exception at any instant from the spawn on kills it (p.pid > 0 says
         # it was started; the C call itself is never interrupted)
         self._p = p
-        self.pid = None
-        self.containment, self.cgroup = "none", None
-        self.result = None
+        self.pid: int | None = None
+        self.containment: str = "none"
+        self.cgroup: str | None = None
+        self.result: ProcessResult | None = None
         self._released = False
         self._abandoned = False
         if _spawned is not None:
@@ -385,7 +389,7 @@ class Process:
             self._stop()
         unwatch_group(self.pid)
 
-    def _stop(self):
+    def _stop(self) -> None:
         """Kills the whole tree and waits until it is gone."""
         lib = core()[1]
         lib.vmsnap_proc_kill_tree(self._p)
@@ -395,7 +399,7 @@ class Process:
         lib.vmsnap_proc_close(self._p)
         self._release()
 
-    def _release(self):
+    def _release(self) -> None:
         if self._released or not self.pid:
             return
         self._released = True
@@ -482,7 +486,7 @@ def run_process(argv: Sequence[str], timeout: float | None = None,
     # the Process is known here before its child exists: an exception that
     # lands between the constructor's return and the wait's own guard (a
     # stop signal on a loaded machine) still kills and reaps its tree
-    spawned: list = []
+    spawned: list[Process] = []
     try:
         Process(argv, env=env, cwd=cwd, output_limit=output_limit, executable=executable,
                 force_fallback=force_fallback, _spawned=spawned)

@@ -59,7 +59,8 @@ class Result:
     freeze: FreezeResult = field(default_factory=FreezeResult)
     snapshot: SnapshotResult | None = None
     duration_ms: float = 0.0
-    hooks: list[ScriptResult] = field(default_factory=list)    # per-hook ScriptResults (hooksDirectory)
+    # per hook call (hooksDirectory): {hook, action, the call's ScriptResult fields, error}
+    hooks: list[dict[str, Any]] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)   # {phase, start_ms, duration_ms}
     plan: dict[str, Any] | None = None   # a dry run: what a run would do (see cycle.describe_plan)
 

@@ -4,17 +4,24 @@ the whole process group, output kept and logged."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from .decide import QUIESCE_LOST_EXIT
 from .policy import ScriptCheck
 from .process import ProcessResult, clean_environment, run_process
 from .result import ScriptResult
 
+if TYPE_CHECKING:
+    from .logbook import Logbook
+
 SCRIPT_OUTPUT_LIMIT = 256 * 1024
 SCRIPT_GRACE = 2.0
 
 
-def run_script(check: ScriptCheck, params, retries: int, timeout: float, log=None,
-               name: str | None = None, watched: list | None = None) -> tuple:
+def run_script(check: ScriptCheck, params: Iterable[str], retries: int, timeout: float,
+               log: Logbook | None = None, name: str | None = None,
+               watched: list[int] | None = None) -> tuple[ScriptResult, ProcessResult, bool]:
     """Runs a checked script until it succeeds or RETRIES retries are used.
 
     Returns (ScriptResult, last ProcessResult, whether every attempt timed
@@ -26,7 +33,7 @@ def run_script(check: ScriptCheck, params, retries: int, timeout: float, log=Non
     label = name or "%s-script" % check.role
     res = ScriptResult(path=check.path)
     argv = list(check.argv_prefix) + list(params)
-    last: ProcessResult | None = None
+    last: ProcessResult   # set by the first attempt (retries >= 0)
     total_ms = 0.0
     timeouts = 0
     env = clean_environment({"VMSNAP_PHASE": check.role})

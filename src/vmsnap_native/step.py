@@ -17,11 +17,21 @@ import shutil
 import stat
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Union
 
 from . import decide, policy
 from .process import run_process
 from .result import SnapshotResult
+
+if TYPE_CHECKING:
+    from .logbook import Logbook
+
+# the snapshot step: None (nothing to run), an argv, or a callable run in a thread
+Snapshot = Optional[Union[Sequence[str], Callable[[], object]]]
+# what a step returns: (decide's snapshot state, failure message or None)
+StepOutcome = tuple[str, Optional[str]]
 
 SNAPSHOT_GRACE = 1.0
 SNAPSHOT_OUTPUT_LIMIT = 256 * 1024
@@ -62,6 +72,7 @@ def find_program(name: str, caller_path: str | None = None) -> StepProgram:
     if not name:
         prog.problem = "the snapshot command is empty"
         return prog
+    candidate: str | None
     if "/" in name:
         candidate = os.path.abspath(name)
     else:
@@ -112,7 +123,7 @@ def output_tail(output: str, lines: int = OUTPUT_TAIL_LINES,
     return text[-limit:] if len(text) > limit else text
 
 
-def result_for(snapshot) -> SnapshotResult:
+def result_for(snapshot: Snapshot) -> SnapshotResult:
     """The result the step fills in as it goes (kept if the step is interrupted)."""
     if snapshot is None:
         return SnapshotResult(argv=[], exit_code=0)
@@ -121,7 +132,8 @@ def result_for(snapshot) -> SnapshotResult:
     return SnapshotResult(argv=list(snapshot))
 
 
-def prepare(snapshot, warnings: list | None = None, log=None) -> StepProgram | None:
+def prepare(snapshot: Snapshot, warnings: list[str] | None = None,
+            log: Logbook | None = None) -> StepProgram | None:
     """Looks the step's program up before the freeze (the lookup walks
     directories: it stays out of the freeze window); adds to WARNINGS (and
     LOG) when the caller's PATH would have found another program."""
@@ -136,8 +148,8 @@ def prepare(snapshot, warnings: list | None = None, log=None) -> StepProgram | N
     return prog
 
 
-def run_step(snapshot, snap: SnapshotResult, deadline_ns: int, env: dict, log,
-             program: StepProgram | None = None) -> tuple:
+def run_step(snapshot: Snapshot, snap: SnapshotResult, deadline_ns: int, env: Mapping[str, str],
+             log: Logbook, program: StepProgram | None = None) -> StepOutcome:
     """Runs SNAPSHOT (None, an argv, or a callable) until DEADLINE_NS, filling
     SNAP in; returns (decide's snapshot state, failure message or None).
     ENV: the caller's environment (its PATH is replaced by the trusted one);
@@ -149,12 +161,12 @@ def run_step(snapshot, snap: SnapshotResult, deadline_ns: int, env: dict, log,
     return _run_argv(snap, deadline_ns, env, log, program)
 
 
-def _name(fn) -> str:
+def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _run_argv(snap: SnapshotResult, deadline_ns: int, env: dict, log,
-              prog: StepProgram | None) -> tuple:
+def _run_argv(snap: SnapshotResult, deadline_ns: int, env: Mapping[str, str], log: Logbook,
+              prog: StepProgram | None) -> StepOutcome:
     argv = snap.argv
     if prog is None:
         prog = find_program(argv[0], env.get("PATH"))
@@ -183,10 +195,11 @@ def _run_argv(snap: SnapshotResult, deadline_ns: int, env: dict, log,
     return decide.TAKEN, None
 
 
-def _run_callable(fn, snap: SnapshotResult, deadline_ns: int) -> tuple:
-    box = {}
+def _run_callable(fn: Callable[[], object], snap: SnapshotResult,
+                  deadline_ns: int) -> StepOutcome:
+    box: dict[str, object] = {}
 
-    def target():
+    def target() -> None:
         try:
             box["value"] = fn()
         except BaseException as exc:  # reported, not raised in a thread nobody joins

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import FrameType
+from typing import Any, Literal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -15,7 +17,7 @@ class Interrupted(BaseException):
     """A stop signal, raised once where the run is (not an Exception: nothing
     on the way may swallow it)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.name = signal.Signals(signum).name
 
@@ -27,29 +29,29 @@ class StopSignals:
     clean-up runs to its end.  A signal the caller ignores (nohup) stays
     ignored; off the main thread (an embedding agent's) nothing is installed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: str | None = None
         self.armed = True
-        self._previous = {}
+        self._previous: dict[signal.Signals, Any] = {}   # the handlers put back on exit
 
-    def __enter__(self):
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 if signal.getsignal(sig) is not signal.SIG_IGN:
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         return False
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signal.Signals(signum).name
             if self.armed:
                 self.armed = False
                 raise Interrupted(signum)
 
-    def disarm(self):
+    def disarm(self) -> None:
         self.armed = False

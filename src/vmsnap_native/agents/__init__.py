@@ -11,15 +11,19 @@ DLM).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..logbook import DEFAULT_LOG_FILE
 from .calls import HookCall, say
 from .table import AGENTS, AgentSpec
 
+if TYPE_CHECKING:
+    import argparse
+
 __all__ = ["AGENTS", "AgentSpec", "add_arguments", "main"]
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``vmsnap hook`` arguments (called by cli.build_parser)."""
     import argparse
     parser.add_argument("agent", metavar="AGENT", help="one of: %s" % ", ".join(AGENTS))
@@ -32,7 +36,7 @@ def add_arguments(parser) -> None:
                         help="the agent's extra arguments (VMware scriptArg, GCE disk list)")
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     """``vmsnap hook AGENT [--config F] PHASE [ARG…]``; returns the exit status the agent expects."""
     spec = AGENTS.get(args.agent)
     if spec is None:

@@ -17,7 +17,7 @@ import os
 import secrets
 
 from .. import mountinfo
-from .._core import core
+from .._core import CData, core
 from ..freeze import _read_record, _thaw_one_record, ensure_runtime_dir, fd_mount_id, state_name
 
 
@@ -35,8 +35,8 @@ class AgentFilesystems:
         self.left_out: list[str] = []      # could not be opened or are past the core's table
         self.record_path: str | None = None
         self._fds: list[int] = []
-        self._buf = None
-        self._sh = None
+        self._buf: CData = None   # struct vmsnap_shared *: the state, as a record holds it
+        self._sh: CData = None
 
     @classmethod
     def open(cls) -> "AgentFilesystems":

@@ -20,6 +20,8 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Container, Iterable
+from typing import Any, Literal
 
 from .. import cycle
 from .._core import core
@@ -42,7 +44,7 @@ from .table import AgentSpec
 SUPERSEDE_MARGIN_S = 10.0
 
 
-def say(lines) -> None:
+def say(lines: Iterable[str]) -> None:
     """Human text on stderr (the agents keep it in their own logs, or drop it)."""
     try:
         for line in lines:
@@ -52,12 +54,12 @@ def say(lines) -> None:
         pass
 
 
-def _alive(who: dict) -> bool:
-    pid, start = who.get("pid"), who.get("starttime")
+def _alive(who: dict[str, Any]) -> bool:
+    pid, start = who.get("pid", 0), who.get("starttime")
     return bool(pid) and bool(core()[1].vmsnap_process_matches(int(pid), int(start or 0)))
 
 
-def _connect(state: dict) -> socket.socket | None:
+def _connect(state: dict[str, Any]) -> socket.socket | None:
     """The live session's socket, or None."""
     path = state.get("socket")
     if not path or not _alive(state.get("watchdog") or {}):
@@ -71,7 +73,7 @@ def _connect(state: dict) -> socket.socket | None:
     return s
 
 
-def _open_session(spec: AgentSpec) -> dict | None:
+def _open_session(spec: AgentSpec) -> dict[str, Any] | None:
     try:
         return read_trusted(session_path(spec.name))
     except (OSError, ValueError):
@@ -81,7 +83,8 @@ def _open_session(spec: AgentSpec) -> dict | None:
 class HookCall:
     """One call of ``vmsnap hook``."""
 
-    def __init__(self, spec: AgentSpec, phase: str, args, config, log_file):
+    def __init__(self, spec: AgentSpec, phase: str, args: Iterable[str], config: str | None,
+                 log_file: str) -> None:
         self.spec, self.phase, self.args = spec, phase, list(args)
         self.config = config
         self.log_file = log_file
@@ -127,7 +130,7 @@ class HookCall:
         finally:
             lock.release()
 
-    def _supersede(self):
+    def _supersede(self) -> str | Literal[True] | None:
         """The lock is taken.  If this agent's own session holds it, that
         session is ended first (through its holder: thaw, thaw hooks,
         post-script, under its lock) and the lock waited for; returns None
@@ -152,6 +155,7 @@ class HookCall:
     def _fork_holder(self, lock: RunLock) -> int:
         import secrets
         session_id = secrets.token_hex(8)
+        assert lock._fd is not None   # begin() holds the lock
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -212,7 +216,7 @@ class HookCall:
         say(msg.get("lines") or [])
         return spec.exit_status(msg.get("outcome") or "post-failed")
 
-    def _no_session(self, state, late: bool = False) -> int:
+    def _no_session(self, state: dict[str, Any] | None, late: bool = False) -> int:
         """No live session takes this call: it came after the session ended
         (deadline, a stop, vmsnap killed), or none began."""
         spec = self.spec
@@ -254,7 +258,7 @@ class HookCall:
         problems = [p for p in ("%s: %s" % (e.code, e.message) for e in
                                 ([plan.config_problem] if plan.config_problem else []))]
         for chk in (plan.pre_check, plan.post_check):
-            if chk is not None and not chk.ok:
+            if chk is not None and chk.problem is not None:   # refused
                 problems.append("%s: %s" % (chk.problem.code, chk.problem.message))
         say(["vmsnap hook %s %s: %s" % (self.spec.name, self.phase,
                                          "ready" if not problems else "not ready")]
@@ -262,7 +266,7 @@ class HookCall:
         return self.spec.exit_status("problems" if problems else "ok")
 
 
-def _on_devices(fd: int, devs) -> bool:
+def _on_devices(fd: int, devs: Container[int]) -> bool:
     """Whether FD is a regular file on one of DEVS (writing would block while frozen)."""
     try:
         st = os.fstat(fd)

@@ -33,13 +33,15 @@ import struct
 import sys
 import threading
 import time
+from typing import Any
 
 from .. import cycle, decide
 from ..cycle import Cycle
 from ..errors import Error
 from ..freeze import runtime_dir
 from ..logbook import Logbook
-from ..plan import make_plan
+from ..plan import Plan, make_plan
+from ..result import Result
 from .agentfs import AgentFilesystems, _starttime
 from .table import AgentSpec
 
@@ -56,7 +58,7 @@ def expired_path(agent: str) -> str:
     return os.path.join(runtime_dir(), "hook-%s.expired.json" % agent)
 
 
-def write_atomically(path: str, data: dict) -> None:
+def write_atomically(path: str, data: dict[str, Any]) -> None:
     """Root-only 0600, written to a fresh temporary file and renamed: never half a file."""
     tmp = "%s.tmp-%s" % (path, os.urandom(6).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -67,7 +69,7 @@ def write_atomically(path: str, data: dict) -> None:
     os.rename(tmp, path)
 
 
-def read_trusted(path: str) -> dict:
+def read_trusted(path: str) -> dict[str, Any]:
     """A session file, if it is ours (owned by us, no group/other bits, a
     regular file): it names the process to signal and the socket to call."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -77,12 +79,13 @@ def read_trusted(path: str) -> dict:
                 or st.st_mode & 0o077:
             raise ValueError("%s is not vmsnap's (owner uid %d, mode %o): ignored"
                              % (path, st.st_uid, st.st_mode & 0o777))
-        return json.loads(os.read(fd, 1 << 20))
+        doc: dict[str, Any] = json.loads(os.read(fd, 1 << 20))   # vmsnap wrote it: an object
+        return doc
     finally:
         os.close(fd)
 
 
-def send(sock: socket.socket, msg: dict) -> bool:
+def send(sock: socket.socket, msg: dict[str, Any]) -> bool:
     try:
         sock.sendall(json.dumps(msg).encode() + b"\n")
         return True
@@ -90,7 +93,7 @@ def send(sock: socket.socket, msg: dict) -> bool:
         return False
 
 
-def receive(sock: socket.socket, timeout: float | None) -> dict | None:
+def receive(sock: socket.socket, timeout: float | None) -> dict[str, Any] | None:
     """One newline-terminated JSON message, or None (EOF, timeout, garbage)."""
     sock.settimeout(timeout)
     data = b""
@@ -102,7 +105,8 @@ def receive(sock: socket.socket, timeout: float | None) -> dict | None:
             data += chunk
             if len(data) > 1 << 22:
                 return None
-        return json.loads(data)
+        msg: dict[str, Any] = json.loads(data)   # every message vmsnap sends is an object
+        return msg
     except (OSError, ValueError):
         return None
 
@@ -110,19 +114,19 @@ def receive(sock: socket.socket, timeout: float | None) -> dict | None:
 def peer_is_root(conn: socket.socket) -> bool:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", creds)
-    return uid == 0
+    return bool(uid == 0)
 
 
 class AgentStep:
     """The snapshot step of an agent session: waits on the session's socket
     for the agent's last call (or a first call that supersedes this one)."""
 
-    def __init__(self, session: "AgentSession"):
+    def __init__(self, session: "AgentSession") -> None:
         self.s = session
         self.__qualname__ = "%s snapshot (until `%s`)" % (session.spec.name,
                                                           session.spec.last[0])
 
-    def __call__(self):
+    def __call__(self) -> str | None:
         s = self.s
         s.armed.set()      # the first call gets its answer now
         while not s.step_over:
@@ -166,7 +170,11 @@ class SessionEnded(Exception):
 class AgentSession(Cycle):
     """One agent snapshot, run as a Cycle in the session holder."""
 
-    def __init__(self, plan, spec: AgentSpec, log: Logbook, listener: socket.socket):
+    first_acked: bool   # set by the first call's thread once it took its answer
+    thawed_for_agent: list[str]   # set as the freeze finishes, where the agent froze
+
+    def __init__(self, plan: Plan, spec: AgentSpec, log: Logbook,
+                 listener: socket.socket) -> None:
         self.spec = spec
         self.listener = listener
         self.listener.settimeout(0.2)
@@ -179,7 +187,7 @@ class AgentSession(Cycle):
         super().__init__(plan, AgentStep(self), log)
 
     # -- who freezes -------------------------------------------------------------------
-    def run_freeze(self):
+    def run_freeze(self) -> None:
         if not self.spec.agent_freezes:
             return super().run_freeze()
         # the agent freezes once the first call returns: from now on nothing is
@@ -194,7 +202,7 @@ class AgentSession(Cycle):
         cycle.in_window = True
         self.out.freeze = decide.AGENT_FROZE
 
-    def finish_freeze(self):
+    def finish_freeze(self) -> None:
         self.step_over = True
         fs = self.agent_fs
         if fs is not None and fs.record_path and not os.path.exists(fs.record_path) \
@@ -217,7 +225,7 @@ class AgentSession(Cycle):
         return self.agent_fs.record_path if self.agent_fs is not None else None
 
 
-def outcome_of(res, first: bool, armed: bool) -> str:
+def outcome_of(res: Result, first: bool, armed: bool) -> str:
     """What the agent is told, as an AgentSpec outcome."""
     codes = {e.code for e in res.errors}
     if first and not armed:
@@ -233,7 +241,7 @@ def outcome_of(res, first: bool, armed: bool) -> str:
     return "ok"
 
 
-def summary(agent: str, phase: str, res) -> list:
+def summary(agent: str, phase: str, res: Result) -> list[str]:
     head = "vmsnap hook %s %s: %s" % (agent, phase, res.status)
     if res.consistency:
         head += ", %s-consistent" % res.consistency
@@ -245,10 +253,10 @@ def summary(agent: str, phase: str, res) -> list:
     return lines
 
 
-def _keep_out(plan, spec: AgentSpec) -> None:
+def _keep_out(plan: Plan, spec: AgentSpec) -> None:
     """Where vmsnap freezes for the agent, the filesystems the agent needs to
     deliver its last call (/, /usr, /var, vmsnap's own) are left out."""
-    keep_out = {}
+    keep_out: dict[int, str] = {}
     for p in ("/", "/usr", "/var", sys.prefix, os.path.dirname(os.path.dirname(__file__)),
               runtime_dir()):
         try:
@@ -257,6 +265,7 @@ def _keep_out(plan, spec: AgentSpec) -> None:
             pass
     kept = []
     for c in plan.selection.eligible:
+        dev: int | None
         try:
             dev = os.stat(c.mount.mountpoint).st_dev
         except OSError:
@@ -269,15 +278,15 @@ def _keep_out(plan, spec: AgentSpec) -> None:
     plan.selection.eligible = kept
 
 
-def hold(spec: AgentSpec, phase: str, config, log_file, first: socket.socket, lock_fd: int,
-         session_id: str) -> None:
+def hold(spec: AgentSpec, phase: str, config: str | None, log_file: str,
+         first: socket.socket, lock_fd: int, session_id: str) -> None:
     """The session holder's life (in the forked process; never returns)."""
     code = 0
     log = Logbook(log_file or None)
     path = session_path(spec.name)
     sock_path = os.path.join(runtime_dir(), "hook-%s-%s.sock" % (spec.name, session_id))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    session = None
+    session: AgentSession | None = None
     try:
         listener.bind(sock_path)
         listener.listen(4)
@@ -343,7 +352,7 @@ def hold(spec: AgentSpec, phase: str, config, log_file, first: socket.socket, lo
     os._exit(code)
 
 
-def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socket.socket):
+def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socket.socket) -> None:
     """Gives the first call its answer once the session is armed (the
     snapshot step began), and takes its acknowledgement; if the first call
     dies before that, the session stops: the agent will not snapshot."""
@@ -365,7 +374,7 @@ def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socke
     lines += ["  warning: %s" % w for w in res.warnings]
     so_far = decide.decide(session.out, session.settings).errors
     lines += ["  error %s (%d): %s" % (e.code, e.number, e.message) for e in so_far]
-    devs = []
+    devs: list[int] = []
     if session.session is not None:
         for m in session.session.mounts:
             if m.frozen:

@@ -14,13 +14,13 @@ class AgentSpec:
 
     name: str
     first: str                       # the phase that begins a snapshot
-    last: tuple                      # phases that end it
-    failed_last: tuple = ()          # last phases that say the snapshot was not taken
+    last: tuple[str, ...]            # phases that end it
+    failed_last: tuple[str, ...] = ()   # last phases that say the snapshot was not taken
     agent_freezes: bool = True       # False: vmsnap freezes on the first phase
     fold_case: bool = False          # phases match case-insensitively (VMware)
-    checks: tuple = ()               # phases that only validate (DLM dry-run)
+    checks: tuple[str, ...] = ()     # phases that only validate (DLM dry-run)
     refuse_second: bool = False      # a first phase while a session is open: refused (busy)
-    codes: dict = field(default_factory=dict)   # outcome -> exit status
+    codes: dict[str, int] = field(default_factory=dict)   # outcome -> exit status
 
     def exit_status(self, outcome: str) -> int:
         default = {"ok": 0, "no-session": 0, "usage": 2}.get(outcome, 1)

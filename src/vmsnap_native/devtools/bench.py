@@ -17,10 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
 
 from .. import mountinfo
 from ..errors import CoreUnavailable, FreezeError
-from ..freeze import FreezeSession
+from ..freeze import DEFAULT_DIRTY_CAP_MB, FreezeSession
 from .stats import ratio, summary
 
 DEADLINE_S = 5.0
@@ -59,8 +61,10 @@ _LOAD_ARGS = {"streaming": ("256", "0"), "light": ("8", "0.002")}
 class _Load:
     """A writer and a probe on each mount point, in hidden files removed at the end."""
 
-    def __init__(self, mountpoints, load: str):
-        self.files, self.procs, self.writes = [], [], []
+    def __init__(self, mountpoints: Iterable[str], load: str) -> None:
+        self.files: list[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.writes: list[tuple[int, int]] = []   # (start, end) ns of each probe write
         try:
             for m in mountpoints:
                 w = os.path.join(m, ".vmsnap-bench-load-%d" % os.getpid())
@@ -77,7 +81,7 @@ class _Load:
             raise
         time.sleep(2.0)   # the writers reach their steady state
 
-    def _read(self, f):
+    def _read(self, f: IO[bytes]) -> None:
         while len(b := f.read(16)) == 16:
             self.writes.append(struct.unpack("qq", b))
 
@@ -87,7 +91,7 @@ class _Load:
         worst = max((b - a for a, b in list(self.writes) if b >= t0 and a <= t1), default=0)
         return round(worst / 1e6, 3)
 
-    def stop(self):
+    def stop(self) -> None:
         for p in self.procs:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -101,19 +105,20 @@ class _Load:
                 pass
 
 
-def measure(cands, strategy: str) -> float | None:
+def measure(cands: Sequence[mountinfo.Candidate], strategy: str) -> float | None:
     s = FreezeSession(cands, timeout=DEADLINE_S, presync=True,
                       sequential=strategy == "sequential",
                       schedule="parallel" if strategy == "parallel" else "jit",
                       # jit is vmsnap's default (dirty cap included); the others as before
-                      **({} if strategy == "jit" else {"dirty_cap_mb": 0}))
+                      dirty_cap_mb=DEFAULT_DIRTY_CAP_MB if strategy == "jit" else 0)
     with s:
         if not s.all_frozen:
             raise FreezeError("; ".join("%s: %s" % (m.mountpoint, m.error) for m in s.failures))
     return s.window_ms
 
 
-def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = False,
+def main(mounts: Sequence[str] | None = None, rounds: int = 20, json_out: bool = False,
+         yes: bool = False,
          load: str = "none") -> int:
     sel = mountinfo.discover(only=mounts or None)
     if sel.missing:
@@ -135,8 +140,8 @@ def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = Fals
               file=sys.stderr)
         return 2
     progress = sys.stderr.isatty() and not json_out
-    windows = {k: [] for k in STRATEGIES}
-    stalls = {k: [] for k in STRATEGIES}
+    windows: dict[str, list[float | None]] = {k: [] for k in STRATEGIES}
+    stalls: dict[str, list[float | None]] = {k: [] for k in STRATEGIES}
     work = None
     try:
         if load != "none":
@@ -161,7 +166,7 @@ def main(mounts=None, rounds: int = 20, json_out: bool = False, yes: bool = Fals
         if progress:
             print(file=sys.stderr)
     stats = {k: summary(v) for k, v in windows.items()}
-    report = {
+    report: dict[str, Any] = {
         "filesystems": [c.mount.mountpoint for c in sel.eligible],
         "rounds": rounds,
         "load": load,

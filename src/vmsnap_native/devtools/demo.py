@@ -19,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from ..cycle import run
+from ..result import Result
 from .loopfs import LoopError, LoopFilesystems
 from .loopfs import available as loopfs_available
 
@@ -61,7 +63,7 @@ class DemoError(Exception):
     pass
 
 
-def _sh(*argv):
+def _sh(*argv: str) -> str:
     p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if p.returncode != 0:
         raise DemoError("%s failed: %s" % (" ".join(argv), p.stdout.strip()))
@@ -75,7 +77,7 @@ def requirements() -> str | None:
 
 
 class Sandbox:
-    def __init__(self, keep: bool):
+    def __init__(self, keep: bool) -> None:
         self.keep = keep
         self.dir = tempfile.mkdtemp(prefix="vmsnap-demo-")
         os.chmod(self.dir, 0o700)
@@ -83,9 +85,9 @@ class Sandbox:
         self.ctl = os.path.join(self.dir, "control")
         self.etc = os.path.join(self.dir, "etc")
         self.fs = LoopFilesystems(self.dir)
-        self.app = None
+        self.app: subprocess.Popen[bytes] | None = None
 
-    def build(self):
+    def build(self) -> None:
         for d in (self.ctl, self.etc):
             os.makedirs(d, mode=0o700)
         (self.data,) = self.fs.make(1, size_mb=IMAGE_MB)
@@ -93,7 +95,7 @@ class Sandbox:
         self.loopdev = _sh("findmnt", "-n", "-o", "SOURCE", self.data).strip() \
             if shutil.which("findmnt") else "loop"
 
-    def write_config(self):
+    def write_config(self) -> None:
         pre = os.path.join(self.etc, "pre.sh")
         post = os.path.join(self.etc, "post.sh")
         for path, body in ((pre, PRE_SCRIPT), (post, POST_SCRIPT)):
@@ -111,7 +113,7 @@ class Sandbox:
             json.dump(cfg, f, indent=2)
         os.chmod(self.config, 0o600)
 
-    def start_app(self):
+    def start_app(self) -> None:
         self.db = os.path.join(self.data, "app.db")
         self.app = subprocess.Popen([sys.executable, "-m", "vmsnap_native.devtools.demo_app", self.db,
                                      self.ctl], stdin=subprocess.DEVNULL)
@@ -128,7 +130,7 @@ class Sandbox:
         with open(os.path.join(self.ctl, "app.status")) as f:
             return f.read().strip()
 
-    def verify(self, paused_rows: int) -> dict:
+    def verify(self, paused_rows: int) -> dict[str, Any]:
         self.restored = self.fs.attach(self.copy, "ro,loop,noload")
         uri = "file:%s?mode=ro&immutable=1" % os.path.join(self.restored, "app.db")
         conn = sqlite3.connect(uri, uri=True)
@@ -140,7 +142,7 @@ class Sandbox:
         return {"integrity": integrity, "rows": rows, "paused_rows": paused_rows,
                 "ok": integrity == "ok" and rows == paused_rows}
 
-    def cleanup(self):
+    def cleanup(self) -> None:
         if self.app is not None and self.app.poll() is None:
             self.app.terminate()
             try:
@@ -153,8 +155,8 @@ class Sandbox:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def timeline(res) -> list:
-    notes = {}
+def timeline(res: Result) -> list[str]:
+    notes: dict[str, list[str]] = {}
     if res.pre_script is not None:
         notes["pre-script"] = res.pre_script.output.strip().splitlines()[-1:] or [""]
     if res.post_script is not None:
@@ -176,9 +178,9 @@ def main(keep: bool = False, json_out: bool = False) -> int:
         return 1
     out = sys.stderr if json_out else sys.stdout
     box = Sandbox(keep)
-    report = {"sandbox": box.dir, "ok": False}
+    report: dict[str, Any] = {"sandbox": box.dir, "ok": False}
 
-    def say(text=""):
+    def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
     try:

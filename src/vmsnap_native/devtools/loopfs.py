@@ -24,7 +24,7 @@ class LoopError(Exception):
     pass
 
 
-def _run(*argv, check=True):
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=120)
     if check and p.returncode != 0:
@@ -47,11 +47,12 @@ def available(fstype: str = "ext4") -> str | None:
 class LoopFilesystems:
     """Makes loop-mounted filesystems under BASE and takes them down again."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str) -> None:
         self.base = base
-        self.mounts = []   # (mountpoint, image), in the order made
+        self.mounts: list[tuple[str, str]] = []   # (mountpoint, image), in the order made
 
-    def make(self, n=1, fstype="ext4", size_mb=None, parent=None) -> list:
+    def make(self, n: int = 1, fstype: str = "ext4", size_mb: int | None = None,
+             parent: str | None = None) -> list[str]:
         size_mb = max(size_mb or 0, MIN_SIZE_MB[fstype])
         out = []
         for _ in range(n):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
+from typing import Any
 
 # the percentiles a summary may report
 SUMMARY_PERCENTILES = (95, 99)
 
 
-def percentile(values, p: float):
+def percentile(values: Iterable[float | None], p: float) -> float | None:
     """Nearest-rank percentile (the ceil(P% of n)-th smallest); None for no values."""
     xs = sorted(v for v in values if v is not None)
     if not xs:
@@ -28,21 +30,24 @@ def enough_for(p: float, n: int) -> bool:
     return n * (100 - p) >= 100
 
 
-def summary(values) -> dict:
+def summary(values: Iterable[float | None]) -> dict[str, Any]:
     """{n, min, median, max} of VALUES (Nones dropped), plus "p95"/"p99"
     where there are enough values (``enough_for``)."""
     xs = [v for v in values if v is not None]
     if not xs:
         return {"n": 0, "min": None, "median": None, "max": None}
-    out = {"n": len(xs), "min": round(min(xs), 3), "median": round(statistics.median(xs), 3)}
+    out: dict[str, Any] = {"n": len(xs), "min": round(min(xs), 3),
+                           "median": round(statistics.median(xs), 3)}
     for p in SUMMARY_PERCENTILES:
         if enough_for(p, len(xs)):
-            out["p%d" % p] = round(percentile(xs, p), 3)
+            value = percentile(xs, p)
+            assert value is not None   # xs has values
+            out["p%d" % p] = round(value, 3)
     out["max"] = round(max(xs), 3)
     return out
 
 
-def ratio(a, b):
+def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or not b:
         return None
     return round(a / b, 3)
