@@ -490,3 +490,24 @@ def test_quiet_prints_only_errors_and_verbose_the_log(tmp_path, loopfs):
     rc, res, p = run_json(tmp_path, cfg, [m], snapshot=["true"], extra=["-v"])
     assert rc == 0 and "vmsnap log: INFO phase freeze" in p.stderr, p.stderr
     assert "freeze window" in p.stderr
+
+
+def test_a_stop_signal_while_the_report_is_printed_does_not_cut_it(tmp_path):
+    """The run is over when its report is printed: a SIGTERM then (a service
+    manager stopping a unit that is about to end) must leave the JSON whole
+    and the run's own exit status."""
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from vmsnap_native import cli
+        real = cli.emit_json
+        def emit_after_a_sigterm(obj):
+            os.kill(os.getpid(), signal.SIGTERM)
+            real(obj)
+        cli.emit_json = emit_after_a_sigterm
+        sys.exit(cli.main(sys.argv[1:]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code, "run", "--dry-run", "--json", "--log-file", "",
+                        "--config", str(tmp_path / "none.json"), "--mount", "/", "--", "true"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    assert json.loads(p.stdout)["status"] == "success"

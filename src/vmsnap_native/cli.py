@@ -195,6 +195,13 @@ def cmd_run(args: argparse.Namespace, snapshot_argv: list[str]) -> int:
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
                     freeze_timeout=args.freeze_timeout, log_file=log_file or None,
                     dry_run=args.dry_run, metrics_file=args.metrics_file)
+    # the run is over: a stop signal now has nothing left to stop, and must not
+    # cut its report short (blocked until exit, where a pending one is dropped)
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        from .stop import STOP_SIGNALS
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if res.plan is not None:
         res.plan["snapshot_step"] = sp = step_plan(snapshot_argv)
         if sp["warning"]:
