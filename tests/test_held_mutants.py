@@ -37,8 +37,9 @@ def test_a_held_freeze_reports_each_filesystem_and_its_lease_ends_it(loopfs):
     assert not frozen_state(a) and not frozen_state(b)
     again = held.thaw_session(h.session)
     assert (again.status, again.ok) == ("expired", False)
-    assert again.message == ("that freeze no longer holds (its deadline passed, or another "
-                             "thaw ended it): the snapshot it was for is not consistent")
+    assert again.message == ("that freeze no longer holds (its deadline passed, another thaw "
+                             "ended it, or its guardian died and it was thawed from its "
+                             "record): the snapshot it was for is not consistent")
 
 
 def test_what_cannot_be_held_is_said_and_nothing_is_frozen(tmp_path, loopfs):

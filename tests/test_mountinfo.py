@@ -174,20 +174,26 @@ def test_levels_of_a_large_table_equal_the_simple_way(tmp_path):
 
 
 def test_a_table_of_10000_mounts_is_classified_in_time_that_grows_linearly(tmp_path):
-    import statistics
+    import gc
     import time
 
     def timed(text, sysfs) -> tuple:
+        # the best of 5 CPU times, without the collector: what a shared machine adds
+        # to a run only ever makes it slower
         runs = []
-        for _ in range(5):
-            t0 = time.process_time()
-            sel = mountinfo.select(mountinfo.parse_mountinfo(text), sysfs=sysfs)
-            runs.append(time.process_time() - t0)
-        return statistics.median(runs), sel
+        gc.disable()
+        try:
+            for _ in range(5):
+                t0 = time.process_time()
+                sel = mountinfo.select(mountinfo.parse_mountinfo(text), sysfs=sysfs)
+                runs.append(time.process_time() - t0)
+        finally:
+            gc.enable()
+        return min(runs), sel
 
     (tmp_path / "half").mkdir()
     (tmp_path / "full").mkdir()
-    half = synthetic_table(5000, tmp_path / "half")
+    half = synthetic_table(2500, tmp_path / "half")
     full = synthetic_table(10000, tmp_path / "full")
     t_half, _ = timed(half, str(tmp_path / "half"))
     t_full, sel = timed(full, str(tmp_path / "full"))
@@ -197,8 +203,8 @@ def test_a_table_of_10000_mounts_is_classified_in_time_that_grows_linearly(tmp_p
     assert sum("pseudo" in r for r in reasons) > 2500
     assert sum("same filesystem as" in r for r in reasons) > 1500
     assert sum("hidden" in r for r in reasons) > 50 and sum("read-only" in r for r in reasons) > 50
-    # doubling the table: a linear pass doubles the time; a quadratic one would quadruple it
-    assert t_full / t_half < 3, "%.3f s at 5,000 mounts, %.3f s at 10,000" % (t_half, t_full)
+    # four times the table: a linear pass takes four times as long, a quadratic one 16
+    assert t_full / t_half < 8, "%.3f s at 2,500 mounts, %.3f s at 10,000" % (t_half, t_full)
 
 
 @given(st.lists(st.sampled_from(["/", "", "/data", "/data/", "/d*", "/data/inner", "/x/",
