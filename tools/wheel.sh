@@ -25,7 +25,9 @@ trap 'rm -rf "$tmp"' EXIT
 base=$("$py" -c "import sys; print(sys._base_executable)")
 "$base" -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q "$whl" pytest hypothesis pytest-benchmark pytest-timeout prometheus_client
-cp -r tests examples contrib bench pyproject.toml "$tmp/"
+# the checkout but its source (the tests read README, man pages, units, examples)
+tar -C "$checkout" --exclude=./src --exclude=./.venv --exclude=./build --exclude=./dist \
+    --exclude=./.git -cf - . | tar -C "$tmp" -xf -
 cd "$tmp"
 "$tmp/venv/bin/python" - "$checkout" <<'PY'
 import sys, vmsnap_native
@@ -33,4 +35,7 @@ where = vmsnap_native.__file__
 assert not where.startswith(sys.argv[1]), "testing the checkout, not the install: " + where
 print("testing the installed package at", where)
 PY
-"$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider tests
+# not here: tests/fleet (`make test-fleet` runs them) and the checks of the source
+# tree's packaging (`make test` and `make test-packaging` run them)
+"$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider --ignore=tests/fleet \
+    --ignore=tests/test_packaging.py tests
