@@ -7,6 +7,7 @@ everything, in reverse order, even after a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -84,14 +85,34 @@ class LoopFilesystems:
         # thaw everything first: a frozen filesystem cannot be unmounted
         for mnt, _ in reversed(self.mounts):
             _run("fsfreeze", "-u", mnt, check=False)
+        # everything mounted under base, the latest first: ours, and what a test
+        # mounted there itself (a tmpfs, a bind, an overlay), whose own umount may
+        # have met EBUSY while a process it froze through was still exiting
+        for mnt in reversed(_mounts_under(self.base)):
+            _umount(mnt)
         for mnt, img in reversed(self.mounts):
-            for _ in range(50):
-                r = _run("umount", mnt, check=False)
-                if r.returncode == 0 or "not mounted" in r.stdout:
-                    break
-                time.sleep(0.1)
-            else:
-                _run("umount", "-l", mnt, check=False)
+            _umount(mnt)   # one attached outside base; "not mounted" for the rest
             for line in _run("losetup", "-j", img, check=False).stdout.splitlines():
                 _run("losetup", "-d", line.split(":", 1)[0], check=False)
         self.mounts = []
+
+
+def _mounts_under(base: str) -> list[str]:
+    """The mount points at or below BASE, in the order they were mounted."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mnt = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if mnt == base or mnt.startswith(base.rstrip("/") + "/"):
+                found.append(mnt)
+    return found
+
+
+def _umount(mnt: str) -> None:
+    """Unmounts MNT, waiting up to 5 s for whoever still uses it, then lazily."""
+    for _ in range(50):
+        r = _run("umount", mnt, check=False)
+        if r.returncode == 0 or "not mounted" in r.stdout:
+            return
+        time.sleep(0.1)
+    _run("umount", "-l", mnt, check=False)
