@@ -336,13 +336,11 @@ def test_a_stuck_freeze_ends_and_nothing_is_frozen_once_it_lands(tmp_path, loopf
     SIGTERM) with the post-script run, and when the outer filesystem is
     thawed later, the late FIFREEZE is not left standing."""
     from .test_signals import finish
-    from .test_thaw_paths import dirty, fsfreeze
+    from .test_thaw_paths import flush_stuck_behind
     (outer,) = loopfs.make(1, size_mb=96)
     (inner,) = loopfs.make(1, parent=outer)
     cfg = setup_scripts(tmp_path, post="touch %s" % (tmp_path / "post-ran"))
-    dirty(inner)
-    assert fsfreeze("-f", outer).returncode == 0
-    try:
+    with flush_stuck_behind(outer, inner):
         t0 = time.monotonic()
         proc = start_run(tmp_path, cfg, [inner], extra=["--freeze-timeout", "3"],
                          snapshot=["touch", str(tmp_path / "step-ran")])
@@ -356,8 +354,6 @@ def test_a_stuck_freeze_ends_and_nothing_is_frozen_once_it_lands(tmp_path, loopf
         assert codes(res) == expected and rc != 0, (res["errors"], err)
         assert took < (15 if stop else 60), took
         assert (tmp_path / "post-ran").exists()
-    finally:
-        fsfreeze("-u", outer)
     time.sleep(2)   # the flush and the late FIFREEZE land now
     assert thawed_soon([inner], timeout=10)
     assert not frozen_state(inner)

@@ -11,6 +11,7 @@ file there), so every clean-up here thaws the outer first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,10 +50,33 @@ def nested(loopfs):
         fsfreeze("-u", inner)
 
 
-def dirty(mountpoint, mb=8):
-    """Leaves MB of unwritten data in MOUNTPOINT's page cache (no sync)."""
-    with open(os.path.join(mountpoint, "dirty"), "wb") as f:
-        f.write(os.urandom(mb << 20))
+def proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "X"
+
+
+@contextlib.contextmanager
+def flush_stuck_behind(outer, inner, mb=8):
+    """Freezes OUTER and leaves INNER (whose image is a file on OUTER) with a
+    flush that cannot end until OUTER thaws: a writer's fsync into INNER is
+    stuck in the loop device's write to OUTER.  Dirty pages alone would not
+    do: anyone's sync(1) on a busy machine can write them out before OUTER
+    freezes, and then INNER freezes at once.  OUTER is thawed (and the writer
+    reaped) on the way out, unless the test did it first."""
+    assert fsfreeze("-f", outer).returncode == 0
+    writer = subprocess.Popen(["dd", "if=/dev/zero", "of=" + os.path.join(inner, "dirty"),
+                               "bs=1M", "count=%d" % mb, "conv=fsync", "status=none"])
+    try:
+        # D: in its fsync (or throttled), waiting for the loop device's write into OUTER
+        assert wait_for(lambda: proc_state(writer.pid) == "D", timeout=20), \
+            "the writer into %s never waited on the frozen %s" % (inner, outer)
+        yield writer
+    finally:
+        fsfreeze("-u", outer)
+        writer.wait(60)
 
 
 def gone(pid, timeout=10.0):
@@ -219,16 +243,15 @@ def test_thawed_early_names_the_cause(loopfs):
 
 def test_freeze_cap_counts_from_the_first_fifreeze_not_the_presync(nested):
     outer, inner = nested
-    dirty(inner)
     # the inner's flush writes into its image on the outer: frozen, the flush waits
-    assert fsfreeze("-f", outer).returncode == 0
-    s = vmsnap.freeze_filesystems([inner], timeout=5, presync_timeout=1)
-    box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", s.freeze()))
-    t0 = time.monotonic_ns()
-    t.start()
-    time.sleep(2.5)
-    fsfreeze("-u", outer)
+    with flush_stuck_behind(outer, inner):
+        s = vmsnap.freeze_filesystems([inner], timeout=5, presync_timeout=1)
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("r", s.freeze()))
+        t0 = time.monotonic_ns()
+        t.start()
+        time.sleep(2.5)
+        fsfreeze("-u", outer)
     t.join(60)
     try:
         assert not t.is_alive()
@@ -250,38 +273,37 @@ def test_rcu_expedited_restored_when_the_guardian_dies_mid_wave(nested):
     with open(RCU) as f:
         if f.read().strip() != "0":
             pytest.skip("rcu_expedited is already on here")
-    dirty(inner)
-    assert fsfreeze("-f", outer).returncode == 0
-    s = vmsnap.freeze_filesystems([inner], timeout=30, presync=False)
-    box = {}
+    with flush_stuck_behind(outer, inner):
+        s = vmsnap.freeze_filesystems([inner], timeout=30, presync=False)
+        box = {}
 
-    def freeze():
+        def freeze():
+            try:
+                s.freeze()
+            except FreezeError as exc:
+                box["error"] = str(exc)
+
+        t = threading.Thread(target=freeze)
+        t.start()
         try:
-            s.freeze()
-        except FreezeError as exc:
-            box["error"] = str(exc)
-
-    t = threading.Thread(target=freeze)
-    t.start()
-    try:
-        # the wave is under way: expedited, and the inner's FIFREEZE stuck in its flush
-        assert wait_for(lambda: s._shared is not None and s._shared.fs[0].state == 3)
-        with open(RCU) as f:
-            assert f.read().strip() == "1"
-        os.kill(s.guardian_pid, signal.SIGKILL)
-        time.sleep(0.2)
-        fsfreeze("-u", outer)   # the FIFREEZE lands, the guardian's last thread exits
-        t.join(60)
-        assert not t.is_alive()
-        assert "guardian died" in box.get("error", ""), box
-        with open(RCU) as f:
-            assert f.read().strip() == "0", "rcu_expedited left on after the guardian's death"
-        assert not frozen_state(outer) and not frozen_state(inner)
-    finally:
-        fsfreeze("-u", outer)
-        t.join(60)
-        with open(RCU, "w") as f:
-            f.write("0")
+            # the wave is under way: expedited, and the inner's FIFREEZE stuck in its flush
+            assert wait_for(lambda: s._shared is not None and s._shared.fs[0].state == 3)
+            with open(RCU) as f:
+                assert f.read().strip() == "1"
+            os.kill(s.guardian_pid, signal.SIGKILL)
+            time.sleep(0.2)
+            fsfreeze("-u", outer)   # the FIFREEZE lands, the guardian's last thread exits
+            t.join(60)
+            assert not t.is_alive()
+            assert "guardian died" in box.get("error", ""), box
+            with open(RCU) as f:
+                assert f.read().strip() == "0", "rcu_expedited left on after the guardian's death"
+            assert not frozen_state(outer) and not frozen_state(inner)
+        finally:
+            fsfreeze("-u", outer)
+            t.join(60)
+            with open(RCU, "w") as f:
+                f.write("0")
 
 
 def test_record_on_a_frozen_btrfs_subvolume_is_not_rewritten(loopfs, monkeypatch):
