@@ -240,13 +240,25 @@ class AgentSession(Cycle):
         if self.agent_fs is not None and not self.lingers:
             self.agent_fs.close()
 
+    def _clear_resume(self) -> None:
+        fs = self.agent_fs
+        if self.lingers and fs is not None and fs.record_path and self.plan.config_path:
+            # the post-script has run; should this process die before linger() has
+            # thawed, the reaper thaws from the agent's record (and runs nothing else)
+            _resume.register(self.plan.config_path, log_file=self.log.path,
+                             thaw_records=[fs.record_path],
+                             timeout=self.plan.settings.timeout, retries=0)
+            self.resume_registered = True
+            return
+        super()._clear_resume()
+
     def linger(self) -> None:
         """After an early end (``lingers``): waits until the step's deadline and
         thaws whatever the agent froze meanwhile (its FIFREEZE after our thaw),
         parents first.  Stop signals are ignored meanwhile (the wait is bounded by
-        the deadline); a SIGKILL leaves the thaw to the reaper's resume, which
-        thaws from the agent's record and runs nothing else (the post-script has
-        run).  The log is held: it may be on a filesystem the agent froze."""
+        the deadline); a death leaves the thaw to the reaper's resume, which thaws
+        from the agent's record at once and runs nothing else (the post-script
+        has run).  The log is held: it may be on a filesystem the agent froze."""
         fs = self.agent_fs
         if fs is None or not self.lingers or self.step_deadline_ns is None:
             return
@@ -254,13 +266,7 @@ class AgentSession(Cycle):
         old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stops}
         self.log.hold()
         notes: list[str] = []
-        registered = False
         try:
-            if fs.record_path and self.plan.config_path:
-                _resume.register(self.plan.config_path, log_file=self.log.path,
-                                 thaw_records=[fs.record_path],
-                                 timeout=self.plan.settings.timeout, retries=0)
-                registered = True
             while True:
                 left = self.step_deadline_ns - time.monotonic_ns()
                 if left <= 0:
@@ -269,8 +275,8 @@ class AgentSession(Cycle):
             fs.rearm()
             notes = fs.thaw()
         finally:
-            if registered:
-                _resume.clear()
+            self.lingers = False
+            self._clear_resume()
             fs.close()
             self.log.release()
             for sig, h in old.items():
