@@ -442,15 +442,16 @@ def test_json_output_and_working_directory_on_the_frozen_filesystem(tmp_path, lo
 
 # -- the presync's /sys changes, when the run and its guardian both die ------------
 
-def _sys_values() -> dict:
-    """Every value the presync may change: each device's strict limit and
-    ratio (max_bytes is the ratio in bytes, and drifts with free memory),
-    and rcu_expedited."""
-    import glob
+def _sys_values(mountpoint) -> dict:
+    """Every value the presync may change for MOUNTPOINT's device: its strict
+    limit and ratio (max_bytes is the ratio in bytes, and drifts with free
+    memory), and rcu_expedited.  Other devices are left out: other work on
+    this machine may cap its own meanwhile."""
+    dev = os.stat(mountpoint).st_dev
+    bdi = "/sys/class/bdi/%d:%d/" % (os.major(dev), os.minor(dev))
     out = {}
-    for p in sorted(glob.glob("/sys/class/bdi/*/strict_limit") +
-                    glob.glob("/sys/class/bdi/*/max_ratio_fine") +
-                    glob.glob("/sys/class/bdi/*/max_ratio") + ["/sys/kernel/rcu_expedited"]):
+    for p in [bdi + "strict_limit", bdi + "max_ratio_fine", bdi + "max_ratio",
+              "/sys/kernel/rcu_expedited"]:
         try:
             with open(p) as f:
                 out[p] = f.read().strip()
@@ -468,7 +469,7 @@ def test_run_and_guardian_sigkilled_in_the_presync_the_reaper_restores_sys(tmp_p
 
     from .test_jit_freeze import CapWatch, Streaming, bdi_values
     busy, = loopfs.make(1, size_mb=256)
-    before = _sys_values()
+    before = _sys_values(busy)
     assert bdi_values(busy)[0] == 0, "the loop device already has strict_limit on"
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"fsFreezeEnabled": True, "presyncDirtyCapMiB": 64,
@@ -491,9 +492,9 @@ def test_run_and_guardian_sigkilled_in_the_presync_the_reaper_restores_sys(tmp_p
         p.wait()
         os.kill(guardian, signal.SIGKILL)
         end = time.monotonic() + 5.0
-        while _sys_values() != before and time.monotonic() < end:
+        while _sys_values(busy) != before and time.monotonic() < end:
             time.sleep(0.05)
-        after = _sys_values()
+        after = _sys_values(busy)
         assert after == before, {k: (before.get(k), v) for k, v in after.items()
                                  if before.get(k) != v}
     finally:
