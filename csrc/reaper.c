@@ -68,7 +68,7 @@ struct reaper_entry {
 };
 
 struct reaper_resume {
-    int32_t valid;
+    uint64_t job_done; /* its jobs that have run (vmsnap_reaper_resume_job_done) */
     int32_t argc, envc, n_wait;
     int32_t wait_pid[VMSNAP_RESUME_WAIT_MAX];
     uint64_t wait_start[VMSNAP_RESUME_WAIT_MAX];
@@ -78,16 +78,30 @@ struct reaper_resume {
 
 struct reaper_shared {
     struct reaper_entry slot[VMSNAP_REAPER_SLOTS];
-    struct reaper_resume resume;
+    /* the registered resume and the one written beside it: a new one is
+     * written into the other, then switched to (resume_live), so that a
+     * death at any instant of the update leaves the old or the new one */
+    struct reaper_resume resume[2];
+    int32_t resume_live; /* 1 + the index of the registered one; 0: none */
     int32_t closing; /* set by the reaper before it reads the table to kill */
-    /* the resume's jobs (vmsnap_reaper_resume_job_*): arguments dropped,
-     * those of the job in progress, and its latest attempt (pid last) */
-    uint64_t job_done, job_next, mark_args, mark_start;
+    /* the registered resume's job in progress (vmsnap_reaper_resume_job_*):
+     * its arguments, and its latest attempt (pid last) */
+    uint64_t job_next, mark_args, mark_start;
     int32_t mark_pid;
 };
 
 /* This process's table, shared with its reaper (one reaper per process). */
 static struct reaper_shared *shared;
+
+/* Tests only (ctest.c): called in vmsnap_reaper_set_resume between the new
+ * resume's write and the switch to it. */
+void (*vmsnap_reaper_test_before_switch)(void);
+
+/* The registered resume, or NULL. */
+static struct reaper_resume *live_resume(struct reaper_shared *sh) {
+    int live = __atomic_load_n(&sh->resume_live, __ATOMIC_ACQUIRE);
+    return live == 1 || live == 2 ? &sh->resume[live - 1] : NULL;
+}
 
 /* SIGKILL to a registered identity, and to its group if it is provably
  * still the one we registered: the (stopped) identity is alive in it. */
@@ -302,7 +316,8 @@ static const char *stderr_summary(char *buf, size_t len) {
  * that follows): an attempt stopped or in the kernel is still running,
  * and its job runs again. */
 static uint64_t jobs_that_ran(struct reaper_shared *sh) {
-    uint64_t drop = __atomic_load_n(&sh->job_done, __ATOMIC_SEQ_CST);
+    struct reaper_resume *r = live_resume(sh);
+    uint64_t drop = r ? __atomic_load_n(&r->job_done, __ATOMIC_SEQ_CST) : 0;
     int pid = __atomic_load_n(&sh->mark_pid, __ATOMIC_SEQ_CST);
     if (pid <= 0)
         return drop;
@@ -322,7 +337,7 @@ static uint64_t jobs_that_ran(struct reaper_shared *sh) {
 }
 
 static void run_resume(struct reaper_resume *r, uint64_t drop, int64_t died_ns) {
-    if (!__atomic_load_n(&r->valid, __ATOMIC_ACQUIRE))
+    if (!r)
         return;
     const char *log_path = r->log_path;
     for (int i = 0; i < r->n_wait; i++)
@@ -337,7 +352,7 @@ static void run_resume(struct reaper_resume *r, uint64_t drop, int64_t died_ns) 
     for (int i = 0; i < r->envc; i++, s += strlen(s) + 1)
         envp[i] = s;
     envp[r->envc] = NULL;
-    const char *what = argc > 2 ? argv[2] : argv[0]; /* python -m MODULE: the module */
+    const char *what = argc > 2 ? argv[2] : argv[0]; /* python -m MODULE or -c CODE: what runs */
     int errp[2], execp[2];
     if (pipe2(errp, O_CLOEXEC) < 0 || pipe2(execp, O_CLOEXEC) < 0) {
         reaper_log(log_path, "ERROR", "resume: cannot start %s: %s; the application was not "
@@ -451,7 +466,7 @@ __attribute__((noreturn)) static void reaper_main(int sock, int ctl_pidfd, struc
     kill_registered(sh);
     contain_cgroup_sweep(controller); /* its cgroups that are empty now */
     setpriority(PRIO_PROCESS, 0, 0);
-    run_resume(&sh->resume, ran, died);
+    run_resume(live_resume(sh), ran, died);
     _exit(0);
 }
 
@@ -582,7 +597,9 @@ void vmsnap_reaper_resume_job_begin(uint64_t args) {
 void vmsnap_reaper_resume_job_done(uint64_t args) {
     if (!shared)
         return;
-    __atomic_fetch_or(&shared->job_done, args, __ATOMIC_SEQ_CST);
+    struct reaper_resume *r = live_resume(shared);
+    if (r)
+        __atomic_fetch_or(&r->job_done, args, __ATOMIC_SEQ_CST);
     __atomic_store_n(&shared->job_next, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&shared->mark_pid, 0, __ATOMIC_SEQ_CST);
 }
@@ -666,12 +683,12 @@ int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32
                              const uint64_t *wait_starttimes, int n_wait, const char *log_path) {
     if (!shared)
         return -EINVAL;
-    struct reaper_resume *r = &shared->resume;
+    /* a job in progress is forgotten (its attempt, if we die, runs again):
+     * its arguments are the old command's indices */
     __atomic_store_n(&shared->job_next, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&shared->mark_pid, 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&shared->job_done, 0, __ATOMIC_SEQ_CST);
     if (!argv || !argv[0]) {
-        __atomic_store_n(&r->valid, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&shared->resume_live, 0, __ATOMIC_RELEASE);
         return 0;
     }
     size_t total = 0;
@@ -680,10 +697,13 @@ int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32
         total += strlen(argv[argc]) + 1;
     for (; envp && envp[envc]; envc++)
         total += strlen(envp[envc]) + 1;
+    /* written beside the registered one, which stays registered meanwhile */
+    int idx = __atomic_load_n(&shared->resume_live, __ATOMIC_ACQUIRE) == 1 ? 1 : 0;
+    struct reaper_resume *r = &shared->resume[idx];
     if (total > sizeof r->strings || argc + envc > RESUME_MAX_STRINGS || n_wait < 0 ||
         n_wait > VMSNAP_RESUME_WAIT_MAX || (log_path && strlen(log_path) >= sizeof r->log_path))
         return -E2BIG; /* what was set stays set */
-    __atomic_store_n(&r->valid, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->job_done, 0, __ATOMIC_SEQ_CST);
     char *s = r->strings;
     for (int i = 0; i < argc; i++)
         s = stpcpy(s, argv[i]) + 1;
@@ -697,6 +717,8 @@ int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32
         r->wait_pid[i] = wait_pids[i];
         r->wait_start[i] = wait_starttimes[i];
     }
-    __atomic_store_n(&r->valid, 1, __ATOMIC_RELEASE);
+    if (vmsnap_reaper_test_before_switch)
+        vmsnap_reaper_test_before_switch();
+    __atomic_store_n(&shared->resume_live, idx + 1, __ATOMIC_RELEASE); /* the switch */
     return 0;
 }

@@ -303,7 +303,9 @@ int vmsnap_reaper_unwatch(int key);
  * command and appends to LOG_PATH (NULL or "": the system log) when it
  * cannot be started, dies of a signal, or fails saying why on stderr (an
  * import error, a traceback), and every minute it waits for WAIT_PIDS.
- * ARGV NULL clears it.  -E2BIG when the strings or the pids do not fit. */
+ * ARGV NULL clears it.  -E2BIG when the strings or the pids do not fit.
+ * A new command is written beside the registered one, then switched to: a
+ * death at any instant of the update leaves the old one or the new one. */
 int vmsnap_reaper_set_resume(char *const argv[], char *const envp[], const int32_t *wait_pids,
                              const uint64_t *wait_starttimes, int n_wait, const char *log_path);
 /* The resume command's jobs that have run (a job: the resume's arguments

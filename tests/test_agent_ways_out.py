@@ -130,6 +130,49 @@ def test_a_dead_sessions_late_calls_never_touch_another_runs_freeze(tmp_path, lo
     assert not frozen_state(leased)
 
 
+@pytest.mark.parametrize("then", [None, signal.SIGKILL])
+def test_holder_sigterm_before_the_agents_own_freeze_thaws_it_by_the_deadline(
+        tmp_path, loopfs, runtime, then):
+    """qemu-ga's `freeze` call got its answer; the session's process gets
+    SIGTERM before qemu-ga's own FIFREEZE.  The session ends at once (thaw,
+    post-script), then qemu-ga freezes anyway and its host never sends
+    `thaw`: what it froze is thawed by the session's deadline (by the
+    session's process, or, SIGKILLed as it waits, by the reaper from the
+    agent's record), and the post-script is not run again."""
+    mounts = loopfs.make(2)
+    config, mark = stamping_config(tmp_path, mounts, freezeTimeoutInSeconds=3)
+    p = hook(tmp_path, "qemu-ga", config, "freeze")
+    answered = time.monotonic()   # the session's step (and its deadline) began before this
+    assert p.returncode == 0, p.stderr
+    holder = session(runtime, "qemu-ga")["watchdog"]["pid"]
+    os.kill(holder, signal.SIGTERM)
+    try:
+        assert wait_for(lambda: len(marks(mark).get("post", [])) == 1, 30), marks(mark)
+        for m in reversed(mounts):   # qemu-ga's FIFREEZE, after the session ended
+            subprocess.run(["fsfreeze", "-f", m], check=True, timeout=30)
+        assert time.monotonic() < answered + 3, "too slow to freeze before the deadline"
+        if then is not None:
+            os.kill(holder, then)
+        assert thawed_soon(mounts, answered + 3 + 2.0 - time.monotonic()), \
+            "frozen %.1fs after the 3s deadline's start" % (time.monotonic() - answered)
+    finally:
+        for m in mounts:
+            subprocess.run(["fsfreeze", "-u", m], capture_output=True)
+    assert wait_for(lambda: not alive(holder), 10)
+    assert no_holder_left(runtime, "qemu-ga")
+    p = hook(tmp_path, "qemu-ga", config, "thaw")
+    assert p.returncode == 1 and "not consistent" in p.stderr, p.stderr
+    time.sleep(0.3)
+    got = marks(mark)
+    assert len(got["pre"]) == 1 and len(got["post"]) == 1, got
+    if then is None:
+        res = log_results(tmp_path)
+        assert res and res[-1]["status"] == "failed", res
+    else:   # what it held of its log went with it; the resume says what it thawed
+        log = (tmp_path / "vmsnap.log").read_text()
+        assert "resume: thaw: %s: thawed" % mounts[0] in log, log
+
+
 @pytest.fixture
 def nested_and_one(loopfs):
     (outer,) = loopfs.make(1, size_mb=96)

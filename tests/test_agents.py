@@ -438,17 +438,21 @@ def test_second_freeze_ends_the_open_session_first(tmp_path, loopfs, runtime):
 
 def test_watchdog_told_to_stop_ends_the_session_at_once(tmp_path, loopfs, runtime):
     """A shutdown SIGTERMs everything: the watchdog thaws and runs the
-    post-script then, instead of dying with the guest frozen."""
+    post-script then, instead of dying with the guest frozen; it stays until
+    the deadline only to thaw what the agent may still freeze, then exits."""
     mounts = loopfs.make(1)
-    config, mark = stamping_config(tmp_path, mounts, freezeTimeoutInSeconds=120)
+    config, mark = stamping_config(tmp_path, mounts, freezeTimeoutInSeconds=6)
     assert hook(tmp_path, "vmware", config, "freeze").returncode == 0
     subprocess.run(["fsfreeze", "-f", mounts[0]], check=True, timeout=30)   # the sync driver
     with open(os.path.join(runtime, "hook-vmware.json")) as f:
         watchdog_pid = json.load(f)["watchdog"]["pid"]
+    t = time.monotonic()
     os.kill(watchdog_pid, signal.SIGTERM)
     assert thawed_soon(mounts, timeout=15)
     assert wait_for(lambda: "post" in marks(mark), 15)
+    assert time.monotonic() - t < 5, "not at once"
     assert wait_for(lambda: not alive(watchdog_pid), 15)
+    assert len(marks(mark)["post"]) == 1
     assert vmtools(tmp_path, config, "thaw").returncode == 1   # too late: not consistent
 
 

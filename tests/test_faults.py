@@ -438,3 +438,66 @@ def test_json_output_and_working_directory_on_the_frozen_filesystem(tmp_path, lo
     assert p.returncode == 0
     with open(out) as f:
         assert json.load(f)["status"] == "success"
+
+
+# -- the presync's /sys changes, when the run and its guardian both die ------------
+
+def _sys_values(mountpoint) -> dict:
+    """Every value the presync may change for MOUNTPOINT's device: its strict
+    limit and ratio (max_bytes is the ratio in bytes, and drifts with free
+    memory), and rcu_expedited.  Other devices are left out: other work on
+    this machine may cap its own meanwhile."""
+    dev = os.stat(mountpoint).st_dev
+    bdi = "/sys/class/bdi/%d:%d/" % (os.major(dev), os.minor(dev))
+    out = {}
+    for p in [bdi + "strict_limit", bdi + "max_ratio_fine", bdi + "max_ratio",
+              "/sys/kernel/rcu_expedited"]:
+        try:
+            with open(p) as f:
+                out[p] = f.read().strip()
+        except OSError:
+            pass
+    return out
+
+
+def test_run_and_guardian_sigkilled_in_the_presync_the_reaper_restores_sys(tmp_path, loopfs):
+    """`vmsnap run` (no scripts) and its guardian are SIGKILLed while the
+    presync caps the device's dirty data (strict_limit on): neither can put
+    the values back, and the reaper's resume does, from the session's record,
+    within a few seconds -- not the next run."""
+    from vmsnap_native.freeze import _read_record, runtime_dir
+
+    from .test_jit_freeze import CapWatch, Streaming, bdi_values
+    busy, = loopfs.make(1, size_mb=256)
+    before = _sys_values(busy)
+    assert bdi_values(busy)[0] == 0, "the loop device already has strict_limit on"
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"fsFreezeEnabled": True, "presyncDirtyCapMiB": 64,
+                               "expediteRcu": True}))
+    os.chmod(cfg, 0o600)
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    guardian = None
+    try:
+        p = start_run(tmp_path, cfg, [busy], snapshot=["true"])
+        assert watch.seen.wait(30), "the cap never came on"
+        import glob
+        for rec in glob.glob(os.path.join(runtime_dir(), "freeze-*.rec")):
+            _, sh = _read_record(rec)
+            if sh.controller_pid == p.pid:
+                guardian = sh.guardian_pid
+        assert guardian, "no record of the run's session"
+        os.kill(guardian, signal.SIGSTOP)   # it must not see the controller die
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        os.kill(guardian, signal.SIGKILL)
+        end = time.monotonic() + 5.0
+        while _sys_values(busy) != before and time.monotonic() < end:
+            time.sleep(0.05)
+        after = _sys_values(busy)
+        assert after == before, {k: (before.get(k), v) for k, v in after.items()
+                                 if before.get(k) != v}
+    finally:
+        watch.stop()
+        w.stop()
+    assert not frozen_state(busy)

@@ -343,3 +343,25 @@ def test_a_child_that_keeps_the_lock_keeps_its_line_when_the_parent_lets_go(tmp_
         assert line.startswith("pid=%d " % pid), line
     finally:
         os.waitpid(pid, 0)
+
+
+def test_the_resume_says_nothing_on_stderr_when_its_post_script_times_out(tmp_path,
+                                                                          monkeypatch):
+    """Its post-script timed out: the resume exits 1 having logged why, and
+    writes nothing on stderr (the reaper would log that as the command's
+    error).  Even where its module was imported before the command's code ran
+    (here by a sitecustomize), since the command imports it as a module
+    instead of having runpy execute it as __main__ beside that copy."""
+    from vmsnap_native import _resume
+    monkeypatch.setenv("VMSNAP_RUNTIME_DIR", str(tmp_path / "run"))
+    config = setup_scripts(tmp_path, post="sleep 30", timeoutInSeconds=1)
+    log = tmp_path / "vmsnap.log"
+    argv, env = _resume.resume_command(config, log_file=str(log), post=True)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import vmsnap_native._resume\n")
+    env["PYTHONPATH"] += os.pathsep + str(site)
+    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and p.stderr == "", (p.returncode, p.stderr)
+    assert "resume: post-script failed: timed out" in log.read_text()

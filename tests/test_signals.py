@@ -611,8 +611,11 @@ def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, mo
     assert res.status == "success"
     (argv, env, wait_for, pre_had_run), (argv2, _, wait_for2, _), last = calls
     assert not pre_had_run, "registered only after the pre-script ran"
-    assert argv[:3] == [sys.executable, "-m", "vmsnap_native._resume"] and "--post" in argv
+    assert argv[:3] == [sys.executable, "-c", "from vmsnap_native._resume import run; run()"] \
+        and "--post" in argv
     assert wait_for == [] and len(wait_for2) == 1 and wait_for2[0][0] > 0   # the guardian
+    # once the guardian is gone, the resume also undoes what the session's record says
+    assert "--thaw-record" in argv2 and "--thaw-record" not in argv
     assert last == "cleared"
     os.unlink(tmp_path / "post-ran")
     p = subprocess.run(argv2, env=env, capture_output=True, text=True, timeout=60)

@@ -13,8 +13,12 @@ re-checks each script with the policy (what runs as root is checked as it
 runs, as in a run), runs the thaw hooks in reverse order and the
 post-script with their timeouts and retries, and logs to the run's log:
 
-    python -m vmsnap_native._resume --config PATH [--log-file F] [--post] [--hook PATH]...
-                                    [--bound S]
+    python -c 'from vmsnap_native._resume import run; run()' --config PATH
+           [--log-file F] [--post] [--hook PATH]... [--thaw-record R]... [--bound S]
+
+(not ``python -m vmsnap_native._resume``: runpy would execute this module
+as ``__main__`` beside the copy its package's own imports may load, and
+says so on stderr, which the reaper logs as the command's error)
 
 --post: the pre-script ran, so the post-script runs; --hook: a hook whose
 freeze call started, in the order they started; --bound: the longest its
@@ -48,6 +52,8 @@ from .logbook import Logbook
 from .scripts import SCRIPT_GRACE, run_script
 
 MODULE = "vmsnap_native._resume"
+# The command's code: an ordinary import, so this module is loaded once.
+CODE = "from %s import run; run()" % MODULE
 # Python starting and importing, the log: added to the scripts' own bound.
 _START_S = 10.0
 
@@ -81,7 +87,7 @@ def resume_command(config: str, *, log_file: str | None = None, post: bool = Fal
     module of the very package imported here (its directory first on
     PYTHONPATH, set explicitly: nothing is inherited), the runtime directory
     (for the run lock) and the clean environment scripts get."""
-    argv = [_python(), "-m", MODULE, "--config", os.path.abspath(config)]
+    argv = [_python(), "-c", CODE, "--config", os.path.abspath(config)]
     if log_file:
         argv += ["--log-file", os.path.abspath(log_file)]
     if post:
@@ -222,7 +228,7 @@ def resume(config: str, post: bool, hook_paths: Sequence[str], log: Logbook) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vmsnap_native._resume")
+    p = argparse.ArgumentParser(prog="vmsnap resume")
     p.add_argument("--config", required=True)
     p.add_argument("--log-file")
     p.add_argument("--post", action="store_true")
@@ -249,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         lock.release()
         log.close()
+
+
+def run() -> None:
+    """The resume command's entry (CODE): main() with this process's arguments."""
+    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -163,9 +163,9 @@ class Cycle:
         self.resume_registered = True
 
     def resume_record(self) -> str | None:
-        """A freeze record the resume thaws before it resumes (none: the
-        guardian's own thaw is waited for)."""
-        return None
+        """A freeze record the resume thaws from before it resumes, once the
+        guardian is gone: the session's (a guardian that thawed removed it)."""
+        return self.session.record_path if self.session is not None else None
 
     def _clear_resume(self) -> None:
         if not self.resume_registered:
@@ -246,8 +246,10 @@ class Cycle:
             self.session = None
             self._freeze_failed([exc.error()])
             return
-        if self.resume_registered:   # the resume waits for the guardian's thaw
-            self._register_resume()
+        # the resume waits for the guardian's thaw, then undoes from the session's record
+        # what a guardian killed with us could not: the presync's dirty limits and
+        # rcu_expedited (and a freeze), so it is registered even with no script to run
+        self._register_resume()
         t = time.monotonic_ns()
         self.log.hold()
         in_window = True

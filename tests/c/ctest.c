@@ -344,10 +344,67 @@ static void test_waves(const char *mount, char **inner, int n) {
         close(fds[i]);
 }
 
+/* The resume re-registered: a death between the new command's write and
+ * its switch (here a SIGKILL from the test hook) leaves the old command
+ * registered, which the reaper then runs; never none. */
+extern void (*vmsnap_reaper_test_before_switch)(void);
+
+static void die_now(void) { raise(SIGKILL); }
+
+static void test_resume_update_is_atomic(void) {
+    char dir[] = "/tmp/vmsnap-ctest-XXXXXX";
+    if (!mkdtemp(dir)) {
+        printf("FAIL mkdtemp: %s\n", strerror(errno));
+        failed++;
+        return;
+    }
+    char ran[64], old_cmd[128], new_cmd[128];
+    snprintf(ran, sizeof ran, "%s/ran", dir);
+    snprintf(old_cmd, sizeof old_cmd, "echo old >> %s", ran);
+    snprintf(new_cmd, sizeof new_cmd, "echo new >> %s", ran);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd;
+        char *old_argv[] = {"/bin/sh", "-c", old_cmd, NULL};
+        char *new_argv[] = {"/bin/sh", "-c", new_cmd, "with", "more", "arguments", NULL};
+        char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+        if (vmsnap_reaper_start(&fd) < 0 ||
+            vmsnap_reaper_set_resume(old_argv, envp, NULL, NULL, 0, NULL) < 0)
+            _exit(2);
+        vmsnap_reaper_test_before_switch = die_now;
+        vmsnap_reaper_set_resume(new_argv, envp, NULL, NULL, 0, NULL);
+        _exit(3); /* not reached */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+          "resume update: the controller was not killed midway (status %#x)", status);
+    char got[64] = "";
+    int64_t t0 = vmsnap_now_ns();
+    while (ms_since(t0) < 10000) {
+        int f = open(ran, O_RDONLY | O_CLOEXEC);
+        if (f >= 0) {
+            ssize_t k = read(f, got, sizeof got - 1);
+            close(f);
+            if (k > 0 && got[k - 1] == '\n') {
+                got[k] = 0;
+                break;
+            }
+        }
+        usleep(20000);
+    }
+    CHECK(strcmp(got, "old\n") == 0,
+          "resume update killed before its switch: the reaper ran %s, not the old command",
+          got[0] ? got : "nothing");
+    unlink(ran);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv) {
     printf("vmsnap core %s (ABI %d) C tests\n", vmsnap_core_version(), vmsnap_core_abi());
     test_supervision(0);
     test_supervision(VMSNAP_SPAWN_NO_PIDFD);
+    test_resume_update_is_atomic();
     if (argc > 1) {
         int before = skipped;
         test_freeze(argv[1]);

@@ -106,6 +106,14 @@ class AgentFilesystems:
                 lib.VMSNAP_FS_THAW_FAILED
         return notes
 
+    def rearm(self) -> None:
+        """Every one of them "may be frozen" again (as at ``open``), so that the
+        next ``thaw()`` undoes a freeze that came after the last one."""
+        _, lib = core()
+        for i in range(len(self._fds)):
+            if self._sh.fs[i].state != lib.VMSNAP_FS_THAW_FAILED:
+                self._sh.fs[i].state = lib.VMSNAP_FS_FREEZING
+
     def close(self) -> None:
         """The session is over: the fds closed and the record removed."""
         for fd in self._fds:

@@ -19,6 +19,14 @@ are the ones of a run, not copies:
   resume (the agent's freeze, from its record) thaws, and the resume runs
   the thaw hooks and the post-script.
 
+Where the agent freezes by itself, its first call's answer lets it freeze
+at any instant after: a session that ends before the deadline without the
+agent's last call (a signal, the first call's death) has thawed and resumed
+the application, yet the agent's FIFREEZE may still come.  So this process
+stays until the deadline (its lock, its record, a resume that thaws from the
+record should it be SIGKILLed meanwhile; further stop signals ignored) and
+then thaws what the agent froze: nothing stays frozen past the deadline.
+
 A late last call finds no session (or this one's end) and is told so; it
 runs nothing and thaws nothing.
 """
@@ -35,7 +43,7 @@ import threading
 import time
 from typing import Any
 
-from .. import cycle, decide
+from .. import _resume, cycle, decide
 from ..cycle import Cycle
 from ..errors import Error
 from ..freeze import runtime_dir
@@ -184,6 +192,8 @@ class AgentSession(Cycle):
         self.last_phase: str | None = None
         self.callers: list[socket.socket] = []   # calls waiting for this session's verdict
         self.agent_fs: AgentFilesystems | None = None
+        self.step_deadline_ns: int | None = None   # CLOCK_MONOTONIC: when the step ends at the latest
+        self.lingers = False   # ended early, the agent's freeze may still come: see linger()
         super().__init__(plan, AgentStep(self), log)
 
     # -- who freezes -------------------------------------------------------------------
@@ -196,11 +206,15 @@ class AgentSession(Cycle):
         if self.agent_fs.left_out:
             self.res.warnings.append("not thawed by vmsnap if %s leaves it frozen: %s"
                                      % (self.spec.name, ", ".join(self.agent_fs.left_out)))
-        if self.resume_registered:
-            self._register_resume()   # the resume now also thaws from the agent's record
+        self._register_resume()   # the resume now also thaws from the agent's record
         self.log.hold()
         cycle.in_window = True
         self.out.freeze = decide.AGENT_FROZE
+
+    def run_snapshot(self) -> None:
+        # the deadline run_snapshot gives the step where the agent freezes (nothing frozen by us)
+        self.step_deadline_ns = time.monotonic_ns() + int(self.plan.freeze_timeout * 1e9)
+        super().run_snapshot()
 
     def finish_freeze(self) -> None:
         self.step_over = True
@@ -218,11 +232,63 @@ class AgentSession(Cycle):
         super().finish_freeze()
         for n in getattr(self, "thawed_for_agent", []):
             self.log.warning("thawed what %s left frozen: %s", self.spec.name, n)
-        if self.agent_fs is not None:
+        # the first call got its answer (the agent may be freezing right now), the session
+        # ended before the deadline and not by the agent's own last call or a new first call
+        self.lingers = (self.agent_fs is not None and self.ended_by is None
+                        and self.armed.is_set() and self.step_deadline_ns is not None
+                        and time.monotonic_ns() < self.step_deadline_ns)
+        if self.agent_fs is not None and not self.lingers:
             self.agent_fs.close()
 
+    def _clear_resume(self) -> None:
+        fs = self.agent_fs
+        if self.lingers and fs is not None and fs.record_path and self.plan.config_path:
+            # the post-script has run; should this process die before linger() has
+            # thawed, the reaper thaws from the agent's record (and runs nothing else)
+            _resume.register(self.plan.config_path, log_file=self.log.path,
+                             thaw_records=[fs.record_path],
+                             timeout=self.plan.settings.timeout, retries=0)
+            self.resume_registered = True
+            return
+        super()._clear_resume()
+
+    def linger(self) -> None:
+        """After an early end (``lingers``): waits until the step's deadline and
+        thaws whatever the agent froze meanwhile (its FIFREEZE after our thaw),
+        parents first.  Stop signals are ignored meanwhile (the wait is bounded by
+        the deadline); a death leaves the thaw to the reaper's resume, which thaws
+        from the agent's record at once and runs nothing else (the post-script
+        has run).  The log is held: it may be on a filesystem the agent froze."""
+        fs = self.agent_fs
+        if fs is None or not self.lingers or self.step_deadline_ns is None:
+            return
+        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stops}
+        self.log.hold()
+        notes: list[str] = []
+        try:
+            while True:
+                left = self.step_deadline_ns - time.monotonic_ns()
+                if left <= 0:
+                    break
+                time.sleep(min(left / 1e9, 0.25))
+            fs.rearm()
+            notes = fs.thaw()
+        finally:
+            self.lingers = False
+            self._clear_resume()
+            fs.close()
+            self.log.release()
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        for n in notes:
+            self.log.warning("the session had ended; at its deadline, thawed what %s froze "
+                             "after: %s", self.spec.name, n)
+
     def resume_record(self) -> str | None:
-        return self.agent_fs.record_path if self.agent_fs is not None else None
+        if self.agent_fs is not None:
+            return self.agent_fs.record_path
+        return super().resume_record()
 
 
 def outcome_of(res: Result, first: bool, armed: bool) -> str:
@@ -310,6 +376,8 @@ def hold(spec: AgentSpec, phase: str, config: str | None, log_file: str,
                                    name="vmsnap-first-call", daemon=True)
         watcher.start()
         res = session.run()
+        if session.lingers:
+            log.hold()   # the agent may be freezing the log's filesystem: written at the end
         first_answered = session.armed.is_set() and getattr(session, "first_acked", False)
         if first_answered and session.ended_by != "last":
             write_atomically(expired_path(spec.name), {
@@ -329,6 +397,10 @@ def hold(spec: AgentSpec, phase: str, config: str | None, log_file: str,
             send(conn, {"event": "done", "outcome": outcome,
                         "lines": summary(spec.name, session.last_phase or "session", res)})
             conn.close()
+        if session.lingers:   # late calls find no session now: told it expired, at once
+            _unpublish(path, sock_path, session_id)
+            listener.close()
+            session.linger()   # the agent may still freeze: thawed at the deadline
     except BaseException as exc:   # logged, and the callers told; never silent
         code = 1
         log.release()
@@ -336,20 +408,24 @@ def hold(spec: AgentSpec, phase: str, config: str | None, log_file: str,
         send(first, {"event": "done", "outcome": "pre-failed",
                      "lines": ["vmsnap hook %s %s: failed: %s" % (spec.name, phase, exc)]})
     finally:
-        for p in (sock_path,):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-        try:
-            st = read_trusted(path)
-            if st.get("session") == session_id:
-                os.unlink(path)
-        except (OSError, ValueError):
-            pass
+        _unpublish(path, sock_path, session_id)
         log.close()
         os.close(lock_fd)
     os._exit(code)
+
+
+def _unpublish(path: str, sock_path: str, session_id: str) -> None:
+    """The session's socket and file (if still this session's) removed."""
+    try:
+        os.unlink(sock_path)
+    except OSError:
+        pass
+    try:
+        st = read_trusted(path)
+        if st.get("session") == session_id:
+            os.unlink(path)
+    except (OSError, ValueError):
+        pass
 
 
 def _first_call(session: AgentSession, spec: AgentSpec, phase: str, first: socket.socket) -> None:
