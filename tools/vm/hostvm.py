@@ -126,7 +126,8 @@ class QGA:
 
 class Machine:
     """One QEMU guest: direct kernel boot, virtio disks, qemu-ga's channel,
-    a QMP socket, no network device, the console in a file."""
+    a QMP socket, virtio-rng (the host's entropy: an emulated guest would
+    wait for its own), no network device, the console in a file."""
 
     def __init__(self, workdir: str, kernel: str, initrd: str, disks: list,
                  accel: str = "tcg", memory: int = 2048, name: str = "vm",
@@ -154,6 +155,8 @@ class Machine:
                 "-append", "root=/dev/vda rw console=ttyS0 " + self.append,
                 "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
                 "-chardev", "socket,path=%s,server=on,wait=off,id=qga0" % self.qga_path,
+                "-object", "rng-random,id=rng0,filename=/dev/urandom",
+                "-device", "virtio-rng-pci,rng=rng0",
                 "-device", "virtio-serial-pci",
                 "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
         for ident, path, fmt in self.disks:
@@ -319,7 +322,8 @@ class LibvirtMachine(Machine):
     <serial type='file'><source path='%s'/><target port='0'/></serial>
     <channel type='unix'><source mode='bind' path='%s'/>
       <target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-    <memballoon model='none'/>
+    <controller type='usb' model='none'/><memballoon model='none'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
   </devices>
 </domain>""" % ("kvm" if self.accel == "kvm" else "qemu", self.domain, self.memory, self.kernel,
                 self.initrd, self.append, QEMU, disks, self.console, self.qga_path)
