@@ -7,9 +7,9 @@ mount point.  Teardown thaws, unmounts and detaches even when a test fails.
 from __future__ import annotations
 
 import os
-import signal
 import re
 import shutil
+import signal
 import tempfile
 
 import pytest
