@@ -187,41 +187,109 @@ def test_sigkill_of_vmsnap_freeze_at_any_instant_never_leaves_a_freeze(loopfs):
         assert not _records(), "records left after SIGKILL at +%gs" % delay
 
 
-@pytest.mark.parametrize("delays", [
-    (0.2, 0.5, 1.0),
-    pytest.param((0.0,), marks=pytest.mark.xfail(
-        strict=False, reason="both killed while the guardian's freeze wave runs: the record "
-        "on disk was written before the wave and shows nothing frozen, so no one thaws "
-        "(about 1 in 4 tries; the same holds for run's guardian and controller)")),
-], ids=["after-the-freeze", "during-the-wave"])
-def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, delays):
-    """Both die, during the freeze or after: nothing stays frozen, the
-    record is handled."""
+FIFREEZE = 0xC0045877
+
+
+def _in_fifreeze(pid):
+    """A thread of PID is inside FIFREEZE now (its /proc syscall line: the
+    ioctl's request argument)."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2].startswith("0x") and int(fields[2], 16) == FIFREEZE:
+            return True
+    return False
+
+
+def _pin_freeze(m):
+    """A writer inside the kernel's write section of M: a splice from an
+    empty pipe into a file of M waits for data with the section held, so a
+    FIFREEZE of M waits for it (writers first) until stdin is written to."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import os, sys\n"
+         "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
+         "print('in', flush=True)\n"
+         "os.splice(0, fd, 65536)\n", os.path.join(m, "pinned")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _sigkill_both_after(ms, delay):
+    p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
+                          *sum((["--mount", m] for m in ms), [])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record, gpid = _wait_guardian_record()
+    time.sleep(delay)
+    os.kill(gpid, signal.SIGKILL)
+    p.kill()
+    p.communicate()
+    return record, gpid
+
+
+def _record_handled(record, when):
+    end = time.monotonic() + 5
+    while os.path.exists(record) and time.monotonic() < end:
+        time.sleep(0.02)
+    if os.path.exists(record):
+        # both died before the watcher was left to the reaper: that is
+        # before the freeze command, so the record shows nothing frozen
+        _, sh = freeze_mod._read_record(record)
+        states = {freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
+        assert not states & freeze_mod.MAYBE_OURS, \
+            "the record was not handled (%s): %s" % (when, states)
+
+
+@pytest.mark.parametrize("when", ["after-the-freeze", "during-the-wave"])
+def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, when):
+    """Both die, after the freeze or while the guardian's freeze wave runs:
+    nothing stays frozen, the record is handled.  Mid-wave is not left to
+    chance: a writer holds the first filesystem's FIFREEZE in the kernel
+    (see _pin_freeze) and both are killed while it waits there; it lands
+    once the writer lets go, after both are dead.  The guardian recorded
+    the wave as "may be ours" before its first FIFREEZE, so the watcher
+    thaws what landed."""
     ms = loopfs.make(2)
-    for delay in delays:
+    if when == "after-the-freeze":
+        for delay in (0.2, 0.5, 1.0):
+            record, _ = _sigkill_both_after(ms, delay)
+            try:
+                assert thawed_soon(ms, timeout=WATCH_BOUND_S), \
+                    "frozen after both SIGKILLs at +%gs" % delay
+                _record_handled(record, "+%gs" % delay)
+            finally:
+                cli("thaw")
+        return
+    pin = _pin_freeze(ms[0])
+    try:
+        assert pin.stdout is not None and pin.stdout.readline() == b"in\n"
+        time.sleep(0.1)   # into the splice
         p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
                               *sum((["--mount", m] for m in ms), [])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         record, gpid = _wait_guardian_record()
-        time.sleep(delay)
+        end = time.monotonic() + 30
+        while not _in_fifreeze(gpid):
+            assert time.monotonic() < end and p.poll() is None, \
+                "the guardian never reached its FIFREEZE of %s" % ms[0]
+            time.sleep(0.005)
+        start = process.starttime(gpid)
         os.kill(gpid, signal.SIGKILL)
         p.kill()
         p.communicate()
-        try:
-            assert thawed_soon(ms, timeout=WATCH_BOUND_S), "frozen after both SIGKILLs at " \
-                "+%gs" % delay
-            end = time.monotonic() + 5
-            while os.path.exists(record) and time.monotonic() < end:
-                time.sleep(0.02)
-            if os.path.exists(record):
-                # both died before the watcher was left to the reaper: that is
-                # before the freeze command, so the record shows nothing frozen
-                _, sh = freeze_mod._read_record(record)
-                states = {freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
-                assert not states & freeze_mod.MAYBE_OURS, \
-                    "the record was not handled (+%gs): %s" % (delay, states)
-        finally:
-            cli("thaw")
+        assert pin.stdin is not None
+        pin.stdin.write(b"x")   # the writer lets go: the guardian's FIFREEZE lands
+        pin.stdin.close()
+        assert pin.wait(timeout=30) == 0
+        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
+        assert thawed_soon(ms, timeout=WATCH_BOUND_S), "frozen after both SIGKILLs mid-wave"
+        _record_handled(record, "mid-wave")
+    finally:
+        if pin.poll() is None:
+            pin.kill()
+            pin.wait()
+        cli("thaw")
 
 
 def test_the_library_calls_behind_them(loopfs):
