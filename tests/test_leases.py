@@ -21,6 +21,7 @@ from vmsnap_native import held as held_mod
 from vmsnap_native import process
 
 from .conftest import frozen_state, root_only, thawed_soon
+from .helpers import FIFREEZE, in_fifreeze, pin_freeze, unpin_freeze
 from .helpers import vmsnap as cli
 
 pytestmark = root_only
@@ -187,35 +188,6 @@ def test_sigkill_of_vmsnap_freeze_at_any_instant_never_leaves_a_freeze(loopfs):
         assert not _records(), "records left after SIGKILL at +%gs" % delay
 
 
-FIFREEZE = 0xC0045877
-
-
-def _in_fifreeze(pid):
-    """A thread of PID is inside FIFREEZE now (its /proc syscall line: the
-    ioctl's request argument)."""
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
-                fields = f.read().split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[2].startswith("0x") and int(fields[2], 16) == FIFREEZE:
-            return True
-    return False
-
-
-def _pin_freeze(m):
-    """A writer inside the kernel's write section of M: a splice from an
-    empty pipe into a file of M waits for data with the section held, so a
-    FIFREEZE of M waits for it (writers first) until stdin is written to."""
-    return subprocess.Popen(
-        [sys.executable, "-c", "import os, sys\n"
-         "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
-         "print('in', flush=True)\n"
-         "os.splice(0, fd, 65536)\n", os.path.join(m, "pinned")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-
 def _sigkill_both_after(ms, delay):
     p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
                           *sum((["--mount", m] for m in ms), [])],
@@ -246,7 +218,7 @@ def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, when):
     """Both die, after the freeze or while the guardian's freeze wave runs:
     nothing stays frozen, the record is handled.  Mid-wave is not left to
     chance: a writer holds the first filesystem's FIFREEZE in the kernel
-    (see _pin_freeze) and both are killed while it waits there; it lands
+    (see helpers.pin_freeze) and both are killed while it waits there; it lands
     once the writer lets go, after both are dead.  The guardian recorded
     the wave as "may be ours" before its first FIFREEZE, so the watcher
     thaws what landed."""
@@ -261,16 +233,15 @@ def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, when):
             finally:
                 cli("thaw")
         return
-    pin = _pin_freeze(ms[0])
+    pin = pin_freeze(ms[0])
     try:
-        assert pin.stdout is not None and pin.stdout.readline() == b"in\n"
         time.sleep(0.1)   # into the splice
         p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
                               *sum((["--mount", m] for m in ms), [])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         record, gpid = _wait_guardian_record()
         end = time.monotonic() + 30
-        while not _in_fifreeze(gpid):
+        while not in_fifreeze(gpid):
             assert time.monotonic() < end and p.poll() is None, \
                 "the guardian never reached its FIFREEZE of %s" % ms[0]
             time.sleep(0.005)
@@ -278,17 +249,63 @@ def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, when):
         os.kill(gpid, signal.SIGKILL)
         p.kill()
         p.communicate()
-        assert pin.stdin is not None
-        pin.stdin.write(b"x")   # the writer lets go: the guardian's FIFREEZE lands
-        pin.stdin.close()
-        assert pin.wait(timeout=30) == 0
+        unpin_freeze(pin)   # the guardian's FIFREEZE lands, both dead
+        assert pin.returncode == 0
         assert process.wait_gone(gpid, start, 30), "the guardian is still there"
         assert thawed_soon(ms, timeout=WATCH_BOUND_S), "frozen after both SIGKILLs mid-wave"
         _record_handled(record, "mid-wave")
     finally:
-        if pin.poll() is None:
-            pin.kill()
-            pin.wait()
+        unpin_freeze(pin)
+        cli("thaw")
+
+
+def test_sigkill_of_both_mid_wave_leaves_a_freeze_of_someone_else_frozen(loopfs):
+    """Mid-wave as above, with a filesystem someone else had frozen before:
+    the guardian's FIFREEZE met it with EBUSY and recorded it as busy, so
+    recovery thaws what the guardian froze and leaves that one frozen for
+    its owner.  Nested, so the order is fixed: the children (ms[1], ms[2],
+    someone else's) are the first wave, the parent (ms[0], held in its
+    FIFREEZE) the second."""
+    import fcntl
+    (parent,) = loopfs.make(1)
+    ms = [parent, *loopfs.make(2, parent=parent)]
+    theirs = os.open(ms[2], os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(theirs, FIFREEZE, 0)
+    pin = pin_freeze(ms[0])
+    try:
+        time.sleep(0.1)
+        p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
+                              *sum((["--mount", m] for m in ms), [])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        record, gpid = _wait_guardian_record()
+        end = time.monotonic() + 60
+        while True:
+            _, sh = freeze_mod._read_record(record)
+            states = {os.fsdecode(freeze_mod.core()[0].string(sh.fs[i].path)):
+                      freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
+            if in_fifreeze(gpid) and states[ms[2]] == "busy":
+                break
+            assert time.monotonic() < end and p.poll() is None, \
+                "never both in the FIFREEZE of %s and %s recorded busy: %s" % (ms[0], ms[2],
+                                                                            states)
+            time.sleep(0.005)
+        start = process.starttime(gpid)
+        os.kill(gpid, signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        unpin_freeze(pin)
+        assert pin.returncode == 0
+        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
+        assert thawed_soon(ms[:2], timeout=WATCH_BOUND_S), "frozen after both SIGKILLs mid-wave"
+        _record_handled(record, "mid-wave")
+        assert frozen_state(ms[2]), "someone else's freeze was thawed"
+    finally:
+        unpin_freeze(pin)
+        try:
+            fcntl.ioctl(theirs, 0xC0045878, 0)   # FITHAW: ours to end
+        except OSError:
+            pass
+        os.close(theirs)
         cli("thaw")
 
 
