@@ -394,9 +394,15 @@ def test_sigkill_of_run_and_its_guardian_mid_wave_the_resume_thaws_first(tmp_pat
         unpin_freeze(pin)   # the guardian's FIFREEZE lands, both dead
         assert pin.returncode == 0
         assert process.wait_gone(guardian, start, 30), "the guardian is still there"
-        assert thawed_soon(ms, timeout=15), "frozen after run and its guardian were SIGKILLed"
-        wait_for(post_ran, timeout=30)
+        # the post-script's look first: the test's own probe (a FIFREEZE +
+        # FITHAW) must not meet the post-script's
+        end = time.monotonic() + 30
+        while not (post_ran.exists() and post_ran.read_text().endswith("\n")):
+            assert time.monotonic() < end, "no post-script after run and its guardian were " \
+                "SIGKILLed; frozen: %s" % [frozen_state(m) for m in ms]
+            time.sleep(0.05)
         assert post_ran.read_text().split() == ["thawed", "thawed"]
+        assert thawed_soon(ms, timeout=15), "frozen after run and its guardian were SIGKILLed"
     finally:
         unpin_freeze(pin)
         env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
