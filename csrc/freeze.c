@@ -57,6 +57,37 @@ int record_write(int record_fd, const struct vmsnap_shared *sh) {
     return 0;
 }
 
+int record_write_state(int record_fd, int i, int state) {
+    if (record_fd < 0)
+        return 0;
+    /* one aligned 4-byte field, written in one call: a reader, or a death
+     * of the writer, sees the old value or the new one, never a mix */
+    off_t off = (off_t)(offsetof(struct vmsnap_shared, fs) + (size_t)i * sizeof(struct vmsnap_fs) +
+                        offsetof(struct vmsnap_fs, state));
+    int32_t v = state;
+    for (;;) {
+        ssize_t w = pwrite(record_fd, &v, sizeof v, off);
+        if (w == (ssize_t)sizeof v)
+            return 0;
+        if (w < 0 && errno == EINTR)
+            continue;
+        return w < 0 ? -errno : -EIO;
+    }
+}
+
+void record_mark_wave(int record_fd, const struct vmsnap_shared *sh, int level) {
+    if (!sh->record_live)
+        return; /* a record that may block in the window is not rewritten in it */
+    for (int i = 0; i < sh->n; i++)
+        if (sh->fs[i].level == level)
+            (void)record_write_state(record_fd, i, VMSNAP_FS_FREEZING);
+}
+
+void record_result(int record_fd, const struct vmsnap_shared *sh, int i) {
+    if (sh->record_live)
+        (void)record_write_state(record_fd, i, fs_get_state(&sh->fs[i]));
+}
+
 int max_level(const struct vmsnap_shared *sh) {
     int max = 0;
     for (int i = 0; i < sh->n; i++)
@@ -109,7 +140,11 @@ int fs_thaw_entry(struct vmsnap_fs *f, int fd) {
 
 /* What a thaw from saved state undoes: whatever this session may have
  * frozen.  A FIFREEZE still in flight when its guardian died lands (it is
- * not interruptible): thawing it is ours too.  Pending, synced, busy,
+ * not interruptible): thawing it is ours too.  In a record, "freezing" is
+ * also every entry of a wave marked before the wave's first FIFREEZE
+ * (record_mark_wave()) whose result was not recorded yet: whether our
+ * FIFREEZE was issued, landed, or met someone else's freeze (EBUSY) is
+ * unknown, and a frozen one is thawed as ours.  Pending, synced, busy,
  * failed, skipped were never frozen by us: left alone. */
 static int may_be_ours(int state) {
     return state == VMSNAP_FS_FREEZING || state == VMSNAP_FS_FROZEN ||

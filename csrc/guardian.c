@@ -86,6 +86,7 @@ static void *worker_main(void *arg) {
     if (g->abort) {
         fs_set_state(f, VMSNAP_FS_SKIPPED);
         pthread_mutex_unlock(&g->mu);
+        record_result(g->record_fd, g->sh, w->idx); /* its wave may have been marked */
         dirty_cap_end_one(f);
         notify(g);
         return NULL;
@@ -103,10 +104,12 @@ static void *worker_main(void *arg) {
         f->freeze_errno = -r;
         /* EBUSY: someone else holds a freeze; it is theirs to thaw. */
         fs_set_state(f, r == -EBUSY ? VMSNAP_FS_BUSY : VMSNAP_FS_FAILED);
+        record_result(g->record_fd, g->sh, w->idx); /* busy: never thawed from the record */
         notify(g);
         return NULL;
     }
     fs_set_state(f, VMSNAP_FS_FROZEN);
+    record_result(g->record_fd, g->sh, w->idx);
     notify(g);
 
     pthread_mutex_lock(&g->mu);

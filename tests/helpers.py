@@ -135,3 +135,52 @@ def helper_below(pid: int, comm: str) -> int:
         except OSError:
             pass
     raise AssertionError("no %s below pid %d" % (comm, pid))
+
+
+FIFREEZE = 0xC0045877
+
+
+def in_fifreeze(pid: int) -> bool:
+    """A thread of PID is inside FIFREEZE now (its /proc syscall line shows
+    the ioctl's request argument)."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2].startswith("0x") and int(fields[2], 16) == FIFREEZE:
+            return True
+    return False
+
+
+def pin_freeze(mount: str) -> subprocess.Popen[bytes]:
+    """Holds the next FIFREEZE of MOUNT in the kernel: a splice from an
+    empty pipe into a file of MOUNT waits for data inside the kernel's
+    write section, and a freeze waits for every writer to leave it.  Write
+    a byte to the process's stdin (and close it) to let go; it has entered
+    the splice's file once it printed a line."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys\n"
+         "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
+         "print('in', flush=True)\n"
+         "os.splice(0, fd, 65536)\n", os.path.join(mount, "pinned")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"in\n"
+    return p
+
+
+def unpin_freeze(p: subprocess.Popen[bytes]) -> None:
+    """Lets the writer of pin_freeze() go (the held FIFREEZE proceeds)."""
+    if p.poll() is None and p.stdin is not None and not p.stdin.closed:
+        p.stdin.write(b"x")
+        p.stdin.close()
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()

@@ -21,6 +21,7 @@ from vmsnap_native import held as held_mod
 from vmsnap_native import process
 
 from .conftest import frozen_state, root_only, thawed_soon
+from .helpers import FIFREEZE, in_fifreeze, pin_freeze, unpin_freeze
 from .helpers import vmsnap as cli
 
 pytestmark = root_only
@@ -187,41 +188,125 @@ def test_sigkill_of_vmsnap_freeze_at_any_instant_never_leaves_a_freeze(loopfs):
         assert not _records(), "records left after SIGKILL at +%gs" % delay
 
 
-@pytest.mark.parametrize("delays", [
-    (0.2, 0.5, 1.0),
-    pytest.param((0.0,), marks=pytest.mark.xfail(
-        strict=False, reason="both killed while the guardian's freeze wave runs: the record "
-        "on disk was written before the wave and shows nothing frozen, so no one thaws "
-        "(about 1 in 4 tries; the same holds for run's guardian and controller)")),
-], ids=["after-the-freeze", "during-the-wave"])
-def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, delays):
-    """Both die, during the freeze or after: nothing stays frozen, the
-    record is handled."""
+def _sigkill_both_after(ms, delay):
+    p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
+                          *sum((["--mount", m] for m in ms), [])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record, gpid = _wait_guardian_record()
+    time.sleep(delay)
+    os.kill(gpid, signal.SIGKILL)
+    p.kill()
+    p.communicate()
+    return record, gpid
+
+
+def _record_handled(record, when):
+    end = time.monotonic() + 5
+    while os.path.exists(record) and time.monotonic() < end:
+        time.sleep(0.02)
+    if os.path.exists(record):
+        # both died before the watcher was left to the reaper: that is
+        # before the freeze command, so the record shows nothing frozen
+        _, sh = freeze_mod._read_record(record)
+        states = {freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
+        assert not states & freeze_mod.MAYBE_OURS, \
+            "the record was not handled (%s): %s" % (when, states)
+
+
+@pytest.mark.parametrize("when", ["after-the-freeze", "during-the-wave"])
+def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, when):
+    """Both die, after the freeze or while the guardian's freeze wave runs:
+    nothing stays frozen, the record is handled.  Mid-wave is not left to
+    chance: a writer holds the first filesystem's FIFREEZE in the kernel
+    (see helpers.pin_freeze) and both are killed while it waits there; it lands
+    once the writer lets go, after both are dead.  The guardian recorded
+    the wave as "may be ours" before its first FIFREEZE, so the watcher
+    thaws what landed."""
     ms = loopfs.make(2)
-    for delay in delays:
+    if when == "after-the-freeze":
+        for delay in (0.2, 0.5, 1.0):
+            record, _ = _sigkill_both_after(ms, delay)
+            try:
+                assert thawed_soon(ms, timeout=WATCH_BOUND_S), \
+                    "frozen after both SIGKILLs at +%gs" % delay
+                _record_handled(record, "+%gs" % delay)
+            finally:
+                cli("thaw")
+        return
+    pin = pin_freeze(ms[0])
+    try:
+        time.sleep(0.1)   # into the splice
         p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
                               *sum((["--mount", m] for m in ms), [])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         record, gpid = _wait_guardian_record()
-        time.sleep(delay)
+        end = time.monotonic() + 30
+        while not in_fifreeze(gpid):
+            assert time.monotonic() < end and p.poll() is None, \
+                "the guardian never reached its FIFREEZE of %s" % ms[0]
+            time.sleep(0.005)
+        start = process.starttime(gpid)
         os.kill(gpid, signal.SIGKILL)
         p.kill()
         p.communicate()
+        unpin_freeze(pin)   # the guardian's FIFREEZE lands, both dead
+        assert pin.returncode == 0
+        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
+        assert thawed_soon(ms, timeout=WATCH_BOUND_S), "frozen after both SIGKILLs mid-wave"
+        _record_handled(record, "mid-wave")
+    finally:
+        unpin_freeze(pin)
+        cli("thaw")
+
+
+def test_sigkill_of_both_mid_wave_leaves_a_freeze_of_someone_else_frozen(loopfs):
+    """Mid-wave as above, with a filesystem someone else had frozen before:
+    the guardian's FIFREEZE met it with EBUSY and recorded it as busy, so
+    recovery thaws what the guardian froze and leaves that one frozen for
+    its owner.  Nested, so the order is fixed: the children (ms[1], ms[2],
+    someone else's) are the first wave, the parent (ms[0], held in its
+    FIFREEZE) the second."""
+    import fcntl
+    (parent,) = loopfs.make(1)
+    ms = [parent, *loopfs.make(2, parent=parent)]
+    theirs = os.open(ms[2], os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(theirs, FIFREEZE, 0)
+    pin = pin_freeze(ms[0])
+    try:
+        time.sleep(0.1)
+        p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
+                              *sum((["--mount", m] for m in ms), [])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        record, gpid = _wait_guardian_record()
+        end = time.monotonic() + 60
+        while True:
+            _, sh = freeze_mod._read_record(record)
+            states = {os.fsdecode(freeze_mod.core()[0].string(sh.fs[i].path)):
+                      freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
+            if in_fifreeze(gpid) and states[ms[2]] == "busy":
+                break
+            assert time.monotonic() < end and p.poll() is None, \
+                "never both in the FIFREEZE of %s and %s recorded busy: %s" % (ms[0], ms[2],
+                                                                            states)
+            time.sleep(0.005)
+        start = process.starttime(gpid)
+        os.kill(gpid, signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        unpin_freeze(pin)
+        assert pin.returncode == 0
+        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
+        assert thawed_soon(ms[:2], timeout=WATCH_BOUND_S), "frozen after both SIGKILLs mid-wave"
+        _record_handled(record, "mid-wave")
+        assert frozen_state(ms[2]), "someone else's freeze was thawed"
+    finally:
+        unpin_freeze(pin)
         try:
-            assert thawed_soon(ms, timeout=WATCH_BOUND_S), "frozen after both SIGKILLs at " \
-                "+%gs" % delay
-            end = time.monotonic() + 5
-            while os.path.exists(record) and time.monotonic() < end:
-                time.sleep(0.02)
-            if os.path.exists(record):
-                # both died before the watcher was left to the reaper: that is
-                # before the freeze command, so the record shows nothing frozen
-                _, sh = freeze_mod._read_record(record)
-                states = {freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
-                assert not states & freeze_mod.MAYBE_OURS, \
-                    "the record was not handled (+%gs): %s" % (delay, states)
-        finally:
-            cli("thaw")
+            fcntl.ioctl(theirs, 0xC0045878, 0)   # FITHAW: ours to end
+        except OSError:
+            pass
+        os.close(theirs)
+        cli("thaw")
 
 
 def test_the_library_calls_behind_them(loopfs):

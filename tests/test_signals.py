@@ -19,7 +19,15 @@ import vmsnap_native
 from vmsnap_native import process
 
 from .conftest import frozen_state, root_only, thawed_soon
-from .helpers import frozen_or_thawed, guardian_of, setup_scripts, write_script
+from .helpers import (
+    frozen_or_thawed,
+    guardian_of,
+    in_fifreeze,
+    pin_freeze,
+    setup_scripts,
+    unpin_freeze,
+    write_script,
+)
 
 pytestmark = root_only
 
@@ -352,6 +360,54 @@ def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, l
     assert calls.read_text().split() == ["freeze", "thaw", "thawed"], \
         "the resume must run the thaw hook, after the thaw"
     assert "resume: hook 10-app thaw done" in (tmp_path / "vmsnap.log").read_text()
+
+
+def test_sigkill_of_run_and_its_guardian_mid_wave_the_resume_thaws_first(tmp_path, loopfs):
+    """`vmsnap run` and its guardian both SIGKILLed while the guardian's
+    freeze wave runs (a writer holds the first filesystem's FIFREEZE in the
+    kernel, helpers.pin_freeze; it lands once both are dead): the guardian
+    recorded the wave as "may be ours" before its first FIFREEZE, and the
+    reaper's resume thaws from that record before it runs the post-script,
+    which finds both filesystems thawed."""
+    ms = loopfs.make(2)
+    post_ran = tmp_path / "post-ran"
+    cfg = setup_scripts(tmp_path, post="echo %s %s > %s" % (
+        frozen_or_thawed(ms[0]), frozen_or_thawed(ms[1]), post_ran), timeoutInSeconds=10)
+    pin = pin_freeze(ms[0])
+    try:
+        time.sleep(0.1)
+        proc = start_run(tmp_path, cfg, ms, snapshot=["true"], extra=["--freeze-timeout", "120"])
+        end = time.monotonic() + 30
+        guardian = None
+        while guardian is None or not in_fifreeze(guardian):
+            assert time.monotonic() < end and proc.poll() is None, "no guardian in FIFREEZE"
+            try:
+                guardian = guardian_of(proc.pid)
+            except AssertionError:
+                pass
+            time.sleep(0.005)
+        start = process.starttime(guardian)
+        assert start is not None
+        os.kill(guardian, signal.SIGKILL)
+        proc.kill()
+        proc.communicate(timeout=30)
+        unpin_freeze(pin)   # the guardian's FIFREEZE lands, both dead
+        assert pin.returncode == 0
+        assert process.wait_gone(guardian, start, 30), "the guardian is still there"
+        # the post-script's look first: the test's own probe (a FIFREEZE +
+        # FITHAW) must not meet the post-script's
+        end = time.monotonic() + 30
+        while not (post_ran.exists() and post_ran.read_text().endswith("\n")):
+            assert time.monotonic() < end, "no post-script after run and its guardian were " \
+                "SIGKILLed; frozen: %s" % [frozen_state(m) for m in ms]
+            time.sleep(0.05)
+        assert post_ran.read_text().split() == ["thawed", "thawed"]
+        assert thawed_soon(ms, timeout=15), "frozen after run and its guardian were SIGKILLed"
+    finally:
+        unpin_freeze(pin)
+        env = dict(os.environ, VMSNAP_RUNTIME_DIR=str(tmp_path / "run"))
+        subprocess.run([sys.executable, "-m", "vmsnap_native", "thaw"], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # The tracer of the next test: runs ARGV (a `vmsnap run`) under ptrace,

@@ -234,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--post", action="store_true")
     p.add_argument("--hook", action="append", default=[])
     p.add_argument("--thaw-record", action="append", default=[],
-                   help="a record of filesystems an agent may have left frozen: thawed first")
+                   help="a record of filesystems a dead guardian or agent may have left frozen: "
+                        "thawed first")
     p.add_argument("--bound", type=float, default=None)
     args = p.parse_args(argv)
     log = Logbook(args.log_file)
@@ -249,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("resume: %s; resuming anyway", exc)
         for record in args.thaw_record:
             from .agents.agentfs import thaw_agent_record
-            for note in thaw_agent_record(record):
+            try:
+                notes = thaw_agent_record(record)
+            except (OSError, ValueError) as exc:   # unreadable: `vmsnap thaw` says more
+                log.error("resume: thaw from %s: %s", record, exc)
+                continue
+            for note in notes:
                 log.warning("resume: thaw: %s", note)
         return 0 if resume(args.config, args.post, args.hook, log) else 1
     finally:

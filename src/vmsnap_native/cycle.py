@@ -163,9 +163,14 @@ class Cycle:
         self.resume_registered = True
 
     def resume_record(self) -> str | None:
-        """A freeze record the resume thaws from before it resumes, once the
-        guardian is gone: the session's (a guardian that thawed removed it)."""
-        return self.session.record_path if self.session is not None else None
+        """A freeze record the resume thaws before it resumes: the guardian's.
+        The resume runs once the guardian is gone; a guardian that thawed
+        removed its record, so a record still there means it died holding
+        what it recorded as frozen or "may be ours" (a freeze wave cut short
+        by a SIGKILL of both), and that is thawed first."""
+        if self.session is not None and self.session.record_path:
+            return self.session.record_path
+        return None
 
     def _clear_resume(self) -> None:
         if not self.resume_registered:

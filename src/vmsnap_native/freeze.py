@@ -53,7 +53,9 @@ MIN_DIRTY_CAP_MB = MIN_DIRTY_CAP_MIB
 # the session froze it (it thaws it):
 FROZE = frozenset({"frozen", "thawing", "thawed", "thaw-failed", "not-frozen"})
 # a thaw from saved state undoes it: this run may have frozen it (the C
-# core's may_be_ours(); a FIFREEZE in flight lands even if its caller dies):
+# core's may_be_ours(); a FIFREEZE in flight lands even if its caller dies;
+# in a record, "freezing" is also each filesystem of a freeze wave marked
+# before the wave's first FIFREEZE, whose result was not recorded yet):
 MAYBE_OURS = frozenset({"freezing", "frozen", "thawing", "thaw-failed"})
 # the thaw has begun or is done (a frozen window is over):
 THAW_BEGUN = frozenset({"thawing", "thawed", "not-frozen", "thaw-failed"})
