@@ -495,7 +495,7 @@ def resume_started():
     for d in os.listdir("/proc"):
         try:
             with open("/proc/%s/cmdline" % d, "rb") as f:
-                if b"vmsnap_native._resume" in f.read().split(b"\0"):   # -m MODULE
+                if b"from vmsnap_native._resume import run; run()" in f.read().split(b"\0"):   # python -c CODE
                     return True
         except (OSError, ValueError):
             pass
@@ -557,7 +557,7 @@ def _resume_finished(log, timeout=60):
         for d in os.listdir("/proc"):
             try:
                 with open("/proc/%s/cmdline" % d, "rb") as f:
-                    running = running or b"vmsnap_native._resume" in f.read().split(b"\0")
+                    running = running or b"from vmsnap_native._resume import run; run()" in f.read().split(b"\0")
             except (OSError, ValueError):
                 pass
         if "resume: " in text and not running:
