@@ -34,7 +34,8 @@ while True:
 
 class Streaming:
     def __init__(self, mountpoint):
-        self.proc = subprocess.Popen([sys.executable, "-c", STREAM, os.path.join(mountpoint, "s")],
+        self.path = os.path.join(mountpoint, "s")
+        self.proc = subprocess.Popen([sys.executable, "-c", STREAM, self.path],
                                      start_new_session=True)
         time.sleep(1.0)   # the file exists and is dirty
 
@@ -51,13 +52,64 @@ def entries(s):
     return {s.targets[i].mount.mountpoint: s._shared.fs[i] for i in range(len(s.targets))}
 
 
+CACHESTAT = 451   # cachestat(2), Linux 6.5: the same number on every architecture
+
+
+def dirty_mib(path):
+    """How many MiB of PATH's page cache are dirty (cachestat(2)), or None
+    where the kernel has no cachestat."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(0, 0)    # offset 0, length 0: the whole file
+    st = (ctypes.c_uint64 * 5)()         # cache, dirty, writeback, evicted, recently evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(CACHESTAT, fd, rng, st, 0) != 0:
+            return None
+    finally:
+        os.close(fd)
+    return st[1] * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def backing_file(mountpoint):
+    """The image file behind MOUNTPOINT's loop device."""
+    dev = os.stat(mountpoint).st_dev
+    with open("/sys/dev/block/%d:%d/loop/backing_file" % (os.major(dev), os.minor(dev))) as f:
+        return f.read().strip()
+
+
 def dirty(mountpoint, mib):
-    """MIB MiB written to MOUNTPOINT and left dirty: far below the kernel's
-    background threshold, they wait for the presync to flush them."""
-    with open(os.path.join(mountpoint, "dirty"), "wb") as f:
+    """MIB MiB written to MOUNTPOINT and left for the presync to flush: far
+    below the kernel's background threshold.  The loop device's writeback
+    soon moves them into its image file's page cache, still dirty there, and
+    the presync's flush of the device has to write them out from there.
+    Checked (cachestat, both places) rather than assumed: the test needs them
+    unwritten when the freeze starts."""
+    path = os.path.join(mountpoint, "dirty")
+    with open(path, "wb") as f:
         block = b"d" * (1 << 20)
         for _ in range(mib):
             f.write(block)
+    mine, image = dirty_mib(path), dirty_mib(backing_file(mountpoint))
+    if mine is not None and image is not None:
+        assert mine + image >= mib * 0.9, \
+            "only %.0f of %d MiB left to flush (%.0f in the file, %.0f in the image)" % (
+                mine + image, mib, mine, image)
+
+
+@pytest.fixture(autouse=True)
+def _dirty_files_dropped(loopfs):
+    """After the test (and before the loop filesystems' teardown) the streaming
+    and dirty files are removed, thawed first: their dirty pages go with them
+    instead of being written out, some seconds of each test, by the umount."""
+    yield
+    for m, _ in loopfs.mounts:
+        subprocess.run(["fsfreeze", "-u", m], stderr=subprocess.DEVNULL)
+        for name in ("s", "dirty"):
+            try:
+                os.unlink(os.path.join(m, name))
+            except FileNotFoundError:
+                pass
 
 
 def settle(*mountpoints):
@@ -118,11 +170,17 @@ def test_children_still_before_parents_with_late_children(loopfs):
     inner, = loopfs.make(1, parent=outer)   # level 0, quiet: late
     w = Streaming(busy)
     try:
+        # the condition arranged, not hoped for from the writer's pace: 128 MiB dirty
+        # on the busy child, nothing on the quiet one (so it starts late) or its parent
+        settle(inner, outer)
+        dirty(busy, 128)
         with vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit") as s:
             by = entries(s)
             res = {m.mountpoint: m for m in s.mounts}
+            cost = {m: (by[m].sync_end_ns - by[m].sync_start_ns) / 1e6 for m in by}
             assert res[inner].level == res[busy].level < res[outer].level
-            assert res[inner].late and not res[busy].late
+            assert res[inner].late and not res[busy].late, \
+                "presync ms: busy %.1f, inner %.1f" % (cost[busy], cost[inner])
             assert s.all_frozen, s.failures
             # the parent's freeze starts only after every child's has returned
             assert by[outer].freeze_start_ns >= by[inner].freeze_end_ns
