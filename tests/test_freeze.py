@@ -65,6 +65,7 @@ def wait_exit(proc, timeout):
         return False
 
 
+@pytest.mark.timing
 def test_parallel_freeze_blocks_writers_until_thaw(loopfs):
     mounts = loopfs.make(4, size_mb=64)
     dirty(mounts)   # no presync: each FIFREEZE writes its data out, and takes a while
@@ -103,6 +104,7 @@ def test_presync_runs_before_the_freeze(loopfs):
     assert all(m.sync_ms is None for m in s2.mounts)
 
 
+@pytest.mark.timing
 def test_deadline_thaws_on_time(loopfs):
     (mnt,) = loopfs.make(1)
     s = vmsnap.freeze_filesystems([mnt], timeout=0.5)
@@ -126,6 +128,7 @@ FREEZER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.timing
 def test_sigkill_of_controller_thaws_promptly(loopfs):
     # The README measures ~5 ms (bench/); here a generous bound: the writers
     # time their own completion (CLOCK_MONOTONIC is one clock for all processes)

@@ -124,6 +124,7 @@ def settle(*mountpoints):
             os.close(fd)
 
 
+@pytest.mark.timing
 def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
     busy, quiet1, quiet2 = loopfs.make(3, size_mb=256)
     w = Streaming(busy)
@@ -164,6 +165,7 @@ def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
     assert res[quiet2].blocked_ms < res[busy].blocked_ms
 
 
+@pytest.mark.timing
 def test_children_still_before_parents_with_late_children(loopfs):
     busy, = loopfs.make(1, size_mb=256)
     outer, = loopfs.make(1, size_mb=96)
@@ -190,6 +192,7 @@ def test_children_still_before_parents_with_late_children(loopfs):
     assert all(m.state == "thawed" for m in s.mounts)
 
 
+@pytest.mark.timing
 def test_parallel_schedule_starts_a_level_at_once(loopfs):
     busy, quiet = loopfs.make(2, size_mb=256)
     w = Streaming(busy)
@@ -203,6 +206,7 @@ def test_parallel_schedule_starts_a_level_at_once(loopfs):
         w.stop()
 
 
+@pytest.mark.timing
 def test_idle_filesystems_all_start_together(loopfs):
     mounts = loopfs.make(3)
     with vmsnap.freeze_filesystems(mounts, timeout=10) as s:
@@ -286,6 +290,7 @@ class CapWatch:
         self.thread.join()
 
 
+@pytest.mark.timing
 def test_dirty_cap_is_on_during_the_presync_and_off_once_frozen(loopfs):
     busy, quiet = loopfs.make(2, size_mb=256)
     before = {m: bdi_values(m) for m in (busy, quiet)}
@@ -320,6 +325,7 @@ def test_no_cap_leaves_the_devices_alone(loopfs):
     assert not watch.seen.is_set()
 
 
+@pytest.mark.timing
 def test_dirty_cap_put_back_when_the_guardian_is_killed_under_it(loopfs):
     import threading
     busy, = loopfs.make(1, size_mb=256)
@@ -363,6 +369,7 @@ import time; time.sleep(60)
 """
 
 
+@pytest.mark.timing
 def test_dirty_cap_put_back_by_vmsnap_thaw_after_both_die(loopfs):
     busy, = loopfs.make(1, size_mb=256)
     before = bdi_values(busy)
