@@ -55,9 +55,9 @@ def entries(s):
 CACHESTAT = 451   # cachestat(2), Linux 6.5: the same number on every architecture
 
 
-def dirty_mib(path):
-    """How many MiB of PATH's page cache are dirty (cachestat(2)), or None
-    where the kernel has no cachestat."""
+def unflushed_mib(path):
+    """How many MiB of PATH's page cache are dirty or under writeback
+    (cachestat(2)), or None where the kernel has no cachestat."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     rng = (ctypes.c_uint64 * 2)(0, 0)    # offset 0, length 0: the whole file
@@ -68,33 +68,7 @@ def dirty_mib(path):
             return None
     finally:
         os.close(fd)
-    return st[1] * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-
-
-def backing_file(mountpoint):
-    """The image file behind MOUNTPOINT's loop device."""
-    dev = os.stat(mountpoint).st_dev
-    with open("/sys/dev/block/%d:%d/loop/backing_file" % (os.major(dev), os.minor(dev))) as f:
-        return f.read().strip()
-
-
-def dirty(mountpoint, mib):
-    """MIB MiB written to MOUNTPOINT and left for the presync to flush: far
-    below the kernel's background threshold.  The loop device's writeback
-    soon moves them into its image file's page cache, still dirty there, and
-    the presync's flush of the device has to write them out from there.
-    Checked (cachestat, both places) rather than assumed: the test needs them
-    unwritten when the freeze starts."""
-    path = os.path.join(mountpoint, "dirty")
-    with open(path, "wb") as f:
-        block = b"d" * (1 << 20)
-        for _ in range(mib):
-            f.write(block)
-    mine, image = dirty_mib(path), dirty_mib(backing_file(mountpoint))
-    if mine is not None and image is not None:
-        assert mine + image >= mib * 0.9, \
-            "only %.0f of %d MiB left to flush (%.0f in the file, %.0f in the image)" % (
-                mine + image, mib, mine, image)
+    return (st[1] + st[2]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 @pytest.fixture(autouse=True)
@@ -124,16 +98,86 @@ def settle(*mountpoints):
             os.close(fd)
 
 
+HOLD_S = 1.0   # the busy one's presync takes this long at least: a quick one's at most 1/4
+
+
+def busy_on_a_holder(loopfs):
+    """(holder, busy): BUSY's image lives on HOLDER, a filesystem of its own
+    outside the session: while HOLDER is frozen nothing BUSY flushes reaches
+    its image."""
+    (holder,) = loopfs.make(1, size_mb=320)
+    (busy,) = loopfs.make(1, size_mb=256, parent=holder)
+    return holder, busy
+
+
+class SlowFlush:
+    """BUSY's presync made slow whatever the machine's pace: its holder is
+    frozen, 32 MiB are written to BUSY (they cannot leave its page cache, the
+    loop device's writes wait on the frozen holder: checked), and the holder
+    is thawed HOLD_S after the session's presync of BUSY has begun.  Before,
+    the tests wrote and hoped the kernel had not flushed the data by then: on
+    a loaded machine the image's own writeback had (31 of 128 MiB left)."""
+
+    def __init__(self, holder, busy):
+        import threading
+        self.holder, self.busy = holder, busy
+        self.done = threading.Event()
+        self.thread = None
+        self.threading = threading
+        path = os.path.join(busy, "dirty")
+        # opened before the holder is frozen: a lookup on BUSY then would read
+        # through the loop device, queued behind the writes that wait on the holder
+        with open(path, "wb") as f:
+            subprocess.run(["fsfreeze", "-f", holder], check=True)
+            # never left frozen for long, whatever happens below
+            self.safety = threading.Timer(20, self.release)
+            self.safety.daemon = True
+            self.safety.start()
+            block = b"d" * (1 << 20)
+            for _ in range(32):
+                f.write(block)
+            left = unflushed_mib(path)
+        assert left is None or left >= 32 * 0.9, "only %.0f of 32 MiB left to flush" % left
+
+    def release_after_the_presync_began(self, s):
+        """Thaws the holder HOLD_S after session S began BUSY's presync."""
+        i = [t.mount.mountpoint for t in s.targets].index(self.busy)
+
+        def run():
+            end = time.monotonic() + 60
+            while not s._shared.fs[i].sync_start_ns and time.monotonic() < end:
+                time.sleep(0.001)
+            self.done.wait(HOLD_S)
+            self.release()
+        self.thread = self.threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def release(self):
+        subprocess.run(["fsfreeze", "-u", self.holder], stderr=subprocess.DEVNULL)
+
+    def close(self):
+        self.safety.cancel()
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(60)
+        self.release()
+
+
 @pytest.mark.timing
 def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
-    busy, quiet1, quiet2 = loopfs.make(3, size_mb=256)
+    holder, busy = busy_on_a_holder(loopfs)
+    quiet1, quiet2 = loopfs.make(2, size_mb=256)
     w = Streaming(busy)
+    slow = None
     try:
         # the condition arranged, not hoped for from the writer's pace on a loaded
-        # machine: 128 MiB dirty on the busy one, nothing on the quiet ones
+        # machine: the busy one's presync takes HOLD_S at least, the quiet ones have
+        # nothing to flush
         settle(quiet1, quiet2)
-        dirty(busy, 128)
+        slow = SlowFlush(holder, busy)
         s = vmsnap.freeze_filesystems([busy, quiet1, quiet2], timeout=30, schedule="jit")
+        s.start()
+        slow.release_after_the_presync_began(s)
         s.freeze()
         returned = time.monotonic_ns()
         try:
@@ -153,6 +197,8 @@ def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
         finally:
             s.thaw()
     finally:
+        if slow is not None:
+            slow.close()
         w.stop()
     res = {m.mountpoint: m for m in s.mounts}
     assert all(m.state == "thawed" for m in res.values())
@@ -167,16 +213,21 @@ def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
 
 @pytest.mark.timing
 def test_children_still_before_parents_with_late_children(loopfs):
-    busy, = loopfs.make(1, size_mb=256)
+    holder, busy = busy_on_a_holder(loopfs)
     outer, = loopfs.make(1, size_mb=96)
     inner, = loopfs.make(1, parent=outer)   # level 0, quiet: late
     w = Streaming(busy)
+    slow = None
     try:
-        # the condition arranged, not hoped for from the writer's pace: 128 MiB dirty
-        # on the busy child, nothing on the quiet one (so it starts late) or its parent
+        # the condition arranged, not hoped for from the writer's pace: the busy
+        # child's presync takes HOLD_S at least, nothing to flush on the quiet one
+        # (so it starts late) or its parent
         settle(inner, outer)
-        dirty(busy, 128)
-        with vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit") as s:
+        slow = SlowFlush(holder, busy)
+        s = vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit")
+        s.start()
+        slow.release_after_the_presync_began(s)
+        with s:
             by = entries(s)
             res = {m.mountpoint: m for m in s.mounts}
             cost = {m: (by[m].sync_end_ns - by[m].sync_start_ns) / 1e6 for m in by}
@@ -188,6 +239,8 @@ def test_children_still_before_parents_with_late_children(loopfs):
             assert by[outer].freeze_start_ns >= by[inner].freeze_end_ns
             assert by[outer].freeze_start_ns >= by[busy].freeze_end_ns
     finally:
+        if slow is not None:
+            slow.close()
         w.stop()
     assert all(m.state == "thawed" for m in s.mounts)
 
