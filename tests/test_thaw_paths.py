@@ -220,9 +220,14 @@ def test_thawed_early_names_the_cause(loopfs):
 @pytest.mark.timing
 def test_freeze_cap_counts_from_the_first_fifreeze_not_the_presync(nested):
     outer, inner = nested
-    dirty(inner)
-    # the inner's flush writes into its image on the outer: frozen, the flush waits
-    assert fsfreeze("-f", outer).returncode == 0
+    # the inner's flush writes into its image on the outer: frozen, the flush waits.
+    # The outer frozen first, then the data written: the other way round the loop
+    # device may already have moved it to the image, and the outer's freeze written
+    # it out (a loaded run: presync 8.8 ms, nothing left to hold up).  The file is
+    # opened first: a lookup on the inner would wait on the frozen outer.
+    with open(os.path.join(inner, "dirty"), "wb") as f:
+        assert fsfreeze("-f", outer).returncode == 0
+        f.write(os.urandom(8 << 20))
     s = vmsnap.freeze_filesystems([inner], timeout=5, presync_timeout=1)
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", s.freeze()))
