@@ -121,6 +121,7 @@ def test_only_fds_0_to_2_and_umask_022_reach_the_child_and_its_background(compat
 
 # --- the whole tree at a timeout -------------------------------------------------
 
+@pytest.mark.timing
 def test_timeout_kills_setsid_and_double_forked_children(containment, tmp_path):
     p1, p2 = tmp_path / "p1", tmp_path / "p2"
     script = ("setsid sh -c 'echo $$ > %s; exec sleep 300' & "
@@ -232,6 +233,7 @@ def test_timeout_without_cgroup_kill_freezes_and_kills_each(tmp_path):
 
 # --- a successful script's background processes --------------------------------------
 
+@pytest.mark.timing
 def test_background_of_a_successful_script_is_left_alone_and_can_print(containment, tmp_path):
     marker, pidf = tmp_path / "marker", tmp_path / "pid"
     # a lock holder without redirections: it prints after the script is gone

@@ -33,6 +33,7 @@ def compat():
         lib.vmsnap_compat_disable(old)
 
 
+@pytest.mark.timing
 def test_without_pidfd_supervision_falls_back(compat):
     compat("pidfd")
     r = vmsnap.run_process(["sh", "-c", "echo hi; exit 4"], timeout=5)

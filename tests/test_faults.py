@@ -297,6 +297,7 @@ def test_guardian_and_controller_killed_vmsnap_thaw_recovers(tmp_path, loopfs):
 
 # -- snapshot steps that misbehave -------------------------------------------------------
 
+@pytest.mark.timing
 def test_snapshot_ignoring_sigterm_is_killed_at_the_deadline(tmp_path, loopfs):
     # TERM at the freeze deadline, KILL 1 s later (SNAPSHOT_GRACE): the step
     # records when TERM came and beats until it dies
@@ -317,6 +318,7 @@ def test_snapshot_ignoring_sigterm_is_killed_at_the_deadline(tmp_path, loopfs):
     assert not alive(int(pidf.read_text())) and not frozen_state(m)
 
 
+@pytest.mark.timing
 def test_snapshot_that_forks_and_exits_returns_at_once(tmp_path, loopfs):
     (m,) = loopfs.make(1)
     pidf = tmp_path / "bg"
@@ -336,6 +338,7 @@ def test_snapshot_that_forks_and_exits_returns_at_once(tmp_path, loopfs):
     ("kill -STOP $$", "Pre-ScriptTimeout"),                       # stops itself
     ("while :; do :; done", "Pre-ScriptTimeout"),                   # never exits
 ])
+@pytest.mark.timing
 def test_script_that_never_finishes(tmp_path, loopfs, body, code):
     (m,) = loopfs.make(1)
     cfg = setup_scripts(tmp_path, pre=body, timeoutInSeconds=0.5)

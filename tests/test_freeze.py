@@ -65,6 +65,7 @@ def wait_exit(proc, timeout):
         return False
 
 
+@pytest.mark.timing
 def test_parallel_freeze_blocks_writers_until_thaw(loopfs):
     mounts = loopfs.make(4, size_mb=64)
     dirty(mounts)   # no presync: each FIFREEZE writes its data out, and takes a while
@@ -103,6 +104,7 @@ def test_presync_runs_before_the_freeze(loopfs):
     assert all(m.sync_ms is None for m in s2.mounts)
 
 
+@pytest.mark.timing
 def test_deadline_thaws_on_time(loopfs):
     (mnt,) = loopfs.make(1)
     s = vmsnap.freeze_filesystems([mnt], timeout=0.5)
@@ -126,6 +128,7 @@ FREEZER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.timing
 def test_sigkill_of_controller_thaws_promptly(loopfs):
     # The README measures ~5 ms (bench/); here a generous bound: the writers
     # time their own completion (CLOCK_MONOTONIC is one clock for all processes)
@@ -293,25 +296,10 @@ def test_detach_holds_until_thaw_recorded(loopfs):
 RCU = "/sys/kernel/rcu_expedited"
 
 
-def rcu_writable():
-    """Skips unless this machine lets us switch rcu_expedited (a read-only
-    /sys in a container does not): the guardian then leaves it alone."""
-    if not os.path.exists(RCU):
-        pytest.skip("kernel without rcu_expedited")
-    try:
-        with open(RCU, "w") as f:
-            f.write(open(RCU).read().strip())
-    except OSError as exc:
-        pytest.skip("rcu_expedited is not writable here: %s" % exc.strerror)
-
-
 @pytest.mark.ci_optional   # a kernel and container property, not the suite's
-def test_rcu_expedited_only_for_the_freeze_and_restored(loopfs):
-    rcu_writable()
+@pytest.mark.timing        # another freeze on the machine may flip the global switch
+def test_rcu_expedited_only_for_the_freeze_and_restored(loopfs, rcu_off):
     (mnt,) = loopfs.make(1)
-    before = open(RCU).read().strip()
-    if before != "0":
-        pytest.skip("rcu_expedited is already on here")
     with vmsnap.freeze_filesystems([mnt], timeout=10) as s:
         assert open(RCU).read().strip() == "0", "still expedited after the freeze waves"
     assert s.rcu_expedited is True
@@ -322,11 +310,10 @@ def test_rcu_expedited_only_for_the_freeze_and_restored(loopfs):
 
 
 @pytest.mark.ci_optional   # a kernel and container property, not the suite's
-def test_expedited_freeze_of_idle_filesystems_is_fast(loopfs):
+def test_expedited_freeze_of_idle_filesystems_is_fast(loopfs, rcu_off):
     # an idle ext4 freeze is mostly RCU grace periods (~20 ms each); expedited,
     # a fraction of that.  Compared with the same freeze not expedited,
     # interleaved, so that a loaded machine slows both alike.
-    rcu_writable()
     mounts = loopfs.make(4)
     with vmsnap.freeze_filesystems(mounts, timeout=10):
         pass   # the first freeze of a fresh ext4 writes out what mkfs left

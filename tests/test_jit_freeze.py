@@ -34,7 +34,8 @@ while True:
 
 class Streaming:
     def __init__(self, mountpoint):
-        self.proc = subprocess.Popen([sys.executable, "-c", STREAM, os.path.join(mountpoint, "s")],
+        self.path = os.path.join(mountpoint, "s")
+        self.proc = subprocess.Popen([sys.executable, "-c", STREAM, self.path],
                                      start_new_session=True)
         time.sleep(1.0)   # the file exists and is dirty
 
@@ -51,13 +52,38 @@ def entries(s):
     return {s.targets[i].mount.mountpoint: s._shared.fs[i] for i in range(len(s.targets))}
 
 
-def dirty(mountpoint, mib):
-    """MIB MiB written to MOUNTPOINT and left dirty: far below the kernel's
-    background threshold, they wait for the presync to flush them."""
-    with open(os.path.join(mountpoint, "dirty"), "wb") as f:
-        block = b"d" * (1 << 20)
-        for _ in range(mib):
-            f.write(block)
+CACHESTAT = 451   # cachestat(2), Linux 6.5: the same number on every architecture
+
+
+def unflushed_mib(path):
+    """How many MiB of PATH's page cache are dirty or under writeback
+    (cachestat(2)), or None where the kernel has no cachestat."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(0, 0)    # offset 0, length 0: the whole file
+    st = (ctypes.c_uint64 * 5)()         # cache, dirty, writeback, evicted, recently evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(CACHESTAT, fd, rng, st, 0) != 0:
+            return None
+    finally:
+        os.close(fd)
+    return (st[1] + st[2]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+@pytest.fixture(autouse=True)
+def _dirty_files_dropped(loopfs):
+    """After the test (and before the loop filesystems' teardown) the streaming
+    and dirty files are removed, thawed first: their dirty pages go with them
+    instead of being written out, some seconds of each test, by the umount."""
+    yield
+    for m, _ in loopfs.mounts:
+        subprocess.run(["fsfreeze", "-u", m], stderr=subprocess.DEVNULL)
+        for name in ("s", "dirty"):
+            try:
+                os.unlink(os.path.join(m, name))
+            except FileNotFoundError:
+                pass
 
 
 def settle(*mountpoints):
@@ -72,15 +98,98 @@ def settle(*mountpoints):
             os.close(fd)
 
 
+def backing_file(mountpoint):
+    """The image file behind MOUNTPOINT's loop device."""
+    dev = os.stat(mountpoint).st_dev
+    with open("/sys/dev/block/%d:%d/loop/backing_file" % (os.major(dev), os.minor(dev))) as f:
+        return f.read().strip()
+
+
+HOLD_S = 1.0   # the busy one's presync takes this long at least: a quick one's at most 1/4
+
+
+def busy_on_a_holder(loopfs):
+    """(holder, busy): BUSY's image lives on HOLDER, a filesystem of its own
+    outside the session: while HOLDER is frozen nothing BUSY flushes reaches
+    its image."""
+    (holder,) = loopfs.make(1, size_mb=320)
+    (busy,) = loopfs.make(1, size_mb=256, parent=holder)
+    return holder, busy
+
+
+class SlowFlush:
+    """BUSY's presync made slow whatever the machine's pace: its holder is
+    frozen, 32 MiB are written to BUSY (they cannot leave its page cache, the
+    loop device's writes wait on the frozen holder: checked), and the holder
+    is thawed HOLD_S after the session's presync of BUSY has begun.  Before,
+    the tests wrote and hoped the kernel had not flushed the data by then: on
+    a loaded machine the image's own writeback had (31 of 128 MiB left)."""
+
+    def __init__(self, holder, busy):
+        import threading
+        self.holder, self.busy = holder, busy
+        self.done = threading.Event()
+        self.thread = None
+        self.threading = threading
+        path = os.path.join(busy, "dirty")
+        # opened before the holder is frozen: a lookup on BUSY then would read
+        # through the loop device, queued behind the writes that wait on the holder
+        with open(path, "wb") as f:
+            subprocess.run(["fsfreeze", "-f", holder], check=True)
+            # never left frozen for long, whatever happens below
+            self.safety = threading.Timer(20, self.release)
+            self.safety.daemon = True
+            self.safety.start()
+            block = b"d" * (1 << 20)
+            for _ in range(32):
+                f.write(block)
+            # in the file, or already copied into the image's page cache by the
+            # loop device (the frozen holder keeps them there: no writeback)
+            mine, image = unflushed_mib(path), unflushed_mib(backing_file(busy))
+        if mine is not None and image is not None:
+            assert mine + image >= 32 * 0.9, \
+                "only %.0f of 32 MiB left to flush (%.0f in the file, %.0f in the image)" % (
+                    mine + image, mine, image)
+
+    def release_after_the_presync_began(self, s):
+        """Thaws the holder HOLD_S after session S began BUSY's presync."""
+        i = [t.mount.mountpoint for t in s.targets].index(self.busy)
+
+        def run():
+            end = time.monotonic() + 60
+            while not s._shared.fs[i].sync_start_ns and time.monotonic() < end:
+                time.sleep(0.001)
+            self.done.wait(HOLD_S)
+            self.release()
+        self.thread = self.threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def release(self):
+        subprocess.run(["fsfreeze", "-u", self.holder], stderr=subprocess.DEVNULL)
+
+    def close(self):
+        self.safety.cancel()
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(60)
+        self.release()
+
+
+@pytest.mark.timing
 def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
-    busy, quiet1, quiet2 = loopfs.make(3, size_mb=256)
+    holder, busy = busy_on_a_holder(loopfs)
+    quiet1, quiet2 = loopfs.make(2, size_mb=256)
     w = Streaming(busy)
+    slow = None
     try:
         # the condition arranged, not hoped for from the writer's pace on a loaded
-        # machine: 128 MiB dirty on the busy one, nothing on the quiet ones
+        # machine: the busy one's presync takes HOLD_S at least, the quiet ones have
+        # nothing to flush
         settle(quiet1, quiet2)
-        dirty(busy, 128)
+        slow = SlowFlush(holder, busy)
         s = vmsnap.freeze_filesystems([busy, quiet1, quiet2], timeout=30, schedule="jit")
+        s.start()
+        slow.release_after_the_presync_began(s)
         s.freeze()
         returned = time.monotonic_ns()
         try:
@@ -100,6 +209,8 @@ def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
         finally:
             s.thaw()
     finally:
+        if slow is not None:
+            slow.close()
         w.stop()
     res = {m.mountpoint: m for m in s.mounts}
     assert all(m.state == "thawed" for m in res.values())
@@ -112,26 +223,41 @@ def test_quiet_filesystems_start_once_the_busy_one_is_frozen(loopfs):
     assert res[quiet2].blocked_ms < res[busy].blocked_ms
 
 
+@pytest.mark.timing
 def test_children_still_before_parents_with_late_children(loopfs):
-    busy, = loopfs.make(1, size_mb=256)
+    holder, busy = busy_on_a_holder(loopfs)
     outer, = loopfs.make(1, size_mb=96)
     inner, = loopfs.make(1, parent=outer)   # level 0, quiet: late
     w = Streaming(busy)
+    slow = None
     try:
-        with vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit") as s:
+        # the condition arranged, not hoped for from the writer's pace: the busy
+        # child's presync takes HOLD_S at least, nothing to flush on the quiet one
+        # (so it starts late) or its parent
+        settle(inner, outer)
+        slow = SlowFlush(holder, busy)
+        s = vmsnap.freeze_filesystems([outer, inner, busy], timeout=30, schedule="jit")
+        s.start()
+        slow.release_after_the_presync_began(s)
+        with s:
             by = entries(s)
             res = {m.mountpoint: m for m in s.mounts}
+            cost = {m: (by[m].sync_end_ns - by[m].sync_start_ns) / 1e6 for m in by}
             assert res[inner].level == res[busy].level < res[outer].level
-            assert res[inner].late and not res[busy].late
+            assert res[inner].late and not res[busy].late, \
+                "presync ms: busy %.1f, inner %.1f" % (cost[busy], cost[inner])
             assert s.all_frozen, s.failures
             # the parent's freeze starts only after every child's has returned
             assert by[outer].freeze_start_ns >= by[inner].freeze_end_ns
             assert by[outer].freeze_start_ns >= by[busy].freeze_end_ns
     finally:
+        if slow is not None:
+            slow.close()
         w.stop()
     assert all(m.state == "thawed" for m in s.mounts)
 
 
+@pytest.mark.timing
 def test_parallel_schedule_starts_a_level_at_once(loopfs):
     busy, quiet = loopfs.make(2, size_mb=256)
     w = Streaming(busy)
@@ -145,6 +271,7 @@ def test_parallel_schedule_starts_a_level_at_once(loopfs):
         w.stop()
 
 
+@pytest.mark.timing
 def test_idle_filesystems_all_start_together(loopfs):
     mounts = loopfs.make(3)
     with vmsnap.freeze_filesystems(mounts, timeout=10) as s:
@@ -228,6 +355,7 @@ class CapWatch:
         self.thread.join()
 
 
+@pytest.mark.timing
 def test_dirty_cap_is_on_during_the_presync_and_off_once_frozen(loopfs):
     busy, quiet = loopfs.make(2, size_mb=256)
     before = {m: bdi_values(m) for m in (busy, quiet)}
@@ -262,6 +390,7 @@ def test_no_cap_leaves_the_devices_alone(loopfs):
     assert not watch.seen.is_set()
 
 
+@pytest.mark.timing
 def test_dirty_cap_put_back_when_the_guardian_is_killed_under_it(loopfs):
     import threading
     busy, = loopfs.make(1, size_mb=256)
@@ -305,6 +434,7 @@ import time; time.sleep(60)
 """
 
 
+@pytest.mark.timing
 def test_dirty_cap_put_back_by_vmsnap_thaw_after_both_die(loopfs):
     busy, = loopfs.make(1, size_mb=256)
     before = bdi_values(busy)

@@ -77,6 +77,7 @@ def test_arguments_are_separate_with_spaces_intact():
     assert r.output.splitlines() == ["[a b]", "[]", "[c]"]
 
 
+@pytest.mark.timing
 @BOTH
 def test_timeout_kills_whole_group_including_term_ignoring_grandchild(fallback, tmp_path):
     pidfile = tmp_path / "gc.pid"
@@ -92,6 +93,7 @@ def test_timeout_kills_whole_group_including_term_ignoring_grandchild(fallback, 
     assert gc not in live_in_group(gc) and r.survivors == 0
 
 
+@pytest.mark.timing
 def test_timeout_of_stopped_child():
     # SIGCONT goes with SIGTERM, so a stopped child dies without waiting for SIGKILL
     t0 = time.monotonic()
@@ -110,6 +112,7 @@ def test_large_output_bounded_not_blocked(fallback):
     assert len(r.output) < 4096 + 100
 
 
+@pytest.mark.timing
 @BOTH
 def test_background_child_holding_pipe_does_not_delay_return(fallback):
     t0 = time.monotonic()

@@ -254,6 +254,7 @@ def test_a_run_right_after_a_sigkill_waits_for_the_resume_and_says_so(tmp_path, 
         "pre", "post-start", "post-end", "pre", "post-start", "post-end"]
 
 
+@pytest.mark.timing
 def test_a_run_does_not_wait_for_a_resume_whose_reaper_is_someone_else(tmp_path,
                                                                       monkeypatch):
     """A lock line naming a reaper whose pid now belongs to another process

@@ -100,6 +100,7 @@ def wait_in_step(tmp_path, name):
 
 # -- a stop signal to `vmsnap run` ------------------------------------------------
 
+@pytest.mark.timing
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_the_snapshot_thaws_at_once_then_thaw_hooks_and_post(tmp_path, loopfs,
                                                                            sig):
@@ -127,6 +128,7 @@ def test_signal_during_the_snapshot_thaws_at_once_then_thaw_hooks_and_post(tmp_p
     assert res["snapshot"]["signal"] is None or res["snapshot"]["exit_code"] != 0
 
 
+@pytest.mark.timing
 def test_signal_during_the_pre_script_stops_it_and_runs_the_post_script(tmp_path, loopfs):
     (m,) = loopfs.make(1)
     cfg = setup_scripts(tmp_path, pre="echo $$ > %s; %s" % (tmp_path / "pre.pid",
@@ -322,6 +324,7 @@ def test_resume_command_runs_thaw_hooks_and_the_post_script(tmp_path):
     assert "InsufficientPermissionforPost-Script" in log.read_text()
 
 
+@pytest.mark.timing
 def test_sigkill_during_the_snapshot_the_reaper_runs_the_post_script(tmp_path, loopfs):
     """After a SIGKILL the reaper runs the thaw hooks and the post-script once the
     guardian has thawed and exited, never before: the guardian is held stopped

@@ -241,6 +241,7 @@ def test_thawed_early_names_the_cause(loopfs):
     assert not frozen_state(mnt)
 
 
+@pytest.mark.timing
 def test_freeze_cap_counts_from_the_first_fifreeze_not_the_presync(nested):
     outer, inner = nested
     # the inner's flush writes into its image on the outer: frozen, the flush waits
@@ -267,45 +268,55 @@ def test_freeze_cap_counts_from_the_first_fifreeze_not_the_presync(nested):
     assert not frozen_state(inner)
 
 
-@pytest.mark.skipif(not os.path.exists(RCU), reason="kernel without rcu_expedited")
-def test_rcu_expedited_restored_when_the_guardian_dies_mid_wave(nested):
+@pytest.mark.timing
+@pytest.mark.ci_optional   # a kernel and container property, not the suite's
+def test_rcu_expedited_restored_when_the_guardian_dies_mid_wave(nested, rcu_off):
     outer, inner = nested
-    with open(RCU) as f:
-        if f.read().strip() != "0":
-            pytest.skip("rcu_expedited is already on here")
-    with flush_stuck_behind(outer, inner):
-        s = vmsnap.freeze_filesystems([inner], timeout=30, presync=False)
-        box = {}
+    # The switch is the machine's: another freeze there may have it on when this
+    # guardian starts its wave, and then this guardian rightly leaves it alone and
+    # there is nothing to test.  Its own record says which: such a try is undone
+    # and made again (3 tries); a guardian that never expedites fails all three.
+    for _ in range(3):
+        with open(RCU, "w") as f:
+            f.write("0")
+        with flush_stuck_behind(outer, inner):
+            s = vmsnap.freeze_filesystems([inner], timeout=30, presync=False)
+            box: dict = {}
 
-        def freeze():
+            def freeze(s=s, box=box):
+                try:
+                    s.freeze()
+                except FreezeError as exc:
+                    box["error"] = str(exc)
+
+            t = threading.Thread(target=freeze)
+            t.start()
+            killed = False
             try:
-                s.freeze()
-            except FreezeError as exc:
-                box["error"] = str(exc)
-
-        t = threading.Thread(target=freeze)
-        t.start()
-        try:
-            # the wave is under way: expedited, and the inner's FIFREEZE stuck in its flush
-            assert wait_for(lambda: s._shared is not None and s._shared.fs[0].state == 3)
-            with open(RCU) as f:
-                assert f.read().strip() == "1"
-            os.kill(s.guardian_pid, signal.SIGKILL)
-            time.sleep(0.2)
-            fsfreeze("-u", outer)   # the FIFREEZE lands, the guardian's last thread exits
-            t.join(60)
-            assert not t.is_alive()
-            assert "guardian died" in box.get("error", ""), box
-            with open(RCU) as f:
-                assert f.read().strip() == "0", "rcu_expedited left on after the guardian's death"
-            assert not frozen_state(outer) and not frozen_state(inner)
-        finally:
-            fsfreeze("-u", outer)
-            t.join(60)
-            with open(RCU, "w") as f:
-                f.write("0")
+                # the wave is under way, the inner's FIFREEZE stuck in its flush
+                assert wait_for(lambda s=s: s._shared is not None and s._shared.fs[0].state == 3)
+                if not (s._shared.rcu_expedited == 1 and s._shared.rcu_restore == 0):
+                    continue   # another freeze had the switch on: undone in finally, tried again
+                os.kill(s.guardian_pid, signal.SIGKILL)
+                killed = True
+                time.sleep(0.2)
+                fsfreeze("-u", outer)   # the FIFREEZE lands, the guardian's last thread exits
+                t.join(60)
+                assert not t.is_alive()
+                assert "guardian died" in box.get("error", ""), box
+                with open(RCU) as f:
+                    assert f.read().strip() == "0", "rcu_expedited left on after the guardian's death"
+                assert not frozen_state(outer) and not frozen_state(inner)
+                return
+            finally:
+                fsfreeze("-u", outer)
+                t.join(60)
+                if not killed:
+                    s.thaw()   # nothing left frozen or holding on for the tests after
+    pytest.fail("the guardian never expedited in 3 tries (rcu_expedited set to 0 before each)")
 
 
+@pytest.mark.timing
 def test_record_on_a_frozen_btrfs_subvolume_is_not_rewritten(loopfs, monkeypatch):
     (mnt,) = loopfs.make(1, fstype="btrfs")
     sub = os.path.join(mnt, "sub")

@@ -112,7 +112,9 @@ def _umount(mnt: str) -> None:
     """Unmounts MNT, waiting up to 5 s for whoever still uses it, then lazily."""
     for _ in range(50):
         r = _run("umount", mnt, check=False)
-        if r.returncode == 0 or "not mounted" in r.stdout:
+        # not mounted (any more), or no longer there: one nested in a parent
+        # unmounted before it ("no mount point specified") is gone with it
+        if r.returncode == 0 or mnt not in _mounts_under(mnt):
             return
         time.sleep(0.1)
     _run("umount", "-l", mnt, check=False)
