@@ -75,12 +75,9 @@ int record_write_state(int record_fd, int i, int state) {
     }
 }
 
-void record_mark_wave(int record_fd, const struct vmsnap_shared *sh, int level) {
-    if (!sh->record_live)
-        return; /* a record that may block in the window is not rewritten in it */
-    for (int i = 0; i < sh->n; i++)
-        if (sh->fs[i].level == level)
-            (void)record_write_state(record_fd, i, VMSNAP_FS_FREEZING);
+void record_mark_freezing(int record_fd, const struct vmsnap_shared *sh, int i) {
+    if (sh->record_live) /* a record that may block in the window is not rewritten in it */
+        (void)record_write_state(record_fd, i, VMSNAP_FS_FREEZING);
 }
 
 void record_result(int record_fd, const struct vmsnap_shared *sh, int i) {
@@ -142,7 +139,7 @@ int fs_thaw_entry(struct vmsnap_fs *f, int fd) {
  * frozen.  A FIFREEZE still in flight when its guardian died lands (it is
  * not interruptible): thawing it is ours too.  In a record, "freezing" is
  * also every entry of a wave marked before the wave's first FIFREEZE
- * (record_mark_wave()) whose result was not recorded yet: whether our
+ * (record_mark_freezing()) whose result was not recorded yet: whether our
  * FIFREEZE was issued, landed, or met someone else's freeze (EBUSY) is
  * unknown, and a frozen one is thawed as ours.  Pending, synced, busy,
  * failed, skipped were never frozen by us: left alone. */

@@ -32,21 +32,22 @@ int record_write(int record_fd, const struct vmsnap_shared *sh);
 /* The crash record during the freeze waves (live records only, see
  * sh->record_live; nothing is written to one that may block).
  *
- * record_mark_wave(): before the first FIFREEZE of wave LEVEL, each of its
- * entries is recorded as "freezing" (may be ours: a thaw from the record
- * undoes it if it is frozen), each entry's state in one 4-byte pwrite.
+ * record_mark_freezing(): right before entry I's own FIFREEZE (not when its
+ * wave starts: the just-in-time order holds quiet entries back until the
+ * busy ones are frozen), it is recorded as "freezing" (may be ours: a thaw
+ * from the record undoes it if it is frozen), in one 4-byte pwrite.
  * record_result(): after entry I's FIFREEZE returned (or it was skipped),
  * its outcome: frozen (ours), busy (someone else's: never thawed from the
  * record), failed, skipped.
  *
- * The window that remains: from the mark to the recorded result an entry
- * reads "freezing" whatever happens to it.  If the guardian dies there and
- * the filesystem is frozen by someone else (a freeze that was there before
- * our FIFREEZE met it with EBUSY, or one landing between the mark and our
- * FIFREEZE), recovery cannot tell that freeze from ours and thaws it.  A
- * freeze by someone else that the record shows as busy, or that lands when
+ * The window that remains is entry I's FIFREEZE call itself: from the mark
+ * to the recorded result it reads "freezing" whatever happens to it.  If the
+ * guardian dies there and the filesystem is frozen by someone else (a freeze
+ * that was there before and that our FIFREEZE met with EBUSY, or one landing
+ * in that instant), recovery cannot tell that freeze from ours and thaws it.
+ * A freeze by someone else that the record shows as busy, or that lands when
  * the guardian is alive, is never thawed from the record. */
-void record_mark_wave(int record_fd, const struct vmsnap_shared *sh, int level);
+void record_mark_freezing(int record_fd, const struct vmsnap_shared *sh, int i);
 void record_result(int record_fd, const struct vmsnap_shared *sh, int i);
 /* Writes entry I's STATE alone into the record; -errno if it could not. */
 int record_write_state(int record_fd, int i, int state);

@@ -86,7 +86,7 @@ static void *worker_main(void *arg) {
     if (g->abort) {
         fs_set_state(f, VMSNAP_FS_SKIPPED);
         pthread_mutex_unlock(&g->mu);
-        record_result(g->record_fd, g->sh, w->idx); /* its wave may have been marked */
+        record_result(g->record_fd, g->sh, w->idx);
         dirty_cap_end_one(f);
         notify(g);
         return NULL;
@@ -97,6 +97,9 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&g->mu);
     notify(g); /* the deadline may have moved */
 
+    /* recorded right before the FIFREEZE: should the guardian and the
+     * controller both die while it runs, recovery thaws what it froze */
+    record_mark_freezing(g->record_fd, g->sh, w->idx);
     int r = vmsnap_fifreeze(fd);
     f->freeze_end_ns = now_ns();
     dirty_cap_end_one(f); /* frozen (or not at all): the cap has done its work */

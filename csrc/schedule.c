@@ -77,9 +77,6 @@ enum event do_freeze_waves(struct guardian *g) {
     int top = max_level(g->sh);
     for (int level = 0; level <= top; level++) {
         int late = schedule_mark_late(g->sh, level);
-        /* recorded before any of the wave is frozen: should the guardian and
-         * the controller both die mid-wave, recovery thaws what it froze */
-        record_mark_wave(g->record_fd, g->sh, level);
         release(g, level, 0);
         enum event ev = late ? wait_event(g, early_settled, level, 0) : EV_PRED;
         if (ev != EV_PRED)

@@ -309,6 +309,58 @@ def test_sigkill_of_both_mid_wave_leaves_a_freeze_of_someone_else_frozen(loopfs)
         cli("thaw")
 
 
+def test_sigkill_of_both_while_a_late_filesystem_waits_leaves_its_other_freeze_frozen(loopfs):
+    """Mid-wave again, but the filesystem someone else froze is a sibling
+    that the just-in-time order holds back (its presync was quick, the busy
+    one's takes a second): both die while the busy one's FIFREEZE runs, the
+    sibling's FIFREEZE was never issued.  The record must not call it
+    "may be ours" then (marked per FIFREEZE, not per wave): recovery thaws
+    the busy one and leaves the other freeze standing."""
+    import fcntl
+
+    from .test_jit_freeze import SlowFlush, busy_on_a_holder, settle
+    holder, busy = busy_on_a_holder(loopfs)
+    (quiet,) = loopfs.make(1, size_mb=256)
+    settle(quiet)
+    theirs = os.open(quiet, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(theirs, FIFREEZE, 0)           # someone else's, before vmsnap starts
+    slow = SlowFlush(holder, busy)             # the busy one's presync takes >= 1 s
+    pin = pin_freeze(busy)                     # and its FIFREEZE waits in the kernel
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
+                              "--mount", busy, "--mount", quiet],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        record, gpid = _wait_guardian_record()
+        time.sleep(2.5)
+        slow.release()
+        end = time.monotonic() + 60
+        while not in_fifreeze(gpid):
+            assert time.monotonic() < end and p.poll() is None, "never in the busy one's FIFREEZE"
+            time.sleep(0.005)
+        _, sh = freeze_mod._read_record(record)
+        states = {os.fsdecode(freeze_mod.core()[0].string(sh.fs[i].path)):
+                  freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
+        start = process.starttime(gpid)
+        os.kill(gpid, signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        unpin_freeze(pin)
+        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
+        assert thawed_soon([busy], timeout=WATCH_BOUND_S), "ours frozen after both SIGKILLs"
+        _record_handled(record, "mid-wave")
+        assert states[quiet] != "freezing", states
+        assert frozen_state(quiet), "someone else's freeze was thawed (record: %s)" % states
+    finally:
+        unpin_freeze(pin)
+        slow.close()
+        try:
+            fcntl.ioctl(theirs, 0xC0045878, 0)   # FITHAW: ours to end
+        except OSError:
+            pass
+        os.close(theirs)
+        cli("thaw")
+
+
 def test_the_library_calls_behind_them(loopfs):
     (m,) = loopfs.make(1)
     h = held_mod.freeze_and_hold(None, [m], 30)
