@@ -173,6 +173,35 @@ def test_holder_sigterm_before_the_agents_own_freeze_thaws_it_by_the_deadline(
         assert "resume: thaw: %s: thawed" % mounts[0] in log, log
 
 
+def test_holder_sigkilled_as_it_waits_then_the_agent_freezes_thawed_by_the_deadline(
+        tmp_path, loopfs, runtime):
+    """As above, but the session's process is SIGKILLed (systemd's final
+    kill) as it waits, before qemu-ga's own FIFREEZE: the reaper's resume
+    thaws from the agent's record at the session's deadline, not at once,
+    so a freeze the agent makes after the kill is thawed too."""
+    mounts = loopfs.make(1)
+    config, mark = stamping_config(tmp_path, mounts, freezeTimeoutInSeconds=4)
+    p = hook(tmp_path, "qemu-ga", config, "freeze")
+    answered = time.monotonic()
+    assert p.returncode == 0, p.stderr
+    holder = session(runtime, "qemu-ga")["watchdog"]["pid"]
+    os.kill(holder, signal.SIGTERM)
+    try:
+        assert wait_for(lambda: len(marks(mark).get("post", [])) == 1, 30), marks(mark)
+        time.sleep(0.3)
+        os.kill(holder, signal.SIGKILL)
+        assert wait_for(lambda: not alive(holder), 10)
+        time.sleep(0.5)   # a resume that thawed at once has done so by now
+        subprocess.run(["fsfreeze", "-f", mounts[0]], check=True, timeout=30)
+        assert time.monotonic() < answered + 4, "too slow to freeze before the deadline"
+        assert thawed_soon(mounts, answered + 4 + 2.0 - time.monotonic()), \
+            "frozen %.1fs after the 4s deadline's start" % (time.monotonic() - answered)
+    finally:
+        subprocess.run(["fsfreeze", "-u", mounts[0]], capture_output=True)
+    got = marks(mark)
+    assert len(got["pre"]) == 1 and len(got["post"]) == 1, got
+
+
 @pytest.fixture
 def nested_and_one(loopfs):
     (outer,) = loopfs.make(1, size_mb=96)

@@ -81,7 +81,7 @@ def scripts_bound(timeout: float, retries: int, n_scripts: int) -> float:
 
 def resume_command(config: str, *, log_file: str | None = None, post: bool = False,
                    hooks: Sequence[str] = (), bound_s: float | None = None,
-                   thaw_records: Sequence[str] = ()
+                   thaw_records: Sequence[str] = (), thaw_at_ns: int = 0
                    ) -> tuple[list[str], dict[str, str]]:
     """(argv, env) of the resume command: this interpreter running this
     module of the very package imported here (its directory first on
@@ -96,6 +96,8 @@ def resume_command(config: str, *, log_file: str | None = None, post: bool = Fal
         argv += ["--hook", os.path.abspath(h)]
     for r in thaw_records:
         argv += ["--thaw-record", r]
+    if thaw_at_ns:
+        argv += ["--thaw-at", str(int(thaw_at_ns))]
     if bound_s:
         argv += ["--bound", "%.3f" % bound_s]
     # PYTHONSAFEPATH (3.11+): not even the cwd (/) goes before that directory
@@ -108,25 +110,28 @@ def resume_command(config: str, *, log_file: str | None = None, post: bool = Fal
 def register(config: str, *, log_file: str | None = None, post: bool = False,
              hooks: Sequence[str] = (), wait_for: Sequence[tuple[int, int]] = (),
              thaw_records: Sequence[str] = (),
-             timeout: float, retries: int, wait_until_ns: int = 0) -> None:
+             timeout: float, retries: int, wait_until_ns: int = 0,
+             thaw_at_ns: int = 0) -> None:
     """Tells this process's reaper how to resume the application should
     this process die from now on: the thaw hooks HOOKS (paths, in the order
     their freeze calls started) and, if POST, the post-script of CONFIG,
     each with TIMEOUT seconds and RETRIES retries, once every (pid, start
     time) in WAIT_FOR (the freeze guardian: its thaw comes first, by
-    WAIT_UNTIL_NS, CLOCK_MONOTONIC) is gone; failures to start it go to
+    WAIT_UNTIL_NS, CLOCK_MONOTONIC) is gone; THAW_AT_NS (CLOCK_MONOTONIC):
+    the records are thawed then, not at once (an agent may still freeze
+    until its session's deadline); failures to start it go to
     LOG_FILE.  The run lock this process holds says so, so that a run
     started after our death waits for that resume instead of failing.
     Call again when any of it changes; ``clear()`` when the run is over.
     OSError (E2BIG) when it does not fit, ValueError for a bad command."""
     bound = scripts_bound(timeout, retries, len(hooks) + bool(post)) + _START_S
     argv, env = resume_command(config, log_file=log_file, post=post, hooks=hooks, bound_s=bound,
-                               thaw_records=thaw_records)
+                               thaw_records=thaw_records, thaw_at_ns=thaw_at_ns)
     process.set_resume_command(argv, env, wait_for=wait_for, log_file=log_file)
     _registered[:] = argv
     held = lock_mod.held()
     if held is not None:
-        start = max(time.monotonic_ns(), int(wait_until_ns or 0))
+        start = max(time.monotonic_ns(), int(wait_until_ns or 0), int(thaw_at_ns or 0))
         held.announce_resume(process.reaper_identity(), start + int(bound * 1e9))
 
 
@@ -203,8 +208,8 @@ def _run(log: Logbook, path: str, role: str, params: Sequence[str], retries: int
 
 def resume(config: str, post: bool, hook_paths: Sequence[str], log: Logbook) -> bool:
     if not post and not hook_paths:
-        log.info("resume: vmsnap died after its post-script and thaw hooks had run: "
-                 "nothing left to run")
+        log.info("resume: vmsnap died with no script or thaw hook of its own left to "
+                 "run (none configured, none started, or all had run): nothing left to run")
         return True
     log.warning("resume: vmsnap died after the application was quiesced; running %s "
                 "(vmsnap from %s)",
@@ -236,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--thaw-record", action="append", default=[],
                    help="a record of filesystems a dead guardian or agent may have left frozen: "
                         "thawed first")
+    p.add_argument("--thaw-at", type=int, default=0, metavar="NS",
+                   help="CLOCK_MONOTONIC nanoseconds: thaw the records then, not at once")
     p.add_argument("--bound", type=float, default=None)
     args = p.parse_args(argv)
     log = Logbook(args.log_file)
@@ -248,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             lock.acquire(wait=True)
         except BusyError as exc:
             log.error("resume: %s; resuming anyway", exc)
+        # an agent's session that ended early: the agent may freeze until the
+        # session's deadline, so the thaw comes then (the lock is held meanwhile,
+        # as the session itself held it)
+        while args.thaw_record and time.monotonic_ns() < args.thaw_at:
+            time.sleep(min((args.thaw_at - time.monotonic_ns()) / 1e9, 0.25))
         for record in args.thaw_record:
             from .agents.agentfs import thaw_agent_record
             try:

@@ -244,9 +244,11 @@ class AgentSession(Cycle):
         fs = self.agent_fs
         if self.lingers and fs is not None and fs.record_path and self.plan.config_path:
             # the post-script has run; should this process die before linger() has
-            # thawed, the reaper thaws from the agent's record (and runs nothing else)
+            # thawed, the reaper thaws from the agent's record at the deadline, as
+            # linger() would (the agent may freeze until then), and runs nothing else
             _resume.register(self.plan.config_path, log_file=self.log.path,
                              thaw_records=[fs.record_path],
+                             thaw_at_ns=self.step_deadline_ns or 0,
                              timeout=self.plan.settings.timeout, retries=0)
             self.resume_registered = True
             return
@@ -257,7 +259,7 @@ class AgentSession(Cycle):
         thaws whatever the agent froze meanwhile (its FIFREEZE after our thaw),
         parents first.  Stop signals are ignored meanwhile (the wait is bounded by
         the deadline); a death leaves the thaw to the reaper's resume, which thaws
-        from the agent's record at once and runs nothing else (the post-script
+        from the agent's record at the same deadline and runs nothing else (the post-script
         has run).  The log is held: it may be on a filesystem the agent froze."""
         fs = self.agent_fs
         if fs is None or not self.lingers or self.step_deadline_ns is None:
@@ -276,8 +278,8 @@ class AgentSession(Cycle):
             notes = fs.thaw()
         finally:
             self.lingers = False
+            fs.close()   # the record goes first: a death in between leaves nothing to thaw
             self._clear_resume()
-            fs.close()
             self.log.release()
             for sig, h in old.items():
                 signal.signal(sig, h)
