@@ -6,6 +6,8 @@ that died is removed, not reported forever."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from .helpers import FIFREEZE, in_fifreeze, pin_freeze, unpin_freeze
 from .helpers import vmsnap as cli
 
 pytestmark = root_only
+FITHAW = 0xC0045878
 
 
 def freeze(*mounts, timeout="30"):
@@ -259,6 +262,40 @@ def test_sigkill_of_vmsnap_freeze_and_its_guardian_together(loopfs, when):
         cli("thaw")
 
 
+def _record_states(record):
+    """{mount point: state name} as the guardian's record on disk says."""
+    _, sh = freeze_mod._read_record(record)
+    return {os.fsdecode(freeze_mod.core()[0].string(sh.fs[i].path)):
+            freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
+
+
+def _sigkill_both(gpid, p, pin):
+    """SIGKILL of the guardian and `vmsnap freeze`, then the pinned FIFREEZE let go."""
+    start = process.starttime(gpid)
+    os.kill(gpid, signal.SIGKILL)
+    p.kill()
+    p.communicate()
+    unpin_freeze(pin)
+    assert process.wait_gone(gpid, start, 30), "the guardian is still there"
+
+
+@contextlib.contextmanager
+def someone_elses_freeze(mountpoint):
+    """MOUNTPOINT frozen by another process (this one, by FIFREEZE) for the
+    duration; thawed after, and anything vmsnap left is thawed too."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.ioctl(fd, FIFREEZE, 0)
+    try:
+        yield
+    finally:
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        except OSError:
+            pass
+        os.close(fd)
+        cli("thaw")
+
+
 def test_sigkill_of_both_mid_wave_leaves_a_freeze_of_someone_else_frozen(loopfs):
     """Mid-wave as above, with a filesystem someone else had frozen before:
     the guardian's FIFREEZE met it with EBUSY and recorded it as busy, so
@@ -266,47 +303,33 @@ def test_sigkill_of_both_mid_wave_leaves_a_freeze_of_someone_else_frozen(loopfs)
     its owner.  Nested, so the order is fixed: the children (ms[1], ms[2],
     someone else's) are the first wave, the parent (ms[0], held in its
     FIFREEZE) the second."""
-    import fcntl
     (parent,) = loopfs.make(1)
     ms = [parent, *loopfs.make(2, parent=parent)]
-    theirs = os.open(ms[2], os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.ioctl(theirs, FIFREEZE, 0)
-    pin = pin_freeze(ms[0])
-    try:
-        time.sleep(0.1)
-        p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
-                              *sum((["--mount", m] for m in ms), [])],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        record, gpid = _wait_guardian_record()
-        end = time.monotonic() + 60
-        while True:
-            _, sh = freeze_mod._read_record(record)
-            states = {os.fsdecode(freeze_mod.core()[0].string(sh.fs[i].path)):
-                      freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
-            if in_fifreeze(gpid) and states[ms[2]] == "busy":
-                break
-            assert time.monotonic() < end and p.poll() is None, \
-                "never both in the FIFREEZE of %s and %s recorded busy: %s" % (ms[0], ms[2],
-                                                                            states)
-            time.sleep(0.005)
-        start = process.starttime(gpid)
-        os.kill(gpid, signal.SIGKILL)
-        p.kill()
-        p.communicate()
-        unpin_freeze(pin)
-        assert pin.returncode == 0
-        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
-        assert thawed_soon(ms[:2], timeout=WATCH_BOUND_S), "frozen after both SIGKILLs mid-wave"
-        _record_handled(record, "mid-wave")
-        assert frozen_state(ms[2]), "someone else's freeze was thawed"
-    finally:
-        unpin_freeze(pin)
+    with someone_elses_freeze(ms[2]):
+        pin = pin_freeze(ms[0])
         try:
-            fcntl.ioctl(theirs, 0xC0045878, 0)   # FITHAW: ours to end
-        except OSError:
-            pass
-        os.close(theirs)
-        cli("thaw")
+            time.sleep(0.1)
+            p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout",
+                                  "120", *sum((["--mount", m] for m in ms), [])],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            record, gpid = _wait_guardian_record()
+            end = time.monotonic() + 60
+            while True:
+                states = _record_states(record)
+                if in_fifreeze(gpid) and states[ms[2]] == "busy":
+                    break
+                assert time.monotonic() < end and p.poll() is None, \
+                    "never both in the FIFREEZE of %s and %s recorded busy: %s" % (
+                        ms[0], ms[2], states)
+                time.sleep(0.005)
+            _sigkill_both(gpid, p, pin)
+            assert pin.returncode == 0
+            assert thawed_soon(ms[:2], timeout=WATCH_BOUND_S), \
+                "frozen after both SIGKILLs mid-wave"
+            _record_handled(record, "mid-wave")
+            assert frozen_state(ms[2]), "someone else's freeze was thawed"
+        finally:
+            unpin_freeze(pin)
 
 
 def test_sigkill_of_both_while_a_late_filesystem_waits_leaves_its_other_freeze_frozen(loopfs):
@@ -316,49 +339,34 @@ def test_sigkill_of_both_while_a_late_filesystem_waits_leaves_its_other_freeze_f
     sibling's FIFREEZE was never issued.  The record must not call it
     "may be ours" then (marked per FIFREEZE, not per wave): recovery thaws
     the busy one and leaves the other freeze standing."""
-    import fcntl
-
     from .test_jit_freeze import SlowFlush, busy_on_a_holder, settle
     holder, busy = busy_on_a_holder(loopfs)
     (quiet,) = loopfs.make(1, size_mb=256)
     settle(quiet)
-    theirs = os.open(quiet, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.ioctl(theirs, FIFREEZE, 0)           # someone else's, before vmsnap starts
-    slow = SlowFlush(holder, busy)             # the busy one's presync takes >= 1 s
-    pin = pin_freeze(busy)                     # and its FIFREEZE waits in the kernel
-    try:
-        p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout", "120",
-                              "--mount", busy, "--mount", quiet],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        record, gpid = _wait_guardian_record()
-        time.sleep(2.5)
-        slow.release()
-        end = time.monotonic() + 60
-        while not in_fifreeze(gpid):
-            assert time.monotonic() < end and p.poll() is None, "never in the busy one's FIFREEZE"
-            time.sleep(0.005)
-        _, sh = freeze_mod._read_record(record)
-        states = {os.fsdecode(freeze_mod.core()[0].string(sh.fs[i].path)):
-                  freeze_mod.state_name(sh.fs[i].state) for i in range(sh.n)}
-        start = process.starttime(gpid)
-        os.kill(gpid, signal.SIGKILL)
-        p.kill()
-        p.communicate()
-        unpin_freeze(pin)
-        assert process.wait_gone(gpid, start, 30), "the guardian is still there"
-        assert thawed_soon([busy], timeout=WATCH_BOUND_S), "ours frozen after both SIGKILLs"
-        _record_handled(record, "mid-wave")
-        assert states[quiet] != "freezing", states
-        assert frozen_state(quiet), "someone else's freeze was thawed (record: %s)" % states
-    finally:
-        unpin_freeze(pin)
-        slow.close()
+    with someone_elses_freeze(quiet):              # before vmsnap starts
+        slow = SlowFlush(holder, busy)             # the busy one's presync takes >= 1 s
+        pin = pin_freeze(busy)                     # and its FIFREEZE waits in the kernel
         try:
-            fcntl.ioctl(theirs, 0xC0045878, 0)   # FITHAW: ours to end
-        except OSError:
-            pass
-        os.close(theirs)
-        cli("thaw")
+            p = subprocess.Popen([sys.executable, "-m", "vmsnap_native", "freeze", "--timeout",
+                                  "120", "--mount", busy, "--mount", quiet],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            record, gpid = _wait_guardian_record()
+            time.sleep(2.5)
+            slow.release()
+            end = time.monotonic() + 60
+            while not in_fifreeze(gpid):
+                assert time.monotonic() < end and p.poll() is None, \
+                    "never in the busy one's FIFREEZE"
+                time.sleep(0.005)
+            states = _record_states(record)
+            _sigkill_both(gpid, p, pin)
+            assert thawed_soon([busy], timeout=WATCH_BOUND_S), "ours frozen after both SIGKILLs"
+            _record_handled(record, "mid-wave")
+            assert states[quiet] != "freezing", states
+            assert frozen_state(quiet), "someone else's freeze was thawed (record: %s)" % states
+        finally:
+            unpin_freeze(pin)
+            slow.close()
 
 
 def test_the_library_calls_behind_them(loopfs):
