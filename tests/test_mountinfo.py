@@ -233,3 +233,16 @@ def test_many_named_mounts_on_a_large_table_are_selected_in_linear_time(tmp_path
     # 500 named mount points cost about what 5 do, not 100 times more
     few, many = best(named[:5]), best(named)
     assert many < 3 * few + 0.05, "%.3f s for 5 named mounts, %.3f s for 500" % (few, many)
+
+
+def test_reading_some_mounts_by_id_gives_those_of_the_whole_table(tmp_path):
+    # the freeze asks where a few fds are (its record, its targets): only their
+    # lines are parsed, and each is the mount the whole parse would give
+    text = synthetic_table(10000, tmp_path)
+    table = tmp_path / "mountinfo"
+    table.write_text(text)
+    whole = mountinfo.read_mountinfo(str(table))
+    wanted = {whole[0].mount_id, whole[5000].mount_id, whole[-1].mount_id, 1 << 30}
+    got = mountinfo.read_mountinfo(str(table), ids=wanted)
+    assert got == [m for m in whole if m.mount_id in wanted]
+    assert len(got) == 3

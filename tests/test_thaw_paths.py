@@ -317,6 +317,15 @@ def test_rcu_expedited_restored_when_the_guardian_dies_mid_wave(nested, rcu_off)
 
 
 @pytest.mark.timing
+def test_a_record_on_another_filesystem_is_rewritten_in_the_window(loopfs):
+    # the runtime directory is on /run (a tmpfs), not on what is frozen: the
+    # guardian keeps its record up to date through the window
+    (mnt,) = loopfs.make(1)
+    with vmsnap.freeze_filesystems([mnt], timeout=5) as s:
+        assert s.all_frozen
+        assert s.record_live
+
+
 def test_record_on_a_frozen_btrfs_subvolume_is_not_rewritten(loopfs, monkeypatch):
     (mnt,) = loopfs.make(1, fstype="btrfs")
     sub = os.path.join(mnt, "sub")

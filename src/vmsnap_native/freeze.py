@@ -218,7 +218,10 @@ def record_may_stay_live(record_fd: int, target_fds: Iterable[int]) -> bool:
     where writing cannot block on a filesystem we freeze.  Superblocks are
     compared (mountinfo's major:minor of each fd's mount), not st_dev: a
     btrfs subvolume's st_dev is not its superblock's."""
-    mounts: dict[int | None, mountinfo.Mount] = {m.mount_id: m for m in mountinfo.read_mountinfo()}
+    target_fds = list(target_fds)
+    ids = {fd_mount_id(fd) for fd in [record_fd, *target_fds]}
+    mounts: dict[int | None, mountinfo.Mount] = {
+        m.mount_id: m for m in mountinfo.read_mountinfo(ids={i for i in ids if i is not None})}
     rec = _superblock_of(record_fd, mounts)
     if rec is None or rec[1].split(".")[0] in _STACKING:
         return False
