@@ -1,5 +1,6 @@
 """How the cost grows: many filesystems (bench/scale_fs.py), huge mount
-tables (bench/scale_mounts.py), many hosts (bench/scale_fleet.py); each
+tables (bench/scale_mounts.py), many hosts (bench/scale_fleet.py), busy
+filesystems (bench/busy.py: the worst write a probe sees blocked); each
 against its alternatives, alternating round by round in the same run.
 Prints the tables and the targets, writes bench/scale.json and
 bench/scale.png.  The load average is kept with every result: on a shared
@@ -7,7 +8,7 @@ machine the ratios are what to read.
 
 As root, in a private mount namespace with its own /run (`make bench-scale`
 does this):
-    python bench/scale.py [--quick] [--parts fs,mounts,fleet] [--ansible PATH]
+    python bench/scale.py [--quick] [--parts fs,mounts,fleet,busy] [--ansible PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from common import machine, table  # noqa: E402
 # the budget of the whole run, seconds: the fleet part stops adding hosts
 # when the next count would not fit
 BUDGET_S = 20 * 60
+
+# busy filesystems: 4 loop ext4, writers on half (bench/busy.py), each load
+BUSY_LOADS = ("streaming", "light")
+# the busy target: vmsnap's worst blocked write / util-linux's, on every load
+BUSY_GOAL, BUSY_STRETCH = 0.25, 0.15
 
 
 def find(rows, **kw):
@@ -97,6 +103,15 @@ def targets(res) -> list:
         out.append(("`vmsnap mounts` at %d entries, median ms" % small["entries"], "<= 60",
                     small["vmsnap mounts"]["median_ms"],
                     small["vmsnap mounts"]["median_ms"] <= 60))
+    bz = res.get("busy")
+    if bz and bz.get("rows"):
+        worst = [r for r in bz["rows"] if r["strategy"] == "vmsnap jit"]
+        for r in worst:
+            q = r.get("stall_ratio_to_fsfreeze")
+            out.append(("worst blocked write on the busy filesystems, %d filesystems, %s "
+                        "writers on half, vmsnap / util-linux" % (r["filesystems"], r["load"]),
+                        "<= %s (stretch %s)" % (BUSY_GOAL, BUSY_STRETCH), q,
+                        q is not None and q <= BUSY_GOAL))
     fl = res.get("hosts")
     if fl and fl.get("rows"):
         top = max(r["hosts"] for r in fl["rows"])
@@ -123,6 +138,8 @@ def draw(res: dict, out: str) -> str | None:
         panels += ["fs", "mem"]
     if res.get("mount_tables", {}).get("sizes"):
         panels.append("mounts")
+    if res.get("busy", {}).get("rows"):
+        panels.append("busy")
     if res.get("hosts", {}).get("rows"):
         panels.append("hosts")
     if not panels:
@@ -173,6 +190,19 @@ def draw(res: dict, out: str) -> str | None:
             ax.set_xlabel("entries in the mount table")
             ax.set_ylabel("ms, median (log)")
             ax.set_title("Huge mount tables (overlay, tmpfs, bind; 4 loop ext4)", fontsize=9)
+        elif kind == "busy":
+            rows = res["busy"]["rows"]
+            loads = list(dict.fromkeys(r["load"] for r in rows))
+            names = list(dict.fromkeys(r["strategy"] for r in rows))
+            w = 0.8 / len(names)
+            for i, k in enumerate(names):
+                ys = [find(rows, load=ld, strategy=k).get("stall_median_ms") or 0 for ld in loads]
+                ax.bar([j + i * w for j in range(len(loads))], ys, w, label=k)
+            ax.set_xticks([j + 0.4 - w / 2 for j in range(len(loads))])
+            ax.set_xticklabels(["%s writers on half" % ld for ld in loads])
+            ax.set_yscale("log")
+            ax.set_ylabel("worst blocked write, ms, median (log)")
+            ax.set_title("Busy filesystems (4 loop ext4): what a writer feels", fontsize=9)
         else:
             rows = res["hosts"]["rows"]
             for k, c in (("vmsnap consistency_group", "C0"), ("plain fsfreeze playbook", "C1")):
@@ -246,6 +276,14 @@ def report(res) -> None:
                       "package: %s" % (label, imp["modules"], imp["total_self_ms"],
                                        list(imp["by_package_ms"].items())[:8]))
                 print("    vmsnap modules, self: %s" % list(imp["vmsnap_native_ms"].items())[:10])
+    bz = res.get("busy")
+    if bz and bz.get("rows"):
+        print(table("\nbusy filesystems (ms; stall = the worst write a probe on a busy "
+                    "filesystem saw blocked):", bz["rows"],
+                    ["filesystems", "load", "strategy", "rounds", "stall_median_ms",
+                     "stall_max_ms", "quiet_stall_median_ms", "op_median_ms",
+                     "window_median_ms", "writers_lost_mb_median", "stall_ratio_to_fsfreeze",
+                     "loadavg"]))
     fl = res.get("hosts")
     if fl and fl.get("rows"):
         print(table("\nmany hosts (ms):", fl["rows"],
@@ -278,7 +316,7 @@ def in_own_namespace() -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small counts, few rounds (development)")
-    ap.add_argument("--parts", default="fs,mounts,fleet")
+    ap.add_argument("--parts", default="fs,mounts,busy,fleet")
     ap.add_argument("--ansible", help="ansible-playbook for the hosts part (make bench-scale "
                     "builds one); without it that part is left out")
     ap.add_argument("--out", default=os.path.join(HERE, "scale.json"))
@@ -317,6 +355,16 @@ def main() -> int:
             res["mount_tables"] = scale_mounts.run((100, 1000), {100: 3, 1000: 3, "startup": 3})
         else:
             res["mount_tables"] = scale_mounts.run()
+    if "busy" in parts:
+        import busy
+        log("busy filesystems ...")
+        rows = []
+        for load in BUSY_LOADS:
+            got = busy.scenario(4, load, 3 if args.quick else 5, log=log)
+            for r in got:
+                r["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+            rows += got
+        res["busy"] = {"rows": rows}
     if "fleet" in parts and args.ansible:
         import scale_fleet
         log("many hosts ...")
@@ -330,7 +378,7 @@ def main() -> int:
     if args.keep and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
-        for part in ("filesystems", "mount_tables", "hosts"):
+        for part in ("filesystems", "mount_tables", "busy", "hosts"):
             if part not in res and part in old:
                 res[part] = dict({"kept_from": {
                     "date": old["machine"].get("date"), "loadavg_start": old.get("loadavg_start"),
