@@ -138,6 +138,8 @@ def no_freeze(mounts):
 
 
 BASELINE = "util-linux fsfreeze"
+# the "fresh" load: writers start this long before each operation (s)
+FRESH_S = 1.5
 
 
 def alternatives() -> dict:
@@ -154,7 +156,10 @@ def alternatives() -> dict:
 
 
 def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
-    """LOAD: "streaming" (writers on half, probes on the loaded ones),
+    """LOAD: "streaming" (writers on half, probes on the loaded ones, in
+    their steady state), "fresh" (the same writers, started FRESH_S before
+    each operation and stopped after it, their dirty data written out
+    before the next: the page cache still filling when the freeze comes),
     "light" (the old 8 MiB rewriter on half), "none" (probe only)."""
     alts = alternatives()
     names = names or list(alts)
@@ -164,6 +169,7 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
             subprocess.run(["fsfreeze", "-u", m], check=True)
         loaded = sc.mounts[: max(1, n // 2)]
         writers = []
+        fresh = load == "fresh"
         if load in ("streaming", "light"):
             code = STREAM if load == "streaming" else STREAM.replace("% 256", "% 8")
             writers = [Stamps(code, os.path.join(m, "stream"), "q") for m in loaded]
@@ -177,6 +183,9 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
             for r in range(rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for k in order:
+                    if fresh:
+                        writers = [Stamps(STREAM, os.path.join(m, "stream"), "q") for m in loaded]
+                        time.sleep(FRESH_S)
                     t0 = time.monotonic_ns()
                     out = alts[k](sc.mounts)
                     t1 = time.monotonic_ns()
@@ -193,6 +202,12 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
                     e["window"].append(out.get("window_ms"))
                     e["lost_mb"].append(written if writers else None)
                     e["blocked"].extend(out.get("blocked_ms", {}).values())
+                    if fresh:   # the next alternative starts from a clean page cache
+                        for w in writers:
+                            w.stop()
+                        writers = []
+                        for m in loaded:
+                            subprocess.run(["sync", "-f", m], check=True)
                 if log:
                     log("  %d fs %s: round %d/%d" % (n, load, r + 1, rounds))
         finally:

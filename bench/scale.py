@@ -29,7 +29,7 @@ from common import machine, table  # noqa: E402
 BUDGET_S = 20 * 60
 
 # busy filesystems: 4 loop ext4, writers on half (bench/busy.py), each load
-BUSY_LOADS = ("streaming", "light")
+BUSY_LOADS = ("streaming", "fresh", "light")
 # the busy target: vmsnap's worst blocked write / util-linux's, on every load
 BUSY_GOAL, BUSY_STRETCH = 0.25, 0.15
 
