@@ -155,15 +155,27 @@ def alternatives() -> dict:
     return alts
 
 
-def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
+def direct_io(sc: Scratch) -> None:
+    """Switches the loop devices under SC to direct I/O (no second page cache
+    of the image on the host filesystem)."""
+    for img in (img for _, img in sc.fs.mounts):
+        for line in subprocess.run(["losetup", "-j", img], capture_output=True, text=True,
+                                   check=True).stdout.splitlines():
+            subprocess.run(["losetup", "--direct-io=on", line.split(":", 1)[0]], check=True)
+
+
+def scenario(n: int, load: str, rounds: int, names=None, log=None, dio: bool = False) -> list:
     """LOAD: "streaming" (writers on half, probes on the loaded ones, in
     their steady state), "fresh" (the same writers, started FRESH_S before
     each operation and stopped after it, their dirty data written out
     before the next: the page cache still filling when the freeze comes),
-    "light" (the old 8 MiB rewriter on half), "none" (probe only)."""
+    "light" (the old 8 MiB rewriter on half), "none" (probe only).  DIO:
+    the loop devices do direct I/O."""
     alts = alternatives()
     names = names or list(alts)
     with Scratch(n, size_mb=512) as sc:
+        if dio:
+            direct_io(sc)
         for m in sc.mounts:   # the first freeze of a fresh ext4 writes out what mkfs left
             subprocess.run(["fsfreeze", "-f", m], check=True)
             subprocess.run(["fsfreeze", "-u", m], check=True)
@@ -225,6 +237,7 @@ def scenario(n: int, load: str, rounds: int, names=None, log=None) -> list:
         e = res[k]
         st, op = summary(e["stall"]), summary(e["op"])
         rows.append({"filesystems": n, "load": load, "strategy": k, "rounds": rounds,
+                     "loop": "direct I/O" if dio else "buffered",
                      "stall_median_ms": st["median"], "stall_max_ms": st["max"],
                      "quiet_stall_median_ms": summary(e["quiet"])["median"],
                      "op_median_ms": op["median"],
@@ -254,7 +267,9 @@ if __name__ == "__main__":
     ap.add_argument("--load", default="streaming")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--dio", action="store_true", help="loop devices doing direct I/O")
     a = ap.parse_args()
-    rows = scenario(a.n, a.load, a.rounds, a.only, log=lambda s: print(s, file=sys.stderr))
+    rows = scenario(a.n, a.load, a.rounds, a.only, log=lambda s: print(s, file=sys.stderr),
+                    dio=a.dio)
     for r in rows:
         print(json.dumps({k: v for k, v in r.items() if k not in ("stalls_ms", "ops_ms")}))

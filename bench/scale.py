@@ -28,8 +28,9 @@ from common import machine, table  # noqa: E402
 # when the next count would not fit
 BUDGET_S = 20 * 60
 
-# busy filesystems: 4 loop ext4, writers on half (bench/busy.py), each load
-BUSY_LOADS = ("streaming", "fresh", "light")
+# busy filesystems: 4 loop ext4, writers on half (bench/busy.py): each load,
+# and whether the loop devices do direct I/O
+BUSY_LOADS = (("streaming", False), ("fresh", False), ("light", False), ("streaming", True))
 # the busy target: vmsnap's worst blocked write / util-linux's, on every load
 BUSY_GOAL, BUSY_STRETCH = 0.25, 0.15
 
@@ -109,7 +110,8 @@ def targets(res) -> list:
         for r in worst:
             q = r.get("stall_ratio_to_fsfreeze")
             out.append(("worst blocked write on the busy filesystems, %d filesystems, %s "
-                        "writers on half, vmsnap / util-linux" % (r["filesystems"], r["load"]),
+                        "writers on half, %s loop, vmsnap / util-linux"
+                        % (r["filesystems"], r["load"], r["loop"]),
                         "<= %s (stretch %s)" % (BUSY_GOAL, BUSY_STRETCH), q,
                         q is not None and q <= BUSY_GOAL))
     fl = res.get("hosts")
@@ -192,14 +194,15 @@ def draw(res: dict, out: str) -> str | None:
             ax.set_title("Huge mount tables (overlay, tmpfs, bind; 4 loop ext4)", fontsize=9)
         elif kind == "busy":
             rows = res["busy"]["rows"]
-            loads = list(dict.fromkeys(r["load"] for r in rows))
+            loads = list(dict.fromkeys((r["load"], r["loop"]) for r in rows))
             names = list(dict.fromkeys(r["strategy"] for r in rows))
             w = 0.8 / len(names)
             for i, k in enumerate(names):
-                ys = [find(rows, load=ld, strategy=k).get("stall_median_ms") or 0 for ld in loads]
+                ys = [find(rows, load=ld, loop=lp, strategy=k).get("stall_median_ms") or 0
+                      for ld, lp in loads]
                 ax.bar([j + i * w for j in range(len(loads))], ys, w, label=k)
             ax.set_xticks([j + 0.4 - w / 2 for j in range(len(loads))])
-            ax.set_xticklabels(["%s writers on half" % ld for ld in loads])
+            ax.set_xticklabels(["%s\n%s loop" % (ld, lp) for ld, lp in loads], fontsize=7)
             ax.set_yscale("log")
             ax.set_ylabel("worst blocked write, ms, median (log)")
             ax.set_title("Busy filesystems (4 loop ext4): what a writer feels", fontsize=9)
@@ -280,7 +283,7 @@ def report(res) -> None:
     if bz and bz.get("rows"):
         print(table("\nbusy filesystems (ms; stall = the worst write a probe on a busy "
                     "filesystem saw blocked):", bz["rows"],
-                    ["filesystems", "load", "strategy", "rounds", "stall_median_ms",
+                    ["filesystems", "load", "loop", "strategy", "rounds", "stall_median_ms",
                      "stall_max_ms", "quiet_stall_median_ms", "op_median_ms",
                      "window_median_ms", "writers_lost_mb_median", "stall_ratio_to_fsfreeze",
                      "loadavg"]))
@@ -359,8 +362,8 @@ def main() -> int:
         import busy
         log("busy filesystems ...")
         rows = []
-        for load in BUSY_LOADS:
-            got = busy.scenario(4, load, 3 if args.quick else 5, log=log)
+        for load, dio in BUSY_LOADS:
+            got = busy.scenario(4, load, 3 if args.quick else 5, log=log, dio=dio)
             for r in got:
                 r["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             rows += got
