@@ -72,3 +72,18 @@ def test_growth_reads_linear_as_one_and_quadratic_as_two():
     sq = scale_fs.slopes(_rows(lambda n: 0.5 * n * n), "op_median_ms")["ioctl loop"]
     assert sq["exponent_top"] == 2.0
     assert [s["per_fs"] for s in sq["per_fs_ms"]] == sorted(s["per_fs"] for s in sq["per_fs_ms"])
+
+
+def test_the_busy_target_is_judged_on_every_load():
+    import scale
+
+    def row(load, loop, strategy, ratio):
+        return {"filesystems": 4, "load": load, "loop": loop, "strategy": strategy,
+                "stall_ratio_to_fsfreeze": ratio}
+    rows = [row("streaming", "buffered", "vmsnap jit", 0.2),
+            row("streaming", "buffered", "vmsnap parallel", 0.9),   # not the one judged
+            row("fresh", "buffered", "vmsnap jit", 0.3),
+            row("streaming", "direct I/O", "vmsnap jit", None)]     # not measured: not met
+    got = [t for t in scale.targets({"busy": {"rows": rows}}) if "busy" in t["target"]]
+    assert [(t["measured"], t["met"]) for t in got] == [(0.2, True), (0.3, False), (None, False)]
+    assert "fresh writers on half, buffered loop" in got[1]["target"]
