@@ -30,7 +30,7 @@ build: $(STAMP) ## set up .venv and build the native core (editable install)
 
 test: build ## run the whole test suite (as root it first installs the system packages it needs)
 	sh tools/install-test-deps.sh
-	$(PY) -m pytest -q -ra --ignore=tests/fleet tests
+	$(PY) -m pytest -q -ra --ignore=tests/fleet tests bench/test_scale.py
 
 # the modules under mutation (a file, or NAME=FILE,FILE for a package's files judged as one);
 # each mutant is judged by its own module's tests (tools/mutants.py MODULE_TESTS), fast ones first
