@@ -1,4 +1,4 @@
-"""Busy filesystems (issue 13): the worst single write() a probe sees blocked
+"""Busy filesystems: the worst single write() a probe sees blocked
 while each alternative freezes and thaws N loop ext4 filesystems, half of
 them with a streaming writer (rewriting a 256 MiB file in a loop, 1 MiB
 pwrites, as `dd conv=notrunc` does), and what the writers lose.

@@ -1,4 +1,4 @@
-"""What a database feels during a freeze (issue 13): a real PostgreSQL 15
+"""What a database feels during a freeze: a real PostgreSQL 15
 on its own loop ext4 under `pgbench -c 4`, a streaming writer on a second
 filesystem, two idle ones; all four frozen and thawed by each alternative
 in turn while pgbench runs.  Per alternative: the worst and p99 latency of

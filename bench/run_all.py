@@ -134,7 +134,7 @@ def main() -> int:
     m = res["machine"]
     print("\nmachine: %s cores (%s), kernel %s, root fs %s, %s; %s" % (
         m["cores"], m["cpu"], m["kernel"], m["root_fs"], m["date"], m["scratch"]))
-    print(table("\nbusy filesystems (issue 13): worst single write() of a 4 KiB/ms probe on the "
+    print(table("\nbusy filesystems: worst single write() of a 4 KiB/ms probe on the "
                 "loaded ones (quiet: on the others), ms; light = 8 MiB rewriter, streaming = "
                 "256 MiB rewriter, each on half the filesystems:", res["busy"],
                 ["filesystems", "load", "strategy", "rounds", "stall_median_ms", "stall_max_ms",
