@@ -12,15 +12,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 
 # Each command imports what it uses, when it runs: agents start `vmsnap hook`
 # on every snapshot, and `--version` or `mounts` need neither the freeze nor
 # the scripts' machinery.
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .result import Result
 
 EXIT_USAGE = 2

@@ -11,7 +11,6 @@ thaw reasons, the record's magic and sizes come from csrc/vmsnap.h.
 
 from __future__ import annotations
 
-import dataclasses
 import errno as errno_mod
 import functools
 import glob
@@ -27,11 +26,12 @@ from typing import Any, Literal
 
 from . import mountinfo, process
 from ._core import CData, core
+from ._paths import DEFAULT_RUNTIME_DIR as DEFAULT_RUNTIME_DIR  # re-exported
+from ._paths import RUNTIME_DIR_ENV as RUNTIME_DIR_ENV
+from ._paths import runtime_dir as runtime_dir
 from .config import DEFAULT_DIRTY_CAP_MIB, MIN_DIRTY_CAP_MIB
 from .errors import BusyError, FreezeError
 
-RUNTIME_DIR_ENV = "VMSNAP_RUNTIME_DIR"
-DEFAULT_RUNTIME_DIR = "/run/vmsnap"
 # The controller waits this long past the freeze deadline for the guardian's answer.
 _REPLY_MARGIN_S = 10.0
 
@@ -103,10 +103,6 @@ def errno_name(err: int) -> str:
     if err == errno_mod.EOPNOTSUPP:  # Python names 95 ENOTSUP; the kernel docs say EOPNOTSUPP
         return "EOPNOTSUPP"
     return errno_mod.errorcode.get(err, str(err))
-
-
-def runtime_dir() -> str:
-    return os.environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
 
 
 def ensure_runtime_dir() -> str:
@@ -195,7 +191,7 @@ def _targets(mountpoints: Iterable[str | mountinfo.Candidate]) -> list[mountinfo
                 continue  # one superblock is frozen once
             seen.add(m.device)
             if m.mountpoint != p:
-                m = mountinfo.Mount(**{**m.__dict__, "mountpoint": p})
+                m = m.replaced(mountpoint=p)
             cands.append(mountinfo.Candidate(m, True))
         mountinfo.assign_levels(cands)   # candidates from select() come with theirs
     cands.sort(key=lambda c: (c.level, c.mount.mountpoint))
@@ -275,7 +271,7 @@ class FreezeSession:
         self.targets = _targets(list(mountpoints))
         if sequential:
             # one filesystem per wave, in the same order: how the peers freeze
-            self.targets = [dataclasses.replace(c, level=i) for i, c in enumerate(self.targets)]
+            self.targets = [c.replaced(level=i) for i, c in enumerate(self.targets)]
         if not self.targets:
             raise FreezeError("no filesystem to freeze")
         max_fs = core()[1].VMSNAP_MAX_FS

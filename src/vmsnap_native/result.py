@@ -9,6 +9,20 @@ from typing import Any
 from .errors import Error
 
 
+def _plain(obj: Any) -> Any:
+    """OBJ with every Error in it (at any depth) as its dict: ``asdict`` converts
+    only dataclasses, and an Error is a plain value class."""
+    if isinstance(obj, Error):
+        return obj.to_dict()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):   # a named tuple, as asdict does
+        return type(obj)(*[_plain(v) for v in obj])
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
 @dataclass
 class ScriptResult:
     path: str
@@ -76,7 +90,8 @@ class Result:
         return {"success": 0, "degraded": 3}.get(self.status, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d: dict[str, Any] = _plain(asdict(self))
+        return d
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
