@@ -34,6 +34,10 @@ class Record:
         assert isinstance(other, Record)
         return self._values() == other._values()
 
+    def fields(self) -> dict[str, object]:
+        """The fields and their values, in order (shallow: what ``__dict__`` was)."""
+        return {n: getattr(self, n) for n in self.__slots__}
+
     def replaced(self: _R, **changes: object) -> _R:
         """A copy with CHANGES (field: value), as ``dataclasses.replace``."""
         unknown = set(changes) - set(self.__slots__)
