@@ -3,9 +3,12 @@
 most of what `vmsnap mounts` and `vmsnap hook` spent before doing anything.
 
 A subclass lists its fields in ``__slots__``, in order, and writes its own
-``__init__``; it gets what ``@dataclass`` gave: the repr, equality by value
-of the same class, and (``Frozen``) no assignment after ``__init__`` and a
-hash of the values."""
+``__init__`` (its parameters: the fields, in order); it gets what
+``@dataclass`` gave: the repr, equality by value of the same class, and
+(``Frozen``) no assignment after ``__init__`` and a hash of the values.  It
+is still a dataclass to ``dataclasses.is_dataclass``, ``fields``, ``asdict``
+and ``replace`` (for a program that uses them on the public classes): the
+fields they read are made, importing ``dataclasses``, when first asked for."""
 
 from __future__ import annotations
 
@@ -15,11 +18,32 @@ if TYPE_CHECKING:
     _R = TypeVar("_R", bound="Record")
 
 
+class _DataclassFields:
+    """``cls.__dataclass_fields__``, made on first access (and then kept on
+    the class): a ``dataclasses.Field`` per slot, as ``@dataclass`` makes them."""
+
+    def __get__(self, obj: object, cls: type | None = None) -> dict[str, object]:
+        import dataclasses
+        assert cls is not None
+        made: dict[str, object] = {}
+        hints = {}
+        for klass in reversed(cls.__mro__):
+            hints.update(klass.__dict__.get("__annotations__", {}))
+        for name in cls.__dict__.get("__slots__", ()):
+            f = dataclasses.field()
+            f.name, f.type = name, hints.get(name, "object")
+            f._field_type = dataclasses._FIELD   # type: ignore[attr-defined]
+            made[name] = f
+        type.__setattr__(cls, "__dataclass_fields__", made)
+        return made
+
+
 class Record:
     """A mutable value: repr and equality from ``__slots__`` (unhashable, as a
     dataclass with eq is)."""
 
     __slots__: tuple[str, ...] = ()
+    __dataclass_fields__ = _DataclassFields()
 
     def _values(self) -> tuple[object, ...]:
         return tuple(getattr(self, n) for n in self.__slots__)

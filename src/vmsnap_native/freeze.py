@@ -16,7 +16,6 @@ import functools
 import glob
 import os
 import re
-import secrets
 import signal
 import stat
 import time
@@ -359,7 +358,7 @@ class FreezeSession:
             # part (a name left over from a crash is never ours again)
             me = os.getpid()
             path = os.path.join(rdir, "freeze-%d-%d-%s.rec" % (
-                me, process.starttime(me) or 0, secrets.token_hex(8)))
+                me, process.starttime(me) or 0, os.urandom(8).hex()))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                          0o600)
         except OSError:

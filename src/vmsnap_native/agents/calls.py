@@ -155,11 +155,10 @@ class HookCall:
         return None
 
     def _fork_holder(self, lock: RunLock) -> int:
-        import secrets
         import signal
 
         from .holder import hold
-        session_id = secrets.token_hex(8)
+        session_id = os.urandom(8).hex()
         assert lock._fd is not None   # begin() holds the lock
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
