@@ -129,6 +129,17 @@ def test_a_last_call_reaches_the_holder_without_the_cycle(tmp_path):
     assert not mods & SLOW_STDLIB
 
 
+def test_a_dry_run_imports_neither_dataclasses_nor_typing(tmp_path):
+    """A run imports the cycle, but its value classes and its JSON result
+    (to_dict) need neither dataclasses nor typing.  A dry run freezes nothing."""
+    mods = imported(tmp_path, "run", "--dry-run", "--json", "--config",
+                    str(tmp_path / "none.json"), "--log-file", "")
+    assert (tmp_path / "modules.status").read_text() == "0"
+    assert {"vmsnap_native.cycle", "vmsnap_native.result"} <= mods
+    # the run's log is logging's too (and logging imports tokenize, for tracebacks)
+    assert not mods & (SLOW_STDLIB - {"logging", "tokenize"})
+
+
 def test_check_imports_no_freeze(tmp_path):
     mods = imported(tmp_path, "check", "--config", str(tmp_path / "none.json"))
     printing = {"vmsnap_native.logbook", "vmsnap_native.opsfile"}   # its report: journal lines
