@@ -8,7 +8,6 @@ the framework), never a bare ImportError from deep inside.
 from __future__ import annotations
 
 import os
-from typing import Any, Tuple
 
 from ._version import __version__
 from .errors import CoreUnavailable
@@ -26,9 +25,15 @@ COMPAT_FLAGS = {"pidfd": 1, "close_range": 2, "syncfs": 4, "cgroup": 16, "cgroup
 # build time from csrc/vmsnap.h, with no type information; they cross into
 # typed code here, as Any, and only here.  Values read from them are given
 # their types where they are used (the functions that wrap each call).
-Core = Tuple[Any, Any]
-# a pointer to, or a struct of, the core's (a cffi cdata object)
-CData = Any
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any, Tuple
+    Core = Tuple[Any, Any]
+    # a pointer to, or a struct of, the core's (a cffi cdata object)
+    CData = Any
+else:   # imported by name elsewhere (annotations only)
+    Core = tuple
+    CData = object
 
 
 def compat_flags(text: str) -> int:

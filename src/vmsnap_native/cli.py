@@ -12,15 +12,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 
 # Each command imports what it uses, when it runs: agents start `vmsnap hook`
 # on every snapshot, and `--version` or `mounts` need neither the freeze nor
 # the scripts' machinery.
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .result import Result
 
 EXIT_USAGE = 2
@@ -382,7 +385,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     def want(name: str) -> bool:
         return command is None or command == name
 
-    p = argparse.ArgumentParser(prog="vmsnap", description=(
+    p = argparse.ArgumentParser(prog="vmsnap", formatter_class=_Formatter, description=(
         "Application-consistent snapshots: pre-script, parallel filesystem freeze with a "
         "guaranteed thaw, snapshot step, thaw, post-script."), parents=[_verbosity(True)])
     p.add_argument("-V", "--version", action="version", version="vmsnap %s" % __version__,
@@ -472,10 +475,37 @@ def _run_options(r: argparse.ArgumentParser,
                    "'' for none)")
 
 
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil (and
+    with it zlib, bz2 and lzma) on every start: $COLUMNS, else stdout's
+    terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        out = sys.__stdout__   # None, closed, detached or no terminal: 80
+        try:
+            columns = (os.get_terminal_size(out.fileno()).columns if out is not None else 0) or 80
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, its width found as argparse finds it (argparse makes a
+    formatter for every option it adds, and imports shutil for its width)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 def _verbosity(top: bool) -> argparse.ArgumentParser:
     """-q/-v, accepted before and after the command (after it, only what
     is given overrides what was given before)."""
-    v = argparse.ArgumentParser(add_help=False)
+    v = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     extra: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     group = v.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors on stderr",
@@ -489,6 +519,7 @@ def _with_parents(add_parser: Callable[..., argparse.ArgumentParser],
                   parent: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
     def add(name: str, **kw: Any) -> argparse.ArgumentParser:
         kw.setdefault("parents", []).append(parent)
+        kw.setdefault("formatter_class", _Formatter)
         return add_parser(name, **kw)
     return add
 

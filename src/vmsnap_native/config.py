@@ -18,10 +18,13 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
+from ._record import Frozen, Record
 from .errors import ConfigError
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 DEFAULT_CONFIG_PATH = "/etc/azure/VMSnapshotScriptPluginConfig.json"
 CONFIG_ENV = "VMSNAP_CONFIG"
@@ -40,15 +43,23 @@ AZURE_TIMEOUT_CAP = 1800
 AZURE_DEFAULT_TIMEOUT = 10
 
 
-@dataclass(frozen=True)
-class AzureDifference:
+class AzureDifference(Frozen):
     """One way Azure's ScriptRunner would behave differently from vmsnap."""
 
+    __slots__ = ("topic", "where", "azure", "vmsnap", "warn")
     topic: str       # short key: "string-boolean", "timeout-cap", ...
     where: str       # the field (or script) concerned
     azure: str       # what Azure would do
     vmsnap: str      # what vmsnap does
-    warn: bool = True   # also a warning on every check/run (else only in check --azure)
+    warn: bool       # also a warning on every check/run (else only in check --azure)
+
+    def __init__(self, topic: str, where: str, azure: str, vmsnap: str,
+                 warn: bool = True) -> None:
+        object.__setattr__(self, "topic", topic)
+        object.__setattr__(self, "where", where)
+        object.__setattr__(self, "azure", azure)
+        object.__setattr__(self, "vmsnap", vmsnap)
+        object.__setattr__(self, "warn", warn)
 
     def warning(self) -> str:
         return "%s: %s; Azure would %s" % (self.where, self.vmsnap, self.azure)
@@ -58,28 +69,67 @@ class AzureDifference:
                 "vmsnap": self.vmsnap}
 
 
-@dataclass
-class Config:
-    path: str | None = None
-    plugin_name: str = "ScriptRunner"
-    pre_script: str | None = None
-    post_script: str | None = None
-    pre_params: list[str] = field(default_factory=list)
-    post_params: list[str] = field(default_factory=list)
-    pre_retries: int = 0
-    post_retries: int = 0
-    timeout: float = 30.0
-    continue_on_failure: bool = True
-    fs_freeze_enabled: bool = True
-    freeze_timeout: float = 60.0
-    mounts_to_skip: list[str] = field(default_factory=list)
-    mounts_to_freeze: list[str] | None = None   # None: every eligible filesystem; []: none
-    hooks_directory: str = DEFAULT_HOOKS_DIRECTORY
-    expedite_rcu: bool = True
-    metrics_file: str | None = None   # Prometheus textfile written after each run
-    dirty_cap_mib: int = DEFAULT_DIRTY_CAP_MIB   # per-device dirty limit in the presync; 0: none
-    warnings: list[str] = field(default_factory=list)
-    azure_differences: list[AzureDifference] = field(default_factory=list)
+class Config(Record):
+    """The settings of one configuration file (or the defaults)."""
+
+    __slots__ = ("path", "plugin_name", "pre_script", "post_script", "pre_params",
+                 "post_params", "pre_retries", "post_retries", "timeout", "continue_on_failure",
+                 "fs_freeze_enabled", "freeze_timeout", "mounts_to_skip", "mounts_to_freeze",
+                 "hooks_directory", "expedite_rcu", "metrics_file", "dirty_cap_mib", "warnings",
+                 "azure_differences")
+    path: str | None
+    plugin_name: str
+    pre_script: str | None
+    post_script: str | None
+    pre_params: list[str]
+    post_params: list[str]
+    pre_retries: int
+    post_retries: int
+    timeout: float
+    continue_on_failure: bool
+    fs_freeze_enabled: bool
+    freeze_timeout: float
+    mounts_to_skip: list[str]
+    mounts_to_freeze: list[str] | None   # None: every eligible filesystem; []: none
+    hooks_directory: str
+    expedite_rcu: bool
+    metrics_file: str | None   # Prometheus textfile written after each run
+    dirty_cap_mib: int   # per-device dirty limit in the presync; 0: none
+    warnings: list[str]
+    azure_differences: list[AzureDifference]
+
+    # the lists default to a new empty list each (None given: the same)
+    def __init__(self, path: str | None = None, plugin_name: str = "ScriptRunner",
+                 pre_script: str | None = None, post_script: str | None = None,
+                 pre_params: list[str] | None = None, post_params: list[str] | None = None,
+                 pre_retries: int = 0, post_retries: int = 0, timeout: float = 30.0,
+                 continue_on_failure: bool = True, fs_freeze_enabled: bool = True,
+                 freeze_timeout: float = 60.0, mounts_to_skip: list[str] | None = None,
+                 mounts_to_freeze: list[str] | None = None,
+                 hooks_directory: str = DEFAULT_HOOKS_DIRECTORY, expedite_rcu: bool = True,
+                 metrics_file: str | None = None, dirty_cap_mib: int = DEFAULT_DIRTY_CAP_MIB,
+                 warnings: list[str] | None = None,
+                 azure_differences: list[AzureDifference] | None = None) -> None:
+        self.path = path
+        self.plugin_name = plugin_name
+        self.pre_script = pre_script
+        self.post_script = post_script
+        self.pre_params = [] if pre_params is None else pre_params
+        self.post_params = [] if post_params is None else post_params
+        self.pre_retries = pre_retries
+        self.post_retries = post_retries
+        self.timeout = timeout
+        self.continue_on_failure = continue_on_failure
+        self.fs_freeze_enabled = fs_freeze_enabled
+        self.freeze_timeout = freeze_timeout
+        self.mounts_to_skip = [] if mounts_to_skip is None else mounts_to_skip
+        self.mounts_to_freeze = mounts_to_freeze
+        self.hooks_directory = hooks_directory
+        self.expedite_rcu = expedite_rcu
+        self.metrics_file = metrics_file
+        self.dirty_cap_mib = dirty_cap_mib
+        self.warnings = [] if warnings is None else warnings
+        self.azure_differences = [] if azure_differences is None else azure_differences
 
     @property
     def has_scripts(self) -> bool:
@@ -117,12 +167,14 @@ class _Bad(Exception):
     """A value that does not fit; the text says what was wanted."""
 
 
-@dataclass
 class _Found:
     """What the converters learn on the way: Azure differences, plain notes."""
 
-    diffs: list[AzureDifference] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    __slots__ = ("diffs", "notes")
+
+    def __init__(self) -> None:
+        self.diffs: list[AzureDifference] = []
+        self.notes: list[str] = []
 
 
 _NUMBER_TEXT = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*\Z")
@@ -288,7 +340,8 @@ def _freeze_seconds(v: object, name: str, found: _Found) -> float:
 
 
 # a converter: (the parsed value, the field's name, what it found on the way) -> the value
-Converter = Callable[[Any, str, _Found], Any]
+if TYPE_CHECKING:
+    Converter = Callable[[Any, str, _Found], Any]
 
 # field name -> (attribute, converter, required); the converter raises _Bad(what it wants)
 FIELDS: dict[str, tuple[str, Converter, bool]] = {

@@ -19,7 +19,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from . import _resume, decide, metrics, policy, step
 from ._core import core
@@ -52,6 +51,7 @@ from .result import FreezeResult, Result, ScriptResult
 from .scripts import run_script
 from .stop import Interrupted, StopSignals
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
     from .hooks import Hook
 
@@ -130,7 +130,7 @@ class Cycle:
                        fact: StepFact) -> None:
         """Keeps a script's (or a hook call's) result and fact; logs its error."""
         if hook is not None:
-            self.res.hooks.append({"hook": hook[0].name, "action": hook[1], **sr.__dict__,
+            self.res.hooks.append({"hook": hook[0].name, "action": hook[1], **sr.fields(),
                                    "error": fact.problem.message if fact.problem else None})
             (self.out.hook_freeze if role == "pre" else self.out.hook_thaw).append(fact)
         elif role == "pre":

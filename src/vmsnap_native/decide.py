@@ -9,11 +9,13 @@ without root (tests/test_decide.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections import namedtuple
 
 from . import errors
+from ._record import Frozen, Record
 from .errors import SCRIPT_CODES, Error
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 
 # What happened to a script, or to one call of a hook (``StepFact.state``).
 NOT_CONFIGURED = "not-configured"  # no usable configuration: no scripts
@@ -58,50 +60,94 @@ _CAUSES = {
 }
 
 
-@dataclass(frozen=True)
-class StepFact:
+class StepFact(Frozen):
     """What happened to a script, or to one call of a hook."""
 
+    __slots__ = ("role", "state", "who", "detail", "problem")
     role: str              # "pre" (pre-script, hooks' freeze) or "post" (post-script, thaw)
-    state: str = NOT_CONFIGURED
-    who: str = ""          # the script's path, or "hook NAME freeze"
-    detail: str = ""       # how it went: "exited with status 4 (attempts: 1)"
-    problem: Error | None = None   # REFUSED: why (the policy's finding)
+    state: str
+    who: str               # the script's path, or "hook NAME freeze"
+    detail: str            # how it went: "exited with status 4 (attempts: 1)"
+    problem: Error | None  # REFUSED: why (the policy's finding)
+
+    def __init__(self, role: str, state: str = NOT_CONFIGURED, who: str = "", detail: str = "",
+                 problem: Error | None = None) -> None:
+        f = object.__setattr__
+        f(self, "role", role)
+        f(self, "state", state)
+        f(self, "who", who)
+        f(self, "detail", detail)
+        f(self, "problem", problem)
 
 
-@dataclass
-class Outcome:
+class Outcome(Record):
     """The facts of one run, recorded by its phases in order."""
 
-    config_error: Error | None = None   # 305/317: the configuration was not used
-    one_disk: bool = True
-    hooks_configured: bool = False      # hooks quiesce when no pre-script is configured
-    pre: StepFact = field(default_factory=lambda: StepFact("pre"))
-    hook_freeze: list[StepFact] = field(default_factory=list)    # StepFacts, in order
-    freeze: str = PENDING
-    freeze_errors: list[Error] = field(default_factory=list)  # Errors: 121, 122, 123 per mount
-    snapshot: str = NOT_TAKEN
-    snapshot_error: Error | None = None
-    thawed_early: str | None = None     # the cause, if thawed before the step ended
-    thaw_errors: list[Error] = field(default_factory=list)    # Errors: a filesystem that did not thaw
-    hook_thaw: list[StepFact] = field(default_factory=list)      # StepFacts, in order
-    post: StepFact = field(default_factory=lambda: StepFact("post", NOT_NEEDED))
-    interrupted: str | None = None      # the signal's name
+    __slots__ = ("config_error", "one_disk", "hooks_configured", "pre", "hook_freeze", "freeze",
+                 "freeze_errors", "snapshot", "snapshot_error", "thawed_early", "thaw_errors",
+                 "hook_thaw", "post", "interrupted")
+    config_error: Error | None    # 305/317: the configuration was not used
+    one_disk: bool
+    hooks_configured: bool        # hooks quiesce when no pre-script is configured
+    pre: StepFact
+    hook_freeze: list[StepFact]   # StepFacts, in order
+    freeze: str
+    freeze_errors: list[Error]    # Errors: 121, 122, 123 per mount
+    snapshot: str
+    snapshot_error: Error | None
+    thawed_early: str | None      # the cause, if thawed before the step ended
+    thaw_errors: list[Error]      # Errors: a filesystem that did not thaw
+    hook_thaw: list[StepFact]     # StepFacts, in order
+    post: StepFact
+    interrupted: str | None       # the signal's name
+
+    def __init__(self, config_error: Error | None = None, one_disk: bool = True,
+                 hooks_configured: bool = False, pre: StepFact | None = None,
+                 hook_freeze: list[StepFact] | None = None, freeze: str = PENDING,
+                 freeze_errors: list[Error] | None = None, snapshot: str = NOT_TAKEN,
+                 snapshot_error: Error | None = None, thawed_early: str | None = None,
+                 thaw_errors: list[Error] | None = None, hook_thaw: list[StepFact] | None = None,
+                 post: StepFact | None = None, interrupted: str | None = None) -> None:
+        self.config_error = config_error
+        self.one_disk = one_disk
+        self.hooks_configured = hooks_configured
+        self.pre = StepFact("pre") if pre is None else pre
+        self.hook_freeze = [] if hook_freeze is None else hook_freeze
+        self.freeze = freeze
+        self.freeze_errors = [] if freeze_errors is None else freeze_errors
+        self.snapshot = snapshot
+        self.snapshot_error = snapshot_error
+        self.thawed_early = thawed_early
+        self.thaw_errors = [] if thaw_errors is None else thaw_errors
+        self.hook_thaw = [] if hook_thaw is None else hook_thaw
+        self.post = StepFact("post", NOT_NEEDED) if post is None else post
+        self.interrupted = interrupted
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     """The settings the decision depends on."""
 
-    continue_on_failure: bool = True
-    freeze_timeout: float = 60.0
-    script_timeout: float = 30.0
+    __slots__ = ("continue_on_failure", "freeze_timeout", "script_timeout")
+    continue_on_failure: bool
+    freeze_timeout: float
+    script_timeout: float
+
+    def __init__(self, continue_on_failure: bool = True, freeze_timeout: float = 60.0,
+                 script_timeout: float = 30.0) -> None:
+        object.__setattr__(self, "continue_on_failure", continue_on_failure)
+        object.__setattr__(self, "freeze_timeout", freeze_timeout)
+        object.__setattr__(self, "script_timeout", script_timeout)
 
 
-class Verdict(NamedTuple):
-    status: str                 # "success" | "degraded" | "failed"
-    consistency: str | None     # "application" | "filesystem" | "crash" | None
-    errors: tuple[Error, ...]   # Errors, in the order they arose
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class Verdict(NamedTuple):
+        status: str                 # "success" | "degraded" | "failed"
+        consistency: str | None     # "application" | "filesystem" | "crash" | None
+        errors: tuple[Error, ...]   # Errors, in the order they arose
+else:   # the same named tuple, without importing typing
+    Verdict = namedtuple("Verdict", ("status", "consistency", "errors"))
 
 
 def scripts_failed(o: Outcome) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 
 if TYPE_CHECKING:
     from .mountinfo import Mount

@@ -12,33 +12,47 @@ exception) is converted to it once, by ``Error.of`` / ``VmsnapError.error``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from ._record import Frozen
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
+    from typing import Any
+
     from .config import AzureDifference
 
 
-@dataclass(frozen=True)
-class ErrorCode:
+class ErrorCode(Frozen):
+    __slots__ = ("code", "number", "summary", "action")
     code: str
     number: int
     summary: str
     action: str
+
+    def __init__(self, code: str, number: int, summary: str, action: str) -> None:
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "number", number)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "action", action)
 
     def error(self, message: str) -> Error:
         """This code with MESSAGE: what happened, to what."""
         return Error(self.code, self.number, message, self.action)
 
 
-@dataclass(frozen=True)
-class Error:
+class Error(Frozen):
     """One error as the user sees it (SPEC §7: code, number, message, action)."""
 
+    __slots__ = ("code", "number", "message", "action")
     code: str
     number: int
     message: str
     action: str
+
+    def __init__(self, code: str, number: int, message: str, action: str) -> None:
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "number", number)
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "action", action)
 
     @classmethod
     def of(cls, code: str, message: str) -> Error:
@@ -46,7 +60,8 @@ class Error:
         return CODES[code].error(message)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"code": self.code, "number": self.number, "message": self.message,
+                "action": self.action}
 
 
 _PERMISSION_ACTION = ("chown root, chmod 700 the script (and keep its directories root-owned, "
@@ -130,15 +145,22 @@ _TABLE = [
 CODES: dict[str, ErrorCode] = {e.code: e for e in _TABLE}
 
 
-@dataclass(frozen=True)
-class ScriptCodes:
+class ScriptCodes(Frozen):
     """The codes of one script role: the pre-script (and hooks' freeze), the post-script
     (and hooks' thaw)."""
 
+    __slots__ = ("failed", "timeout", "not_found", "permission")
     failed: ErrorCode
     timeout: ErrorCode
     not_found: ErrorCode
     permission: ErrorCode
+
+    def __init__(self, failed: ErrorCode, timeout: ErrorCode, not_found: ErrorCode,
+                 permission: ErrorCode) -> None:
+        object.__setattr__(self, "failed", failed)
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "not_found", not_found)
+        object.__setattr__(self, "permission", permission)
 
 
 SCRIPT_CODES = {

@@ -11,27 +11,29 @@ thaw reasons, the record's magic and sizes come from csrc/vmsnap.h.
 
 from __future__ import annotations
 
-import dataclasses
 import errno as errno_mod
 import functools
 import glob
 import os
 import re
-import secrets
 import signal
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
 
 from . import mountinfo, process
 from ._core import CData, core
+from ._paths import DEFAULT_RUNTIME_DIR as DEFAULT_RUNTIME_DIR  # re-exported
+from ._paths import RUNTIME_DIR_ENV as RUNTIME_DIR_ENV
+from ._paths import runtime_dir as runtime_dir
+from ._record import Record
 from .config import DEFAULT_DIRTY_CAP_MIB, MIN_DIRTY_CAP_MIB
 from .errors import BusyError, FreezeError
 
-RUNTIME_DIR_ENV = "VMSNAP_RUNTIME_DIR"
-DEFAULT_RUNTIME_DIR = "/run/vmsnap"
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
 # The controller waits this long past the freeze deadline for the guardian's answer.
 _REPLY_MARGIN_S = 10.0
 
@@ -105,10 +107,6 @@ def errno_name(err: int) -> str:
     return errno_mod.errorcode.get(err, str(err))
 
 
-def runtime_dir() -> str:
-    return os.environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
-
-
 def ensure_runtime_dir() -> str:
     """Makes the runtime directory root's alone (0700), as records and the
     lock need: a directory someone else owns (or a symlink) is refused with
@@ -130,24 +128,44 @@ def _ms(start: int, end: int) -> float | None:
     return round((end - start) / 1e6, 3)
 
 
-@dataclass
-class MountResult:
+class MountResult(Record):
     """What happened to one filesystem in a freeze session."""
 
+    __slots__ = ("mountpoint", "fstype", "device", "level", "state", "errno", "error", "sync_ms",
+                 "sync_errno", "freeze_ms", "thaw_ms", "blocked_ms", "late")
     mountpoint: str
     fstype: str
     device: str
     level: int
-    state: str = "pending"
-    errno: int = 0
-    error: str | None = None
-    sync_ms: float | None = None
-    sync_errno: int = 0           # ENOSYS: no syncfs here, the presync was skipped
-    freeze_ms: float | None = None
-    thaw_ms: float | None = None
+    state: str
+    errno: int
+    error: str | None
+    sync_ms: float | None
+    sync_errno: int               # ENOSYS: no syncfs here, the presync was skipped
+    freeze_ms: float | None
+    thaw_ms: float | None
     # what its writers felt: its FIFREEZE issued -> its FITHAW returned
-    blocked_ms: float | None = None
-    late: bool = False            # just in time: its freeze started after the slow ones
+    blocked_ms: float | None
+    late: bool                    # just in time: its freeze started after the slow ones
+
+    def __init__(self, mountpoint: str, fstype: str, device: str, level: int,
+                 state: str = "pending", errno: int = 0, error: str | None = None,
+                 sync_ms: float | None = None, sync_errno: int = 0,
+                 freeze_ms: float | None = None, thaw_ms: float | None = None,
+                 blocked_ms: float | None = None, late: bool = False) -> None:
+        self.mountpoint = mountpoint
+        self.fstype = fstype
+        self.device = device
+        self.level = level
+        self.state = state
+        self.errno = errno
+        self.error = error
+        self.sync_ms = sync_ms
+        self.sync_errno = sync_errno
+        self.freeze_ms = freeze_ms
+        self.thaw_ms = thaw_ms
+        self.blocked_ms = blocked_ms
+        self.late = late
 
     @property
     def frozen(self) -> bool:
@@ -195,7 +213,7 @@ def _targets(mountpoints: Iterable[str | mountinfo.Candidate]) -> list[mountinfo
                 continue  # one superblock is frozen once
             seen.add(m.device)
             if m.mountpoint != p:
-                m = mountinfo.Mount(**{**m.__dict__, "mountpoint": p})
+                m = m.replaced(mountpoint=p)
             cands.append(mountinfo.Candidate(m, True))
         mountinfo.assign_levels(cands)   # candidates from select() come with theirs
     cands.sort(key=lambda c: (c.level, c.mount.mountpoint))
@@ -278,7 +296,7 @@ class FreezeSession:
         self.targets = _targets(list(mountpoints))
         if sequential:
             # one filesystem per wave, in the same order: how the peers freeze
-            self.targets = [dataclasses.replace(c, level=i) for i, c in enumerate(self.targets)]
+            self.targets = [c.replaced(level=i) for i, c in enumerate(self.targets)]
         if not self.targets:
             raise FreezeError("no filesystem to freeze")
         max_fs = core()[1].VMSNAP_MAX_FS
@@ -343,7 +361,7 @@ class FreezeSession:
             # part (a name left over from a crash is never ours again)
             me = os.getpid()
             path = os.path.join(rdir, "freeze-%d-%d-%s.rec" % (
-                me, process.starttime(me) or 0, secrets.token_hex(8)))
+                me, process.starttime(me) or 0, os.urandom(8).hex()))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                          0o600)
         except OSError:
@@ -605,11 +623,16 @@ def freeze_filesystems(mountpoints: Iterable[str | mountinfo.Candidate], timeout
 
 # -- crash records ------------------------------------------------------------
 
-@dataclass
-class RecordedThaw:
+class RecordedThaw(Record):
+    __slots__ = ("mountpoint", "outcome", "record")
     mountpoint: str | None   # None: the outcome is about the record itself
     outcome: str   # "thawed", "not frozen (EINVAL)", "thawed by its guardian", "failed: ..."
-    record: str | None = None   # the record it came from
+    record: str | None   # the record it came from
+
+    def __init__(self, mountpoint: str | None, outcome: str, record: str | None = None) -> None:
+        self.mountpoint = mountpoint
+        self.outcome = outcome
+        self.record = record
 
 
 class IncompleteRecord(ValueError):

@@ -12,38 +12,55 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from . import policy
+from ._record import Record
 from .result import ScriptResult
 from .scripts import run_script
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
+    from typing import Any
+
     from .logbook import Logbook
 
 IGNORED_PATTERNS = ("*~", "*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*.sample",
                     "*.swp", "*.bak", ".*", "#*#")
 
 
-@dataclass
-class Hook:
+class Hook(Record):
+    __slots__ = ("name", "path")
     name: str
     path: str
 
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
 
-@dataclass
-class HookRun:
+
+class HookRun(Record):
+    __slots__ = ("hook", "action", "result", "problem", "last", "all_timed_out", "hint")
     hook: Hook
     action: str
     result: ScriptResult
-    problem: policy.Problem | None = None
-    last: object = None
-    all_timed_out: bool = False
-    hint: str | None = None   # the policy's guess why a run fails (policy.ScriptCheck.hint)
+    problem: policy.Problem | None
+    last: object
+    all_timed_out: bool
+    hint: str | None   # the policy's guess why a run fails (policy.ScriptCheck.hint)
+
+    def __init__(self, hook: Hook, action: str, result: ScriptResult,
+                 problem: policy.Problem | None = None, last: object = None,
+                 all_timed_out: bool = False, hint: str | None = None) -> None:
+        self.hook = hook
+        self.action = action
+        self.result = result
+        self.problem = problem
+        self.last = last
+        self.all_timed_out = all_timed_out
+        self.hint = hint
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"hook": self.hook.name, "action": self.action, **self.result.__dict__}
+        d = {"hook": self.hook.name, "action": self.action, **self.result.fields()}
         d["error"] = self.problem.message if self.problem else None
         return d
 

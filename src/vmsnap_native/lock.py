@@ -22,13 +22,15 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from typing import TYPE_CHECKING, Literal
 
 from . import process
 from .errors import BusyError
 from .freeze import ensure_runtime_dir, runtime_dir
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
+    from typing import Literal
+
     from .logbook import Logbook
 
 # Past a resume's own bound: its interpreter starting, the log, the scheduler.

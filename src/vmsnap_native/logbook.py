@@ -18,11 +18,10 @@ import os
 import time
 
 from . import opsfile
+from ._paths import DEFAULT_LOG_FILE as DEFAULT_LOG_FILE  # re-exported
 
 # (time.time() when it was made, level name, message)
 Record = tuple[float, str, str]
-
-DEFAULT_LOG_FILE = "/var/log/vmsnap.log"
 
 # syslog priorities (sd-daemon.h: SD_ERR, SD_WARNING, SD_INFO)
 PRIORITY = {"ERROR": 3, "WARNING": 4, "INFO": 6}

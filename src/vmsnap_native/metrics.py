@@ -23,11 +23,14 @@ import re
 import stat
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from . import opsfile
 from ._version import __version__
 from .errors import CODES
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any
 
 STATUSES = ("success", "degraded", "failed")
 CONSISTENCIES = ("application", "filesystem", "crash")

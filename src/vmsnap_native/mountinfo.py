@@ -14,8 +14,12 @@ import fnmatch
 import os
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+
+from ._record import Frozen, Record
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any
 
 # Filesystem types that implement freeze (sb->s_op->freeze_fs/freeze_super).
 FREEZABLE_FSTYPES = frozenset({
@@ -39,10 +43,11 @@ LOOP_MAJOR = 7
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Frozen):
     """One line of /proc/self/mountinfo."""
 
+    __slots__ = ("mount_id", "parent_id", "major", "minor", "root", "mountpoint", "options",
+                 "optional", "fstype", "source", "super_options")
     mount_id: int
     parent_id: int
     major: int
@@ -55,6 +60,22 @@ class Mount:
     source: str
     super_options: tuple[str, ...]
 
+    def __init__(self, mount_id: int, parent_id: int, major: int, minor: int, root: str,
+                 mountpoint: str, options: tuple[str, ...], optional: tuple[str, ...],
+                 fstype: str, source: str, super_options: tuple[str, ...]) -> None:
+        f = object.__setattr__
+        f(self, "mount_id", mount_id)
+        f(self, "parent_id", parent_id)
+        f(self, "major", major)
+        f(self, "minor", minor)
+        f(self, "root", root)
+        f(self, "mountpoint", mountpoint)
+        f(self, "options", options)
+        f(self, "optional", optional)
+        f(self, "fstype", fstype)
+        f(self, "source", source)
+        f(self, "super_options", super_options)
+
     @property
     def device(self) -> str:
         return "%d:%d" % (self.major, self.minor)
@@ -64,14 +85,21 @@ class Mount:
         return "ro" in self.options or "ro" in self.super_options
 
 
-@dataclass
-class Candidate:
+class Candidate(Record):
     """A mount and what vmsnap would do with it."""
 
+    __slots__ = ("mount", "eligible", "reason", "level")
     mount: Mount
     eligible: bool
-    reason: str | None = None
-    level: int = 0
+    reason: str | None
+    level: int
+
+    def __init__(self, mount: Mount, eligible: bool, reason: str | None = None,
+                 level: int = 0) -> None:
+        self.mount = mount
+        self.eligible = eligible
+        self.reason = reason
+        self.level = level
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,11 +113,18 @@ class Candidate:
         }
 
 
-@dataclass
-class Selection:
-    eligible: list[Candidate] = field(default_factory=list)   # freeze order
-    skipped: list[Candidate] = field(default_factory=list)    # with reasons
-    missing: list[str] = field(default_factory=list)    # requested paths that are no mount point
+class Selection(Record):
+    __slots__ = ("eligible", "skipped", "missing")
+    eligible: list[Candidate]   # freeze order
+    skipped: list[Candidate]    # with reasons
+    missing: list[str]          # requested paths that are no mount point
+
+    def __init__(self, eligible: list[Candidate] | None = None,
+                 skipped: list[Candidate] | None = None,
+                 missing: list[str] | None = None) -> None:
+        self.eligible = [] if eligible is None else eligible
+        self.skipped = [] if skipped is None else skipped
+        self.missing = [] if missing is None else missing
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -132,7 +131,7 @@ def read_own(dir_fd: int, name: str, limit: int = MAX_READ_BYTES) -> bytes | Non
 def temp_name(name: str) -> str:
     """A hidden, unpredictable name next to NAME (never NAME's suffix, so a
     collector that reads *.prom skips it)."""
-    return ".%s.%s.tmp" % (name, secrets.token_hex(8))
+    return ".%s.%s.tmp" % (name, os.urandom(8).hex())
 
 
 def replace(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:

@@ -8,41 +8,65 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from . import decide, disks, mountinfo, policy
+from . import disks, mountinfo, policy
+from ._record import Record
 from .config import Config, config_path, parse_config, read_config_file, selection_settings
 from .errors import CONFIG_INVALID, UNABLE_TO_OPEN_MOUNT, ConfigError, Error
 
-# hooks (and through them the scripts' machinery), metrics and result are
-# imported where they are used: `vmsnap mounts` needs none of them.
+# hooks (and through them the scripts' machinery), metrics, result and the
+# decision are imported where they are used: `vmsnap mounts` needs none of them.
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
+    from typing import Any
+
+    from . import decide
+    from .hooks import Hook
     from .result import Result
 
-if TYPE_CHECKING:
-    from .hooks import Hook
 
-
-@dataclass
-class Plan:
+class Plan(Record):
     """What a run would do, worked out before anything runs."""
 
+    __slots__ = ("config_path", "config", "settings", "config_problem", "pre_check",
+                 "post_check", "selection", "one_disk", "selection_source", "freeze_timeout",
+                 "hooks", "warnings")
     config_path: str | None
     config: Config | None                 # a valid, well-permitted configuration
     settings: Config                      # config or defaults: freeze and policy settings
-    config_problem: Error | None = None   # 305 or 317: the configuration is not used
-    pre_check: policy.ScriptCheck | None = None
-    post_check: policy.ScriptCheck | None = None
-    selection: mountinfo.Selection = field(default_factory=mountinfo.Selection)
-    one_disk: bool = True
-    selection_source: str = "mountsToFreeze"   # or --mount: what names the mounts to freeze
-    freeze_timeout: float = 60.0
-    hooks: list[Hook] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    config_problem: Error | None          # 305 or 317: the configuration is not used
+    pre_check: policy.ScriptCheck | None
+    post_check: policy.ScriptCheck | None
+    selection: mountinfo.Selection
+    one_disk: bool
+    selection_source: str                 # "mountsToFreeze" or --mount: what names the mounts
+    freeze_timeout: float
+    hooks: list[Hook]
+    warnings: list[str]
+
+    def __init__(self, config_path: str | None, config: Config | None, settings: Config,
+                 config_problem: Error | None = None,
+                 pre_check: policy.ScriptCheck | None = None,
+                 post_check: policy.ScriptCheck | None = None,
+                 selection: mountinfo.Selection | None = None, one_disk: bool = True,
+                 selection_source: str = "mountsToFreeze", freeze_timeout: float = 60.0,
+                 hooks: list[Hook] | None = None, warnings: list[str] | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.settings = settings
+        self.config_problem = config_problem
+        self.pre_check = pre_check
+        self.post_check = post_check
+        self.selection = mountinfo.Selection() if selection is None else selection
+        self.one_disk = one_disk
+        self.selection_source = selection_source
+        self.freeze_timeout = freeze_timeout
+        self.hooks = [] if hooks is None else hooks
+        self.warnings = [] if warnings is None else warnings
 
     @property
     def decision_settings(self) -> decide.Settings:
+        from . import decide
         return decide.Settings(continue_on_failure=self.settings.continue_on_failure,
                                freeze_timeout=self.freeze_timeout,
                                script_timeout=self.settings.timeout)
@@ -186,6 +210,7 @@ def make_plan(config: str | os.PathLike[str] | Config | None = None,
 # -- what a run would record -------------------------------------------------------
 
 def script_facts(plan: Plan) -> tuple[decide.StepFact, decide.StepFact]:
+    from . import decide
     """The pre- and post-script's facts known before anything runs: refused by
     the checks, or withheld (the pre-script runs only if the post-script can:
     nothing else would resume the application)."""
@@ -213,6 +238,7 @@ def withheld_warning(plan: Plan) -> str:
 def expected_outcome(plan: Plan) -> decide.Outcome:
     """The facts a run would record if every script, hook and the snapshot
     step worked: what the checks already know, the rest assumed fine."""
+    from . import decide
     o = decide.Outcome(config_error=plan.config_problem, one_disk=plan.one_disk,
                        hooks_configured=bool(plan.hooks))
     if plan.selection.missing:   # found before anything runs: nothing does
@@ -239,6 +265,7 @@ def expected_outcome(plan: Plan) -> decide.Outcome:
 def describe_plan(plan: Plan, outcome: decide.Outcome,
                   verdict: decide.Verdict) -> dict[str, Any]:
     """What a run would do, as data (the dry run's ``plan``; printed in words by the CLI)."""
+    from . import decide
     cfg = plan.config
     takes = outcome.snapshot == decide.TAKEN
     missing = ("%s named by %s is not a mount point: nothing runs"
@@ -291,6 +318,7 @@ def dry_run_result(plan: Plan) -> Result:
     """What a run would do, without running scripts, freezing or snapshotting:
     the verdict a run would reach if every script and the snapshot step worked
     (so continueBackupOnFailure: false fails it as the run would), and the plan."""
+    from . import decide
     from .result import FreezeResult, Result
     outcome = expected_outcome(plan)
     verdict = decide.decide(outcome, plan.decision_settings)

@@ -30,7 +30,8 @@ import os
 import pwd
 import re
 import stat
-from dataclasses import dataclass, field
+
+from ._record import Record
 
 MAX_SYMLINKS = 40             # the kernel's limit for one path (ELOOP)
 MAX_NESTED_INTERPRETERS = 4   # #! interpreters that are #! scripts themselves: the kernel's limit
@@ -46,24 +47,39 @@ class Unsafe(Exception):
     """Something on the way to what runs is not root-controlled; str() says what."""
 
 
-@dataclass
-class Problem:
+class Problem(Record):
+    __slots__ = ("code", "message")
     code: str
     message: str
 
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
 
-@dataclass
-class ScriptCheck:
+
+class ScriptCheck(Record):
+    __slots__ = ("path", "role", "problem", "argv_prefix", "resolved", "hint", "check_problems")
     path: str
     role: str                 # "pre" or "post" (or "hook")
-    problem: Problem | None = None
-    argv_prefix: tuple[str, ...] = ()   # what to exec: (path,) or ("/bin/sh", path)
-    resolved: str | None = None
+    problem: Problem | None
+    argv_prefix: tuple[str, ...]   # what to exec: (path,) or ("/bin/sh", path)
+    resolved: str | None
     # why a run of this script will likely fail (Windows line endings, a
     # missing interpreter): for the run's failure message
-    hint: str | None = None
+    hint: str | None
     # problems `vmsnap check` reports for a script that still runs
-    check_problems: list[Problem] = field(default_factory=list)
+    check_problems: list[Problem]
+
+    def __init__(self, path: str, role: str, problem: Problem | None = None,
+                 argv_prefix: tuple[str, ...] = (), resolved: str | None = None,
+                 hint: str | None = None, check_problems: list[Problem] | None = None) -> None:
+        self.path = path
+        self.role = role
+        self.problem = problem
+        self.argv_prefix = argv_prefix
+        self.resolved = resolved
+        self.hint = hint
+        self.check_problems = [] if check_problems is None else check_problems
 
     @property
     def ok(self) -> bool:

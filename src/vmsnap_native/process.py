@@ -19,10 +19,10 @@ import shutil
 import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from . import policy
 from ._core import CData, core
+from ._record import Record
 
 DEFAULT_GRACE = 2.0
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
@@ -249,22 +249,45 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@dataclass
-class ProcessResult:
+class ProcessResult(Record):
+    __slots__ = ("argv", "exit_code", "signal", "timed_out", "duration_ms", "output",
+                 "output_truncated", "output_bytes", "spawn_error", "used_fallback", "survivors",
+                 "pid", "containment", "cgroup")
     argv: list[str]
     exit_code: int | None        # None when killed by a signal
     signal: int | None           # the signal that killed it
     timed_out: bool
     duration_ms: float
     output: str
-    output_truncated: bool = False
-    output_bytes: int = 0
-    spawn_error: str | None = None   # exec failed: "not found", "permission denied", ...
-    used_fallback: bool = False      # supervised without a pidfd
-    survivors: int = 0               # tree members that could not be killed (D state)
-    pid: int | None = None           # the child's pid, which is also its process group
-    containment: str = "process-group"  # how its tree was held: cgroup | subreaper | process-group
-    cgroup: str | None = None        # its cgroup's path, with containment "cgroup"
+    output_truncated: bool
+    output_bytes: int
+    spawn_error: str | None      # exec failed: "not found", "permission denied", ...
+    used_fallback: bool          # supervised without a pidfd
+    survivors: int               # tree members that could not be killed (D state)
+    pid: int | None              # the child's pid, which is also its process group
+    containment: str             # how its tree was held: cgroup | subreaper | process-group
+    cgroup: str | None           # its cgroup's path, with containment "cgroup"
+
+    def __init__(self, argv: list[str], exit_code: int | None, signal: int | None,
+                 timed_out: bool, duration_ms: float, output: str,
+                 output_truncated: bool = False, output_bytes: int = 0,
+                 spawn_error: str | None = None, used_fallback: bool = False,
+                 survivors: int = 0, pid: int | None = None,
+                 containment: str = "process-group", cgroup: str | None = None) -> None:
+        self.argv = argv
+        self.exit_code = exit_code
+        self.signal = signal
+        self.timed_out = timed_out
+        self.duration_ms = duration_ms
+        self.output = output
+        self.output_truncated = output_truncated
+        self.output_bytes = output_bytes
+        self.spawn_error = spawn_error
+        self.used_fallback = used_fallback
+        self.survivors = survivors
+        self.pid = pid
+        self.containment = containment
+        self.cgroup = cgroup
 
     @property
     def ok(self) -> bool:

@@ -5,13 +5,13 @@ the whole process group, output kept and logged."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .decide import QUIESCE_LOST_EXIT
 from .policy import ScriptCheck
 from .process import ProcessResult, clean_environment, run_process
 from .result import ScriptResult
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
     from .logbook import Logbook
 

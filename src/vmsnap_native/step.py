@@ -18,20 +18,22 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
 
 from . import decide, policy
+from ._record import Record
 from .process import run_process
 from .result import SnapshotResult
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
     from .logbook import Logbook
 
-# the snapshot step: None (nothing to run), an argv, or a callable run in a thread
-Snapshot = Optional[Union[Sequence[str], Callable[[], object]]]
-# what a step returns: (decide's snapshot state, failure message or None)
-StepOutcome = tuple[str, Optional[str]]
+if TYPE_CHECKING:
+    from typing import Optional, Union
+    # the snapshot step: None (nothing to run), an argv, or a callable run in a thread
+    Snapshot = Optional[Union[Sequence[str], Callable[[], object]]]
+    # what a step returns: (decide's snapshot state, failure message or None)
+    StepOutcome = tuple[str, Optional[str]]
 
 SNAPSHOT_GRACE = 1.0
 SNAPSHOT_OUTPUT_LIMIT = 256 * 1024
@@ -41,14 +43,22 @@ OUTPUT_TAIL_LINES = 10
 OUTPUT_TAIL_BYTES = 4096
 
 
-@dataclass
-class StepProgram:
+class StepProgram(Record):
     """What the snapshot step ARGV[0] names, as vmsnap runs it."""
+    __slots__ = ("name", "path", "problem", "search_path", "caller_would_run")
     name: str
-    path: str | None = None              # the program that runs, a full path
-    problem: str | None = None           # why it must not (or cannot) run
-    search_path: str = ""                # the PATH it was looked up on, and that it gets
-    caller_would_run: str | None = None  # what the caller's own PATH finds instead
+    path: str | None              # the program that runs, a full path
+    problem: str | None           # why it must not (or cannot) run
+    search_path: str              # the PATH it was looked up on, and that it gets
+    caller_would_run: str | None  # what the caller's own PATH finds instead
+
+    def __init__(self, name: str, path: str | None = None, problem: str | None = None,
+                 search_path: str = "", caller_would_run: str | None = None) -> None:
+        self.name = name
+        self.path = path
+        self.problem = problem
+        self.search_path = search_path
+        self.caller_would_run = caller_would_run
 
     @property
     def warning(self) -> str | None:

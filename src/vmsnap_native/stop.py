@@ -8,7 +8,10 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Any, Literal
+
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -11,12 +11,12 @@ DLM).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
-from ..logbook import DEFAULT_LOG_FILE
+from .._paths import DEFAULT_LOG_FILE
 from .calls import HookCall, say
 from .table import AGENTS, AgentSpec
 
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
 if TYPE_CHECKING:
     import argparse
 

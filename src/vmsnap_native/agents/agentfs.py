@@ -14,7 +14,6 @@ the thaw if the session's process is SIGKILLed.
 from __future__ import annotations
 
 import os
-import secrets
 
 from .. import mountinfo
 from .._core import CData, core
@@ -79,7 +78,7 @@ class AgentFilesystems:
     def _write_record(self) -> None:
         ffi, _ = core()
         path = os.path.join(ensure_runtime_dir(),
-                            "freeze-agent-%s.rec" % secrets.token_hex(8))
+                            "freeze-agent-%s.rec" % os.urandom(8).hex())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                      0o600)
         try:

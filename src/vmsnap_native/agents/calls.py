@@ -15,30 +15,24 @@ decides.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import sys
 import time
 from collections.abc import Container, Iterable
-from typing import Any, Literal
 
-from .. import cycle
-from .._core import core
-from ..errors import BusyError, Error
-from ..lock import RunLock
-from ..logbook import Logbook
-from ..result import Result
-from .holder import (
-    expired_path,
-    hold,
-    read_trusted,
-    receive,
-    send,
-    session_path,
-    summary,
-)
+from .session import expired_path, read_trusted, receive, send, session_path, summary
 from .table import AgentSpec
+
+# A last call reaches the holder through the session's file and socket
+# alone (and the core, to tell whether the holder lives): the cycle, the
+# lock, the log and the holder are imported where a call uses them (the
+# first call, a refusal, a note of a late call), not here.
+TYPE_CHECKING = False   # true for type checkers; `typing` is not imported for it
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    from ..lock import RunLock
 
 # How long a first call waits for the session it superseded to let go of the lock.
 SUPERSEDE_MARGIN_S = 10.0
@@ -55,6 +49,7 @@ def say(lines: Iterable[str]) -> None:
 
 
 def _alive(who: dict[str, Any]) -> bool:
+    from .._core import core
     pid, start = who.get("pid", 0), who.get("starttime")
     return bool(pid) and bool(core()[1].vmsnap_process_matches(int(pid), int(start or 0)))
 
@@ -90,6 +85,9 @@ class HookCall:
         self.log_file = log_file
 
     def _refuse(self, why: str) -> int:
+        from ..errors import Error
+        from ..logbook import Logbook
+        from ..result import Result
         res = Result(status="failed")
         res.add_error(Error.of("AnotherRunInProgress", why))
         log = Logbook(self.log_file or None)
@@ -102,6 +100,10 @@ class HookCall:
 
     # ---- first phase
     def begin(self) -> int:
+        from .. import cycle
+        from ..errors import BusyError
+        from ..lock import RunLock
+        from ..logbook import Logbook
         lock = RunLock()
         try:
             lock.acquire()
@@ -153,8 +155,10 @@ class HookCall:
         return None
 
     def _fork_holder(self, lock: RunLock) -> int:
-        import secrets
-        session_id = secrets.token_hex(8)
+        import signal
+
+        from .holder import hold
+        session_id = os.urandom(8).hex()
         assert lock._fd is not None   # begin() holds the lock
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
@@ -246,6 +250,7 @@ class HookCall:
         return spec.exit_status("no-session")
 
     def _log_error(self, msg: str) -> None:
+        from ..logbook import Logbook
         log = Logbook(self.log_file or None)
         try:
             log.error("hook %s: %s", self.spec.name, msg)
@@ -254,6 +259,7 @@ class HookCall:
 
     # ---- dry run (DLM)
     def check(self) -> int:
+        from .. import cycle
         plan = cycle.make_plan(self.config)
         problems = [p for p in ("%s: %s" % (e.code, e.message) for e in
                                 ([plan.config_problem] if plan.config_problem else []))]

@@ -5,22 +5,38 @@ agent adds a row, no logic."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .._record import Frozen
 
 
-@dataclass(frozen=True)
-class AgentSpec:
+class AgentSpec(Frozen):
     """How one agent calls its hook, and what its exit statuses mean to it."""
 
+    __slots__ = ("name", "first", "last", "failed_last", "agent_freezes", "fold_case", "checks",
+                 "refuse_second", "codes")
     name: str
     first: str                       # the phase that begins a snapshot
     last: tuple[str, ...]            # phases that end it
-    failed_last: tuple[str, ...] = ()   # last phases that say the snapshot was not taken
-    agent_freezes: bool = True       # False: vmsnap freezes on the first phase
-    fold_case: bool = False          # phases match case-insensitively (VMware)
-    checks: tuple[str, ...] = ()     # phases that only validate (DLM dry-run)
-    refuse_second: bool = False      # a first phase while a session is open: refused (busy)
-    codes: dict[str, int] = field(default_factory=dict)   # outcome -> exit status
+    failed_last: tuple[str, ...]     # last phases that say the snapshot was not taken
+    agent_freezes: bool              # False: vmsnap freezes on the first phase
+    fold_case: bool                  # phases match case-insensitively (VMware)
+    checks: tuple[str, ...]          # phases that only validate (DLM dry-run)
+    refuse_second: bool              # a first phase while a session is open: refused (busy)
+    codes: dict[str, int]            # outcome -> exit status
+
+    def __init__(self, name: str, first: str, last: tuple[str, ...],
+                 failed_last: tuple[str, ...] = (), agent_freezes: bool = True,
+                 fold_case: bool = False, checks: tuple[str, ...] = (),
+                 refuse_second: bool = False, codes: dict[str, int] | None = None) -> None:
+        f = object.__setattr__
+        f(self, "name", name)
+        f(self, "first", first)
+        f(self, "last", last)
+        f(self, "failed_last", failed_last)
+        f(self, "agent_freezes", agent_freezes)
+        f(self, "fold_case", fold_case)
+        f(self, "checks", checks)
+        f(self, "refuse_second", refuse_second)
+        f(self, "codes", {} if codes is None else codes)
 
     def exit_status(self, outcome: str) -> int:
         default = {"ok": 0, "no-session": 0, "usage": 2}.get(outcome, 1)
