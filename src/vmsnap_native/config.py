@@ -78,6 +78,7 @@ class Config:
     expedite_rcu: bool = True
     metrics_file: str | None = None   # Prometheus textfile written after each run
     dirty_cap_mib: int = DEFAULT_DIRTY_CAP_MIB   # per-device dirty limit in the presync; 0: none
+    presync_gentle: bool = True   # paced writeback while the pre-script runs (gentle.py)
     warnings: list[str] = field(default_factory=list)
     azure_differences: list[AzureDifference] = field(default_factory=list)
 
@@ -310,6 +311,7 @@ FIELDS: dict[str, tuple[str, Converter, bool]] = {
     "expediteRcu": ("expedite_rcu", _vmsnap_boolean, False),
     "metricsFile": ("metrics_file", _full_path, False),
     "presyncDirtyCapMiB": ("dirty_cap_mib", _dirty_cap, False),
+    "presyncGentle": ("presync_gentle", _vmsnap_boolean, False),
 }
 
 # Fields Azure reads that vmsnap has no use for, and why.
@@ -331,6 +333,7 @@ VMSNAP_ONLY_FIELDS = {
     "expediteRcu": "it does not speed up the freeze",
     "metricsFile": "it writes no metrics",
     "presyncDirtyCapMiB": "it flushes without a cap",
+    "presyncGentle": "it flushes everything at once, right before the freeze",
 }
 
 
