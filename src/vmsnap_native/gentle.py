@@ -40,9 +40,9 @@ from typing import Any
 from ._core import CData, core
 from .freeze import ensure_runtime_dir
 
-# The defaults: a flush of every filesystem each 0.25 s, the cap lowered to
+# The defaults: a flush of every filesystem each 0.1 s, the cap lowered to
 # 16 MiB within the first 2 s; the phase never outlasts BOUND_S.
-INTERVAL_S = 0.25
+INTERVAL_S = 0.1
 RAMP_S = 2.0
 FINAL_MIB = 16
 BOUND_S = 300.0
