@@ -211,3 +211,28 @@ def test_vmsnap_and_guardian_sigkilled_at_the_hand_off_the_reaper_restores(tmp_p
         w.stop()
     assert not frozen_state(busy)
 
+
+
+def test_a_gentle_phase_sigkilled_without_a_resume_vmsnap_thaw_restores(tmp_path, loopfs):
+    """A process in its gentle phase SIGKILLed with no reaper's resume (the
+    library, no configuration): its record is left, and `vmsnap thaw` puts
+    the device back from it and removes it."""
+    from .helpers import vmsnap
+    mnt, = loopfs.make(1)
+    before = _sys_values(mnt)
+    code = ("import sys, time\nfrom vmsnap_native import gentle\n"
+            "g = gentle.GentlePresync([sys.argv[1]], start_mib=64).start()\n"
+            "print(g.record_path, flush=True)\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, mnt], stdout=subprocess.PIPE, text=True)
+    try:
+        rec = p.stdout.readline().strip()
+        assert rec and os.path.exists(rec)
+        assert bdi_values(mnt)[0] == 1
+    finally:
+        p.kill()
+        p.wait()
+    assert bdi_values(mnt)[0] == 1 and os.path.exists(rec)   # nobody put it back yet
+    r = vmsnap("thaw")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _sys_values(mnt) == before
+    assert not os.path.exists(rec)

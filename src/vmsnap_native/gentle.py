@@ -46,6 +46,8 @@ INTERVAL_S = 0.1
 RAMP_S = 2.0
 FINAL_MIB = 16
 BOUND_S = 300.0
+# How long close() waits for a flush in progress.
+JOIN_S = 2.0
 
 
 def _starttime(pid: int) -> int:
@@ -176,13 +178,17 @@ class GentlePresync:
         """Stops, puts every device back as saved and removes the record."""
         _, lib = core()
         self.stop()
+        stuck = False
         if self._thread is not None:
-            self._thread.join()   # at most its flush in progress: it uses the fds
-            self._thread = None
+            # its flush in progress, if any: it may be stuck on a device that hangs,
+            # and the run must end all the same (the fds then stay open with it)
+            self._thread.join(JOIN_S)
+            stuck = self._thread.is_alive()
         if self._buf is not None:
-            lib.vmsnap_dirty_cap_restore(self._buf)
-        for fd in self._fds:
-            os.close(fd)
+            lib.vmsnap_dirty_cap_restore(self._buf)   # stopped: the thread sets no cap now
+        if not stuck:
+            for fd in self._fds:
+                os.close(fd)
         self._fds = []
         if self.record_path:
             try:
