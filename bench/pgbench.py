@@ -48,6 +48,7 @@ SNAPSHOT_STEP = ["sleep", "0.2"]   # stands for the cloud API call that starts t
 AZURE_POLL_S = 3.0          # ScriptsExecutionPollTimeSeconds' default
 AZURE_FREEZE_DELAY_S = 3.0  # the fixed delay before the freeze (SPEC §6)
 VMSNAP_RUN = "vmsnap run (examples/postgresql)"
+VMSNAP_RUN_NOT_GENTLE = "vmsnap run (examples/postgresql), presyncGentle false"
 AZURE_FLOW = "Azure-style flow"
 
 
@@ -138,7 +139,7 @@ class Installed:
     700 scripts in a root-only directory, the configuration 600, pointing at
     the benchmark's server."""
 
-    def __init__(self, srv: Server):
+    def __init__(self, srv: Server, **fields):
         self.dir = tempfile.mkdtemp(prefix="vmsnap-pgrun-", dir="/dev/shm")   # root, 700
         self.pre = os.path.join(self.dir, "postgresql-pre.sh")
         self.post = os.path.join(self.dir, "postgresql-post.sh")
@@ -152,7 +153,7 @@ class Installed:
                "preScriptParams": self.params, "postScriptParams": self.params,
                "preScriptNoOfRetries": 0, "postScriptNoOfRetries": 0,
                "timeoutInSeconds": 60, "continueBackupOnFailure": False,
-               "fsFreezeEnabled": True, "freezeTimeoutInSeconds": 30}
+               "fsFreezeEnabled": True, "freezeTimeoutInSeconds": 30, **fields}
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
@@ -219,10 +220,12 @@ def azure_flow(inst: Installed, mounts) -> dict:
 def whole_runs(srv: Server, mounts, work: str, rounds: int, log=None) -> list:
     """Pgbench over `vmsnap run` vs the Azure-style flow, alternating, ROUNDS each."""
     inst = Installed(srv)
-    ops = {VMSNAP_RUN: vmsnap_run, AZURE_FLOW: azure_flow}
+    not_gentle = Installed(srv, presyncGentle=False)
+    ops = {VMSNAP_RUN: vmsnap_run, AZURE_FLOW: azure_flow,
+           VMSNAP_RUN_NOT_GENTLE: lambda _, mounts: vmsnap_run(not_gentle, mounts)}
     gap = 1.5
     # the Azure flow takes about 3 polls + the 3 s delay; vmsnap run a couple of seconds
-    seconds = int(rounds * (14 + 5 + 2 * gap) + 5)
+    seconds = int(rounds * (14 + 5 + 5 + 3 * gap) + 5)
     prefix = os.path.join(work, "runlog")
     spans = {k: [] for k in ops}
     bench = subprocess.Popen(srv.pgbench("-c", str(CLIENTS), "-j", "2", "-T", str(seconds),
@@ -248,6 +251,7 @@ def whole_runs(srv: Server, mounts, work: str, rounds: int, log=None) -> list:
             bench.kill()
             bench.wait()
         inst.close()
+        not_gentle.close()
     failed_at = []
     txns = read_log(prefix, failed_at)
     failed = re.search(r"number of failed transactions: (\d+)", out)

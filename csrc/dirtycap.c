@@ -11,6 +11,10 @@
  * returns (frozen, writers wait anyway), the guardian at the thaw, and
  * vmsnap_thaw_state() whoever thaws after the guardian died.
  *
+ * The gentle presync (gentle.py) uses the same three steps from Python
+ * while the pre-script runs: save (into its own record), set in steps,
+ * restore; it hands its saved values to the session, whose save keeps them.
+ *
  * Not for a cap of a few MiB: the kernel rounds max_bytes to a ratio of the
  * dirty limit, and at 0 every writer of the device sleeps in 200 ms steps.
  */
@@ -62,29 +66,45 @@ static int write_int(const char *dir, const char *name, long long v) {
     return fd >= 0 && write(fd, buf, (size_t)n) == n ? 0 : -errno;
 }
 
-void dirty_cap_begin(struct vmsnap_shared *sh, int record_fd) {
-    if (sh->dirty_cap_mb <= 0)
-        return;
+int vmsnap_dirty_cap_save(struct vmsnap_shared *sh) {
     char dir[96];
+    int saved = 0;
     /* every old value saved (and recorded) before any is changed: two
      * filesystems on one disk share its bdi, and must both save the original */
     for (int i = 0; i < sh->n; i++) {
         struct vmsnap_fs *f = &sh->fs[i];
         long strict, fine;
+        if (__atomic_load_n(&f->bdi_saved, __ATOMIC_ACQUIRE)) {
+            saved++; /* saved before the session: by the gentle presync (gentle.py) */
+            continue;
+        }
         if (bdi_dir(f->dev, dir, sizeof dir) < 0 || read_int(dir, "strict_limit", &strict) < 0 ||
             read_int(dir, "max_ratio_fine", &fine) < 0)
             continue; /* no such device (btrfs, nfs) or an older kernel: no cap */
         f->bdi_max_ratio_fine = (int32_t)fine;
         __atomic_store_n(&f->bdi_saved, 1 + (strict != 0), __ATOMIC_RELEASE);
+        saved++;
     }
-    record_write(record_fd, sh); /* nothing frozen yet: safe anywhere */
+    return saved;
+}
+
+void vmsnap_dirty_cap_set(const struct vmsnap_shared *sh, int64_t bytes) {
+    char dir[96];
     for (int i = 0; i < sh->n; i++) {
         if (!__atomic_load_n(&sh->fs[i].bdi_saved, __ATOMIC_ACQUIRE) ||
             bdi_dir(sh->fs[i].dev, dir, sizeof dir) < 0)
             continue;
-        write_int(dir, "max_bytes", (long long)sh->dirty_cap_mb << 20);
+        write_int(dir, "max_bytes", (long long)bytes);
         write_int(dir, "strict_limit", 1);
     }
+}
+
+void dirty_cap_begin(struct vmsnap_shared *sh, int record_fd) {
+    if (sh->dirty_cap_mb <= 0)
+        return;
+    vmsnap_dirty_cap_save(sh);
+    record_write(record_fd, sh); /* nothing frozen yet: safe anywhere */
+    vmsnap_dirty_cap_set(sh, (int64_t)sh->dirty_cap_mb << 20);
 }
 
 void dirty_cap_end_one(struct vmsnap_fs *f) {
@@ -99,4 +119,8 @@ void dirty_cap_end_one(struct vmsnap_fs *f) {
 void dirty_cap_end(struct vmsnap_shared *sh) {
     for (int i = 0; i < sh->n; i++)
         dirty_cap_end_one(&sh->fs[i]);
+}
+
+void vmsnap_dirty_cap_restore(struct vmsnap_shared *sh) {
+    dirty_cap_end(sh);
 }

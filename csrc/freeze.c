@@ -37,6 +37,10 @@ int vmsnap_fifreeze(int fd) {
     return ioctl(fd, FIFREEZE, 0) < 0 ? -errno : 0;
 }
 
+int vmsnap_syncfs(int fd) {
+    return compat_syncfs(fd) < 0 ? -errno : 0;
+}
+
 int vmsnap_fithaw(int fd) {
     return ioctl(fd, FITHAW, 0) < 0 ? -errno : 0;
 }

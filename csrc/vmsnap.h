@@ -137,6 +137,19 @@ int64_t vmsnap_now_ns(void);
 /* Single ioctls, for the sequential strategy and for tests. */
 int vmsnap_fifreeze(int fd);
 int vmsnap_fithaw(int fd);
+/* syncfs(2) (sync(2) where there is none), -errno on failure: the gentle
+ * presync's paced flushes, outside any session. */
+int vmsnap_syncfs(int fd);
+
+/* The per-device dirty cap (dirtycap.c), also used outside a session by the
+ * gentle presync while the pre-script runs.  save: each entry's device's
+ * strict_limit and max_ratio_fine into SH (entries already saved keep their
+ * value), returns how many entries hold one; set: caps each saved entry's
+ * device at BYTES (strict_limit on); restore: puts back what was saved,
+ * once (as vmsnap_thaw_state() does). */
+int vmsnap_dirty_cap_save(struct vmsnap_shared *sh);
+void vmsnap_dirty_cap_set(const struct vmsnap_shared *sh, int64_t bytes);
+void vmsnap_dirty_cap_restore(struct vmsnap_shared *sh);
 
 /* The one thaw from saved state, parents before children, used by the
  * controller when the guardian is gone and by `vmsnap thaw` / recovery from

@@ -70,6 +70,7 @@ RETRIES = "an integer from 0 to 1000 (at most 1000 retries)"
     ("continueBackupOnFailure", "continue_on_failure", False, 2, "true or false, not 2"),
     ("fsFreezeEnabled", "fs_freeze_enabled", False, "no", 'true or false, not the string "no"'),
     ("expediteRcu", "expedite_rcu", False, None, "true or false, not null"),
+    ("presyncGentle", "presync_gentle", False, "yes", 'true or false, not the string "yes"'),
     ("mountsToSkip", "mounts_to_skip", ["/a"], [None], "an array of strings, not an array"),
     ("mountsToFreeze", "mounts_to_freeze", ["/b"], {}, "an array of strings, not an object"),
     ("hooksDirectory", "hooks_directory", "/h", [], "a string (a full path), not an array"),
@@ -336,7 +337,7 @@ def test_absent_timeout_and_retries_are_listed_for_check_azure_only():
 
 
 def test_vmsnap_only_fields_are_listed_in_field_order():
-    c = parse_timed(presyncDirtyCapMiB=0, metricsFile="/m", expediteRcu=True, hooksDirectory="/h",
+    c = parse_timed(presyncDirtyCapMiB=0, presyncGentle=True, metricsFile="/m", expediteRcu=True, hooksDirectory="/h",
                     mountsToFreeze=["/"], mountsToSkip=[], freezeTimeoutInSeconds=5)
     assert differences(c) == [("vmsnap-only", name, "ignore it (%s)" % why, "uses it", False)
                               for name, why in C.VMSNAP_ONLY_FIELDS.items()]
@@ -347,7 +348,8 @@ def test_vmsnap_only_fields_are_listed_in_field_order():
         ("hooksDirectory", "it has no hooks"),
         ("expediteRcu", "it does not speed up the freeze"),
         ("metricsFile", "it writes no metrics"),
-        ("presyncDirtyCapMiB", "it flushes without a cap")]
+        ("presyncDirtyCapMiB", "it flushes without a cap"),
+        ("presyncGentle", "it flushes everything at once, right before the freeze")]
     assert [d.to_dict() for d in c.azure_differences][:1] == [
         {"topic": "vmsnap-only", "where": "freezeTimeoutInSeconds",
          "azure": "ignore it (its freeze helper has its own limit)", "vmsnap": "uses it"}]

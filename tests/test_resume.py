@@ -170,7 +170,8 @@ def guardian_of(runtime_dir) -> tuple:
                     buf, sh = _read_record(os.path.join(runtime_dir, name))
                 except ValueError:
                     continue
-                return int(sh.guardian_pid), int(sh.guardian_starttime)
+                if sh.guardian_pid:   # not the gentle presync's record (no guardian)
+                    return int(sh.guardian_pid), int(sh.guardian_starttime)
         time.sleep(0.02)
     raise AssertionError("no freeze record in %s" % runtime_dir)
 

@@ -673,8 +673,12 @@ def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, mo
     assert argv[:3] == [sys.executable, "-c", "from vmsnap_native._resume import run; run()"] \
         and "--post" in argv
     assert wait_for == [] and len(wait_for2) == 1 and wait_for2[0][0] > 0   # the guardian
-    # once the guardian is gone, the resume also undoes what the session's record says
-    assert "--thaw-record" in argv2 and "--thaw-record" not in argv
+    # during the pre-script the resume undoes the gentle presync's caps (its record);
+    # once the guardian is gone, it also undoes what the session's record says
+    records = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--thaw-record"]
+    records2 = [a for i, a in enumerate(argv2) if i and argv2[i - 1] == "--thaw-record"]
+    assert [os.path.basename(r)[:13] for r in records] == ["freeze-gentle"], argv
+    assert len(records2) == 2 and records[0] in records2, argv2
     assert last == "cleared"
     os.unlink(tmp_path / "post-ran")
     p = subprocess.run(argv2, env=env, capture_output=True, text=True, timeout=60)

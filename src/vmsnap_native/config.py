@@ -75,8 +75,8 @@ class Config(Record):
     __slots__ = ("path", "plugin_name", "pre_script", "post_script", "pre_params",
                  "post_params", "pre_retries", "post_retries", "timeout", "continue_on_failure",
                  "fs_freeze_enabled", "freeze_timeout", "mounts_to_skip", "mounts_to_freeze",
-                 "hooks_directory", "expedite_rcu", "metrics_file", "dirty_cap_mib", "warnings",
-                 "azure_differences")
+                 "hooks_directory", "expedite_rcu", "metrics_file", "dirty_cap_mib", "presync_gentle",
+                 "warnings", "azure_differences")
     path: str | None
     plugin_name: str
     pre_script: str | None
@@ -95,6 +95,7 @@ class Config(Record):
     expedite_rcu: bool
     metrics_file: str | None   # Prometheus textfile written after each run
     dirty_cap_mib: int   # per-device dirty limit in the presync; 0: none
+    presync_gentle: bool   # paced writeback while the pre-script runs (gentle.py)
     warnings: list[str]
     azure_differences: list[AzureDifference]
 
@@ -108,6 +109,7 @@ class Config(Record):
                  mounts_to_freeze: list[str] | None = None,
                  hooks_directory: str = DEFAULT_HOOKS_DIRECTORY, expedite_rcu: bool = True,
                  metrics_file: str | None = None, dirty_cap_mib: int = DEFAULT_DIRTY_CAP_MIB,
+                 presync_gentle: bool = True,
                  warnings: list[str] | None = None,
                  azure_differences: list[AzureDifference] | None = None) -> None:
         self.path = path
@@ -128,6 +130,7 @@ class Config(Record):
         self.expedite_rcu = expedite_rcu
         self.metrics_file = metrics_file
         self.dirty_cap_mib = dirty_cap_mib
+        self.presync_gentle = presync_gentle
         self.warnings = [] if warnings is None else warnings
         self.azure_differences = [] if azure_differences is None else azure_differences
 
@@ -363,6 +366,7 @@ FIELDS: dict[str, tuple[str, Converter, bool]] = {
     "expediteRcu": ("expedite_rcu", _vmsnap_boolean, False),
     "metricsFile": ("metrics_file", _full_path, False),
     "presyncDirtyCapMiB": ("dirty_cap_mib", _dirty_cap, False),
+    "presyncGentle": ("presync_gentle", _vmsnap_boolean, False),
 }
 
 # Fields Azure reads that vmsnap has no use for, and why.
@@ -384,6 +388,7 @@ VMSNAP_ONLY_FIELDS = {
     "expediteRcu": "it does not speed up the freeze",
     "metricsFile": "it writes no metrics",
     "presyncDirtyCapMiB": "it flushes without a cap",
+    "presyncGentle": "it flushes everything at once, right before the freeze",
 }
 
 

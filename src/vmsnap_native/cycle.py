@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from . import _resume, decide, metrics, policy, step
+from . import _resume, decide, gentle, metrics, policy, step
 from ._core import core
 from .config import Config
 from .decide import Outcome, StepFact
@@ -91,6 +91,7 @@ class Cycle:
         self.watched: list[int] = []         # process groups the scripts left; released at the end
         self.resume_registered = False
         self.step_program: step.StepProgram | None = None
+        self.gentle: gentle.GentlePresync | None = None   # paced writeback during the pre-script
 
     # -- helpers -------------------------------------------------------------
     def phase(self, name: str, start_ns: int) -> None:
@@ -157,7 +158,8 @@ class Cycle:
             self.plan.config_path, log_file=self.log.path,
             post=self.out.pre.state not in (decide.NOT_CONFIGURED, decide.REFUSED, decide.WITHHELD),
             hooks=[h.path for h in self.hooks_started], wait_for=wait_for,
-            thaw_records=[r for r in [self.resume_record()] if r],
+            thaw_records=[r for r in [self.resume_record(),
+                                      self.gentle and self.gentle.record_path] if r],
             timeout=self.plan.settings.timeout, retries=self.plan.settings.post_retries,
             wait_until_ns=until)
         self.resume_registered = True
@@ -195,6 +197,7 @@ class Cycle:
         # from here the pre-script may have paused the application: the post-script must run
         assert plan.config is not None and plan.pre_check is not None   # the pre-script is OK
         self.out.pre, self.out.post = StepFact("pre", decide.STOPPED, pre.who), post
+        self.gentle = gentle.for_plan(plan)   # before the resume: it restores from its record
         self._register_resume()
         t = time.monotonic_ns()
         sr, fact = self._run_script("pre", plan.pre_check, plan.config.pre_params,
@@ -237,10 +240,15 @@ class Cycle:
         if plan.selection.missing:
             self._freeze_failed(missing_mount_errors(plan))
             return
+        g = self.gentle
+        if g is not None:
+            g.stop()   # the session takes over its caps, from the values it saved
         try:
             self.session = FreezeSession(plan.selection.eligible, timeout=plan.freeze_timeout,
                                          expedite_rcu=plan.settings.expedite_rcu,
-                                         dirty_cap_mb=plan.settings.dirty_cap_mib)
+                                         dirty_cap_mb=g.cap_mib if g and g.active else
+                                         plan.settings.dirty_cap_mib,
+                                         dirty_saved=g.saved() if g else None)
             self.session.start()
         except OSError as exc:
             self.session = None
@@ -377,6 +385,8 @@ class Cycle:
             except BaseException as exc:   # the same way out, then raised again
                 failure = exc
             self.finish_freeze()           # thaw at once (if not done yet)
+            if self.gentle is not None:    # the devices' caps put back (the guardian did, too)
+                self.gentle.close()
             self.run_hooks("thaw")
             self.run_post()
             # the application is resumed: what the scripts left running is theirs now

@@ -19,7 +19,7 @@ import re
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from . import mountinfo, process
 from ._core import CData, core
@@ -278,7 +278,8 @@ class FreezeSession:
     def __init__(self, mountpoints: Iterable[str | mountinfo.Candidate], timeout: float, presync: bool = True,
                  sequential: bool = False, expedite_rcu: bool = True,
                  presync_timeout: float | None = None, schedule: str = DEFAULT_SCHEDULE,
-                 dirty_cap_mb: int = DEFAULT_DIRTY_CAP_MB) -> None:
+                 dirty_cap_mb: int = DEFAULT_DIRTY_CAP_MB,
+                 dirty_saved: Mapping[int, tuple[int, int]] | None = None) -> None:
         self.timeout = _seconds("timeout", timeout)
         if schedule not in SCHEDULES:
             raise ValueError("schedule must be one of %s, not %r" % (", ".join(SCHEDULES), schedule))
@@ -287,6 +288,8 @@ class FreezeSession:
             raise ValueError("dirty_cap_mb must be 0 (no cap) or %d..%d MiB, not %r"
                              % (MIN_DIRTY_CAP_MB, 1 << 20, dirty_cap_mb))
         self.dirty_cap_mb = int(dirty_cap_mb or 0)
+        # st_dev -> the devices' values saved before the session (gentle.py)
+        self.dirty_saved = dict(dirty_saved or {})
         if presync_timeout is None:
             presync_timeout = min(self.timeout, DEFAULT_PRESYNC_BOUND_S)
         self.presync_timeout = _seconds("presync_timeout", presync_timeout)
@@ -385,6 +388,7 @@ class FreezeSession:
             e.level = c.level
             e.dev = st.st_dev
             e.ino = st.st_ino
+            e.bdi_saved, e.bdi_max_ratio_fine = self.dirty_saved.get(st.st_dev, (0, 0))
             raw = os.fsencode(c.mount.mountpoint)[:lib.VMSNAP_PATH_MAX - 1]
             ffi.memmove(e.path, raw, len(raw))
         record_fd, self.record_path, self.record_live = self._open_record()
