@@ -1,6 +1,7 @@
 """How the cost grows: many filesystems (bench/scale_fs.py), huge mount
 tables (bench/scale_mounts.py), many hosts (bench/scale_fleet.py), busy
-filesystems (bench/busy.py: the worst write a probe sees blocked); each
+filesystems (bench/busy.py: the worst write a probe sees blocked), what a
+database feels (bench/pgbench_gentle.py: the gentle presync's curve); each
 against its alternatives, alternating round by round in the same run.
 Prints the tables and the targets, writes bench/scale.json and
 bench/scale.png.  The load average is kept with every result: on a shared
@@ -8,7 +9,7 @@ machine the ratios are what to read.
 
 As root, in a private mount namespace with its own /run (`make bench-scale`
 does this):
-    python bench/scale.py [--quick] [--parts fs,mounts,fleet,busy] [--ansible PATH]
+    python bench/scale.py [--quick] [--parts fs,mounts,busy,database,fleet] [--ansible PATH]
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ BUDGET_S = 20 * 60
 BUSY_LOADS = (("streaming", False), ("fresh", False), ("light", False), ("streaming", True))
 # the busy target: vmsnap's worst blocked write / util-linux's, on every load
 BUSY_GOAL, BUSY_STRETCH = 0.25, 0.15
+# what a database feels: pgbench's worst transaction with the gentle presync
+# at its default pace / with no freeze at all, and the whole operation (ms)
+DB_GOAL, DB_OP_GOAL_MS = 3.0, 10000
 
 
 def find(rows, **kw):
@@ -114,6 +118,19 @@ def targets(res) -> list:
                         % (r["filesystems"], r["load"], r["loop"]),
                         "<= %s (stretch %s)" % (BUSY_GOAL, BUSY_STRETCH), q,
                         q is not None and q <= BUSY_GOAL))
+    db = res.get("database")
+    if db and db.get("rows"):
+        import pgbench_gentle
+        g = find(db["rows"], gentle_every_s=pgbench_gentle.gentle.INTERVAL_S)
+        q = g.get("ratio_to_no_freeze")
+        out.append(("worst pgbench transaction during the operation, gentle presync at its "
+                    "default pace / no freeze", "<= %g" % DB_GOAL, q,
+                    q is not None and q <= DB_GOAL))
+        op = g.get("op_median_ms")
+        out.append(("the same operation, whole (pre-script included), median ms",
+                    "<= %d" % DB_OP_GOAL_MS, op, op is not None and op <= DB_OP_GOAL_MS))
+        out.append(("the same, worst transaction / the same flushes with no freeze",
+                    "(shown)", g.get("ratio_to_flushes_no_freeze"), None))
     fl = res.get("hosts")
     if fl and fl.get("rows"):
         top = max(r["hosts"] for r in fl["rows"])
@@ -142,6 +159,8 @@ def draw(res: dict, out: str) -> str | None:
         panels.append("mounts")
     if res.get("busy", {}).get("rows"):
         panels.append("busy")
+    if res.get("database", {}).get("rows"):
+        panels.append("database")
     if res.get("hosts", {}).get("rows"):
         panels.append("hosts")
     if not panels:
@@ -206,6 +225,29 @@ def draw(res: dict, out: str) -> str | None:
             ax.set_yscale("log")
             ax.set_ylabel("worst blocked write, ms, median (log)")
             ax.set_title("Busy filesystems (4 loop ext4): what a writer feels", fontsize=9)
+        elif kind == "database":
+            rows = res["database"]["rows"]
+            curve = sorted((r for r in rows if r.get("gentle_every_s")),
+                           key=lambda r: -r["gentle_every_s"])
+            xs = [1 / r["gentle_every_s"] for r in curve]
+            ax.plot(xs, [r["worst_txn_median_ms"] for r in curve], "o-",
+                    label="worst transaction, gentle presync")
+            ax.plot(xs, [r["presync_median_ms"] for r in curve], "s--",
+                    label="presync at the freeze")
+            for name, style in (("no freeze", ":"), ("control: flushes, no freeze", "-."),
+                                ("util-linux fsfreeze", "--")):
+                w = find(rows, strategy=name).get("worst_txn_median_ms")
+                if w:
+                    ax.axhline(w, ls=style, color="grey", lw=1, label="%s: worst" % name)
+            off = next((r for r in rows if r["strategy"].endswith("gentle off")), {})
+            if off.get("worst_txn_median_ms"):
+                ax.axhline(off["worst_txn_median_ms"], ls="-", color="C3", lw=1,
+                           label="gentle off: worst")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("paced flushes per second during the pre-script")
+            ax.set_ylabel("ms, median (log)")
+            ax.set_title("What PostgreSQL feels (pgbench, streaming neighbour)", fontsize=9)
         else:
             rows = res["hosts"]["rows"]
             for k, c in (("vmsnap consistency_group", "C0"), ("plain fsfreeze playbook", "C1")):
@@ -287,6 +329,17 @@ def report(res) -> None:
                      "stall_max_ms", "quiet_stall_median_ms", "op_median_ms",
                      "window_median_ms", "writers_lost_mb_median", "stall_ratio_to_fsfreeze",
                      "loadavg"]))
+    db = res.get("database")
+    if db and db.get("rows"):
+        print(table("\nwhat a database feels (%s; failed transactions: %s):"
+                    % (db["benchmark"], db["failed_transactions"]), db["rows"],
+                    ["strategy", "rounds", "worst_txn_median_ms", "worst_txn_max_ms",
+                     "p99_txn_median_ms", "op_median_ms", "presync_median_ms",
+                     "gentle_max_flush_median_ms", "ratio_to_no_freeze",
+                     "ratio_to_flushes_no_freeze"]))
+        print("  load average per round: %s" % db["load_average_per_round"])
+    elif db:
+        print("\nwhat a database feels: not measured (%s)" % db.get("skipped"))
     fl = res.get("hosts")
     if fl and fl.get("rows"):
         print(table("\nmany hosts (ms):", fl["rows"],
@@ -319,7 +372,7 @@ def in_own_namespace() -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small counts, few rounds (development)")
-    ap.add_argument("--parts", default="fs,mounts,busy,fleet")
+    ap.add_argument("--parts", default="fs,mounts,busy,database,fleet")
     ap.add_argument("--ansible", help="ansible-playbook for the hosts part (make bench-scale "
                     "builds one); without it that part is left out")
     ap.add_argument("--out", default=os.path.join(HERE, "scale.json"))
@@ -368,6 +421,10 @@ def main() -> int:
                 r["loadavg"] = [round(x, 2) for x in os.getloadavg()]
             rows += got
         res["busy"] = {"rows": rows}
+    if "database" in parts:
+        import pgbench_gentle
+        log("what a database feels ...")
+        res["database"] = pgbench_gentle.run(3 if args.quick else 4, log=log)
     if "fleet" in parts and args.ansible:
         import scale_fleet
         log("many hosts ...")
@@ -381,7 +438,7 @@ def main() -> int:
     if args.keep and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
-        for part in ("filesystems", "mount_tables", "busy", "hosts"):
+        for part in ("filesystems", "mount_tables", "busy", "database", "hosts"):
             if part not in res and part in old:
                 res[part] = dict({"kept_from": {
                     "date": old["machine"].get("date"), "loadavg_start": old.get("loadavg_start"),

@@ -87,3 +87,16 @@ def test_the_busy_target_is_judged_on_every_load():
     got = [t for t in scale.targets({"busy": {"rows": rows}}) if "busy" in t["target"]]
     assert [(t["measured"], t["met"]) for t in got] == [(0.2, True), (0.3, False), (None, False)]
     assert "fresh writers on half, buffered loop" in got[1]["target"]
+
+
+def test_the_database_target_reads_the_default_pace():
+    import pgbench_gentle
+    import scale
+
+    pace = pgbench_gentle.gentle.INTERVAL_S
+    rows = [{"strategy": "other pace", "gentle_every_s": 1.0, "ratio_to_no_freeze": 1.0,
+             "op_median_ms": 3000},
+            {"strategy": "default pace", "gentle_every_s": pace, "ratio_to_no_freeze": 3.4,
+             "op_median_ms": 3100, "ratio_to_flushes_no_freeze": 0.9}]
+    got = [t for t in scale.targets({"database": {"rows": rows}})]
+    assert [(t["measured"], t["met"]) for t in got] == [(3.4, False), (3100, True), (0.9, None)]
