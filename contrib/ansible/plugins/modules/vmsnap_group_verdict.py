@@ -15,7 +15,9 @@ short_description: The consistency of a group snapshot taken across many hosts
 version_added: "0.1.0"
 description:
   - Runs on the controller after the C(vmsnap.fleet.consistency_group) role's
-    C(begin), snapshot and C(end) steps and says what the group's snapshot is.
+    C(arm) (or C(begin)), snapshot and C(end) steps and says what the group's
+    snapshot is. For an armed host, when it froze comes from its C(end): a host
+    told too late (or never) to freeze did not freeze, and its run says why.
   - The group is B(application)-consistent only if every host's freeze window
     covered the snapshot step, in wall-clock time on the controller's clock
     (each host's times are moved by its measured clock offset, with the
@@ -38,7 +40,7 @@ options:
     elements: str
     required: true
   begin:
-    description: The registered results of C(vmsnap command=begin), one per host (null when missing).
+    description: The registered results of C(vmsnap command=arm) (or C(begin)), one per host (null when missing).
     type: list
     elements: raw
     required: true
@@ -168,23 +170,36 @@ def host_verdict(name, begin, end, snap):
         return False, "never began (no freeze)", info
     if begin.get("unreachable"):
         return False, "unreachable before the freeze: %s" % begin.get("msg", ""), info
-    if begin.get("failed") or begin.get("frozen_at") is None:
+    # armed (command=arm): it froze, if at all, at the instant it was told; its
+    # end says when. Otherwise (command=begin) it was frozen when begin returned.
+    armed = begin.get("armed_at") is not None and not begin.get("failed")
+    if begin.get("failed") or (not armed and begin.get("frozen_at") is None):
         return False, "did not freeze: %s" % begin.get("msg", "no reason given"), info
     clock = clock_of(begin, end)
     info["clock"] = clock
     if clock is None:
         return False, "its clock offset to the controller could not be measured", info
     off, unc = clock["offset"], clock["uncertainty"]
-    info["frozen_from"] = begin["frozen_at"] - off + unc        # latest it can have been
+    frozen_at = begin.get("frozen_at")
+    if armed:
+        frozen_at = end.get("frozen_at") if isinstance(end, dict) else None
+    if frozen_at is not None:
+        info["frozen_from"] = frozen_at - off + unc        # latest it can have been
     if begin.get("lease_deadline") is not None:
         info["lease_ends_by"] = begin["lease_deadline"] - off + unc
+    elif armed and frozen_at is not None and begin.get("lease") is not None:
+        info["lease_ends_by"] = info["frozen_from"] + begin["lease"] + 2 * unc
     if not isinstance(end, dict) or end.get("unreachable") or end.get("skipped"):
         why = (end or {}).get("msg", "no result") if isinstance(end, dict) else "no result"
         bound = ""
         if info.get("lease_ends_by") is not None:
             bound = " (its lease thaws it by %.3f on the controller's clock)" % info["lease_ends_by"]
-        return False, "unreachable after the freeze: its window could not be confirmed%s: %s" % (
-            bound, why), info
+        return False, "unreachable after the freeze%s: its window could not be confirmed%s: %s" % (
+            " instant" if armed else "", bound, why), info
+    if armed and frozen_at is None and not snap.get("ran"):
+        # armed, then told not to freeze (or never told): nothing was taken, nothing broken here
+        info["host_status"], info["host_consistency"] = end.get("status"), end.get("consistency")
+        return True, "armed; not frozen, as no snapshot step ran", info
     info["host_status"], info["host_consistency"] = end.get("status"), end.get("consistency")
     info["own_cap"], info["own_why"] = own_result(end, snap)
     pre = end.get("pre_script") or {}
