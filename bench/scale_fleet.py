@@ -64,8 +64,9 @@ def role_round(fleet, names) -> dict:
     report = os.path.join(fleet.base, "scale-role.json")
     if os.path.exists(report):
         os.unlink(report)
-    wall = _playbook(fleet, ROLE, {"vmsnap_lease": 60, "vmsnap_snapshot_command": SNAPSHOT,
-                                   "vmsnap_report_file": report}, names)
+    wall = _playbook(fleet, ROLE, {"consistency_group_lease": 60,
+                                   "consistency_group_snapshot_command": SNAPSHOT,
+                                   "consistency_group_report_file": report}, names)
     with open(report) as f:
         rep = json.load(f)
     v = rep["verdict"]
@@ -80,10 +81,12 @@ def role_round(fleet, names) -> dict:
         # the waiter notes frozen_at as the snapshot step starts; the window began
         # that much earlier: window - the step - the thaw
         lead = max(0.0, window - ph.get("snapshot", 0) - ph.get("thaw", 0)) / 1e3
-        start = b["frozen_at"] - off - lead
+        # an armed host (the role now) says when it froze in its end result
+        frozen_at = e.get("frozen_at") if e.get("frozen_at") is not None else b["frozen_at"]
+        start = frozen_at - off - lead
         frozen[h] = window
         spans.append((start, start + window / 1e3))
-        marks["frozen"].append(b["frozen_at"] - off)
+        marks["frozen"].append(frozen_at - off)
         marks["released"].append(e["released_at"] - off)
     return dict(spans_and_step(spans, rep.get("snapshot"), marks), wall_ms=wall, frozen_ms=frozen)
 

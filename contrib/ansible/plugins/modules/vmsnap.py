@@ -35,7 +35,7 @@ description:
     (C(freeze_at_file)) into which the controller writes C(T LATEST), the instant
     to freeze at on the host's clock and the latest instant a freeze is still of
     use. Told after LATEST, or not told within the lease, the host does not
-    freeze: its run reports C(FsFreezeFailed) with the reason and runs its
+    freeze, and its run reports C(FsFreezeFailed) with the reason and runs its
     post-script. The role arms every host, then tells each the same instant
     (moved by its clock offset), so the hosts freeze together.
   - With the action plugin, C(end) first releases the step with one shell

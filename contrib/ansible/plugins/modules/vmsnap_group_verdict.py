@@ -16,7 +16,7 @@ version_added: "0.1.0"
 description:
   - Runs on the controller after the C(vmsnap.fleet.consistency_group) role's
     C(arm) (or C(begin)), snapshot and C(end) steps and says what the group's
-    snapshot is. For an armed host, when it froze comes from its C(end): a host
+    snapshot is. For an armed host, when it froze comes from its C(end); a host
     told too late (or never) to freeze did not freeze, and its run says why.
   - The group is B(application)-consistent only if every host's freeze window
     covered the snapshot step, in wall-clock time on the controller's clock

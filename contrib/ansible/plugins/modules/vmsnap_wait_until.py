@@ -64,8 +64,12 @@ def wait_until(until):
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(until=dict(type="float", required=True)),
-                           supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=dict(
+            until=dict(type="float", required=True),
+        ),
+        supports_check_mode=True,
+    )
     waited, late = wait_until(module.params["until"])
     module.exit_json(changed=False, waited=waited, late=late)
 
