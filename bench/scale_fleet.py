@@ -70,7 +70,8 @@ def role_round(fleet, names) -> dict:
     with open(report) as f:
         rep = json.load(f)
     v = rep["verdict"]
-    assert v.get("consistency") == "application", v.get("msg")
+    if v.get("consistency") != "application":
+        raise RuntimeError("the role's round on %d hosts: %s" % (len(names), v.get("msg")))
     frozen, spans, marks = {}, [], {"frozen": [], "released": []}
     for h in names:
         b, e = rep["begin"][h], rep["end"][h]
@@ -88,7 +89,18 @@ def role_round(fleet, names) -> dict:
         spans.append((start, start + window / 1e3))
         marks["frozen"].append(frozen_at - off)
         marks["released"].append(e["released_at"] - off)
-    return dict(spans_and_step(spans, rep.get("snapshot"), marks), wall_ms=wall, frozen_ms=frozen)
+    out = dict(spans_and_step(spans, rep.get("snapshot"), marks), wall_ms=wall, frozen_ms=frozen)
+    # an armed host: how long before the agreed instant it was told (the lead left)
+    left = [rep["end"][h]["freeze_instant"] - rep["end"][h]["told_at"] for h in names
+            if rep["end"][h].get("told_at") is not None
+            and rep["end"][h].get("freeze_instant") is not None]
+    if left:
+        out["lead_left_min_ms"] = min(left) * 1e3
+    unc = [(hv.get("clock") or {}).get("uncertainty") for hv in v["hosts"].values()]
+    unc = [u for u in unc if u is not None]
+    if unc:
+        out["clock_uncertainty_max_ms"] = max(unc) * 1e3
+    return out
 
 
 def _stamp(text):
@@ -152,6 +164,10 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
             e["frozen"].extend(out["frozen_ms"].values())
             for part in PARTS:
                 e[part].append(out.get(part + "_ms"))
+            if out.get("lead_left_min_ms") is not None:
+                e.setdefault("lead_left_min", []).append(out["lead_left_min_ms"])
+            if out.get("clock_uncertainty_max_ms") is not None:
+                e.setdefault("clock_unc", []).append(out["clock_uncertainty_max_ms"])
         if log:
             log("  %d hosts: round %d/%d" % (n, r + 1, rounds))
     la = [round(x, 2) for x in la0 + os.getloadavg()[:1]]
@@ -167,6 +183,8 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
                      "frozen_median_ms": summary(e["frozen"])["median"],
                      **{p + "_median_ms": summary(e[p])["median"] for p in PARTS},
                      "frozen_max_ratio_to_plain": round(fm["median"] / base, 3) if base else None,
+                     "lead_left_min_ms": min(e["lead_left_min"]) if e.get("lead_left_min") else None,
+                     "clock_uncertainty_max_ms": max(e["clock_unc"]) if e.get("clock_unc") else None,
                      "loadavg": la, "frozen_max_ms": [round(x, 1) for x in e["frozen_max"]]})
     return rows
 

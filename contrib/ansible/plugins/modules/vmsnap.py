@@ -40,7 +40,13 @@ description:
     (moved by its clock offset), so the hosts freeze together.
   - With the action plugin, C(end) first releases the step with one shell
     command (no Python started on the host before the thaw), then reads the
-    host's clock, then runs the module for the result.
+    host's clock, then runs the module for the result. C(release) is that
+    shell command alone (no clock, no module): the role releases every host
+    with it first, so that no host's result collection slows another host's
+    release, and collects with C(end) after.
+  - C(clock) only measures the host's clock offset (the action plugin, no
+    module); the role runs it on one host at a time after arming, for the
+    tightest bound.
   - The lease is vmsnap's freeze deadline. Whatever happens to the controller or
     the connection, vmsnap thaws the host when it ends, stops the waiting step and
     runs the post-script.
@@ -49,7 +55,7 @@ options:
     description: What to do on the host.
     type: str
     required: true
-    choices: [check, run, freeze, thaw, status, begin, arm, end]
+    choices: [check, run, freeze, thaw, status, begin, arm, release, end, clock]
   vmsnap_bin:
     description: The vmsnap executable on the host.
     type: path
@@ -83,15 +89,24 @@ options:
         the id of the last C(freeze) of this module on the host, if any.
     type: str
   group:
-    description: Name of the group session (C(begin), C(arm), C(end), C(status)).
+    description: Name of the group session (C(begin), C(arm), C(release), C(end), C(status)).
     type: str
     default: default
   snapshot_ok:
     description:
-      - For C(command=end), whether the group's snapshot step succeeded. When false,
+      - For C(command=end) and C(command=release), whether the group's snapshot step succeeded. When false,
         the host's own run records C(SnapshotFailed) as well, so its log tells the truth.
     type: bool
     default: true
+  not_before:
+    description:
+      - For C(release) and C(end) (with the action plugin), the controller waits
+        until this instant (seconds since the epoch, its own clock) before it
+        releases the host. The role sets it to the snapshot step's end plus twice
+        the host's clock uncertainty, so that the host's window provably reaches
+        past the step's end on the corrected clock.
+    type: float
+    default: 0
   wait_timeout:
     description:
       - For C(begin), seconds to wait for the pre-script and the freeze (C(arm), and
@@ -330,12 +345,20 @@ lease:
   description: The lease, in seconds.
   returned: arm (success)
   type: float
+told_at:
+  description: Host wall clock at which an armed host read the instant to freeze at (null if never).
+  returned: end (of an armed session)
+  type: float
+freeze_instant:
+  description: The instant an armed host was told to freeze at, on its clock (null when told not to, or never).
+  returned: end (of an armed session)
+  type: float
 release:
   description:
     - The release as the action plugin did it, before anything else (C(state)
       C(released), C(already) or C(absent); C(host_time), the host's clock just
       after it; C(rc), C(stderr)); added by the collection's action plugin.
-  returned: end
+  returned: end, release
   type: dict
 lease_deadline:
   description: Host wall clock by which the lease thaws the host at the latest.
@@ -343,7 +366,7 @@ lease_deadline:
   type: float
 host_time:
   description: Host wall clock when the module returned.
-  returned: begin, arm, end, status
+  returned: begin, arm, end, status, clock (as a module)
   type: float
 pid:
   description: The group session's process on the host (it runs vmsnap).
@@ -774,6 +797,21 @@ def wake(d):
         os.close(fd)
 
 
+def told(d):
+    """An armed session: when it was told (told_at) and the instant it was
+    told to freeze at (freeze_instant, None for "not to"); {} otherwise."""
+    if not os.path.exists(os.path.join(d, FREEZE_AT + ".armed")):
+        return {}
+    instant = None
+    try:
+        with open(os.path.join(d, FREEZE_AT)) as f:
+            instant = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"told_at": read_float(os.path.join(d, FREEZE_AT + ".told")),
+            "freeze_instant": instant}
+
+
 def do_end(module):
     d = session_dir(module)
     if not os.path.isdir(d):
@@ -812,7 +850,8 @@ def do_end(module):
     obj = dict(obj)
     obj["vmsnap_warnings"] = obj.pop("warnings", [])
     res = dict(obj, frozen_at=st["frozen_at"], released_at=st["released_at"], covered=covered,
-               lease_deadline=lease_deadline(st), host_time=time.time())
+               lease_deadline=lease_deadline(st), host_time=time.time(),
+               **told(d))
     own_errors = [c for c in codes if not (c == "SnapshotFailed"
                                            and not module.params["snapshot_ok"])]
     msg = "thawed and resumed: %s; the freeze %s the snapshot step" % (
@@ -820,6 +859,31 @@ def do_end(module):
     if obj.get("status") == "failed" and own_errors:
         module.fail_json(msg=msg + ": " + describe_errors(obj), changed=changed, **res)
     module.exit_json(changed=changed, msg=msg, **res)
+
+
+def do_release(module):
+    """The release alone (the action plugin does it in one shell command)."""
+    d = session_dir(module)
+    if not os.path.isdir(d):
+        module.exit_json(changed=False, msg="release: absent", release={"state": "absent"})
+    st = session_state(d)
+    if st["released"] or st["result"] is not None:
+        module.exit_json(changed=False, msg="release: already", release={"state": "already"})
+    if module.check_mode:
+        module.exit_json(changed=True, msg="would release the snapshot step")
+    if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
+        write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
+                     "was told when to freeze\n")
+    write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
+                 else "failed\n")
+    wake(d)
+    module.exit_json(changed=True, msg="release: released",
+                     release={"state": "released", "host_time": time.time()})
+
+
+def do_clock(module):
+    """Run as a module (the action plugin measures and does not call it): the host's clock."""
+    module.exit_json(changed=False, host_time=time.time())
 
 
 def do_status(module):
@@ -842,7 +906,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             command=dict(type="str", required=True,
-                         choices=["check", "run", "freeze", "thaw", "status", "begin", "arm", "end"]),
+                         choices=["check", "run", "freeze", "thaw", "status", "begin", "arm", "release",
+                                  "end", "clock"]),
             vmsnap_bin=dict(type="path", default="vmsnap"),
             config=dict(type="path"),
             mounts=dict(type="list", elements="path"),
@@ -852,6 +917,7 @@ def main():
             session=dict(type="str"),
             group=dict(type="str", default="default"),
             snapshot_ok=dict(type="bool", default=True),
+            not_before=dict(type="float", default=0),
             wait_timeout=dict(type="float", default=300),
             log_file=dict(type="str"),
             state_dir=dict(type="path", default="/run/vmsnap-fleet"),
@@ -859,9 +925,10 @@ def main():
         supports_check_mode=True,
     )
     handlers = {"check": do_check, "run": do_run, "freeze": do_freeze, "thaw": do_thaw,
-                "status": do_status, "begin": do_begin, "arm": do_arm, "end": do_end}
+                "status": do_status, "begin": do_begin, "arm": do_arm, "release": do_release,
+                "end": do_end, "clock": do_clock}
     vmsnap_bin = module.params["vmsnap_bin"]
-    if module.params["command"] != "status" and shutil.which(vmsnap_bin) is None:
+    if module.params["command"] not in ("status", "clock") and shutil.which(vmsnap_bin) is None:
         module.fail_json(msg="vmsnap not found on the host: %s (install it, or set vmsnap_bin)"
                          % vmsnap_bin)
     handlers[module.params["command"]](module)

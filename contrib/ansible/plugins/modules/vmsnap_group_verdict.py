@@ -49,6 +49,13 @@ options:
     type: list
     elements: raw
     required: true
+  clocks:
+    description:
+      - More clock measurements, one per host (null when missing), as registered from
+        C(vmsnap command=clock); the tightest of these, begin's and end's is used.
+    type: list
+    elements: raw
+    default: []
   snapshot:
     description: The registered result of the snapshot step (C(ansible.builtin.command) on the controller).
     type: raw
@@ -163,7 +170,7 @@ def own_result(end, snap):
     return min(RANK[consistency], RANK["filesystem"]), why
 
 
-def host_verdict(name, begin, end, snap):
+def host_verdict(name, begin, end, snap, more_clock=None):
     """(covered, reason, details) for one host."""
     info = {"host": name}
     if not isinstance(begin, dict) or begin.get("skipped"):
@@ -175,7 +182,7 @@ def host_verdict(name, begin, end, snap):
     armed = begin.get("armed_at") is not None and not begin.get("failed")
     if begin.get("failed") or (not armed and begin.get("frozen_at") is None):
         return False, "did not freeze: %s" % begin.get("msg", "no reason given"), info
-    clock = clock_of(begin, end)
+    clock = clock_of(begin, end, more_clock)
     info["clock"] = clock
     if clock is None:
         return False, "its clock offset to the controller could not be measured", info
@@ -225,14 +232,15 @@ def host_verdict(name, begin, end, snap):
     return True, "frozen from before the snapshot step to after it", info
 
 
-def group_verdict(hosts, begin, end, snapshot, continue_on_failure):
+def group_verdict(hosts, begin, end, snapshot, continue_on_failure, clocks=()):
     """The group's verdict as a dict (the module's result without changed/failed)."""
     snap = snapshot_facts(snapshot)
     per_host, broken = {}, []
     for i, name in enumerate(hosts):
         b = begin[i] if i < len(begin) else None
         e = end[i] if i < len(end) else None
-        covered, reason, info = host_verdict(name, b, e, snap)
+        c = clocks[i] if i < len(clocks) else None
+        covered, reason, info = host_verdict(name, b, e, snap, c)
         info.update(covered=covered, reason=reason)
         per_host[name] = info
         if not covered:
@@ -293,6 +301,7 @@ def main():
             hosts=dict(type="list", elements="str", required=True),
             begin=dict(type="list", elements="raw", required=True),
             end=dict(type="list", elements="raw", required=True),
+            clocks=dict(type="list", elements="raw", default=[]),
             snapshot=dict(type="raw"),
             continue_on_failure=dict(type="bool", default=True),
         ),
@@ -303,7 +312,7 @@ def main():
         module.exit_json(changed=False, status="skipped", consistency=None, broken_by=[],
                          hosts={}, snapshot={}, msg="check mode: no snapshot taken")
     out = group_verdict(p["hosts"], p["begin"], p["end"], p["snapshot"],
-                        p["continue_on_failure"])
+                        p["continue_on_failure"], p["clocks"])
     if out["status"] == "failed":
         module.fail_json(**out)
     module.exit_json(changed=False, **out)
