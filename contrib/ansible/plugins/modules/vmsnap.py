@@ -45,8 +45,8 @@ description:
     with it first, so that no host's result collection slows another host's
     release, and collects with C(end) after.
   - C(clock) only measures the host's clock offset (the action plugin, no
-    module); the role runs it on one host at a time after arming, for the
-    tightest bound.
+    module); the role runs it on a few hosts at a time after arming, for a
+    tight bound.
   - The lease is vmsnap's freeze deadline. Whatever happens to the controller or
     the connection, vmsnap thaws the host when it ends, stops the waiting step and
     runs the post-script.
