@@ -4,7 +4,7 @@ how many hosts freeze together without an Ansible fan-out inside the window.
 After the pre-script and the hooks' freeze calls, the run flushes the
 filesystems it is about to freeze (syncfs: the presync at the freeze then
 finds little), writes FILE.armed (this host's clock, seconds since the
-epoch) and waits for FILE.  FILE says ``T LATEST``: freeze at T, on this
+epoch) and waits for FILE (once read: FILE.told, when).  FILE says ``T LATEST``: freeze at T, on this
 host's clock (the controller has already moved it by the offset it
 measured), and not at all if the run learns of it after LATEST: a freeze
 that late could not cover the group's snapshot step, so the run reports
@@ -83,6 +83,10 @@ def wait_for_instant(path: str, mountpoints: Iterable[str], limit_s: float,
         time.sleep(POLL_S)
         text = _read(path)
     told_at = time.time()
+    try:   # for the caller: how long before the instant it was told
+        _write_atomic(path + ".told", "%.6f\n" % told_at)
+    except OSError:
+        pass
     words = text.split()
     try:
         at, latest = float(words[0]), float(words[1])
