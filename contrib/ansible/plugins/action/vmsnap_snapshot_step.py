@@ -22,7 +22,7 @@ from ansible.plugins.action import ActionBase
 
 
 class ActionModule(ActionBase):
-    _supports_check_mode = False
+    _supports_check_mode = True
     _supports_async = False
     _requires_connection = False
 
@@ -32,6 +32,9 @@ class ActionModule(ActionBase):
         if not isinstance(argv, list) or not argv:
             raise AnsibleActionFail("argv: give the snapshot command as a non-empty list")
         argv = [to_text(a) for a in argv]
+        if self._task.check_mode:   # a snapshot is never taken in check mode
+            result.update(changed=True, cmd=argv, msg="would run the snapshot step")
+            return result
         try:
             until = float(self._task.args.get("not_before") or 0)
         except (TypeError, ValueError):

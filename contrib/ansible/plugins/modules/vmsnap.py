@@ -41,7 +41,7 @@ description:
   - With the action plugin, C(end) first releases the step with one shell
     command (no Python started on the host before the thaw), then reads the
     host's clock, then runs the module for the result. C(release) is that
-    shell command alone (no clock, no module): the role releases every host
+    shell command alone (no clock, no module); the role releases every host
     with it first, so that no host's result collection slows another host's
     release, and collects with C(end) after.
   - C(clock) only measures the host's clock offset (the action plugin, no

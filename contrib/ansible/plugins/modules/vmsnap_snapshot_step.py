@@ -24,7 +24,7 @@ description:
     worker, without starting a module, so the step starts when it should, not
     a Python start-up later. Run as a module it does the same on the host it
     runs on (use C(delegate_to=localhost)).
-  - A non-zero exit status fails the task.
+  - A non-zero exit status fails the task. In check mode nothing runs.
 options:
   argv:
     description: The command and its arguments (no shell).
@@ -111,11 +111,13 @@ def main():
             argv=dict(type="list", elements="str", required=True),
             not_before=dict(type="float", default=0),
         ),
-        supports_check_mode=False,
+        supports_check_mode=True,
     )
     argv = module.params["argv"]
     if not argv:
         module.fail_json(msg="argv is empty")
+    if module.check_mode:   # a snapshot is never taken in check mode
+        module.exit_json(changed=True, cmd=argv, msg="would run the snapshot step")
     waited = wait_until(module.params["not_before"])
     start = datetime.datetime.now()
     rc, out, err = module.run_command(argv)
