@@ -13,12 +13,12 @@ else) means: do not freeze.  FILE not there within the freeze timeout
 (counted from FILE.armed): the controller is gone; the run does not
 freeze, and runs its post-script as after any freeze failure.
 
-Everything this uses is imported at the top: it runs just before the window.
+It runs before the window (ctypes is imported here, on first use, so that
+a run without --freeze-at does not pay for it).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from collections.abc import Iterable
@@ -32,6 +32,7 @@ POLL_S = 0.01
 
 def _syncfs_all(mountpoints: Iterable[str]) -> None:
     """syncfs(2) on each mount point; errors are left to the freeze's own presync."""
+    import ctypes  # here, not at the top: only a run with --freeze-at pays for it
     try:
         syncfs = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
