@@ -64,12 +64,14 @@ def role_round(fleet, names) -> dict:
     report = os.path.join(fleet.base, "scale-role.json")
     if os.path.exists(report):
         os.unlink(report)
-    wall = _playbook(fleet, ROLE, {"vmsnap_lease": 60, "vmsnap_snapshot_command": SNAPSHOT,
-                                   "vmsnap_report_file": report}, names)
+    wall = _playbook(fleet, ROLE, {"consistency_group_lease": 60,
+                                   "consistency_group_snapshot_command": SNAPSHOT,
+                                   "consistency_group_report_file": report}, names)
     with open(report) as f:
         rep = json.load(f)
     v = rep["verdict"]
-    assert v.get("consistency") == "application", v.get("msg")
+    if v.get("consistency") != "application":
+        raise RuntimeError("the role's round on %d hosts: %s" % (len(names), v.get("msg")))
     frozen, spans, marks = {}, [], {"frozen": [], "released": []}
     for h in names:
         b, e = rep["begin"][h], rep["end"][h]
@@ -80,12 +82,25 @@ def role_round(fleet, names) -> dict:
         # the waiter notes frozen_at as the snapshot step starts; the window began
         # that much earlier: window - the step - the thaw
         lead = max(0.0, window - ph.get("snapshot", 0) - ph.get("thaw", 0)) / 1e3
-        start = b["frozen_at"] - off - lead
+        # an armed host (the role now) says when it froze in its end result
+        frozen_at = e.get("frozen_at") if e.get("frozen_at") is not None else b["frozen_at"]
+        start = frozen_at - off - lead
         frozen[h] = window
         spans.append((start, start + window / 1e3))
-        marks["frozen"].append(b["frozen_at"] - off)
+        marks["frozen"].append(frozen_at - off)
         marks["released"].append(e["released_at"] - off)
-    return dict(spans_and_step(spans, rep.get("snapshot"), marks), wall_ms=wall, frozen_ms=frozen)
+    out = dict(spans_and_step(spans, rep.get("snapshot"), marks), wall_ms=wall, frozen_ms=frozen)
+    # an armed host: how long before the agreed instant it was told (the lead left)
+    left = [rep["end"][h]["freeze_instant"] - rep["end"][h]["told_at"] for h in names
+            if rep["end"][h].get("told_at") is not None
+            and rep["end"][h].get("freeze_instant") is not None]
+    if left:
+        out["lead_left_min_ms"] = min(left) * 1e3
+    unc = [(hv.get("clock") or {}).get("uncertainty") for hv in v["hosts"].values()]
+    unc = [u for u in unc if u is not None]
+    if unc:
+        out["clock_uncertainty_max_ms"] = max(unc) * 1e3
+    return out
 
 
 def _stamp(text):
@@ -149,6 +164,10 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
             e["frozen"].extend(out["frozen_ms"].values())
             for part in PARTS:
                 e[part].append(out.get(part + "_ms"))
+            if out.get("lead_left_min_ms") is not None:
+                e.setdefault("lead_left_min", []).append(out["lead_left_min_ms"])
+            if out.get("clock_uncertainty_max_ms") is not None:
+                e.setdefault("clock_unc", []).append(out["clock_uncertainty_max_ms"])
         if log:
             log("  %d hosts: round %d/%d" % (n, r + 1, rounds))
     la = [round(x, 2) for x in la0 + os.getloadavg()[:1]]
@@ -164,6 +183,8 @@ def scenario(fleet, n: int, rounds: int, log=None) -> list:
                      "frozen_median_ms": summary(e["frozen"])["median"],
                      **{p + "_median_ms": summary(e[p])["median"] for p in PARTS},
                      "frozen_max_ratio_to_plain": round(fm["median"] / base, 3) if base else None,
+                     "lead_left_min_ms": min(e["lead_left_min"]) if e.get("lead_left_min") else None,
+                     "clock_uncertainty_max_ms": max(e["clock_unc"]) if e.get("clock_unc") else None,
                      "loadavg": la, "frozen_max_ms": [round(x, 1) for x in e["frozen_max"]]})
     return rows
 

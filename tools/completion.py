@@ -22,7 +22,7 @@ from vmsnap_native import agents  # noqa: E402
 from vmsnap_native.cli import build_parser  # noqa: E402
 
 # what each option's value is, for the shell to offer the right words
-FILES = {"--config", "--log-file", "--metrics-file"}
+FILES = {"--config", "--log-file", "--metrics-file", "--freeze-at"}
 DIRECTORIES = {"--mount"}
 # `run`'s snapshot command, the words after `--`: both shells offer command
 # names there.  zsh needs an action for this positional in any case: without

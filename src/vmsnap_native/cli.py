@@ -197,7 +197,8 @@ def cmd_run(args: argparse.Namespace, snapshot_argv: list[str]) -> int:
     log_file = args.log_file if args.log_file is not None else DEFAULT_LOG_FILE
     res = cycle.run(config=args.config, snapshot=snapshot_argv or None, mounts=args.mount or None,
                     freeze_timeout=args.freeze_timeout, log_file=log_file or None,
-                    dry_run=args.dry_run, metrics_file=args.metrics_file)
+                    dry_run=args.dry_run, metrics_file=args.metrics_file,
+                    freeze_at=args.freeze_at)
     # the run is over: a stop signal now has nothing left to stop, and must not
     # cut its report short (blocked until exit, where a pending one is dropped)
     import signal
@@ -467,6 +468,10 @@ def _run_options(r: argparse.ArgumentParser,
                    help="hard cap on the freeze, seconds (default: config or 60)")
     r.add_argument("--dry-run", action="store_true",
                    help="check and plan; run no script, freeze nothing")
+    r.add_argument("--freeze-at", metavar="F",
+                   help="after the pre-script, sync, write F.armed and freeze at the instant "
+                   "F gives ('T LATEST', seconds since the epoch; not at all after LATEST, or "
+                   "if F does not come within the freeze timeout): many hosts freezing together")
     r.add_argument("--log-file", metavar="F", help="log file (default %s; '' for none)"
                    % DEFAULT_LOG_FILE)
     r.add_argument("--metrics-file", metavar="F",

@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from . import _resume, decide, gentle, metrics, policy, step
+from . import _resume, decide, gate, gentle, metrics, policy, step
 from ._core import core
 from .config import Config
 from .decide import Outcome, StepFact
@@ -77,8 +77,10 @@ def _script_fact(role: str, who: str, sr: ScriptResult, last: ProcessResult,
 
 
 class Cycle:
-    def __init__(self, plan: Plan, snapshot: step.Snapshot, log: Logbook) -> None:
+    def __init__(self, plan: Plan, snapshot: step.Snapshot, log: Logbook,
+                 freeze_at: str | None = None) -> None:
         self.plan = plan
+        self.freeze_at = freeze_at   # --freeze-at FILE: arm, then freeze at its instant (gate.py)
         self.snapshot = snapshot
         self.log = log
         self.res = Result()
@@ -417,7 +419,13 @@ class Cycle:
         if not s.fs_freeze_enabled:
             self.out.freeze = decide.DISABLED
         elif plan.selection.eligible or plan.selection.missing:
-            self.run_freeze()
+            why_not = None if self.freeze_at is None else gate.wait_for_instant(
+                self.freeze_at, [c.mount.mountpoint for c in plan.selection.eligible],
+                plan.freeze_timeout, self.log)
+            if why_not is None:
+                self.run_freeze()
+            else:
+                self._freeze_failed([FS_FREEZE_FAILED.error(why_not)])
         else:
             self.out.freeze = decide.NOTHING
             res.warnings.append("no filesystem to freeze")
@@ -497,7 +505,7 @@ def run(config: str | os.PathLike[str] | Config | None = None,
         snapshot: Sequence[str] | Callable[[], object] | None = None,
         mounts: Iterable[str] | None = None, freeze_timeout: float | None = None, *,
         log_file: str | None = None, dry_run: bool = False,
-        metrics_file: str | None = None) -> Result:
+        metrics_file: str | None = None, freeze_at: str | None = None) -> Result:
     """The whole cycle of SPEC §1–§5; returns a Result (SPEC §7).
 
     config: a path, a Config, or None for $VMSNAP_CONFIG or the default path;
@@ -506,7 +514,8 @@ def run(config: str | os.PathLike[str] | Config | None = None,
     eligible filesystem); freeze_timeout: seconds, overrides the config's
     freezeTimeoutInSeconds; log_file: where to append the run's log;
     metrics_file: a Prometheus textfile written after the run (default: the
-    config's metricsFile; '' for none).
+    config's metricsFile; '' for none); freeze_at: a file that says when to
+    freeze (gate.py: a consistency group's hosts freeze together).
     """
     t0 = time.monotonic_ns()
     log = Logbook(log_file)
@@ -532,7 +541,7 @@ def run(config: str | os.PathLike[str] | Config | None = None,
             if dry_run:
                 res = dry_run_result(plan)
             else:
-                res = Cycle(plan, snapshot, log).run()
+                res = Cycle(plan, snapshot, log, freeze_at).run()
             res.warnings[:0] = lock.notes + notes
             if log.open_error:
                 res.warnings.append(log.open_error)

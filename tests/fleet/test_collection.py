@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODULES = os.path.join(REPO, "contrib", "ansible", "plugins", "modules")
 
 
-@pytest.mark.parametrize("name", ["vmsnap", "vmsnap_group_verdict"])
+@pytest.mark.parametrize("name", ["vmsnap", "vmsnap_group_verdict", "vmsnap_snapshot_step"])
 def test_ansible_doc_renders_and_matches_the_argument_spec(name, tmp_path):
     env = dict(os.environ, LC_ALL="C.UTF-8", ANSIBLE_HOME=str(tmp_path))
     p = subprocess.run([os.path.join(os.path.dirname(ANSIBLE), "ansible-doc"), "--json",

@@ -264,3 +264,60 @@ def test_module_run_returns_the_result_and_check_mode_is_a_dry_run(fleet):
     assert res["rc"] == 0 and events(h) == ["pre", "post"]
     status = fleet.module(h, {"command": "status"})
     assert not status["changed"] and status["frozen"] == []
+
+
+# -- freezing together at an instant (arm, then T) ------------------------------------
+
+def test_a_host_armed_but_never_told_when_to_freeze_never_freezes_and_resumes_by_its_lease(fleet):
+    """The controller arms a host and is gone before it tells the instant
+    (killed, cut off): the host stays thawed, and by its lease its run gives
+    up, says why, and runs the post-script."""
+    h = fleet.hosts[0]
+    lease = 8
+    t0 = time.monotonic()
+    res = fleet.module(h, {"command": "arm", "group": "group", "lease": lease, "mounts": h.mnts,
+                           "config": h.config})
+    assert res["changed"] and res["armed_at"] and res["freeze_at_file"], res
+    assert events(h) == ["pre"]
+    # armed: quiesced, not frozen, while it waits to be told
+    for _ in range(3):
+        assert h.frozen() == "thawed"
+        assert host_result(h) is None
+        time.sleep(1)
+    wait_for(lambda: host_result(h) is not None, lease + 20, "the armed host's run ends")
+    assert time.monotonic() - t0 < lease + 20
+    assert h.frozen() == "thawed"
+    assert events(h) == ["pre", "post"]
+    res = host_result(h)
+    assert codes(res) == ["FsFreezeFailed"], res
+    assert "never told when to freeze" in res["errors"][0]["message"]
+    assert not res["freeze"]["mounts"]   # nothing was ever frozen
+
+
+def test_a_host_told_too_late_does_not_freeze_and_the_verdict_says_so(fleet):
+    """One host learns the instant only after the latest instant its freeze
+    could still cover the step (here: its own settle time made negative, so
+    its latest instant is 2 s before the instant itself): it does not
+    freeze late silently; its run says why, and the group is not
+    application-consistent."""
+    late = fleet.hosts[2]
+    inventory = os.path.join(fleet.base, "inventory.yml")
+    with open(inventory) as f:
+        inv = json.load(f)
+    inv["fleet"]["hosts"][late.name]["consistency_group_freeze_settle"] = -4
+    with open(inventory, "w") as f:
+        json.dump(inv, f)
+    rc, out, report, step = group(fleet)
+    assert rc == 0, out
+    verdict = report["verdict"]
+    assert (verdict["status"], verdict["consistency"], verdict["broken_by"]) == \
+        ("degraded", "crash", [late.name]), verdict["msg"]
+    reason = verdict["hosts"][late.name]["reason"]
+    assert "did not freeze" in reason and "past the latest useful instant" in reason, reason
+    # the truth: the late host was never frozen, the others were across the step
+    assert step["start"][late.name] == step["end"][late.name] == "thawed"
+    for h in fleet.hosts:
+        if h is not late:
+            assert step["start"][h.name] == step["end"][h.name] == "frozen"
+        assert_resumed(h)
+    assert codes(host_result(late)) == ["FsFreezeFailed"]

@@ -7,15 +7,37 @@ the controller's, measured on the task's own connection.
 
 The host reads its clock between the controller's two readings t0 and t1, so
 offset = host - controller lies in [host - t1, host - t0]: we report the
-middle and half the width as a hard bound (``uncertainty``)."""
+middle and half the width as a hard bound (``uncertainty``).
+
+For ``command=end`` (and ``command=release``, which does only that) the
+first thing on the host is the release: one shell command on the task's
+connection (no Python starts on the host before the thaw); the clock is
+read after it, then the module collects the result.
+For ``command=arm`` the clock is read after the module (the host is armed
+then; the controller tells it when to freeze on that offset)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import shlex
 import time
 
 from ansible.plugins.action import ActionBase
+
+# The release (see the module's WAITER): an armed host not told when to
+# freeze is told not to; the verdict file, then a line on the session's FIFO that wakes the waiting step at once. Opened read-write, the
+# FIFO never blocks, even when the step is gone. Prints what it did and the
+# host's clock just after.
+RELEASE = (
+    'd=%s; v=%s; '
+    'if [ ! -d "$d" ]; then echo absent; '
+    'elif [ -e "$d/release" ] || [ -e "$d/result.json" ]; then echo already; '
+    'else [ -e "$d/freeze_at" ] || { echo "abort the group ended before this host was told '
+    'when to freeze" > "$d/freeze_at.tmp" && mv "$d/freeze_at.tmp" "$d/freeze_at"; }; '
+    'printf "%%s\\n" "$v" > "$d/release.tmp" && mv "$d/release.tmp" "$d/release" || exit 1; '
+    '[ -p "$d/release.fifo" ] && { exec 3<>"$d/release.fifo"; echo go >&3; }; echo released; fi; '
+    'date +%%s.%%N')
 
 
 class ActionModule(ActionBase):
@@ -39,10 +61,59 @@ class ActionModule(ActionBase):
                 best = sample
         return best
 
+    def release(self):
+        args = self._task.args
+        # the host's window must reach past the step's end on its corrected
+        # clock: the role asks to release no sooner than the end + twice the
+        # host's clock uncertainty (only the first hosts of a fan-out wait)
+        try:
+            until = float(args.get("not_before") or 0)
+        except (TypeError, ValueError):
+            until = 0.0
+        now = time.time()
+        while now < until:
+            time.sleep(min(until - now, 1.0))
+            now = time.time()
+        d = "%s/%s" % (args.get("state_dir") or "/run/vmsnap-fleet", args.get("group") or "default")
+        ok = args.get("snapshot_ok", True)
+        ok = ok if isinstance(ok, bool) else str(ok).lower() in ("1", "true", "yes", "on")
+        res = self._low_level_execute_command(RELEASE % (shlex.quote(d), "ok" if ok else "failed"))
+        words = res.get("stdout", "").split()
+        out = {"state": words[0] if words else None, "rc": res.get("rc"),
+               "stderr": res.get("stderr", "")[:2000], "host_time": None}
+        try:
+            out["host_time"] = float(words[-1])
+        except (IndexError, ValueError):
+            pass
+        return out
+
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
-        clock = self.measure_clock()
+        command = self._task.args.get("command")
+        release = None
+        if command in ("end", "release") and not self._task.check_mode:
+            release = self.release()
+        if command == "clock":
+            # the clock alone, no module: the role reads a few hosts' at a time,
+            # on a controller with little else to do, for a tight bound
+            clock = self.measure_clock()
+            result.update(changed=False, clock=clock,
+                          failed=clock.get("offset") is None,
+                          msg="offset %s s, uncertainty %s s" % (clock.get("offset"),
+                                                                 clock.get("uncertainty")))
+            return result
+        if command == "release" and release is not None:
+            # nothing else: no clock, no module (the `end` task after it collects)
+            failed = release["rc"] != 0 or release["state"] not in ("released", "already", "absent")
+            result.update(changed=release["state"] == "released", failed=failed, release=release,
+                          msg="release: %s" % (release["state"] or release["stderr"]))
+            return result
+        clock = self.measure_clock() if command != "arm" else None
         result.update(self._execute_module(module_name="vmsnap.fleet.vmsnap",
                                            module_args=self._task.args, task_vars=task_vars))
+        if command == "arm":
+            clock = self.measure_clock()
         result["clock"] = clock
+        if release is not None:
+            result["release"] = release
         return result

@@ -30,6 +30,23 @@ description:
     (pre-script done) and frozen, with the wall-clock time it was frozen by.
     C(end) releases the step, waits for the thaw and the post-script and returns
     the run's result, with the wall-clock times that the freeze surely covered.
+  - C(arm) is C(begin) without the freeze (C(vmsnap run --freeze-at)); it returns
+    once the host is quiesced, synced and waiting (C(armed_at)), with the file
+    (C(freeze_at_file)) into which the controller writes C(T LATEST), the instant
+    to freeze at on the host's clock and the latest instant a freeze is still of
+    use. Told after LATEST, or not told within the lease, the host does not
+    freeze, and its run reports C(FsFreezeFailed) with the reason and runs its
+    post-script. The role arms every host, then tells each the same instant
+    (moved by its clock offset), so the hosts freeze together.
+  - With the action plugin, C(end) first releases the step with one shell
+    command (no Python started on the host before the thaw), then reads the
+    host's clock, then runs the module for the result. C(release) is that
+    shell command alone (no clock, no module); the role releases every host
+    with it first, so that no host's result collection slows another host's
+    release, and collects with C(end) after.
+  - C(clock) only measures the host's clock offset (the action plugin, no
+    module); the role runs it on a few hosts at a time after arming, for a
+    tight bound.
   - The lease is vmsnap's freeze deadline. Whatever happens to the controller or
     the connection, vmsnap thaws the host when it ends, stops the waiting step and
     runs the post-script.
@@ -38,7 +55,7 @@ options:
     description: What to do on the host.
     type: str
     required: true
-    choices: [check, run, freeze, thaw, status, begin, end]
+    choices: [check, run, freeze, thaw, status, begin, arm, release, end, clock]
   vmsnap_bin:
     description: The vmsnap executable on the host.
     type: path
@@ -55,7 +72,8 @@ options:
   lease:
     description:
       - Seconds after which the host is thawed whatever happens (C(freeze --timeout),
-        C(run --freeze-timeout)). Required by C(freeze) and C(begin).
+        C(run --freeze-timeout)). Required by C(freeze), C(begin) and C(arm). For
+        C(arm), also how long the host waits to be told when to freeze.
     type: float
   snapshot:
     description: For C(command=run), the snapshot command run while frozen (argv).
@@ -71,18 +89,28 @@ options:
         the id of the last C(freeze) of this module on the host, if any.
     type: str
   group:
-    description: Name of the group session (C(begin), C(end), C(status)).
+    description: Name of the group session (C(begin), C(arm), C(release), C(end), C(status)).
     type: str
     default: default
   snapshot_ok:
     description:
-      - For C(command=end), whether the group's snapshot step succeeded. When false,
+      - For C(command=end) and C(command=release), whether the group's snapshot step succeeded. When false,
         the host's own run records C(SnapshotFailed) as well, so its log tells the truth.
     type: bool
     default: true
+  not_before:
+    description:
+      - For C(release) and C(end) (with the action plugin), the controller waits
+        until this instant (seconds since the epoch, its own clock) before it
+        releases the host. The role sets it to the snapshot step's end plus twice
+        the host's clock uncertainty, so that the host's window provably reaches
+        past the step's end on the corrected clock.
+    type: float
+    default: 0
   wait_timeout:
     description:
-      - For C(begin), seconds to wait for the pre-script and the freeze; for C(end),
+      - For C(begin), seconds to wait for the pre-script and the freeze (C(arm), and
+        the arming); for C(end),
         for the thaw and the post-script.
     type: float
     default: 300
@@ -97,7 +125,7 @@ notes:
   - vmsnap freezes filesystems and runs root's scripts, so the task needs root
     on the host (C(become=true) for a user other than root).
   - Check mode is supported. C(check) and C(status) run as usual; C(run) becomes
-    C(vmsnap run --dry-run); C(freeze), C(thaw), C(begin) and C(end) change nothing
+    C(vmsnap run --dry-run); C(freeze), C(thaw), C(begin), C(arm) and C(end) change nothing
     and report what they would do.
   - Times (C(frozen_at), C(released_at), C(called_at), C(returned_at)) are the host's
     wall clock (seconds since the epoch). The action plugin of this collection adds
@@ -301,17 +329,48 @@ covered:
   description: True when vmsnap reports the host frozen from C(frozen_at) to C(released_at) without a break.
   returned: end
   type: bool
+armed_at:
+  description: Host wall clock at which the host was quiesced, synced and waiting to be told when to freeze.
+  returned: arm (success)
+  type: float
+freeze_at_file:
+  description: The file on the host into which the controller writes C(T LATEST) (host clock, seconds since the epoch).
+  returned: arm (success)
+  type: str
+told_by:
+  description: Host wall clock after which an armed host that was not told when to freeze gives up (and does not freeze).
+  returned: arm (success)
+  type: float
+lease:
+  description: The lease, in seconds.
+  returned: arm (success)
+  type: float
+told_at:
+  description: Host wall clock at which an armed host read the instant to freeze at (null if never).
+  returned: end (of an armed session)
+  type: float
+freeze_instant:
+  description: The instant an armed host was told to freeze at, on its clock (null when told not to, or never).
+  returned: end (of an armed session)
+  type: float
+release:
+  description:
+    - The release as the action plugin did it, before anything else (C(state)
+      C(released), C(already) or C(absent); C(host_time), the host's clock just
+      after it; C(rc), C(stderr)); added by the collection's action plugin.
+  returned: end, release
+  type: dict
 lease_deadline:
   description: Host wall clock by which the lease thaws the host at the latest.
   returned: freeze, begin, end
   type: float
 host_time:
   description: Host wall clock when the module returned.
-  returned: begin, end, status
+  returned: begin, arm, end, status, clock (as a module)
   type: float
 pid:
   description: The group session's process on the host (it runs vmsnap).
-  returned: begin, end (when it did not finish)
+  returned: begin, arm, end (when it did not finish)
   type: int
 sessions:
   description: The group sessions on the host (group, dir, pid, running, frozen_at, released_at, released, lease, started_at, result, lease_deadline, state).
@@ -341,11 +400,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 # The snapshot step of a group session: note the time (the freeze is complete
 # when vmsnap starts it), wait for the release, exit as the group's snapshot
-# did. It lives in /run (a tmpfs), never on a frozen filesystem.
+# did. It lives in /run (a tmpfs), never on a frozen filesystem. A run that
+# did not freeze (an armed host told too late) has nothing to hold: it ends at
+# once. The release comes as a line on a FIFO (the `end` task's one low-level
+# command, or the module), so the thaw follows it without polling.
 WAITER = r"""
 d=$1
+[ -n "$VMSNAP_FROZEN_MOUNTS" ] || exit 0
 date +%s.%N > "$d/frozen_at.tmp" && mv "$d/frozen_at.tmp" "$d/frozen_at"
-while [ ! -e "$d/release" ]; do sleep 0.02; done
+exec 3<>"$d/release.fifo"
+while [ ! -e "$d/release" ]; do read -r line <&3 || sleep 0.02; done
 date +%s.%N > "$d/released_at.tmp" && mv "$d/released_at.tmp" "$d/released_at"
 read verdict < "$d/release"
 [ "$verdict" = ok ]
@@ -617,7 +681,13 @@ def write_atomic(path, text):
     os.rename(tmp, path)
 
 
-def do_begin(module):
+FREEZE_AT = "freeze_at"   # in the session dir: when to freeze (vmsnap run --freeze-at)
+
+
+def start_session(module, armed):
+    """Starts the group session's vmsnap run in the background (the snapshot
+    step waits for the release); ARMED: it freezes only at the instant the
+    controller writes into the session's freeze_at file. Returns its dir."""
     lease = need_lease(module)
     d = session_dir(module)
     if os.path.isdir(d):
@@ -630,14 +700,18 @@ def do_begin(module):
             module.fail_json(msg="group %s: a session is still running here (pid %s); "
                              "end it or wait for its lease" % (module.params["group"], st["pid"]))
     if module.check_mode:
-        module.exit_json(changed=True, msg="would run the pre-script and freeze %s under a "
-                         "%gs lease" % (", ".join(module.params["mounts"] or ["everything"]),
+        module.exit_json(changed=True, msg="would run the pre-script and %s %s under a "
+                         "%gs lease" % ("arm to freeze" if armed else "freeze",
+                                        ", ".join(module.params["mounts"] or ["everything"]),
                                         lease))
     if os.path.isdir(d):
         shutil.rmtree(d)
     os.makedirs(d, mode=0o700)
-    argv = base_argv(module, "run") + ["--freeze-timeout", str(lease), "--",
-                                       "/bin/sh", "-c", WAITER, "vmsnap-group-step", d]
+    os.mkfifo(os.path.join(d, "release.fifo"), 0o600)
+    argv = base_argv(module, "run") + ["--freeze-timeout", str(lease)]
+    if armed:
+        argv += ["--freeze-at", os.path.join(d, FREEZE_AT)]
+    argv += ["--", "/bin/sh", "-c", WAITER, "vmsnap-group-step", d]
     write_atomic(os.path.join(d, "lease"), repr(lease))
     write_atomic(os.path.join(d, "started_at"), repr(time.time()))
     # its own session: the end of the ssh connection does not reach it
@@ -646,32 +720,96 @@ def do_begin(module):
     if rc != 0:
         module.fail_json(msg="group %s: could not start vmsnap: %s" % (
             module.params["group"], (err or out).strip()), rc=rc, stderr=err, changed=False)
-    limit = time.monotonic() + module.params["wait_timeout"]
-    ended = os.path.join(d, "rc")
-    while time.monotonic() < limit:
-        st = session_state(d)
-        if st["frozen_at"] is not None:
-            module.exit_json(changed=True, msg="quiesced and frozen; the lease thaws it by %.3f"
-                             % lease_deadline(st), frozen_at=st["frozen_at"],
-                             lease_deadline=lease_deadline(st), pid=st["pid"],
-                             host_time=time.time())
-        if os.path.exists(ended):
-            break
-        time.sleep(0.02)
+    return d
+
+
+def session_failed(module, d, what):
+    """vmsnap ended, or did not get far enough in time: fails the task."""
     st = session_state(d)
+    ended = os.path.join(d, "rc")
     res = dict(st["result"] or {})
     res["vmsnap_warnings"] = res.pop("warnings", [])
     if not os.path.exists(ended):
-        module.fail_json(msg="group %s: not frozen after %gs (the pre-script or the freeze is "
+        module.fail_json(msg="group %s: not %s after %gs (the pre-script or the freeze is "
                          "still going; its lease ends it)"
-                         % (module.params["group"], module.params["wait_timeout"]),
+                         % (module.params["group"], what, module.params["wait_timeout"]),
                          changed=True, pid=st["pid"], **res)
     # vmsnap ended without reaching the snapshot step: no freeze held here
     with open(os.path.join(d, "stderr.log")) as f:
         err = f.read()
-    module.fail_json(msg="group %s: this host did not freeze: %s" % (
-        module.params["group"], describe_errors(res) or err.strip()[-2000:]),
+    module.fail_json(msg="group %s: this host did not %s: %s" % (
+        module.params["group"], "freeze" if what == "frozen" else "arm",
+        describe_errors(res) or err.strip()[-2000:]),
         changed=True, rc=int(read_float(ended) or 1), stderr=err, frozen_at=None, **res)
+
+
+def wait_session(module, d, mark):
+    """Waits for the file MARK of the session (or vmsnap's end); its time or None."""
+    limit = time.monotonic() + module.params["wait_timeout"]
+    ended = os.path.join(d, "rc")
+    while time.monotonic() < limit:
+        at = read_float(os.path.join(d, mark))
+        if at is not None:
+            return at
+        if os.path.exists(ended):
+            return None
+        time.sleep(0.02)
+    return None
+
+
+def do_begin(module):
+    d = start_session(module, armed=False)
+    if wait_session(module, d, "frozen_at") is None:
+        session_failed(module, d, "frozen")
+    st = session_state(d)
+    module.exit_json(changed=True, msg="quiesced and frozen; the lease thaws it by %.3f"
+                     % lease_deadline(st), frozen_at=st["frozen_at"],
+                     lease_deadline=lease_deadline(st), pid=st["pid"], host_time=time.time())
+
+
+def do_arm(module):
+    d = start_session(module, armed=True)
+    armed_at = wait_session(module, d, FREEZE_AT + ".armed")
+    if armed_at is None:
+        session_failed(module, d, "armed")
+    st = session_state(d)
+    lease = module.params["lease"]
+    module.exit_json(changed=True, msg="quiesced and armed: it freezes at the instant written "
+                     "to %s, or not at all if that does not come within %gs"
+                     % (os.path.join(d, FREEZE_AT), lease),
+                     armed_at=armed_at, freeze_at_file=os.path.join(d, FREEZE_AT),
+                     told_by=armed_at + lease, lease=lease, pid=st["pid"],
+                     host_time=time.time())
+
+
+def wake(d):
+    """A line on the session's FIFO: the waiting step reads the release now.
+    Opened without blocking: there is no reader when the step is gone."""
+    try:
+        fd = os.open(os.path.join(d, "release.fifo"), os.O_RDWR | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"go\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def told(d):
+    """An armed session: when it was told (told_at) and the instant it was
+    told to freeze at (freeze_instant, None for "not to"); {} otherwise."""
+    if not os.path.exists(os.path.join(d, FREEZE_AT + ".armed")):
+        return {}
+    instant = None
+    try:
+        with open(os.path.join(d, FREEZE_AT)) as f:
+            instant = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"told_at": read_float(os.path.join(d, FREEZE_AT + ".told")),
+            "freeze_instant": instant}
 
 
 def do_end(module):
@@ -684,8 +822,12 @@ def do_end(module):
         module.exit_json(changed=not st["released"], msg="would release the snapshot step")
     changed = False
     if not st["released"] and st["result"] is None:
+        if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
+            write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
+                         "was told when to freeze\n")
         write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
                      else "failed\n")
+        wake(d)
         changed = True
     limit = time.monotonic() + module.params["wait_timeout"]
     while st["result"] is None and time.monotonic() < limit:
@@ -708,7 +850,8 @@ def do_end(module):
     obj = dict(obj)
     obj["vmsnap_warnings"] = obj.pop("warnings", [])
     res = dict(obj, frozen_at=st["frozen_at"], released_at=st["released_at"], covered=covered,
-               lease_deadline=lease_deadline(st), host_time=time.time())
+               lease_deadline=lease_deadline(st), host_time=time.time(),
+               **told(d))
     own_errors = [c for c in codes if not (c == "SnapshotFailed"
                                            and not module.params["snapshot_ok"])]
     msg = "thawed and resumed: %s; the freeze %s the snapshot step" % (
@@ -716,6 +859,31 @@ def do_end(module):
     if obj.get("status") == "failed" and own_errors:
         module.fail_json(msg=msg + ": " + describe_errors(obj), changed=changed, **res)
     module.exit_json(changed=changed, msg=msg, **res)
+
+
+def do_release(module):
+    """The release alone (the action plugin does it in one shell command)."""
+    d = session_dir(module)
+    if not os.path.isdir(d):
+        module.exit_json(changed=False, msg="release: absent", release={"state": "absent"})
+    st = session_state(d)
+    if st["released"] or st["result"] is not None:
+        module.exit_json(changed=False, msg="release: already", release={"state": "already"})
+    if module.check_mode:
+        module.exit_json(changed=True, msg="would release the snapshot step")
+    if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
+        write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
+                     "was told when to freeze\n")
+    write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
+                 else "failed\n")
+    wake(d)
+    module.exit_json(changed=True, msg="release: released",
+                     release={"state": "released", "host_time": time.time()})
+
+
+def do_clock(module):
+    """Run as a module (the action plugin measures and does not call it): the host's clock."""
+    module.exit_json(changed=False, host_time=time.time())
 
 
 def do_status(module):
@@ -738,7 +906,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             command=dict(type="str", required=True,
-                         choices=["check", "run", "freeze", "thaw", "status", "begin", "end"]),
+                         choices=["check", "run", "freeze", "thaw", "status", "begin", "arm", "release",
+                                  "end", "clock"]),
             vmsnap_bin=dict(type="path", default="vmsnap"),
             config=dict(type="path"),
             mounts=dict(type="list", elements="path"),
@@ -748,6 +917,7 @@ def main():
             session=dict(type="str"),
             group=dict(type="str", default="default"),
             snapshot_ok=dict(type="bool", default=True),
+            not_before=dict(type="float", default=0),
             wait_timeout=dict(type="float", default=300),
             log_file=dict(type="str"),
             state_dir=dict(type="path", default="/run/vmsnap-fleet"),
@@ -755,9 +925,10 @@ def main():
         supports_check_mode=True,
     )
     handlers = {"check": do_check, "run": do_run, "freeze": do_freeze, "thaw": do_thaw,
-                "status": do_status, "begin": do_begin, "end": do_end}
+                "status": do_status, "begin": do_begin, "arm": do_arm, "release": do_release,
+                "end": do_end, "clock": do_clock}
     vmsnap_bin = module.params["vmsnap_bin"]
-    if module.params["command"] != "status" and shutil.which(vmsnap_bin) is None:
+    if module.params["command"] not in ("status", "clock") and shutil.which(vmsnap_bin) is None:
         module.fail_json(msg="vmsnap not found on the host: %s (install it, or set vmsnap_bin)"
                          % vmsnap_bin)
     handlers[module.params["command"]](module)

@@ -15,7 +15,9 @@ short_description: The consistency of a group snapshot taken across many hosts
 version_added: "0.1.0"
 description:
   - Runs on the controller after the C(vmsnap.fleet.consistency_group) role's
-    C(begin), snapshot and C(end) steps and says what the group's snapshot is.
+    C(arm) (or C(begin)), snapshot and C(end) steps and says what the group's
+    snapshot is. For an armed host, when it froze comes from its C(end); a host
+    told too late (or never) to freeze did not freeze, and its run says why.
   - The group is B(application)-consistent only if every host's freeze window
     covered the snapshot step, in wall-clock time on the controller's clock
     (each host's times are moved by its measured clock offset, with the
@@ -38,7 +40,7 @@ options:
     elements: str
     required: true
   begin:
-    description: The registered results of C(vmsnap command=begin), one per host (null when missing).
+    description: The registered results of C(vmsnap command=arm) (or C(begin)), one per host (null when missing).
     type: list
     elements: raw
     required: true
@@ -47,6 +49,13 @@ options:
     type: list
     elements: raw
     required: true
+  clocks:
+    description:
+      - More clock measurements, one per host (null when missing), as registered from
+        C(vmsnap command=clock); the tightest of these, begin's and end's is used.
+    type: list
+    elements: raw
+    default: []
   snapshot:
     description: The registered result of the snapshot step (C(ansible.builtin.command) on the controller).
     type: raw
@@ -161,30 +170,43 @@ def own_result(end, snap):
     return min(RANK[consistency], RANK["filesystem"]), why
 
 
-def host_verdict(name, begin, end, snap):
+def host_verdict(name, begin, end, snap, more_clock=None):
     """(covered, reason, details) for one host."""
     info = {"host": name}
     if not isinstance(begin, dict) or begin.get("skipped"):
         return False, "never began (no freeze)", info
     if begin.get("unreachable"):
         return False, "unreachable before the freeze: %s" % begin.get("msg", ""), info
-    if begin.get("failed") or begin.get("frozen_at") is None:
+    # armed (command=arm): it froze, if at all, at the instant it was told; its
+    # end says when. Otherwise (command=begin) it was frozen when begin returned.
+    armed = begin.get("armed_at") is not None and not begin.get("failed")
+    if begin.get("failed") or (not armed and begin.get("frozen_at") is None):
         return False, "did not freeze: %s" % begin.get("msg", "no reason given"), info
-    clock = clock_of(begin, end)
+    clock = clock_of(begin, end, more_clock)
     info["clock"] = clock
     if clock is None:
         return False, "its clock offset to the controller could not be measured", info
     off, unc = clock["offset"], clock["uncertainty"]
-    info["frozen_from"] = begin["frozen_at"] - off + unc        # latest it can have been
+    frozen_at = begin.get("frozen_at")
+    if armed:
+        frozen_at = end.get("frozen_at") if isinstance(end, dict) else None
+    if frozen_at is not None:
+        info["frozen_from"] = frozen_at - off + unc        # latest it can have been
     if begin.get("lease_deadline") is not None:
         info["lease_ends_by"] = begin["lease_deadline"] - off + unc
+    elif armed and frozen_at is not None and begin.get("lease") is not None:
+        info["lease_ends_by"] = info["frozen_from"] + begin["lease"] + 2 * unc
     if not isinstance(end, dict) or end.get("unreachable") or end.get("skipped"):
         why = (end or {}).get("msg", "no result") if isinstance(end, dict) else "no result"
         bound = ""
         if info.get("lease_ends_by") is not None:
             bound = " (its lease thaws it by %.3f on the controller's clock)" % info["lease_ends_by"]
-        return False, "unreachable after the freeze: its window could not be confirmed%s: %s" % (
-            bound, why), info
+        return False, "unreachable after the freeze%s: its window could not be confirmed%s: %s" % (
+            " instant" if armed else "", bound, why), info
+    if armed and frozen_at is None and not snap.get("ran"):
+        # armed, then told not to freeze (or never told): nothing was taken, nothing broken here
+        info["host_status"], info["host_consistency"] = end.get("status"), end.get("consistency")
+        return True, "armed; not frozen, as no snapshot step ran", info
     info["host_status"], info["host_consistency"] = end.get("status"), end.get("consistency")
     info["own_cap"], info["own_why"] = own_result(end, snap)
     pre = end.get("pre_script") or {}
@@ -210,14 +232,15 @@ def host_verdict(name, begin, end, snap):
     return True, "frozen from before the snapshot step to after it", info
 
 
-def group_verdict(hosts, begin, end, snapshot, continue_on_failure):
+def group_verdict(hosts, begin, end, snapshot, continue_on_failure, clocks=()):
     """The group's verdict as a dict (the module's result without changed/failed)."""
     snap = snapshot_facts(snapshot)
     per_host, broken = {}, []
     for i, name in enumerate(hosts):
         b = begin[i] if i < len(begin) else None
         e = end[i] if i < len(end) else None
-        covered, reason, info = host_verdict(name, b, e, snap)
+        c = clocks[i] if i < len(clocks) else None
+        covered, reason, info = host_verdict(name, b, e, snap, c)
         info.update(covered=covered, reason=reason)
         per_host[name] = info
         if not covered:
@@ -278,6 +301,7 @@ def main():
             hosts=dict(type="list", elements="str", required=True),
             begin=dict(type="list", elements="raw", required=True),
             end=dict(type="list", elements="raw", required=True),
+            clocks=dict(type="list", elements="raw", default=[]),
             snapshot=dict(type="raw"),
             continue_on_failure=dict(type="bool", default=True),
         ),
@@ -288,7 +312,7 @@ def main():
         module.exit_json(changed=False, status="skipped", consistency=None, broken_by=[],
                          hosts={}, snapshot={}, msg="check mode: no snapshot taken")
     out = group_verdict(p["hosts"], p["begin"], p["end"], p["snapshot"],
-                        p["continue_on_failure"])
+                        p["continue_on_failure"], p["clocks"])
     if out["status"] == "failed":
         module.fail_json(**out)
     module.exit_json(changed=False, **out)
