@@ -802,14 +802,15 @@ def told(d):
     told to freeze at (freeze_instant, None for "not to"); {} otherwise."""
     if not os.path.exists(os.path.join(d, FREEZE_AT + ".armed")):
         return {}
-    instant = None
-    try:
-        with open(os.path.join(d, FREEZE_AT)) as f:
-            instant = float(f.read().split()[0])
+    told_at = instant = None
+    try:   # "TOLD_AT T": when it was told, and the instant it acted on
+        with open(os.path.join(d, FREEZE_AT + ".told")) as f:
+            words = f.read(4096).split()
+        told_at = float(words[0])
+        instant = float(words[1])
     except (OSError, ValueError, IndexError):
         pass
-    return {"told_at": read_float(os.path.join(d, FREEZE_AT + ".told")),
-            "freeze_instant": instant}
+    return {"told_at": told_at, "freeze_instant": instant}
 
 
 def do_end(module):
@@ -822,9 +823,9 @@ def do_end(module):
         module.exit_json(changed=not st["released"], msg="would release the snapshot step")
     changed = False
     if not st["released"] and st["result"] is None:
-        if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
-            write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
-                         "was told when to freeze\n")
+        # armed, not frozen yet (never told, or told an instant still ahead): not to freeze
+        write_atomic(os.path.join(d, FREEZE_AT), "abort the group was released before this "
+                     "host froze\n")
         write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
                      else "failed\n")
         wake(d)
@@ -871,9 +872,9 @@ def do_release(module):
         module.exit_json(changed=False, msg="release: already", release={"state": "already"})
     if module.check_mode:
         module.exit_json(changed=True, msg="would release the snapshot step")
-    if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
-        write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
-                     "was told when to freeze\n")
+    # armed, not frozen yet (never told, or told an instant still ahead): not to freeze
+    write_atomic(os.path.join(d, FREEZE_AT), "abort the group was released before this "
+                 "host froze\n")
     write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
                  else "failed\n")
     wake(d)
