@@ -26,14 +26,17 @@ import time
 from ansible.plugins.action import ActionBase
 
 # The release (see the module's WAITER): an armed host not frozen yet is
-# told not to (told or not: one told an instant still ahead stops waiting); the verdict file, then a line on the session's FIFO that wakes the waiting step at once. Opened read-write, the
-# FIFO never blocks, even when the step is gone. Prints what it did and the
-# host's clock just after.
+# told not to (told or not: one told an instant still ahead stops waiting);
+# the verdict file, then a line on the session's FIFO that wakes the waiting
+# step at once. Opened read-write, the FIFO never blocks, even when the step
+# is gone. Files are written with set -C to fresh temp names, then renamed.
+# Prints what it did and the host's clock just after.
 RELEASE = (
     'd=%s; v=%s; '
     'if [ ! -d "$d" ]; then echo absent; '
     'elif [ -e "$d/release" ] || [ -e "$d/result.json" ]; then echo already; '
-    'else { echo "abort the group was released before this host froze" > "$d/freeze_at.tmp" '
+    'else umask 077; set -C; rm -f "$d/freeze_at.tmp" "$d/release.tmp" || exit 1; '
+    '{ echo "abort the group was released before this host froze" > "$d/freeze_at.tmp" '
     '&& mv "$d/freeze_at.tmp" "$d/freeze_at"; }; '
     'printf "%%s\\n" "$v" > "$d/release.tmp" && mv "$d/release.tmp" "$d/release" || exit 1; '
     '[ -p "$d/release.fifo" ] && { exec 3<>"$d/release.fifo"; echo go >&3; }; echo released; fi; '
