@@ -555,8 +555,8 @@ def private_dir(path):
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise OSError("state_dir %s is not a directory (a symlink is not followed)" % path)
     if st.st_uid != os.geteuid():
-        raise OSError("state_dir %s belongs to uid %d, not to uid %d" % (path, st.st_uid,
-                                                                       os.geteuid()))
+        raise OSError("state_dir %s belongs to uid %d, not to uid %d"
+                      % (path, st.st_uid, os.geteuid()))
     if st.st_mode & 0o022:
         raise OSError("state_dir %s is writable by others than its owner (mode %o)"
                       % (path, stat.S_IMODE(st.st_mode)))
