@@ -462,6 +462,19 @@ def test_dry_run_names_the_snapshot_program(tmp_path):
            "not found in" in p.stderr
 
 
+def test_dry_run_says_it_ignores_freeze_at(tmp_path):
+    gate = str(tmp_path / "gate")
+    p = cli("run", "--dry-run", "--json", "--log-file", "", "--config", str(tmp_path / "none.json"),
+            "--mount", "/", "--freeze-at", gate)
+    res = json.loads(p.stdout)
+    assert any("--freeze-at is ignored by a dry run" in w and gate in w
+               for w in res["warnings"]), res["warnings"]
+    p = cli("run", "--dry-run", "--log-file", "", "--config", str(tmp_path / "none.json"),
+            "--mount", "/", "--freeze-at", gate)
+    assert "--freeze-at is ignored by a dry run" in p.stderr + p.stdout
+    assert not os.path.exists(gate + ".armed")
+
+
 def test_snapshot_output_ends_on_the_terminal_in_the_log_and_in_json(tmp_path, loopfs):
     (m,) = loopfs.make(1)
     etc = tmp_path / "etc"

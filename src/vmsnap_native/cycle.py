@@ -540,6 +540,9 @@ def run(config: str | os.PathLike[str] | Config | None = None,
                      plan.config_path, len(plan.selection.eligible), plan.one_disk)
             if dry_run:
                 res = dry_run_result(plan)
+                if freeze_at is not None:
+                    res.warnings.append("--freeze-at is ignored by a dry run: it neither arms "
+                                        "nor waits for %s" % freeze_at)
             else:
                 res = Cycle(plan, snapshot, log, freeze_at).run()
             res.warnings[:0] = lock.notes + notes

@@ -173,3 +173,48 @@ def test_the_groups_own_failed_step_is_not_blamed_on_the_hosts(verdict):
     v = decide(verdict, hosts, snapshot=snap(rc=1))
     assert (v["status"], v["consistency"], v["broken_by"]) == ("failed", None, [])
     assert "the snapshot step failed" in v["msg"]
+
+
+# --- a clock stepped during the group: judged with every measurement, the
+# worst kept (an armed host's begin says armed_at/lease; its end frozen_at) --
+
+def armed_host(frozen_at, released_at, arm_offset, end_offset, unc=0.005):
+    begin = {"changed": True, "armed_at": T - 3, "lease": 60,
+             "clock": {"offset": arm_offset, "uncertainty": unc}}
+    end = {"status": "success", "consistency": "application", "errors": [], "covered": True,
+           "frozen_at": frozen_at, "released_at": released_at,
+           "pre_script": {"ran": True, "exit_code": 0, "timed_out": False},
+           "clock": {"offset": end_offset, "uncertainty": unc}}
+    return begin, end
+
+
+def test_a_host_clock_stepped_back_while_armed_is_not_counted(verdict):
+    """Host h1 was 10 s ahead at arm (told T+10 on its clock), NTP stepped it
+    to true time while it waited: it froze at real T+10, long after the step
+    [T+0.5, T+2.5]; its end (offset 0 by then) says frozen at T+10."""
+    sane = armed_host(T + 0.05, T + 3.0, 0.0, 0.0)
+    late = armed_host(T + 10.02, T + 13.0, 10.0, 0.0)
+    v = decide(verdict, [sane, late], snapshot=snap(T + 0.5, T + 2.5))
+    assert v["broken_by"] == ["h1"], v["hosts"]["h1"]
+    assert "after the snapshot step began" in v["hosts"]["h1"]["reason"]
+    assert (v["status"], v["consistency"]) != ("success", "application")
+
+
+def test_the_controller_clock_stepped_before_the_step_is_not_counted(verdict):
+    """The controller's clock stepped +5 s between the arm (offset 0) and the
+    step: the step ran (recorded) at [T+0.5, T+2.5], really before the host
+    froze; the end's measurement (offset -5) shows it."""
+    h = armed_host(T + 0.02, T + 4.0, 0.0, -5.0)
+    v = decide(verdict, [armed_host(T + 0.02, T + 4.0, 0.0, 0.0), h],
+               snapshot=snap(T + 0.5, T + 2.5))
+    assert v["broken_by"] == ["h1"], v["hosts"]["h1"]
+    assert "after the snapshot step began" in v["hosts"]["h1"]["reason"]
+
+
+def test_agreeing_measurements_keep_the_verdict(verdict):
+    v = decide(verdict, [armed_host(T - 0.5, T + 3.0, 2.0 + 2.5, 2.5),
+                         armed_host(T - 0.5, T + 3.0, 0.0, 0.0)])
+    assert v["broken_by"] == ["h0"]   # offsets 4.5 vs 2.5: disagree by 2 s: worst kept
+    v = decide(verdict, [armed_host(T - 0.5 + 2.5, T + 3.0 + 2.5, 2.5, 2.501),
+                         armed_host(T - 0.5, T + 3.0, 0.0, 0.0)])
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", [])

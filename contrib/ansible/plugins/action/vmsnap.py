@@ -25,16 +25,19 @@ import time
 
 from ansible.plugins.action import ActionBase
 
-# The release (see the module's WAITER): an armed host not told when to
-# freeze is told not to; the verdict file, then a line on the session's FIFO that wakes the waiting step at once. Opened read-write, the
-# FIFO never blocks, even when the step is gone. Prints what it did and the
-# host's clock just after.
+# The release (see the module's WAITER): an armed host not frozen yet is
+# told not to (told or not: one told an instant still ahead stops waiting);
+# the verdict file, then a line on the session's FIFO that wakes the waiting
+# step at once. Opened read-write, the FIFO never blocks, even when the step
+# is gone. Files are written with set -C to fresh temp names, then renamed.
+# Prints what it did and the host's clock just after.
 RELEASE = (
     'd=%s; v=%s; '
     'if [ ! -d "$d" ]; then echo absent; '
     'elif [ -e "$d/release" ] || [ -e "$d/result.json" ]; then echo already; '
-    'else [ -e "$d/freeze_at" ] || { echo "abort the group ended before this host was told '
-    'when to freeze" > "$d/freeze_at.tmp" && mv "$d/freeze_at.tmp" "$d/freeze_at"; }; '
+    'else umask 077; set -C; rm -f "$d/freeze_at.tmp" "$d/release.tmp" || exit 1; '
+    '{ echo "abort the group was released before this host froze" > "$d/freeze_at.tmp" '
+    '&& mv "$d/freeze_at.tmp" "$d/freeze_at"; }; '
     'printf "%%s\\n" "$v" > "$d/release.tmp" && mv "$d/release.tmp" "$d/release" || exit 1; '
     '[ -p "$d/release.fifo" ] && { exec 3<>"$d/release.fifo"; echo go >&3; }; echo released; fi; '
     'date +%%s.%%N')
@@ -70,10 +73,11 @@ class ActionModule(ActionBase):
             until = float(args.get("not_before") or 0)
         except (TypeError, ValueError):
             until = 0.0
-        now = time.time()
-        while now < until:
-            time.sleep(min(until - now, 1.0))
-            now = time.time()
+        now = time.monotonic()   # waited on the monotonic clock (a wall-clock step moves nothing)
+        target = now + (until - time.time())
+        while now < target:
+            time.sleep(min(target - now, 1.0))
+            now = time.monotonic()
         d = "%s/%s" % (args.get("state_dir") or "/run/vmsnap-fleet", args.get("group") or "default")
         ok = args.get("snapshot_ok", True)
         ok = ok if isinstance(ok, bool) else str(ok).lower() in ("1", "true", "yes", "on")

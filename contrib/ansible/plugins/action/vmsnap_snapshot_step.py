@@ -39,10 +39,14 @@ class ActionModule(ActionBase):
             until = float(self._task.args.get("not_before") or 0)
         except (TypeError, ValueError):
             raise AnsibleActionFail("not_before: an instant in seconds since the epoch")
-        t0 = now = time.time()
-        while now < until:
-            time.sleep(min(until - now, 1.0))
-            now = time.time()
+        # the wait on the monotonic clock: a step of the wall clock meanwhile
+        # moves neither the instant nor when the step runs
+        t0 = time.monotonic()
+        target = t0 + (until - time.time())
+        now = t0
+        while now < target:
+            time.sleep(min(target - now, 1.0))
+            now = time.monotonic()
         start = datetime.datetime.now()
         try:
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

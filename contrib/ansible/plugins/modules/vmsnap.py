@@ -394,6 +394,7 @@ clock:
 import json
 import os
 import shutil
+import stat
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -537,6 +538,31 @@ def do_freeze(module):
         " --session %s" % res["session"] if res.get("session") else "", lease), **res)
 
 
+def private_dir(path):
+    """PATH as a directory of root's that no one else can write: created
+    0700 (whatever the umask), or checked when it exists (not a symlink,
+    root's, not group/other-writable): the sessions' files live there, and
+    freeze_at in it tells the host when to freeze. OSError otherwise."""
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o755)
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError("state_dir %s is not a directory (a symlink is not followed)" % path)
+    if st.st_uid != os.geteuid():
+        raise OSError("state_dir %s belongs to uid %d, not to uid %d"
+                      % (path, st.st_uid, os.geteuid()))
+    if st.st_mode & 0o022:
+        raise OSError("state_dir %s is writable by others than its owner (mode %o)"
+                      % (path, stat.S_IMODE(st.st_mode)))
+    return path
+
+
 def lease_path(module):
     return os.path.join(module.params["state_dir"], LEASE_FILE)
 
@@ -544,8 +570,7 @@ def lease_path(module):
 def remember_lease(module, session):
     """Keeps SESSION for a later thaw without the session option (in /run)."""
     try:
-        if not os.path.isdir(module.params["state_dir"]):
-            os.makedirs(module.params["state_dir"], mode=0o700)
+        private_dir(module.params["state_dir"])
         write_atomic(lease_path(module), session + "\n")
     except OSError as exc:
         module.warn("session %s not kept in %s (%s): pass it to thaw as session"
@@ -704,9 +729,13 @@ def start_session(module, armed):
                          "%gs lease" % ("arm to freeze" if armed else "freeze",
                                         ", ".join(module.params["mounts"] or ["everything"]),
                                         lease))
+    try:
+        private_dir(module.params["state_dir"])
+    except OSError as exc:
+        module.fail_json(msg="cannot use state_dir: %s" % exc)
     if os.path.isdir(d):
         shutil.rmtree(d)
-    os.makedirs(d, mode=0o700)
+    os.mkdir(d, 0o700)
     os.mkfifo(os.path.join(d, "release.fifo"), 0o600)
     argv = base_argv(module, "run") + ["--freeze-timeout", str(lease)]
     if armed:
@@ -802,14 +831,15 @@ def told(d):
     told to freeze at (freeze_instant, None for "not to"); {} otherwise."""
     if not os.path.exists(os.path.join(d, FREEZE_AT + ".armed")):
         return {}
-    instant = None
-    try:
-        with open(os.path.join(d, FREEZE_AT)) as f:
-            instant = float(f.read().split()[0])
+    told_at = instant = None
+    try:   # "TOLD_AT T": when it was told, and the instant it acted on
+        with open(os.path.join(d, FREEZE_AT + ".told")) as f:
+            words = f.read(4096).split()
+        told_at = float(words[0])
+        instant = float(words[1])
     except (OSError, ValueError, IndexError):
         pass
-    return {"told_at": read_float(os.path.join(d, FREEZE_AT + ".told")),
-            "freeze_instant": instant}
+    return {"told_at": told_at, "freeze_instant": instant}
 
 
 def do_end(module):
@@ -822,9 +852,9 @@ def do_end(module):
         module.exit_json(changed=not st["released"], msg="would release the snapshot step")
     changed = False
     if not st["released"] and st["result"] is None:
-        if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
-            write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
-                         "was told when to freeze\n")
+        # armed, not frozen yet (never told, or told an instant still ahead): not to freeze
+        write_atomic(os.path.join(d, FREEZE_AT), "abort the group was released before this "
+                     "host froze\n")
         write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
                      else "failed\n")
         wake(d)
@@ -871,9 +901,9 @@ def do_release(module):
         module.exit_json(changed=False, msg="release: already", release={"state": "already"})
     if module.check_mode:
         module.exit_json(changed=True, msg="would release the snapshot step")
-    if not os.path.exists(os.path.join(d, FREEZE_AT)):   # armed, never told: not to freeze
-        write_atomic(os.path.join(d, FREEZE_AT), "abort the group ended before this host "
-                     "was told when to freeze\n")
+    # armed, not frozen yet (never told, or told an instant still ahead): not to freeze
+    write_atomic(os.path.join(d, FREEZE_AT), "abort the group was released before this "
+                 "host froze\n")
     write_atomic(os.path.join(d, "release"), "ok\n" if module.params["snapshot_ok"]
                  else "failed\n")
     wake(d)

@@ -140,10 +140,16 @@ def snapshot_facts(snap):
     return facts
 
 
+def clocks_of(*results):
+    """Every offset measured on this host (begin's, the clock task's, end's)."""
+    clocks = [r.get("clock") for r in results if isinstance(r, dict)]
+    return [c for c in clocks if isinstance(c, dict) and c.get("offset") is not None
+            and c.get("uncertainty") is not None]
+
+
 def clock_of(*results):
     """The tightest offset measured on this host (begin's or end's)."""
-    clocks = [r.get("clock") for r in results if isinstance(r, dict)]
-    clocks = [c for c in clocks if isinstance(c, dict) and c.get("offset") is not None]
+    clocks = clocks_of(*results)
     return min(clocks, key=lambda c: c["uncertainty"]) if clocks else None
 
 
@@ -182,18 +188,23 @@ def host_verdict(name, begin, end, snap, more_clock=None):
     armed = begin.get("armed_at") is not None and not begin.get("failed")
     if begin.get("failed") or (not armed and begin.get("frozen_at") is None):
         return False, "did not freeze: %s" % begin.get("msg", "no reason given"), info
+    # a clock stepped between two measurements makes them disagree: the host
+    # is judged with each, and the worst case is kept
+    clocks = clocks_of(begin, end, more_clock)
     clock = clock_of(begin, end, more_clock)
     info["clock"] = clock
     if clock is None:
         return False, "its clock offset to the controller could not be measured", info
-    off, unc = clock["offset"], clock["uncertainty"]
+    unc = clock["uncertainty"]
     frozen_at = begin.get("frozen_at")
     if armed:
         frozen_at = end.get("frozen_at") if isinstance(end, dict) else None
     if frozen_at is not None:
-        info["frozen_from"] = frozen_at - off + unc        # latest it can have been
+        info["frozen_from"] = max(frozen_at - c["offset"] + c["uncertainty"]
+                                  for c in clocks)         # latest it can have been
     if begin.get("lease_deadline") is not None:
-        info["lease_ends_by"] = begin["lease_deadline"] - off + unc
+        info["lease_ends_by"] = max(begin["lease_deadline"] - c["offset"] + c["uncertainty"]
+                                    for c in clocks)
     elif armed and frozen_at is not None and begin.get("lease") is not None:
         info["lease_ends_by"] = info["frozen_from"] + begin["lease"] + 2 * unc
     if not isinstance(end, dict) or end.get("unreachable") or end.get("skipped"):
@@ -218,7 +229,8 @@ def host_verdict(name, begin, end, snap, more_clock=None):
         if any(e.get("code") == "FsFreezeFailed" for e in errors):
             return False, "did not freeze: %s" % codes, info
         return False, "thawed before the snapshot step ended: %s" % (codes or end.get("msg")), info
-    info["frozen_until"] = end["released_at"] - off - unc       # earliest it can have been
+    info["frozen_until"] = min(end["released_at"] - c["offset"] - c["uncertainty"]
+                               for c in clocks)            # earliest it can have been
     if not snap.get("ran") or snap.get("start") is None:
         return True, "frozen", info
     if info["frozen_from"] > snap["start"]:

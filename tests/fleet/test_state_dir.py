@@ -1,0 +1,71 @@
+"""The module's state_dir (where each group session's files live, freeze_at
+among them): created 0700 whatever the umask; an existing one used only if
+it is a real directory of root's that no one else can write."""
+
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "contrib", "ansible", "plugins", "modules", "vmsnap.py")
+
+
+@pytest.fixture(scope="module")
+def private_dir():
+    saved = {k: sys.modules.get(k) for k in ("ansible", "ansible.module_utils",
+                                             "ansible.module_utils.basic")}
+    try:
+        import ansible.module_utils.basic  # noqa: F401
+    except ImportError:
+        for name in saved:
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["ansible.module_utils.basic"].AnsibleModule = None
+    try:
+        spec = importlib.util.spec_from_file_location("vmsnap_module", MODULE)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod.private_dir
+    finally:
+        for name, m in saved.items():
+            if m is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = m
+
+
+def test_created_0700_whatever_the_umask(tmp_path, private_dir):
+    old = os.umask(0)
+    try:
+        private_dir(str(tmp_path / "run" / "vmsnap-fleet"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run" / "vmsnap-fleet").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("kind", ["symlink", "world_writable", "group_writable", "others", "file"])
+def test_an_unsafe_existing_state_dir_is_refused(tmp_path, private_dir, kind):
+    d = tmp_path / "state"
+    if kind == "symlink":
+        (tmp_path / "real").mkdir(mode=0o700)
+        d.symlink_to(tmp_path / "real")
+    elif kind == "file":
+        d.write_text("")
+    else:
+        d.mkdir()
+        d.chmod({"world_writable": 0o1777, "group_writable": 0o770, "others": 0o700}[kind])
+        if kind == "others":
+            if os.geteuid() != 0:
+                pytest.skip("needs root to give the directory away")
+            os.chown(d, 65534, 65534)
+    with pytest.raises(OSError):
+        private_dir(str(d))
+
+
+def test_a_safe_existing_state_dir_is_kept(tmp_path, private_dir):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o700)
+    (d / "keep").write_text("x")
+    assert private_dir(str(d)) == str(d) and (d / "keep").exists()
