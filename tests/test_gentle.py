@@ -116,7 +116,10 @@ def test_the_gentle_phase_is_off_without_a_pre_script_or_cap(tmp_path, loopfs):
     cfg = setup_scripts(tmp_path)
     plan = make_plan(cfg, [mnt], None)
     g = gentle.for_plan(plan)
-    assert g is not None and g.active and os.path.exists(g.record_path)
+    assert g is not None and not g.active   # not begun yet: nothing changed
+    assert bdi_values(mnt)[0] == 0
+    g.begin()
+    assert g.active and os.path.exists(g.record_path)
     assert bdi_values(mnt)[0] == 1
     g.close()
     assert bdi_values(mnt)[0] == 0 and g.record_path is None
@@ -168,6 +171,42 @@ def test_vmsnap_sigkilled_in_the_gentle_phase_the_reaper_restores_the_device(tmp
         assert marker.exists(), "the resume did not run the post-script"
         assert not [r for r in recs if os.path.exists(r)], "the gentle record was left"
     finally:
+        watch.stop()
+        w.stop()
+    assert not frozen_state(busy)
+
+
+def test_thaw_force_during_the_gentle_phase_leaves_its_record_to_the_run(tmp_path, loopfs):
+    """`vmsnap thaw --force` while a run's gentle phase paces (nothing is
+    frozen) leaves the phase's record alone: the pacing may cap the device
+    again, and a SIGKILL of the run after that must still find the record
+    the reaper restores the device from.  (Before: the record was removed,
+    the device capped again with no record, and stayed capped for good.)"""
+    busy, = loopfs.make(1, size_mb=256)
+    before = _sys_values(busy)
+    assert bdi_values(busy)[0] == 0, "the loop device already has strict_limit on"
+    cfg = setup_scripts(tmp_path, pre="sleep 30", timeoutInSeconds=60)
+    w = Streaming(busy)
+    watch = CapWatch(busy)
+    p = None
+    try:
+        p = start_run(tmp_path, cfg, [busy], snapshot=["true"])
+        assert watch.seen.wait(30), "the cap never came on"
+        recs = _gentle_records(p.pid)
+        assert recs, "no gentle record of the run"
+        t = subprocess.run([sys.executable, "-m", "vmsnap_native", "thaw", "--force"],
+                           capture_output=True, text=True, timeout=60)
+        assert all(os.path.exists(r) for r in recs), t.stdout + t.stderr
+        assert "left alone" in t.stdout + t.stderr, t.stdout + t.stderr
+        time.sleep(1.0)   # the ramp goes on lowering the cap
+        assert bdi_values(busy)[0] == 1
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        _wait_restored(busy, before)
+    finally:
+        if p is not None and p.poll() is None:
+            p.terminate()   # a failed assertion: the run thaws and puts the device back
+            p.wait(60)
         watch.stop()
         w.stop()
     assert not frozen_state(busy)

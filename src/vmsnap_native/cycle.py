@@ -199,7 +199,12 @@ class Cycle:
         # from here the pre-script may have paused the application: the post-script must run
         assert plan.config is not None and plan.pre_check is not None   # the pre-script is OK
         self.out.pre, self.out.post = StepFact("pre", decide.STOPPED, pre.who), post
-        self.gentle = gentle.for_plan(plan)   # before the resume: it restores from its record
+        # kept before it begins: a stop signal while it starts still finds it to
+        # close (the devices put back); begun before the resume, which restores
+        # from its record
+        self.gentle = gentle.for_plan(plan)
+        if self.gentle is not None:
+            self.gentle.begin()
         self._register_resume()
         t = time.monotonic_ns()
         sr, fact = self._run_script("pre", plan.pre_check, plan.config.pre_params,

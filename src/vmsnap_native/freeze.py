@@ -816,6 +816,15 @@ def thaw_recorded(timeout: float = 10.0, force: bool = False) -> list[RecordedTh
         except (OSError, ValueError) as exc:
             results.append(RecordedThaw(None, "ignored: %s" % exc, path))
             continue
+        if _live_run(sh) and sh.guardian_pid <= 0 and all(
+                sh.fs[i].state == core()[1].VMSNAP_FS_PENDING for i in range(sh.n)):
+            # a run's gentle presync (no guardian, nothing frozen): the run puts
+            # its devices back itself, and its pacing would cap them again with
+            # no record left to restore from
+            results.append(RecordedThaw(None, "left alone: a run in progress (pid %d) paces its "
+                                              "writeback; nothing is frozen" % sh.controller_pid,
+                                        path))
+            continue
         if not force and _live_run(sh):
             raise BusyError("a vmsnap run (pid %d, record %s) holds these filesystems frozen "
                             "and thaws them itself; `vmsnap thaw --force` thaws them now "

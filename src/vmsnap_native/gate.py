@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from .logbook import Logbook
 
 POLL_S = 0.01
+# how long arming waits for its flush of the filesystems, at most (s)
+ARM_FLUSH_BOUND_S = 30.0
 POLL_CANCEL_S = 0.05   # FILE re-read while waiting for T: rewritten = cancelled
 
 
@@ -147,8 +150,14 @@ def wait_for_instant(path: str, mountpoints: Iterable[str], limit_s: float,
                      log: Logbook) -> str | None:
     """Arms (syncs, writes PATH.armed), waits for PATH and then for its
     instant.  None: freeze now; else why not (the run reports it)."""
-    _syncfs_all(mountpoints)
     give_up = time.monotonic() + limit_s
+    # the flush that makes the freeze's own presync short, bounded: a device that
+    # hangs must not hold the host quiesced past its freeze timeout (the thread
+    # is left in its syncfs; the freeze's presync has its own bound)
+    flush = threading.Thread(target=_syncfs_all, args=(list(mountpoints),), daemon=True,
+                             name="vmsnap-arm-flush")
+    flush.start()
+    flush.join(min(limit_s, ARM_FLUSH_BOUND_S))
     try:
         dfd = _open_dir(path)
     except OSError as exc:

@@ -83,6 +83,14 @@ class GentlePresync:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def begin(self) -> None:
+        """``start()``, or no gentle phase where its record cannot be written
+        (the runtime directory): everything put back."""
+        try:
+            self.start()
+        except OSError:
+            self.close()
+
     # -- the saved values, as a record ------------------------------------------
     def start(self) -> GentlePresync:
         """Saves every device's values (recorded before any change), sets the
@@ -206,18 +214,15 @@ class GentlePresync:
 
 
 def for_plan(plan: Any) -> GentlePresync | None:
-    """The gentle presync of a run's PLAN, started, or None where there is
-    none: freezing off or nothing to freeze, no dirty cap
-    (presyncDirtyCapMiB 0), or presyncGentle false.  Called as the
-    pre-script starts (no pre-script: no gentle phase)."""
+    """The gentle presync of a run's PLAN, not started yet, or None where
+    there is none: freezing off or nothing to freeze, no dirty cap
+    (presyncDirtyCapMiB 0), or presyncGentle false.  The caller keeps it
+    before it calls ``begin()`` (a stop signal in the middle must still find
+    it to ``close()``).  As the pre-script starts (no pre-script: no gentle
+    phase)."""
     s = plan.settings
     if not (s.fs_freeze_enabled and s.presync_gentle and s.dirty_cap_mib > 0) or \
             not plan.selection.eligible or plan.selection.missing:
         return None
-    g = GentlePresync(plan.selection.eligible, start_mib=s.dirty_cap_mib,
-                      bound=max(1.0, float(s.timeout)) * (s.pre_retries + 1))
-    try:
-        return g.start()
-    except OSError:   # the runtime directory (the record): no gentle phase
-        g.close()
-        return None
+    return GentlePresync(plan.selection.eligible, start_mib=s.dirty_cap_mib,
+                         bound=max(1.0, float(s.timeout)) * (s.pre_retries + 1))
