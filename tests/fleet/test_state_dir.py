@@ -2,38 +2,17 @@
 among them): created 0700 whatever the umask; an existing one used only if
 it is a real directory of root's that no one else can write."""
 
-import importlib.util
 import os
-import sys
-import types
 
 import pytest
 
-MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "contrib", "ansible", "plugins", "modules", "vmsnap.py")
+from .plugin_module import plugin_module
 
 
 @pytest.fixture(scope="module")
 def private_dir():
-    saved = {k: sys.modules.get(k) for k in ("ansible", "ansible.module_utils",
-                                             "ansible.module_utils.basic")}
-    try:
-        import ansible.module_utils.basic  # noqa: F401
-    except ImportError:
-        for name in saved:
-            sys.modules[name] = types.ModuleType(name)
-        sys.modules["ansible.module_utils.basic"].AnsibleModule = None
-    try:
-        spec = importlib.util.spec_from_file_location("vmsnap_module", MODULE)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+    with plugin_module("vmsnap") as mod:
         yield mod.private_dir
-    finally:
-        for name, m in saved.items():
-            if m is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = m
 
 
 def test_created_0700_whatever_the_umask(tmp_path, private_dir):

@@ -2,38 +2,16 @@
 no hosts, no ansible needed (its import is stubbed when it is missing)."""
 
 import datetime
-import importlib.util
-import os
-import sys
-import types
 
 import pytest
 
-MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "contrib", "ansible", "plugins", "modules", "vmsnap_group_verdict.py")
+from .plugin_module import plugin_module
 
 
 @pytest.fixture(scope="module")
 def verdict():
-    saved = {k: sys.modules.get(k) for k in ("ansible", "ansible.module_utils",
-                                             "ansible.module_utils.basic")}
-    try:
-        import ansible.module_utils.basic  # noqa: F401
-    except ImportError:
-        for name in saved:
-            sys.modules[name] = types.ModuleType(name)
-        sys.modules["ansible.module_utils.basic"].AnsibleModule = None
-    try:
-        spec = importlib.util.spec_from_file_location("vmsnap_group_verdict", MODULE)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+    with plugin_module("vmsnap_group_verdict") as mod:
         yield mod.group_verdict
-    finally:
-        for name, m in saved.items():
-            if m is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = m
 
 
 T = 1_800_000_000.0   # the controller's clock at the step's start
