@@ -108,6 +108,8 @@ def test_every_window_covers_the_step_application_consistent(fleet):
     for h in fleet.hosts:
         v = verdict["hosts"][h.name]
         assert v["frozen_from"] <= snap["start"] and v["frozen_until"] >= snap["end"], v
+        # released at once after the step: the release, not a clock, proves the end
+        assert v["frozen_until_by"] == "release", v
         assert v["clock"]["uncertainty"] < 5
         assert_resumed(h)
         # the session, its lock and records lived in the host's own /run

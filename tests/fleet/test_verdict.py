@@ -196,3 +196,64 @@ def test_agreeing_measurements_keep_the_verdict(verdict):
     v = decide(verdict, [armed_host(T - 0.5 + 2.5, T + 3.0 + 2.5, 2.5, 2.501),
                          armed_host(T - 0.5, T + 3.0, 0.0, 0.0)])
     assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", [])
+
+
+# --- the end of the window by causality: the host's wait step holds the
+# freeze until the controller's release, sent after the step ended ----------
+
+def released(sent_at, state="released"):
+    return {"changed": state == "released", "release": {"state": state, "sent_at": sent_at}}
+
+
+def loose_end(b, e):
+    """The end task's reading, taken while every host collects at once: loose,
+    and its middle near the edge of what it allows (the CI failure's shape)."""
+    e["clock"] = {"offset": 0.07, "uncertainty": 0.075}
+    return b, e
+
+
+def decide_released(verdict, hosts, releases, snapshot):
+    names = ["h%d" % i for i in range(len(hosts))]
+    return verdict(names, [b for b, _ in hosts], [e for _, e in hosts], snapshot, True,
+                   (), releases)
+
+
+def test_a_host_released_after_the_step_covers_its_end_whatever_its_clock_says(verdict):
+    # released 5 ms after the step's end: its clock readings cannot show it
+    # (the loose end reading puts its thaw before the end), the release can
+    step = snap(T + 0.5, T + 2.5)
+    h = loose_end(*armed_host(T + 0.02, T + 2.505, 0.0, 0.0, unc=0.005))
+    v = decide_released(verdict, [h], [None], step)
+    assert v["broken_by"] == ["h0"] and "before the snapshot step ended" in v["hosts"]["h0"]["reason"]
+    v = decide_released(verdict, [h], [released(T + 2.501)], step)
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", []), v
+    assert v["hosts"]["h0"]["frozen_until_by"] == "release"
+    # the end task's own release counts as well (the release task was unreachable)
+    b, e = h
+    e = dict(e, release={"state": "released", "sent_at": T + 2.501})
+    v = decide_released(verdict, [(b, e)], [{"unreachable": True}], step)
+    assert v["broken_by"] == [], v["hosts"]["h0"]
+
+
+def test_a_release_that_proves_nothing_leaves_the_clock_to_judge(verdict):
+    step = snap(T + 0.5, T + 2.5)
+    h = loose_end(*armed_host(T + 0.02, T + 2.505, 0.0, 0.0, unc=0.005))
+    for rel in (released(T + 2.501, state="already"),   # someone else's release
+                released(T + 2.4),                       # sent before the step ended
+                released(None),                          # the module's own release: no controller time
+                {"skipped": True}):
+        v = decide_released(verdict, [h], [rel], step)
+        assert v["broken_by"] == ["h0"], rel
+        assert v["hosts"]["h0"]["frozen_until_by"] == "clock"
+
+
+def test_a_release_does_not_cover_a_host_that_thawed_on_its_own(verdict):
+    # its run says the freeze broke (deadline, early thaw): the release came too late
+    b, e = armed_host(T + 0.02, T + 2.6, 0.0, 0.0)
+    e["covered"] = False
+    v = decide_released(verdict, [(b, e)], [released(T + 2.55)], snap(T + 0.5, T + 2.5))
+    assert v["broken_by"] == ["h0"]
+    # nor one that froze after the step began
+    b, e = armed_host(T + 0.6, T + 2.6, 0.0, 0.0)
+    v = decide_released(verdict, [(b, e)], [released(T + 2.55)], snap(T + 0.5, T + 2.5))
+    assert v["broken_by"] == ["h0"] and "after the snapshot step began" in v["hosts"]["h0"]["reason"]

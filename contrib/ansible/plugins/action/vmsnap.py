@@ -81,9 +81,12 @@ class ActionModule(ActionBase):
         d = "%s/%s" % (args.get("state_dir") or "/run/vmsnap-fleet", args.get("group") or "default")
         ok = args.get("snapshot_ok", True)
         ok = ok if isinstance(ok, bool) else str(ok).lower() in ("1", "true", "yes", "on")
+        # read before the command goes: a host that says "released" thawed after this
+        # instant (controller clock), whatever its own clock says
+        sent_at = time.time()
         res = self._low_level_execute_command(RELEASE % (shlex.quote(d), "ok" if ok else "failed"))
         words = res.get("stdout", "").split()
-        out = {"state": words[0] if words else None, "rc": res.get("rc"),
+        out = {"state": words[0] if words else None, "rc": res.get("rc"), "sent_at": sent_at,
                "stderr": res.get("stderr", "")[:2000], "host_time": None}
         try:
             out["host_time"] = float(words[-1])

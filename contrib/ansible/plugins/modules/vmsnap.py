@@ -102,9 +102,9 @@ options:
     description:
       - For C(release) and C(end) (with the action plugin), the controller waits
         until this instant (seconds since the epoch, its own clock) before it
-        releases the host. The role sets it to the snapshot step's end plus twice
-        the host's clock uncertainty, so that the host's window provably reaches
-        past the step's end on the corrected clock.
+        releases the host. The role does not need it (a host the controller
+        released after the snapshot step ended thawed after it, whatever the
+        clocks say; see C(vmsnap_group_verdict)'s I(released)).
     type: float
     default: 0
   wait_timeout:
@@ -356,7 +356,8 @@ freeze_instant:
 release:
   description:
     - The release as the action plugin did it, before anything else (C(state)
-      C(released), C(already) or C(absent); C(host_time), the host's clock just
+      C(released), C(already) or C(absent); C(sent_at), the controller's clock
+      just before it sent the release; C(host_time), the host's clock just
       after it; C(rc), C(stderr)); added by the collection's action plugin.
   returned: end, release
   type: dict

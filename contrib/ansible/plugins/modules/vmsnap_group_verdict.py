@@ -56,6 +56,18 @@ options:
     type: list
     elements: raw
     default: []
+  released:
+    description:
+      - The registered results of C(vmsnap command=release), one per host (null
+        when missing), run after the snapshot step. A host whose C(release) (or
+        whose C(end)'s own release) says C(released), sent after the step ended
+        on the controller's clock, thawed after the step ended, since the host's
+        wait step holds the freeze until the release arrives. For such a host the
+        end of the window needs no clock offset; for any other, its
+        C(released_at) is moved by its offsets, with their uncertainty.
+    type: list
+    elements: raw
+    default: []
   snapshot:
     description: The registered result of the snapshot step (C(ansible.builtin.command) on the controller).
     type: raw
@@ -97,7 +109,9 @@ hosts:
   description:
     - Per host, whether its window covered the step (C(covered)) and why
       (C(reason)), its window on the controller's clock (C(frozen_from),
-      C(frozen_until), C(lease_ends_by)), its C(clock), whether its pre-script
+      C(frozen_until), C(lease_ends_by)), what proves its window's end
+      (C(frozen_until_by), either C(release), the controller's release sent
+      after the step, or C(clock), its offsets), its C(clock), whether its pre-script
       succeeded (C(pre_script_ok)), its own run's C(host_status) and
       C(host_consistency), C(own_cap) (the best consistency its own run allows,
       as 2 application, 1 filesystem, 0 crash, null none) and C(own_why) (why
@@ -176,7 +190,23 @@ def own_result(end, snap):
     return min(RANK[consistency], RANK["filesystem"]), why
 
 
-def host_verdict(name, begin, end, snap, more_clock=None):
+def release_sent_at(snap, *results):
+    """When the controller sent this host a release that the host took (state
+    "released"), after the snapshot step ended, on the controller's clock; or
+    None. The host's wait step ends only once a release has arrived, so a
+    covered host thawed after this instant, whatever its clock says."""
+    end_of_step = snap.get("end")
+    for res in results:
+        rel = res.get("release") if isinstance(res, dict) else None
+        if not isinstance(rel, dict) or rel.get("state") != "released":
+            continue
+        sent = rel.get("sent_at")
+        if isinstance(sent, (int, float)) and end_of_step is not None and sent >= end_of_step:
+            return float(sent)
+    return None
+
+
+def host_verdict(name, begin, end, snap, more_clock=None, released=None):
     """(covered, reason, details) for one host."""
     info = {"host": name}
     if not isinstance(begin, dict) or begin.get("skipped"):
@@ -231,6 +261,11 @@ def host_verdict(name, begin, end, snap, more_clock=None):
         return False, "thawed before the snapshot step ended: %s" % (codes or end.get("msg")), info
     info["frozen_until"] = min(end["released_at"] - c["offset"] - c["uncertainty"]
                                for c in clocks)            # earliest it can have been
+    sent = release_sent_at(snap, released, end)
+    if sent is not None and sent > info["frozen_until"]:
+        info["frozen_until"], info["frozen_until_by"] = sent, "release"   # by causality
+    else:
+        info["frozen_until_by"] = "clock"
     if not snap.get("ran") or snap.get("start") is None:
         return True, "frozen", info
     if info["frozen_from"] > snap["start"]:
@@ -244,7 +279,7 @@ def host_verdict(name, begin, end, snap, more_clock=None):
     return True, "frozen from before the snapshot step to after it", info
 
 
-def group_verdict(hosts, begin, end, snapshot, continue_on_failure, clocks=()):
+def group_verdict(hosts, begin, end, snapshot, continue_on_failure, clocks=(), released=()):
     """The group's verdict as a dict (the module's result without changed/failed)."""
     snap = snapshot_facts(snapshot)
     per_host, broken = {}, []
@@ -252,7 +287,8 @@ def group_verdict(hosts, begin, end, snapshot, continue_on_failure, clocks=()):
         b = begin[i] if i < len(begin) else None
         e = end[i] if i < len(end) else None
         c = clocks[i] if i < len(clocks) else None
-        covered, reason, info = host_verdict(name, b, e, snap, c)
+        r = released[i] if i < len(released) else None
+        covered, reason, info = host_verdict(name, b, e, snap, c, r)
         info.update(covered=covered, reason=reason)
         per_host[name] = info
         if not covered:
@@ -314,6 +350,7 @@ def main():
             begin=dict(type="list", elements="raw", required=True),
             end=dict(type="list", elements="raw", required=True),
             clocks=dict(type="list", elements="raw", default=[]),
+            released=dict(type="list", elements="raw", default=[]),
             snapshot=dict(type="raw"),
             continue_on_failure=dict(type="bool", default=True),
         ),
@@ -324,7 +361,7 @@ def main():
         module.exit_json(changed=False, status="skipped", consistency=None, broken_by=[],
                          hosts={}, snapshot={}, msg="check mode: no snapshot taken")
     out = group_verdict(p["hosts"], p["begin"], p["end"], p["snapshot"],
-                        p["continue_on_failure"], p["clocks"])
+                        p["continue_on_failure"], p["clocks"], p["released"])
     if out["status"] == "failed":
         module.fail_json(**out)
     module.exit_json(changed=False, **out)
