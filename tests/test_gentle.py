@@ -125,9 +125,37 @@ def test_the_gentle_phase_is_off_without_a_pre_script_or_cap(tmp_path, loopfs):
     assert bdi_values(mnt)[0] == 0 and g.record_path is None
 
 
+def test_the_resume_is_registered_with_the_record_before_the_first_cap(tmp_path, loopfs,
+                                                                       monkeypatch):
+    """A SIGKILL of vmsnap once the gentle phase has capped a device is undone
+    by the reaper only if the resume was registered with the phase's record
+    by then: at the registration the record exists and nothing is capped yet
+    (before: capped first, registered after, and a SIGKILL in between left
+    the device capped)."""
+    import vmsnap_native
+    from vmsnap_native import process
+    mnt, = loopfs.make(1)
+    assert bdi_values(mnt)[0] == 0, "the loop device already has strict_limit on"
+    seen = []
+
+    def set_resume_command(argv, env=None, wait_for=(), log_file=None):
+        if argv is not None and not seen:
+            recs = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--thaw-record"]
+            seen.append((recs, [os.path.exists(r) for r in recs], bdi_values(mnt)[0]))
+
+    monkeypatch.setattr(process, "set_resume_command", set_resume_command, raising=False)
+    cfg = setup_scripts(tmp_path, pre="sleep 0.5")
+    res = vmsnap_native.run(config=cfg, mounts=[mnt], log_file=str(tmp_path / "log"))
+    assert res.status == "success"
+    (recs, exist, strict), = seen
+    assert len(recs) == 1 and "-gentle-" in os.path.basename(recs[0]) and exist == [True], recs
+    assert strict == 0, "the device was capped before the resume knew its record"
+    assert bdi_values(mnt)[0] == 0 and not os.path.exists(recs[0])
+
+
 def _gentle_records(pid):
     out = []
-    for rec in glob.glob(os.path.join(runtime_dir(), "freeze-gentle-*.rec")):
+    for rec in glob.glob(os.path.join(runtime_dir(), "freeze-*-gentle-*.rec")):
         _, sh = _read_record(rec)
         if sh.controller_pid == pid:
             out.append(rec)

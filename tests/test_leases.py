@@ -410,13 +410,14 @@ def dead_process():
     return p.pid, st
 
 
-@pytest.mark.parametrize("content", [b"", b"\0" * 100])
-def test_an_empty_record_of_a_creator_that_died_is_removed_not_reported(tmp_path, content):
+@pytest.mark.parametrize("tag", ["", "gentle-"])   # a session's record, a gentle presync's
+@pytest.mark.parametrize("content", [b"", b"\0" * 100], ids=["empty", "zeros"])
+def test_an_empty_record_of_a_creator_that_died_is_removed_not_reported(tmp_path, content, tag):
     rdir = freeze_mod.ensure_runtime_dir()
     pid, st = dead_process()
-    dead = os.path.join(rdir, "freeze-%d-%d-0123456789abcdef.rec" % (pid, st))
-    alive = os.path.join(rdir, "freeze-%d-%d-fedcba9876543210.rec"
-                         % (os.getpid(), process.starttime(os.getpid())))
+    dead = os.path.join(rdir, "freeze-%d-%d-%s0123456789abcdef.rec" % (pid, st, tag))
+    alive = os.path.join(rdir, "freeze-%d-%d-%sfedcba9876543210.rec"
+                         % (os.getpid(), process.starttime(os.getpid()), tag))
     for path in (dead, alive):   # as a SIGKILL between creating and writing leaves it
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, content)

@@ -678,7 +678,7 @@ def test_the_run_registers_its_resume_command_and_clears_it(tmp_path, loopfs, mo
     # once the guardian is gone, it also undoes what the session's record says
     records = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--thaw-record"]
     records2 = [a for i, a in enumerate(argv2) if i and argv2[i - 1] == "--thaw-record"]
-    assert [os.path.basename(r)[:13] for r in records] == ["freeze-gentle"], argv
+    assert ["-gentle-" in os.path.basename(r) for r in records] == [True], argv
     assert len(records2) == 2 and records[0] in records2, argv2
     assert last == "cleared"
     os.unlink(tmp_path / "post-ran")

@@ -200,12 +200,14 @@ class Cycle:
         assert plan.config is not None and plan.pre_check is not None   # the pre-script is OK
         self.out.pre, self.out.post = StepFact("pre", decide.STOPPED, pre.who), post
         # kept before it begins: a stop signal while it starts still finds it to
-        # close (the devices put back); begun before the resume, which restores
-        # from its record
+        # close (the devices put back); its values saved before the resume is
+        # registered (which restores from its record), its first cap set after
         self.gentle = gentle.for_plan(plan)
         if self.gentle is not None:
-            self.gentle.begin()
+            self.gentle.save()
         self._register_resume()
+        if self.gentle is not None:
+            self.gentle.pace()
         t = time.monotonic_ns()
         sr, fact = self._run_script("pre", plan.pre_check, plan.config.pre_params,
                                     plan.config.pre_retries)

@@ -644,9 +644,10 @@ class IncompleteRecord(ValueError):
     died (or is) between creating the file and writing it."""
 
 
-# freeze-PID-START-RANDOM.rec: its creator (pid + /proc start time); an
-# older vmsnap wrote freeze-PID-MONOTONIC.rec
-_RECORD_NAME = re.compile(r"^freeze-(\d+)-(\d+)(-[0-9a-f]+)?\.rec$")
+# freeze-PID-START-RANDOM.rec: its creator (pid + /proc start time); a
+# gentle presync's is freeze-PID-START-gentle-RANDOM.rec; an older vmsnap
+# wrote freeze-PID-MONOTONIC.rec (and freeze-gentle-RANDOM.rec)
+_RECORD_NAME = re.compile(r"^freeze-(\d+)-(\d+)(-(?:gentle-)?[0-9a-f]+)?\.rec$")
 
 
 def _creator_gone(path: str) -> bool:

@@ -50,6 +50,8 @@ FINAL_MIB = 16
 BOUND_S = 300.0
 # How long close() waits for a flush in progress.
 JOIN_S = 2.0
+# In a gentle presync's record name, before its random part.
+RECORD_TAG = "gentle-"
 
 
 def _starttime(pid: int) -> int:
@@ -84,18 +86,30 @@ class GentlePresync:
         self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
-        """``start()``, or no gentle phase where its record cannot be written
-        (the runtime directory): everything put back."""
+        """``save()`` then ``pace()``, or no gentle phase where its record
+        cannot be written (the runtime directory): everything put back."""
+        self.save()
+        self.pace()
+
+    def start(self) -> GentlePresync:
+        """``save()`` and ``pace()``; an OSError is raised, not swallowed."""
+        self._save()
+        self.pace()
+        return self
+
+    # -- the saved values, as a record ------------------------------------------
+    def save(self) -> None:
+        """Saves every device's values in the record, changing nothing yet:
+        a run registers the record with its resume between ``save()`` and
+        ``pace()``, so that a SIGKILL once a cap is set is undone by the
+        reaper.  Where the record cannot be written: no gentle phase."""
         try:
-            self.start()
+            self._save()
         except OSError:
             self.close()
 
-    # -- the saved values, as a record ------------------------------------------
-    def start(self) -> GentlePresync:
-        """Saves every device's values (recorded before any change), sets the
-        first cap and starts the pacing thread.  Filesystems that cannot be
-        opened are left out."""
+    def _save(self) -> None:
+        """Filesystems that cannot be opened are left out."""
         ffi, lib = core()
         buf = self._buf = ffi.new("struct vmsnap_shared *")
         buf.magic, buf.abi = lib.VMSNAP_RECORD_MAGIC, lib.VMSNAP_ABI_VERSION
@@ -116,17 +130,26 @@ class GentlePresync:
         buf.n = len(self._fds)
         if not buf.n or not lib.vmsnap_dirty_cap_save(buf):
             self.close()
-            return self
+            return
         self._write_record()
+
+    def pace(self) -> None:
+        """Sets the first cap and starts the pacing thread (nothing where
+        ``save()`` saved nothing)."""
+        if self.record_path is None or self._thread is not None:
+            return
         self._set_cap(self.start_mib)
         self._thread = threading.Thread(target=self._pace, name="vmsnap-gentle-presync",
                                         daemon=True)
         self._thread.start()
-        return self
 
     def _write_record(self) -> None:
         ffi, _ = core()
-        path = os.path.join(ensure_runtime_dir(), "freeze-gentle-%s.rec" % os.urandom(8).hex())
+        # named as the session's records are (its creator, pid + start time):
+        # one found empty after a crash is removed once that process is gone
+        me = os.getpid()
+        path = os.path.join(ensure_runtime_dir(), "freeze-%d-%d-%s%s.rec" % (
+            me, _starttime(me), RECORD_TAG, os.urandom(8).hex()))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                      0o600)
         try:
