@@ -257,3 +257,22 @@ def test_a_release_does_not_cover_a_host_that_thawed_on_its_own(verdict):
     b, e = armed_host(T + 0.6, T + 2.6, 0.0, 0.0)
     v = decide_released(verdict, [(b, e)], [released(T + 2.55)], snap(T + 0.5, T + 2.5))
     assert v["broken_by"] == ["h0"] and "after the snapshot step began" in v["hosts"]["h0"]["reason"]
+
+
+def test_a_loose_arm_reading_is_superseded_by_the_clock_tasks(verdict):
+    """The arm's reading (taken while every host ran its module) is loose and
+    its middle off; the clock task's, taken after it and before the freeze,
+    is tight: the window is judged by the later one (and the end's)."""
+    b, e = armed_host(T + 0.3, T + 3.0, 0.0, 0.0)
+    b["clock"] = {"offset": -0.2, "uncertainty": 0.25}   # says the freeze may be at T+0.75
+    step = snap(T + 0.5, T + 2.5)
+    v = verdict(["h0"], [b], [e], step, True)
+    assert v["broken_by"] == ["h0"]   # no later reading: the arm's counts
+    tight = {"clock": {"offset": 0.001, "uncertainty": 0.005}}
+    v = verdict(["h0"], [b], [e], step, True, [tight])
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", []), v
+    # the end's reading still counts: the host's clock stepped back 1 s after
+    # the clock task, before the freeze (its frozen_at is on the stepped clock)
+    e["clock"] = {"offset": -1.0, "uncertainty": 0.005}
+    v = verdict(["h0"], [b], [e], step, True, [tight])
+    assert v["broken_by"] == ["h0"] and "after the snapshot step began" in v["hosts"]["h0"]["reason"]

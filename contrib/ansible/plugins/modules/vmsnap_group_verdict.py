@@ -52,7 +52,10 @@ options:
   clocks:
     description:
       - More clock measurements, one per host (null when missing), as registered from
-        C(vmsnap command=clock); the tightest of these, begin's and end's is used.
+        C(vmsnap command=clock), taken after the arm and before the freeze. A
+        host is judged with this reading (or its arm's, when it has none) and
+        its end's, and the worse of the two is kept, so that a clock stepped
+        meanwhile cannot make a late freeze look covered.
     type: list
     elements: raw
     default: []
@@ -219,8 +222,12 @@ def host_verdict(name, begin, end, snap, more_clock=None, released=None):
     if begin.get("failed") or (not armed and begin.get("frozen_at") is None):
         return False, "did not freeze: %s" % begin.get("msg", "no reason given"), info
     # a clock stepped between two measurements makes them disagree: the host
-    # is judged with each, and the worst case is kept
-    clocks = clocks_of(begin, end, more_clock)
+    # is judged with each, and the worst case is kept. The clock task's
+    # reading comes after the arm's and before the freeze: where it exists,
+    # the arm's (older, taken while every host ran its module) says nothing
+    # of the window that it does not
+    later = clocks_of(more_clock)
+    clocks = clocks_of(more_clock, end) if later else clocks_of(begin, end)
     clock = clock_of(begin, end, more_clock)
     info["clock"] = clock
     if clock is None:
