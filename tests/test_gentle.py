@@ -303,3 +303,47 @@ def test_a_gentle_phase_sigkilled_without_a_resume_vmsnap_thaw_restores(tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     assert _sys_values(mnt) == before
     assert not os.path.exists(rec)
+
+
+# The Python API's run() with a Config that names no file: its pre-script runs
+# (and says so), the run is SIGKILLed in it.
+API_RUN = r"""
+import sys
+import vmsnap_native
+from vmsnap_native.config import load_config
+cfg = load_config(sys.argv[1])
+cfg.path = None
+vmsnap_native.run(config=cfg, mounts=[sys.argv[2]], snapshot=["true"], log_file=sys.argv[3])
+"""
+
+
+def test_a_sigkilled_api_run_with_a_pathless_config_leaves_no_device_capped(tmp_path, loopfs):
+    """No resume can be registered for a Config with no file (the reaper runs
+    the post-script from the file), so nothing would put a cap back after a
+    SIGKILL: such a run has no gentle phase.  (Before: capped, strict_limit 1
+    and the ratio lowered, left so after the kill.)"""
+    busy, = loopfs.make(1, size_mb=128)
+    before = _sys_values(busy)
+    assert bdi_values(busy)[0] == 0, "the loop device already has strict_limit on"
+    started = tmp_path / "pre-started"
+    cfg = setup_scripts(tmp_path, pre="touch %s; sleep 30" % started, timeoutInSeconds=60)
+    p = subprocess.Popen([sys.executable, "-c", API_RUN, cfg, busy, str(tmp_path / "log")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert started.exists(), "the pre-script never started"
+        time.sleep(1.0)   # the gentle phase, if any, has capped by now
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        time.sleep(1.0)
+        left = _sys_values(busy)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        from vmsnap_native.freeze import thaw_recorded
+        thaw_recorded()   # whatever the outcome: the device put back from a record
+    assert left == before, {k: (before.get(k), v) for k, v in left.items() if before.get(k) != v}
+    assert not frozen_state(busy)

@@ -239,13 +239,18 @@ class GentlePresync:
 def for_plan(plan: Any) -> GentlePresync | None:
     """The gentle presync of a run's PLAN, not started yet, or None where
     there is none: freezing off or nothing to freeze, no dirty cap
-    (presyncDirtyCapMiB 0), or presyncGentle false.  The caller keeps it
+    (presyncDirtyCapMiB 0), presyncGentle false, or a configuration with no
+    file (nothing could undo the caps after a SIGKILL).  The caller keeps it
     before it calls ``begin()`` (a stop signal in the middle must still find
     it to ``close()``).  As the pre-script starts (no pre-script: no gentle
     phase)."""
     s = plan.settings
     if not (s.fs_freeze_enabled and s.presync_gentle and s.dirty_cap_mib > 0) or \
             not plan.selection.eligible or plan.selection.missing:
+        return None
+    if not plan.config_path:
+        # a Config with no file (the Python API): no resume can be registered, so
+        # nobody would put the devices back should this process be SIGKILLed
         return None
     return GentlePresync(plan.selection.eligible, start_mib=s.dirty_cap_mib,
                          bound=max(1.0, float(s.timeout)) * (s.pre_retries + 1))
