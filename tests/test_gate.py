@@ -354,3 +354,53 @@ def test_run_told_nan_reports_why_and_runs_the_post_script(tmp_path, loopfs):
     assert [e["code"] for e in res["errors"]] == ["FsFreezeFailed"], (res["errors"], err)
     assert "not a finite time" in res["errors"][0]["message"]
     assert not res["freeze"]["mounts"] and (tmp_path / "post-ran").exists()
+
+
+@pytest.mark.parametrize("after_freeze", [None, -1.0])
+def test_a_clock_step_during_the_freeze_is_handed_to_the_step(tmp_path, loopfs, monkeypatch,
+                                                              after_freeze):
+    """The instant's check sees no step; the wall clock then steps back 1 s
+    while the filesystems freeze (wall minus monotonic, as gate.py reads it,
+    moves): the snapshot step gets VMSNAP_CLOCK_MOVED with the move and its
+    allowance, and the run warns.  With no step the move is within it.  (The
+    machine's clock is not stepped: only what the gate reads of it.)"""
+    import vmsnap_native
+    mounts = loopfs.make(1)
+    cfg = setup_scripts(tmp_path)
+    real = gate_mod._skew
+    reads = []
+
+    def skew():
+        reads.append(real())
+        # arming and the instant's check read the clock as it is; the read once
+        # frozen sees the step
+        return reads[-1] + ((after_freeze or 0.0) if len(reads) > 2 else 0.0)
+
+    monkeypatch.setattr(gate_mod, "_skew", skew)
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    gate = str(d / "gate")
+
+    def teller():
+        end = time.monotonic() + 30
+        while not os.path.exists(gate + ".armed") and time.monotonic() < end:
+            time.sleep(0.02)
+        at = time.time() + 0.3
+        tell(gate, "%.6f %.6f" % (at, at + 1.0))
+
+    t = threading.Thread(target=teller, daemon=True)
+    t.start()
+    out = tmp_path / "moved"
+    res = vmsnap_native.run(config=cfg, mounts=mounts, freeze_at=gate, log_file="",
+                            snapshot=["/bin/sh", "-c", 'printf "%%s" "$VMSNAP_CLOCK_MOVED" > %s'
+                                      % out])
+    t.join(5)
+    assert res.status == "success" and res.freeze.mounts[0]["frozen"], res.to_json()
+    assert len(reads) == 3, reads
+    moved, allowed = map(float, out.read_text().split())
+    assert 0.05 <= allowed < 0.06
+    warned = [w for w in res.warnings if "clock step during the freeze" in w]
+    if after_freeze is None:
+        assert abs(moved) < allowed and not warned, (moved, res.warnings)
+    else:
+        assert moved == pytest.approx(after_freeze, abs=0.01) and warned, (moved, res.warnings)

@@ -81,6 +81,7 @@ class Cycle:
                  freeze_at: str | None = None) -> None:
         self.plan = plan
         self.freeze_at = freeze_at   # --freeze-at FILE: arm, then freeze at its instant (gate.py)
+        self.gate_armed: dict[str, float] = {}   # the gate's clock reading at arming
         self.snapshot = snapshot
         self.log = log
         self.res = Result()
@@ -338,6 +339,15 @@ class Cycle:
         env["VMSNAP_PHASE"] = "snapshot"
         env["VMSNAP_FROZEN_MOUNTS"] = "\n".join(
             m.mountpoint for m in (self.session.mounts if self.session else []) if m.frozen)
+        moved = gate.clock_moved(self.gate_armed)
+        if moved is not None:   # --freeze-at: did the wall clock step during the freeze?
+            env["VMSNAP_CLOCK_MOVED"] = "%+.6f %.6f" % moved
+            if abs(moved[0]) > moved[1]:
+                self.res.warnings.append(
+                    "the wall clock moved by %+.3fs since arming (a clock step during the "
+                    "freeze): this host's wall-clock times of the freeze cannot be trusted"
+                    % moved[0])
+                self.log.warning(self.res.warnings[-1])
         return env
 
     def finish_freeze(self) -> None:
@@ -428,7 +438,7 @@ class Cycle:
         elif plan.selection.eligible or plan.selection.missing:
             why_not = None if self.freeze_at is None else gate.wait_for_instant(
                 self.freeze_at, [c.mount.mountpoint for c in plan.selection.eligible],
-                plan.freeze_timeout, self.log)
+                plan.freeze_timeout, self.log, self.gate_armed)
             if why_not is None:
                 self.run_freeze()
             else:
@@ -515,7 +525,10 @@ def run(config: str | os.PathLike[str] | Config | None = None,
         metrics_file: str | None = None, freeze_at: str | None = None) -> Result:
     """The whole cycle of SPEC §1–§5; returns a Result (SPEC §7).
 
-    config: a path, a Config, or None for $VMSNAP_CONFIG or the default path;
+    config: a path, a Config, or None for $VMSNAP_CONFIG or the default path
+    (a Config with no path: should this process be SIGKILLed, the guardian
+    still thaws, but nobody runs the post-script, which the reaper runs from
+    the file; and there is no gentle presync);
     snapshot: an argv list run while frozen, a callable run while frozen, or
     None for an empty step; mounts: the mount points to freeze (default: every
     eligible filesystem); freeze_timeout: seconds, overrides the config's

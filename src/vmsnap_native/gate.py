@@ -28,7 +28,10 @@ clock moves nothing, and a step since arming (wall minus monotonic moved by
 more than 0.05 s, plus what a slew can do) means no freeze: the instant
 the controller computed from an offset measured before the step would be
 wrong.  FILE rewritten while the run waits for T (the role's release
-writes ``abort``) cancels the freeze.
+writes ``abort``) cancels the freeze.  A step during the freeze itself is
+measured as the snapshot step starts and handed to it as
+VMSNAP_CLOCK_MOVED ("MOVED ALLOWED", seconds; the run also warns): the
+host's wall-clock times of the freeze cannot be trusted then.
 
 It runs before the window (ctypes is imported here, on first use, so that
 a run without --freeze-at does not pay for it).
@@ -86,6 +89,22 @@ def _skew() -> float:
         m1 = time.monotonic()
         best = min(best, (m1 - m0, w - (m0 + m1) / 2))
     return best[1]
+
+
+def clock_step_allowed(elapsed: float) -> float:
+    """How far wall minus monotonic may move in ELAPSED seconds without a step."""
+    return CLOCK_STEP_S + 0.0005 * max(0.0, elapsed)
+
+
+def clock_moved(armed: dict[str, float]) -> tuple[float, float] | None:
+    """Once frozen: (how far the wall clock moved against the monotonic clock
+    since arming, how far it may without a step), or None when not armed.  A
+    step during the freeze itself is past the instant's check: the run hands
+    this to its snapshot step (VMSNAP_CLOCK_MOVED), so that whoever judges
+    when this host froze by its wall clock can tell (the group verdict)."""
+    if "skew" not in armed:
+        return None
+    return _skew() - armed["skew"], clock_step_allowed(time.monotonic() - armed["mono"])
 
 
 def _open_dir(path: str) -> int:
@@ -147,9 +166,10 @@ def _parse(text: str) -> tuple[float, float] | str:
 
 
 def wait_for_instant(path: str, mountpoints: Iterable[str], limit_s: float,
-                     log: Logbook) -> str | None:
+                     log: Logbook, armed: dict[str, float] | None = None) -> str | None:
     """Arms (syncs, writes PATH.armed), waits for PATH and then for its
-    instant.  None: freeze now; else why not (the run reports it)."""
+    instant.  None: freeze now; else why not (the run reports it).  ARMED,
+    if given, gets what ``clock_moved`` needs once the run is frozen."""
     give_up = time.monotonic() + limit_s
     # the flush that makes the freeze's own presync short, bounded: a device that
     # hangs must not hold the host quiesced past its freeze timeout (the thread
@@ -163,7 +183,8 @@ def wait_for_instant(path: str, mountpoints: Iterable[str], limit_s: float,
     except OSError as exc:
         return "not frozen: cannot use %s's directory (%s)" % (path, _why(exc))
     try:
-        return _wait(dfd, os.path.basename(path), path, limit_s, give_up, log)
+        return _wait(dfd, os.path.basename(path), path, limit_s, give_up, log,
+                     armed if armed is not None else {})
     except (OSError, ValueError) as exc:
         return "not frozen: %s (%s)" % (_why(exc), path)
     finally:
@@ -171,11 +192,12 @@ def wait_for_instant(path: str, mountpoints: Iterable[str], limit_s: float,
 
 
 def _wait(dfd: int, name: str, path: str, limit_s: float, give_up: float,
-          log: Logbook) -> str | None:
+          log: Logbook, armed: dict[str, float]) -> str | None:
     from . import opsfile
     armed_at = time.time()
     skew0 = _skew()
     armed_mono = time.monotonic()
+    armed.update(skew=skew0, mono=armed_mono)
     opsfile.replace(dfd, name + ".armed", b"%.6f\n" % armed_at, 0o600)
     log.info("armed at %.6f: waiting for the instant to freeze at in %s", armed_at, path)
     text = _read(dfd, name)
@@ -217,7 +239,7 @@ def _wait(dfd: int, name: str, path: str, limit_s: float, give_up: float,
         return ("woke at %.6f to freeze at %.6f, past the latest useful instant %.6f: "
                 "not frozen" % (at + now - at_mono, at, latest))
     moved = _skew() - skew0
-    if abs(moved) > CLOCK_STEP_S + 0.0005 * (now - armed_mono):
+    if abs(moved) > clock_step_allowed(now - armed_mono):
         return ("the wall clock moved by %+.3fs since arming (a clock step): the instant "
                 "cannot be trusted: not frozen" % moved)
     log.info("freezing at %.6f (asked for %.6f)", at + now - at_mono, at)

@@ -228,6 +228,12 @@ def test_a_host_released_after_the_step_covers_its_end_whatever_its_clock_says(v
     v = decide_released(verdict, [h], [released(T + 2.501)], step)
     assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", []), v
     assert v["hosts"]["h0"]["frozen_until_by"] == "release"
+    assert v["hosts"]["h0"]["frozen_until"] == T + 2.501
+    # its clock says later than the release: still proven by the release, the later kept
+    b, e = armed_host(T + 0.02, T + 3.0, 0.0, 0.0)
+    v = decide_released(verdict, [(b, e)], [released(T + 2.501)], step)
+    assert v["hosts"]["h0"]["frozen_until_by"] == "release", v["hosts"]["h0"]
+    assert v["hosts"]["h0"]["frozen_until"] == pytest.approx(T + 2.995)
     # the end task's own release counts as well (the release task was unreachable)
     b, e = h
     e = dict(e, release={"state": "released", "sent_at": T + 2.501})
@@ -276,3 +282,71 @@ def test_a_loose_arm_reading_is_superseded_by_the_clock_tasks(verdict):
     e["clock"] = {"offset": -1.0, "uncertainty": 0.005}
     v = verdict(["h0"], [b], [e], step, True, [tight])
     assert v["broken_by"] == ["h0"] and "after the snapshot step began" in v["hosts"]["h0"]["reason"]
+
+
+# --- a clock step during a host's freeze: the host says so (clock_stepped) ---
+
+def stepped_timeline(clock_stepped):
+    """Real time: the step runs [T+0.5, T+2.5]; the host's freeze is slow and
+    completes at T+0.9 (after the step began). At real T+0.7 one clock shared
+    by the controller and the host steps back 1 s: every offset still reads
+    0 (clock task before, end after), and the host's stamps are 1 s behind.
+    The host measured its wall clock against its monotonic clock from arming
+    to the end of its freeze: it moved by -1 s (clock_stepped)."""
+    b, e = armed_host(T + 0.9 - 1.0, T + 2.6 - 1.0, 0.0, 0.0)
+    if clock_stepped is not None:
+        e.update(clock_moved=-1.0 if clock_stepped else 0.0003, clock_stepped=clock_stepped)
+    return (b, e), snap(T + 0.5, T + 2.5 - 1.0), T + 2.55 - 1.0
+
+
+TIGHT = {"clock": {"offset": 0.0, "uncertainty": 0.005}}
+
+
+def test_a_host_whose_clock_stepped_during_its_freeze_is_not_covered(verdict):
+    (b, e), step, sent = stepped_timeline(True)
+    v = verdict(["h0"], [b], [e], step, True, [TIGHT], [released(sent)])
+    assert v["broken_by"] == ["h0"] and "clock step" in v["hosts"]["h0"]["reason"], v
+    # the same times, the host saw no step: judged by them (here: covered)
+    (b, e), step, sent = stepped_timeline(False)
+    v = verdict(["h0"], [b], [e], step, True, [TIGHT], [released(sent)])
+    assert v["broken_by"] == [], v["hosts"]["h0"]
+
+
+def test_a_host_without_a_clock_reading_after_its_freeze_is_not_covered(verdict):
+    # its clock stepped back 1 s during its freeze; with its end reading it is caught
+    b, e = armed_host(T + 0.9 - 1.0, T + 2.6 - 1.0, 0.0, -1.0)
+    step, rel = snap(T + 0.5, T + 2.5), released(T + 2.55)
+    v = verdict(["h0"], [b], [e], step, True, [TIGHT], [rel])
+    assert v["broken_by"] == ["h0"]
+    # without it, the readings before its freeze cannot tell
+    e["clock"] = {"offset": None, "uncertainty": None, "error": "cannot read the host's clock"}
+    v = verdict(["h0"], [b], [e], step, True, [TIGHT], [rel])
+    assert v["broken_by"] == ["h0"] and "after the freeze" in v["hosts"]["h0"]["reason"], v
+
+
+@pytest.mark.parametrize("where", ["host: clock task..freeze", "host: freeze..end",
+                                   "controller: clock task..step start",
+                                   "controller: step start..end"])
+def test_any_single_clock_step_is_caught(verdict, where):
+    """One step of 1 s back (or forward) of ONE clock anywhere between the
+    clock task and the end task: the worst of the clock task's and the end's
+    offsets catches a host that froze 0.4 s after the step began, even with
+    no word from the host."""
+    for d in (-1.0, 1.0):
+        # real: clock task < step start T+0.5 < freeze T+0.9 < step end T+2.5 < end task
+        h = {"freeze": 0.0, "end": 0.0}
+        c = {"start": 0.0, "end_of_step": 0.0, "end": 0.0}
+        if where == "host: clock task..freeze":
+            h.update(freeze=d, end=d)
+        elif where == "host: freeze..end":
+            h["end"] = d
+        elif where == "controller: clock task..step start":
+            c.update(start=d, end_of_step=d, end=d)
+        else:
+            c.update(end_of_step=d, end=d)
+        host = armed_host(T + 0.9 + h["freeze"], T + 2.6 + h["end"], 0.0, h["end"] - c["end"])
+        step = snap(T + 0.5 + c["start"], T + 2.5 + c["end_of_step"])
+        v = verdict(["h0"], [host[0]], [host[1]], step, True,
+                    [{"clock": {"offset": 0.0, "uncertainty": 0.005}}],
+                    [released(T + 2.55 + c["end"])])
+        assert v["broken_by"] == ["h0"], (where, d, v["hosts"]["h0"])

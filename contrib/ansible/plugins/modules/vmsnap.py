@@ -353,6 +353,19 @@ freeze_instant:
   description: The instant an armed host was told to freeze at, on its clock (null when told not to, or never).
   returned: end (of an armed session)
   type: float
+clock_moved:
+  description:
+    - An armed host that froze, how far its wall clock moved against its
+      monotonic clock from arming to the end of its freeze (seconds; null
+      when unknown).
+  returned: end (of an armed session)
+  type: float
+clock_stepped:
+  description:
+    - Whether C(clock_moved) is more than a slew can do, a clock step, so that
+      when the host froze cannot be told from its wall clock (null when unknown).
+  returned: end (of an armed session)
+  type: bool
 release:
   description:
     - The release as the action plugin did it, before anything else (C(state)
@@ -410,6 +423,7 @@ WAITER = r"""
 d=$1
 [ -n "$VMSNAP_FROZEN_MOUNTS" ] || exit 0
 date +%s.%N > "$d/frozen_at.tmp" && mv "$d/frozen_at.tmp" "$d/frozen_at"
+[ -z "$VMSNAP_CLOCK_MOVED" ] || printf '%s\n' "$VMSNAP_CLOCK_MOVED" > "$d/clock_moved"
 exec 3<>"$d/release.fifo"
 while [ ! -e "$d/release" ]; do read -r line <&3 || sleep 0.02; done
 date +%s.%N > "$d/released_at.tmp" && mv "$d/released_at.tmp" "$d/released_at"
@@ -843,6 +857,18 @@ def told(d):
     return {"told_at": told_at, "freeze_instant": instant}
 
 
+def clock_moved(d):
+    """An armed session that froze: how far its wall clock moved against the
+    monotonic clock from arming to the freeze's end (clock_moved, seconds),
+    and whether that is a step (clock_stepped); None each when unknown."""
+    try:
+        with open(os.path.join(d, "clock_moved")) as f:
+            moved, allowed = (float(w) for w in f.read(4096).split()[:2])
+    except (OSError, ValueError):
+        return {"clock_moved": None, "clock_stepped": None}
+    return {"clock_moved": moved, "clock_stepped": abs(moved) > allowed}
+
+
 def do_end(module):
     d = session_dir(module)
     if not os.path.isdir(d):
@@ -882,7 +908,7 @@ def do_end(module):
     obj["vmsnap_warnings"] = obj.pop("warnings", [])
     res = dict(obj, frozen_at=st["frozen_at"], released_at=st["released_at"], covered=covered,
                lease_deadline=lease_deadline(st), host_time=time.time(),
-               **told(d))
+               **dict(told(d), **clock_moved(d)))
     own_errors = [c for c in codes if not (c == "SnapshotFailed"
                                            and not module.params["snapshot_ok"])]
     msg = "thawed and resumed: %s; the freeze %s the snapshot step" % (

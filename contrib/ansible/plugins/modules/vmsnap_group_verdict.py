@@ -239,6 +239,12 @@ def host_verdict(name, begin, end, snap, more_clock=None, released=None):
     if frozen_at is not None:
         info["frozen_from"] = max(frozen_at - c["offset"] + c["uncertainty"]
                                   for c in clocks)         # latest it can have been
+    if armed and isinstance(end, dict) and end.get("clock_stepped"):
+        # its wall clock stepped while it froze: its frozen_at is on another clock
+        # than every offset measured before or after
+        return False, ("its wall clock moved by %+.3fs between arming and the end of its "
+                       "freeze (a clock step): when it froze cannot be told"
+                       % (end.get("clock_moved") or 0.0)), info
     if begin.get("lease_deadline") is not None:
         info["lease_ends_by"] = max(begin["lease_deadline"] - c["offset"] + c["uncertainty"]
                                     for c in clocks)
@@ -268,13 +274,17 @@ def host_verdict(name, begin, end, snap, more_clock=None, released=None):
         return False, "thawed before the snapshot step ended: %s" % (codes or end.get("msg")), info
     info["frozen_until"] = min(end["released_at"] - c["offset"] - c["uncertainty"]
                                for c in clocks)            # earliest it can have been
+    info["frozen_until_by"] = "clock"
     sent = release_sent_at(snap, released, end)
-    if sent is not None and sent > info["frozen_until"]:
-        info["frozen_until"], info["frozen_until_by"] = sent, "release"   # by causality
-    else:
-        info["frozen_until_by"] = "clock"
+    if sent is not None:   # by causality: not before the release (itself after the step)
+        info["frozen_until"] = max(info["frozen_until"], sent)
+        info["frozen_until_by"] = "release"
     if not snap.get("ran") or snap.get("start") is None:
         return True, "frozen", info
+    if not clocks_of(end):
+        # no reading after the freeze: a step during the window would not show
+        return False, ("its clock offset could not be measured after the freeze: a clock "
+                       "step during its window would not show"), info
     if info["frozen_from"] > snap["start"]:
         return False, ("froze at %.3f, after the snapshot step began at %.3f (clock uncertainty "
                        "%.3fs)" % (info["frozen_from"], snap["start"], unc)), info
