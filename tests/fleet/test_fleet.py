@@ -110,6 +110,9 @@ def test_every_window_covers_the_step_application_consistent(fleet):
         assert v["frozen_from"] <= snap["start"] and v["frozen_until"] >= snap["end"], v
         # released at once after the step: the release, not a clock, proves the end
         assert v["frozen_until_by"] == "release", v
+        # the host measured its clock from arming to the end of its freeze: no step
+        end = report["end"][h.name]
+        assert end["clock_stepped"] is False and abs(end["clock_moved"]) < 0.05, end
         assert v["clock"]["uncertainty"] < 5
         assert_resumed(h)
         # the session, its lock and records lived in the host's own /run
