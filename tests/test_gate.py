@@ -404,3 +404,17 @@ def test_a_clock_step_during_the_freeze_is_handed_to_the_step(tmp_path, loopfs, 
         assert abs(moved) < allowed and not warned, (moved, res.warnings)
     else:
         assert moved == pytest.approx(after_freeze, abs=0.01) and warned, (moved, res.warnings)
+
+
+def test_the_callers_clock_moved_never_reaches_the_step(tmp_path, loopfs, monkeypatch):
+    """VMSNAP_CLOCK_MOVED is the run's word only: a value in the caller's
+    environment (a run not armed) is not handed on as if measured."""
+    import vmsnap_native
+    mounts = loopfs.make(1)
+    monkeypatch.setenv("VMSNAP_CLOCK_MOVED", "+0.000000 9.0")
+    out = tmp_path / "moved"
+    res = vmsnap_native.run(config=setup_scripts(tmp_path), mounts=mounts, log_file="",
+                            snapshot=["/bin/sh", "-c", 'printf "%%s" "${VMSNAP_CLOCK_MOVED-unset}" > %s'
+                                      % out])
+    assert res.status == "success", res.to_json()
+    assert out.read_text() == "unset"

@@ -339,6 +339,7 @@ class Cycle:
         env["VMSNAP_PHASE"] = "snapshot"
         env["VMSNAP_FROZEN_MOUNTS"] = "\n".join(
             m.mountpoint for m in (self.session.mounts if self.session else []) if m.frozen)
+        env.pop("VMSNAP_CLOCK_MOVED", None)   # ours only, never the caller's
         moved = gate.clock_moved(self.gate_armed)
         if moved is not None:   # --freeze-at: did the wall clock step during the freeze?
             env["VMSNAP_CLOCK_MOVED"] = "%+.6f %.6f" % moved
