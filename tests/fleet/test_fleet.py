@@ -105,6 +105,13 @@ def test_every_window_covers_the_step_application_consistent(fleet):
     # what the verdict claims was true: every host frozen across the step
     assert step["start"] == step["end"] == {h.name: "frozen" for h in fleet.hosts}
     snap = verdict["snapshot"]
+    # one host's worker ran the step; each host was released by the same task,
+    # the moment the step's result was there (no task fan-out after the step)
+    ran = [h.name for h in fleet.hosts if report["released"][h.name]["snapshot"]["ran_here"]]
+    assert len(ran) == 1, report["released"]
+    for h in fleet.hosts:
+        rel = report["released"][h.name]["release"]
+        assert rel["state"] == "released" and rel["sent_at"] >= snap["end"], rel
     for h in fleet.hosts:
         v = verdict["hosts"][h.name]
         assert v["frozen_from"] <= snap["start"] and v["frozen_until"] >= snap["end"], v
@@ -326,3 +333,19 @@ def test_a_host_told_too_late_does_not_freeze_and_the_verdict_says_so(fleet):
             assert step["start"][h.name] == step["end"][h.name] == "frozen"
         assert_resumed(h)
     assert codes(host_result(late)) == ["FsFreezeFailed"]
+
+
+def test_the_snapshot_step_module_waits_then_reads_as_command(fleet, tmp_path):
+    """vmsnap_snapshot_step on its own (the role runs the step through the
+    release now; the module is still the collection's): it runs the command
+    once not_before has passed, and its result reads as ansible.builtin.command's."""
+    ran_at, out = tmp_path / "ran_at", tmp_path / "out.json"
+    not_before = time.time() + 1.0
+    rc, log = fleet.playbook("snapshot_step.yml", {
+        "step_argv": ["/bin/sh", "-c", "date +%%s.%%N > %s; echo said; exit 3" % ran_at],
+        "step_not_before": not_before, "step_out": str(out)})
+    assert rc == 0, log
+    res = json.loads(out.read_text())
+    assert res["rc"] == 3 and res["failed"] and res["stdout"].strip() == "said", res
+    assert float(ran_at.read_text()) >= not_before
+    assert res["start"] and res["end"] and res["end_epoch"] >= not_before

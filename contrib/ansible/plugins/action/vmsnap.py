@@ -20,10 +20,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
+import json
+import os
 import shlex
+import stat
+import subprocess
 import time
 
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
+
+FMT = "%Y-%m-%d %H:%M:%S.%f"   # ansible.builtin.command's start and end
+STEP_LOCK, STEP_RESULT = "step.lock", "step.json"
 
 # The release (see the module's WAITER): an armed host not frozen yet is
 # told not to (told or not: one told an instant still ahead stops waiting);
@@ -64,7 +74,57 @@ class ActionModule(ActionBase):
                 best = sample
         return best
 
-    def release(self):
+    def group_step(self, step):
+        """The group's snapshot step, once for the play: the first host's worker
+        to get here runs it (on the controller, once ``not_before`` has passed),
+        the others wait for its result in the same directory; then each
+        releases its host at once, over the connection it already holds, so
+        that no fan-out of tasks lies between the step's end and the thaws."""
+        if not isinstance(step, dict) or not isinstance(step.get("argv"), list) or not step["argv"]:
+            raise AnsibleActionFail("step: give argv (the snapshot command, a non-empty list), "
+                                    "not_before and dir")
+        d = str(step.get("dir") or "")
+        try:
+            st = os.lstat(d)
+        except OSError as exc:
+            raise AnsibleActionFail("step: dir %s: %s" % (d, exc))
+        # a directory of this controller user's, private to it: nobody else may
+        # plant a result or take the step's lock
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise AnsibleActionFail("step: dir %s must be a directory of this user's, mode 0700" % d)
+        try:
+            until = float(step.get("not_before") or 0)
+            bound = float(step.get("timeout") or 300)
+        except (TypeError, ValueError):
+            raise AnsibleActionFail("step: not_before and timeout are numbers of seconds")
+        try:
+            fd = os.open(os.path.join(d, STEP_LOCK), os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            fd = None
+        if fd is not None:
+            os.close(fd)
+            res = run_step([to_text(a) for a in step["argv"]], until)
+            tmp = os.path.join(d, "step.json.%d" % os.getpid())
+            with open(tmp, "x") as f:
+                json.dump(res, f)
+            os.rename(tmp, os.path.join(d, STEP_RESULT))
+            return dict(res, ran_here=True)
+        # another host's worker runs it: wait for its result (on the monotonic clock)
+        give_up = time.monotonic() + max(0.0, until - time.time()) + bound
+        path = os.path.join(d, STEP_RESULT)
+        while time.monotonic() < give_up:
+            try:
+                with open(path) as f:
+                    return dict(json.load(f), ran_here=False)
+            except FileNotFoundError:
+                time.sleep(0.005)
+            except ValueError:
+                break
+        return {"rc": None, "failed": True, "ran_here": False,
+                "msg": "the snapshot step did not end within %gs: released as failed" % bound}
+
+    def release(self, snapshot_ok=None):
         args = self._task.args
         # the host's window must reach past the step's end on its corrected
         # clock: the role asks to release no sooner than the end + twice the
@@ -79,7 +139,7 @@ class ActionModule(ActionBase):
             time.sleep(min(target - now, 1.0))
             now = time.monotonic()
         d = "%s/%s" % (args.get("state_dir") or "/run/vmsnap-fleet", args.get("group") or "default")
-        ok = args.get("snapshot_ok", True)
+        ok = args.get("snapshot_ok", True) if snapshot_ok is None else snapshot_ok
         ok = ok if isinstance(ok, bool) else str(ok).lower() in ("1", "true", "yes", "on")
         # read before the command goes: a host that says "released" thawed after this
         # instant (controller clock), whatever its own clock says
@@ -98,8 +158,12 @@ class ActionModule(ActionBase):
         result = super(ActionModule, self).run(tmp, task_vars)
         command = self._task.args.get("command")
         release = None
+        snapshot = None
+        if command == "release" and self._task.args.get("step") and not self._task.check_mode:
+            snapshot = self.group_step(self._task.args["step"])
         if command in ("end", "release") and not self._task.check_mode:
-            release = self.release()
+            release = self.release(None if snapshot is None else
+                                   (snapshot.get("rc") == 0 and not snapshot.get("failed")))
         if command == "clock":
             # the clock alone, no module: the role reads a few hosts' at a time,
             # on a controller with little else to do, for a tight bound
@@ -114,6 +178,8 @@ class ActionModule(ActionBase):
             failed = release["rc"] != 0 or release["state"] not in ("released", "already", "absent")
             result.update(changed=release["state"] == "released", failed=failed, release=release,
                           msg="release: %s" % (release["state"] or release["stderr"]))
+            if snapshot is not None:
+                result["snapshot"] = snapshot
             return result
         clock = self.measure_clock() if command != "arm" else None
         result.update(self._execute_module(module_name="vmsnap.fleet.vmsnap",
@@ -124,3 +190,30 @@ class ActionModule(ActionBase):
         if release is not None:
             result["release"] = release
         return result
+
+
+def run_step(argv, until):
+    """Waits until UNTIL (epoch seconds, on the monotonic clock), runs ARGV;
+    the result reads as ansible.builtin.command's (and vmsnap_snapshot_step's)."""
+    t0 = time.monotonic()
+    target = t0 + (until - time.time())
+    now = t0
+    while now < target:
+        time.sleep(min(target - now, 1.0))
+        now = time.monotonic()
+    start = datetime.datetime.now()
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, check=False)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except OSError as exc:
+        rc, out, err = 2, b"", to_text(exc).encode("utf-8")
+    end = datetime.datetime.now()
+    res = dict(cmd=argv, rc=rc, stdout=to_text(out, errors="surrogate_or_replace"),
+               stderr=to_text(err, errors="surrogate_or_replace"), changed=True,
+               waited=now - t0, start=start.strftime(FMT), end=end.strftime(FMT),
+               delta=str(end - start),
+               end_epoch=time.mktime(end.timetuple()) + end.microsecond / 1e6)
+    if rc != 0:
+        res.update(failed=True, msg="non-zero return code")
+    return res

@@ -10,15 +10,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import datetime
-import subprocess
-import time
-
-FMT = "%Y-%m-%d %H:%M:%S.%f"   # ansible.builtin.command's start and end
-
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
+from ansible_collections.vmsnap.fleet.plugins.action.vmsnap import run_step
 
 
 class ActionModule(ActionBase):
@@ -41,24 +36,5 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("not_before: an instant in seconds since the epoch")
         # the wait on the monotonic clock: a step of the wall clock meanwhile
         # moves neither the instant nor when the step runs
-        t0 = time.monotonic()
-        target = t0 + (until - time.time())
-        now = t0
-        while now < target:
-            time.sleep(min(target - now, 1.0))
-            now = time.monotonic()
-        start = datetime.datetime.now()
-        try:
-            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, check=False)
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        except OSError as exc:
-            rc, out, err = 2, b"", to_text(exc).encode("utf-8")
-        end = datetime.datetime.now()
-        result.update(cmd=argv, rc=rc, stdout=to_text(out, errors="surrogate_or_replace"),
-                      stderr=to_text(err, errors="surrogate_or_replace"), changed=True,
-                      waited=now - t0, start=start.strftime(FMT), end=end.strftime(FMT), delta=str(end - start),
-                      end_epoch=time.mktime(end.timetuple()) + end.microsecond / 1e6)
-        if rc != 0:
-            result.update(failed=True, msg="non-zero return code")
+        result.update(run_step(argv, until))
         return result

@@ -98,6 +98,20 @@ options:
         the host's own run records C(SnapshotFailed) as well, so its log tells the truth.
     type: bool
     default: true
+  step:
+    description:
+      - For C(release) (with the action plugin), the group's snapshot step
+        first, once for the whole play, run on the controller. The first
+        host's worker to get there runs it, and the others wait for its
+        result. Then each host is released at once, with C(snapshot_ok) set
+        from the step's exit status, so that no fan-out of tasks lies
+        between the step's end and the hosts' thaws.
+      - Keys are C(argv) (the command, a list), C(not_before) (seconds since
+        the epoch, the controller's clock), C(dir) (a directory of the
+        controller user's, mode 0700, new for each group snapshot) and
+        C(timeout) (how long the other hosts wait for the step beyond
+        C(not_before), 300 s by default; past it they are released as failed).
+    type: dict
   not_before:
     description:
       - For C(release) and C(end) (with the action plugin), the controller waits
@@ -236,7 +250,10 @@ snapshot:
   description:
     - The snapshot step (argv, program, exit_code, duration_ms, output, signal,
       timed_out, containment), or null. For end, the group session's wait step.
-  returned: run, end
+    - For release with I(step), the group's snapshot step as the controller ran
+      it, read as C(ansible.builtin.command)'s result (cmd, rc, start, end,
+      end_epoch, stdout, stderr), and C(ran_here), whether this host's worker ran it.
+  returned: run, end, release
   type: dict
 duration_ms:
   description: How long the whole run took, in milliseconds.
@@ -975,6 +992,7 @@ def main():
             group=dict(type="str", default="default"),
             snapshot_ok=dict(type="bool", default=True),
             not_before=dict(type="float", default=0),
+            step=dict(type="dict"),
             wait_timeout=dict(type="float", default=300),
             log_file=dict(type="str"),
             state_dir=dict(type="path", default="/run/vmsnap-fleet"),

@@ -62,7 +62,8 @@ options:
   released:
     description:
       - The registered results of C(vmsnap command=release), one per host (null
-        when missing), run after the snapshot step. A host whose C(release) (or
+        when missing, or a list of several), run after the snapshot step (or
+        running it, with I(step)). A host whose C(release) (or
         whose C(end)'s own release) says C(released), sent after the step ended
         on the controller's clock, thawed after the step ended, since the host's
         wait step holds the freeze until the release arrives. For such a host the
@@ -199,7 +200,10 @@ def release_sent_at(snap, *results):
     None. The host's wait step ends only once a release has arrived, so a
     covered host thawed after this instant, whatever its clock says."""
     end_of_step = snap.get("end")
-    for res in results:
+    flat = []
+    for res in results:   # a host's entry in `released` may list several results
+        flat.extend(res if isinstance(res, list) else [res])
+    for res in flat:
         rel = res.get("release") if isinstance(res, dict) else None
         if not isinstance(rel, dict) or rel.get("state") != "released":
             continue
