@@ -103,7 +103,10 @@ class ActionModule(ActionBase):
         except FileExistsError:
             fd = None
         if fd is not None:
-            os.close(fd)
+            try:   # who runs it: the others stop waiting if this process is gone
+                os.write(fd, b"%d\n" % os.getpid())
+            finally:
+                os.close(fd)
             res = run_step([to_text(a) for a in step["argv"]], until)
             tmp = os.path.join(d, "step.json.%d" % os.getpid())
             with open(tmp, "x") as f:
@@ -113,6 +116,7 @@ class ActionModule(ActionBase):
         # another host's worker runs it: wait for its result (on the monotonic clock)
         give_up = time.monotonic() + max(0.0, until - time.time()) + bound
         path = os.path.join(d, STEP_RESULT)
+        checked = 0.0
         while time.monotonic() < give_up:
             try:
                 with open(path) as f:
@@ -121,6 +125,12 @@ class ActionModule(ActionBase):
                 time.sleep(0.005)
             except ValueError:
                 break
+            if time.monotonic() - checked > 0.5:
+                checked = time.monotonic()
+                if not runner_alive(d):
+                    return {"rc": None, "failed": True, "ran_here": False,
+                            "msg": "the worker that ran the snapshot step is gone without "
+                                   "its result: released as failed"}
         return {"rc": None, "failed": True, "ran_here": False,
                 "msg": "the snapshot step did not end within %gs: released as failed" % bound}
 
@@ -190,6 +200,24 @@ class ActionModule(ActionBase):
         if release is not None:
             result["release"] = release
         return result
+
+
+def runner_alive(d):
+    """Whether the process that took the step's lock in D may still write its
+    result (unknown: yes)."""
+    try:
+        with open(os.path.join(d, STEP_LOCK)) as f:
+            pid = int(f.read(32).split()[0])
+    except (OSError, ValueError, IndexError):
+        return True   # being written
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        # its result may have come just before it exited
+        return os.path.exists(os.path.join(d, STEP_RESULT))
+    except OSError:
+        pass
+    return True
 
 
 def run_step(argv, until):

@@ -1,0 +1,72 @@
+"""The group's snapshot step as the role runs it (the action plugin's
+group_step, one call per host's worker): pure Python, no playbook, no host."""
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from .plugin_module import action_plugin
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    with action_plugin("vmsnap") as mod:
+        yield mod
+
+
+def step(mod, d, argv, not_before=0.0, timeout=5):
+    am = mod.ActionModule.__new__(mod.ActionModule)   # no task: group_step needs none
+    return am.group_step({"argv": argv, "not_before": not_before, "dir": d, "timeout": timeout})
+
+
+def test_the_step_runs_once_among_concurrent_workers(plugin, tmp_path):
+    d = tempfile.mkdtemp(dir=tmp_path)
+    counter = tmp_path / "ran"
+    not_before = time.time() + 0.3
+
+    def worker(i):
+        res = step(plugin, d, ["/bin/sh", "-c", "echo x >> %s; sleep 0.3" % counter], not_before)
+        with open(tmp_path / ("r%d" % i), "w") as f:
+            json.dump(res, f)
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=worker, args=(i,)) for i in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(20)
+    assert counter.read_text().count("x") == 1
+    res = [json.loads((tmp_path / ("r%d" % i)).read_text()) for i in range(8)]
+    assert sum(r["ran_here"] for r in res) == 1 and len({r["end"] for r in res}) == 1
+    assert all(r["rc"] == 0 and r["end_epoch"] >= not_before for r in res)
+
+
+def test_a_directory_not_private_to_this_user_is_refused(plugin, tmp_path):
+    d = tempfile.mkdtemp(dir=tmp_path)
+    os.chmod(d, 0o755)
+    with pytest.raises(Exception, match="must be a directory of this user's"):
+        step(plugin, d, ["true"])
+    os.chmod(d, 0o700)
+    os.chown(d, 65534, 65534)   # another user's (play-level become without become: false)
+    with pytest.raises(Exception, match="must be a directory of this user's"):
+        step(plugin, d, ["true"])
+
+
+def test_the_others_stop_waiting_when_the_worker_that_ran_it_is_gone(plugin, tmp_path):
+    """The worker that took the step's lock died without a result: the hosts
+    are released as failed at once, not held frozen for the whole timeout."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()   # a pid that is gone
+    with open(os.path.join(d, "step.lock"), "w") as f:
+        f.write("%d\n" % p.pid)
+    t = time.monotonic()
+    res = step(plugin, d, ["true"], timeout=30)
+    assert time.monotonic() - t < 5
+    assert res["failed"] and res["rc"] is None and "gone" in res["msg"], res
