@@ -36,7 +36,7 @@ def fleet():
 
 
 def group(fleet, *, lease=30, sleep=0.5, exit=0, kill_sshd=(), continue_on_failure=True,
-          check=False, background=False):
+          check=False, background=False, playbook="group.yml"):
     """Runs the consistency_group role; returns (rc, output, report, step report)."""
     spec = {"hosts": {h.name: {"ns": h.ns_path, "mnts": h.mnts} for h in fleet.hosts},
             "started_file": os.path.join(fleet.base, "step-started"),
@@ -53,8 +53,8 @@ def group(fleet, *, lease=30, sleep=0.5, exit=0, kill_sshd=(), continue_on_failu
              "consistency_group_snapshot_command": [sys.executable, STEP,
                                                     os.path.join(fleet.base, "spec.json")]}
     if background:
-        return fleet.start_playbook("group.yml", extra)
-    rc, out = fleet.playbook("group.yml", extra, check=check)
+        return fleet.start_playbook(playbook, extra)
+    rc, out = fleet.playbook(playbook, extra, check=check)
     return rc, out, load(os.path.join(fleet.base, "report.json")), load(spec["report"])
 
 
@@ -228,6 +228,22 @@ def test_snapshot_command_fails_every_host_records_it(fleet):
         assert_resumed(h)
         res = host_result(h)
         assert res["status"] == "failed" and codes(res) == ["SnapshotFailed"], h.name
+
+
+@pytest.mark.parametrize("playbook,says", [
+    ("group_serial.yml", "the play runs its hosts in batches (serial): 1 of 3"),
+    ("group_free.yml", "this play runs with strategy free"),
+])
+def test_a_play_whose_hosts_do_not_move_in_step_is_refused(fleet, playbook, says):
+    """serial would take one snapshot per batch; strategy free would run the
+    role's once-only tasks (the instant, the snapshot step) once per host:
+    refused before any host quiesces, and no snapshot is taken."""
+    rc, out, report, step = group(fleet, playbook=playbook)
+    assert rc != 0 and says in out, out[-3000:]
+    assert step is None and not os.path.exists(os.path.join(fleet.base, "step-started"))
+    for h in fleet.hosts:
+        assert h.frozen() == "thawed", h.name
+        assert events(h) == [], h.name     # no pre-script ran
 
 
 def test_controller_killed_mid_window_every_host_thaws_and_resumes(fleet):

@@ -70,3 +70,47 @@ def test_the_others_stop_waiting_when_the_worker_that_ran_it_is_gone(plugin, tmp
     res = step(plugin, d, ["true"], timeout=30)
     assert time.monotonic() - t < 5
     assert res["failed"] and res["rc"] is None and "gone" in res["msg"], res
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_hung_step_is_stopped_at_its_timeout_with_its_children(plugin, tmp_path):
+    """A snapshot command that never ends (and ignores SIGTERM, as does a child
+    of its own) is stopped at the step's timeout: the play goes on, every host
+    is released as failed, and nothing of the command is left running."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    child = tmp_path / "child"
+    hung = ["/bin/sh", "-c", "trap '' TERM; (trap '' TERM; exec sleep 300) & echo $! > %s; "
+            "sleep 300; sleep 300" % child]
+    ctx = multiprocessing.get_context("fork")
+    out = tmp_path / "waiter"
+
+    def waiter():
+        time.sleep(0.3)   # the runner has the lock by then
+        with open(out, "w") as f:
+            json.dump(step(plugin, d, ["true"], timeout=2), f)
+
+    w = ctx.Process(target=waiter)
+    w.start()
+    t = time.monotonic()
+    res = step(plugin, d, hung, timeout=2)
+    took = time.monotonic() - t
+    w.join(30)
+    assert res["ran_here"] and res["failed"] and res.get("timed_out"), res
+    assert "did not end within 2s" in res["msg"]
+    assert 2 <= took < 2 + 5 + 5, took            # the timeout, then SIGTERM's grace
+    assert not _alive(int(child.read_text())), "the step's child is still running"
+    seen = json.loads(out.read_text())
+    assert not seen["ran_here"] and seen["failed"] and seen.get("timed_out"), seen
+
+
+def test_a_step_timeout_of_zero_is_refused(plugin, tmp_path):
+    d = tempfile.mkdtemp(dir=tmp_path)
+    with pytest.raises(Exception, match="timeout must be more than 0"):
+        step(plugin, d, ["true"], timeout=-1)

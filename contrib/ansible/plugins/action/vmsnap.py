@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import time
@@ -97,6 +98,8 @@ class ActionModule(ActionBase):
             bound = float(step.get("timeout") or 300)
         except (TypeError, ValueError):
             raise AnsibleActionFail("step: not_before and timeout are numbers of seconds")
+        if bound <= 0:
+            raise AnsibleActionFail("step: timeout must be more than 0 seconds")
         try:
             fd = os.open(os.path.join(d, STEP_LOCK), os.O_WRONLY | os.O_CREAT | os.O_EXCL
                          | os.O_NOFOLLOW, 0o600)
@@ -107,14 +110,15 @@ class ActionModule(ActionBase):
                 os.write(fd, b"%d\n" % os.getpid())
             finally:
                 os.close(fd)
-            res = run_step([to_text(a) for a in step["argv"]], until)
+            res = run_step([to_text(a) for a in step["argv"]], until, bound)
             tmp = os.path.join(d, "step.json.%d" % os.getpid())
             with open(tmp, "x") as f:
                 json.dump(res, f)
             os.rename(tmp, os.path.join(d, STEP_RESULT))
             return dict(res, ran_here=True)
-        # another host's worker runs it: wait for its result (on the monotonic clock)
-        give_up = time.monotonic() + max(0.0, until - time.time()) + bound
+        # another host's worker runs it (and stops it at the bound): wait for its
+        # result (on the monotonic clock), a little longer than the bound
+        give_up = time.monotonic() + max(0.0, until - time.time()) + bound + 10
         path = os.path.join(d, STEP_RESULT)
         checked = 0.0
         while time.monotonic() < give_up:
@@ -167,6 +171,8 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         command = self._task.args.get("command")
+        if command == "arm" or (command == "release" and self._task.args.get("step")):
+            refuse_unsynchronised_play(self._task)
         release = None
         snapshot = None
         if command == "release" and self._task.args.get("step") and not self._task.check_mode:
@@ -220,9 +226,11 @@ def runner_alive(d):
     return True
 
 
-def run_step(argv, until):
+def run_step(argv, until, timeout=None):
     """Waits until UNTIL (epoch seconds, on the monotonic clock), runs ARGV;
-    the result reads as ansible.builtin.command's (and vmsnap_snapshot_step's)."""
+    the result reads as ansible.builtin.command's (and vmsnap_snapshot_step's).
+    With TIMEOUT (seconds), a step still running then is stopped, with its
+    whole process group (SIGTERM, then SIGKILL 5 s later), and fails."""
     t0 = time.monotonic()
     target = t0 + (until - time.time())
     now = t0
@@ -230,18 +238,62 @@ def run_step(argv, until):
         time.sleep(min(target - now, 1.0))
         now = time.monotonic()
     start = datetime.datetime.now()
+    timed_out = False
     try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, check=False)
-        rc, out, err = p.returncode, p.stdout, p.stderr
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         rc, out, err = 2, b"", to_text(exc).encode("utf-8")
+    else:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            out, err = b"", b""
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                except OSError:
+                    pass
+                try:
+                    out, err = p.communicate(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            else:   # a process that left its group holds the output open: not waited for
+                p.stdout.close()
+                p.stderr.close()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        rc = p.returncode
     end = datetime.datetime.now()
     res = dict(cmd=argv, rc=rc, stdout=to_text(out, errors="surrogate_or_replace"),
                stderr=to_text(err, errors="surrogate_or_replace"), changed=True,
                waited=now - t0, start=start.strftime(FMT), end=end.strftime(FMT),
                delta=str(end - start),
                end_epoch=time.mktime(end.timetuple()) + end.microsecond / 1e6)
+    if timed_out:
+        res.update(failed=True, timed_out=True,
+                   msg="the snapshot step did not end within %gs: stopped" % timeout)
+        return res
     if rc != 0:
         res.update(failed=True, msg="non-zero return code")
     return res
+
+
+def refuse_unsynchronised_play(task):
+    """A group arms, freezes and is released task by task in step: a play whose
+    hosts each run at their own pace (strategy free, host_pinned) would run
+    the role's once-only tasks (the instant, the snapshot step) once per host."""
+    try:
+        strategy = str(task.get_play().strategy or "")
+    except AttributeError:   # no play (a task made by hand): nothing to check
+        return
+    if strategy.endswith(("free", "host_pinned")):
+        raise AnsibleActionFail(
+            "this play runs with strategy %s, where each host goes at its own pace; a "
+            "consistency group moves in step (arm, the snapshot step): use strategy linear "
+            "(the default)" % strategy)
+

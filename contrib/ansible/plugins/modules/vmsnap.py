@@ -109,8 +109,11 @@ options:
       - Keys are C(argv) (the command, a list), C(not_before) (seconds since
         the epoch, the controller's clock), C(dir) (a directory of the
         controller user's, mode 0700, new for each group snapshot) and
-        C(timeout) (how long the other hosts wait for the step beyond
-        C(not_before), 300 s by default; past it they are released as failed).
+        C(timeout) (300 s by default; a step still running that long after
+        C(not_before) is stopped, its process group sent SIGTERM and SIGKILL
+        5 s later, and every host is released as failed).
+      - Refused in a play with strategy C(free) or C(host_pinned), as is
+        C(arm), since a group moves in step.
     type: dict
   not_before:
     description:
