@@ -114,3 +114,21 @@ def test_a_step_timeout_of_zero_is_refused(plugin, tmp_path):
     d = tempfile.mkdtemp(dir=tmp_path)
     with pytest.raises(Exception, match="timeout must be more than 0"):
         step(plugin, d, ["true"], timeout=-1)
+
+
+def test_a_step_directory_used_before_is_not_taken_for_this_step(plugin, tmp_path):
+    """A directory reused from an earlier group snapshot (its lock and result
+    still there): no host is released as if this step had succeeded, and the
+    snapshot command is not taken for run."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    earlier = time.time() - 60
+    with open(os.path.join(d, "step.lock"), "w") as f:
+        f.write("%d\n" % p.pid)
+    with open(os.path.join(d, "step.json"), "w") as f:
+        json.dump({"rc": 0, "end_epoch": earlier, "stdout": "", "stderr": ""}, f)
+    ran = tmp_path / "ran"
+    res = step(plugin, d, ["/bin/sh", "-c", "touch %s" % ran], not_before=time.time() + 0.2)
+    assert res["failed"] and res["rc"] is None and "earlier group snapshot" in res["msg"], res
+    assert not ran.exists()

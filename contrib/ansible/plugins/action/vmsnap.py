@@ -124,11 +124,24 @@ class ActionModule(ActionBase):
         while time.monotonic() < give_up:
             try:
                 with open(path) as f:
-                    return dict(json.load(f), ran_here=False)
+                    res = json.load(f)
             except FileNotFoundError:
                 time.sleep(0.005)
             except ValueError:
                 break
+            else:
+                # a result from before this step's not_before is an earlier
+                # step's: the directory was used before (one per group snapshot)
+                try:
+                    fresh = float(res.get("end_epoch")) >= until - 1.0
+                except (AttributeError, TypeError, ValueError):
+                    fresh = False
+                if not fresh:
+                    return {"rc": None, "failed": True, "ran_here": False,
+                            "msg": "the step's result in %s ended before this step's not_before: "
+                                   "an earlier group snapshot's (a step directory serves one "
+                                   "group snapshot); released as failed" % d}
+                return dict(res, ran_here=False)
             if time.monotonic() - checked > 0.5:
                 checked = time.monotonic()
                 if not runner_alive(d):

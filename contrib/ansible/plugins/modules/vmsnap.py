@@ -108,7 +108,9 @@ options:
         between the step's end and the hosts' thaws.
       - Keys are C(argv) (the command, a list), C(not_before) (seconds since
         the epoch, the controller's clock), C(dir) (a directory of the
-        controller user's, mode 0700, new for each group snapshot) and
+        controller user's, mode 0700, new for each group snapshot; a result
+        found there that ended before C(not_before) is an earlier one's, and
+        the hosts are released as failed) and
         C(timeout) (300 s by default; a step still running that long after
         C(not_before) is stopped, its process group sent SIGTERM and SIGKILL
         5 s later, and every host is released as failed).
