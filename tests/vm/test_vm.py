@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 import uuid
@@ -49,10 +50,10 @@ class Guest:
     def boot(self, name):
         vm = self.fleet.machine(name, [(i, p, f) for i, (p, f) in self.disks.items()])
         vm.start()
+        self.vm = vm        # the tests after a failed boot check run on this guest
         boot_s = vm.wait_agent(BOOT_TIMEOUT)
         pg_s = wait_postgres(vm)
         wait_mounted(vm, ("/data1", "/data2"))
-        self.vm = vm
         return boot_s, pg_s
 
 
@@ -78,7 +79,10 @@ def wait_postgres(vm, timeout=180) -> float:
             return time.monotonic() - vm.started
         time.sleep(1)
     raise TimeoutError("PostgreSQL did not start in the guest:\n" + vm.sh(
-        "journalctl -u postgresql@15-main --no-pager | tail -20", check=False)[1])
+        "journalctl -u postgresql@15-main --no-pager | tail -20; "
+        "echo '-- its log:'; tail -30 /var/log/postgresql/postgresql-15-main.log; "
+        "echo '-- its pid file:'; cat /var/lib/postgresql/15/main/postmaster.pid; "
+        "echo '-- postgres processes:'; ps -u postgres -o pid,ppid,args", check=False)[1])
 
 
 def guest_log(vm) -> list:
@@ -470,6 +474,32 @@ def test_qemu_killed_mid_freeze_guest_boots_and_postgresql_recovers(guest):
     figure("QEMU SIGKILLed mid-freeze: PostgreSQL's recovery",
            " | ".join(x.split(" LOG: ")[-1].strip() for x in rec.splitlines()))
     vm.spawn("exec python3 /root/probe.py /var/lib/vmsnap-test/probe")
+
+
+def test_a_stale_postmaster_pid_naming_another_process_does_not_stop_postgresql(guest):
+    """After a power cut the postmaster.pid's pid may be another process's in
+    the next boot; one owned by postgres makes the postmaster refuse to start.
+    The guest's unit removes such a file first, as Debian's pg_ctlcluster
+    does (the CI run that found it: PostgreSQL did not start after the kill)."""
+    vm = guest.vm
+    data = "/var/lib/postgresql/15/main"
+    vm.spawn("exec runuser -u postgres -- sleep 600")     # a postgres-owned non-postmaster
+    _, other = vm.sh("for i in $(seq 50); do p=$(pgrep -u postgres -x sleep) && "
+                     "{ echo $p; exit 0; }; sleep 0.1; done; exit 1")
+    other = other.split()[0]
+    _, pidfile = vm.sh("cat %s/postmaster.pid" % data)
+    vm.sh("systemctl stop postgresql@15-main")
+    stale = "\n".join([other] + pidfile.splitlines()[1:]) + "\n"
+    vm.sh("printf '%%b' %s > %s/postmaster.pid && chown postgres:postgres %s/postmaster.pid"
+          % (shlex.quote(stale), data, data))
+    code, out = vm.sh("systemctl start postgresql@15-main", check=False)
+    assert code == 0, out + vm.sh("tail -5 /var/log/postgresql/postgresql-15-main.log",
+                                  check=False)[1]
+    wait_postgres(vm, timeout=60)
+    _, log = vm.sh("journalctl -b -u postgresql@15-main --no-pager | grep 'removed the stale'",
+                   check=False)
+    assert "pid %s" % other in log, log
+    vm.sh("pkill -u postgres -x sleep", check=False)
 
 
 # -- 5. inside the guest: real device-mapper, two disks --------------------------

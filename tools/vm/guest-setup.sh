@@ -60,13 +60,32 @@ echo "listen_addresses = ''" > "/etc/postgresql/$ver/main/conf.d/vmsnap-test.con
 systemctl enable postgresql >/dev/null 2>&1
 # the cluster's unit starts and stops it with pg_ctl itself, as Debian's
 # pg_ctlcluster does (the same configuration, log file and pid file): that
-# Perl wrapper took 10-20 s of each boot of an emulated guest
+# Perl wrapper took 10-20 s of each boot of an emulated guest.  Before the
+# start, as pg_ctlcluster does, a postmaster.pid left by a power cut is removed
+# unless its pid is a running postgres: after a reboot that pid may be another
+# process's, and the postmaster may then refuse to start
+mkdir -p /usr/local/lib/vmsnap-test
+cat > /usr/local/lib/vmsnap-test/pg-stale-pid <<'EOF'
+#!/bin/sh
+# usage: pg-stale-pid DATADIR
+f=$1/postmaster.pid
+[ -e "$f" ] || exit 0
+pid=$(head -n 1 "$f")
+case $pid in
+    ''|*[!0-9]*) ;;
+    *) if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qw postgres; then exit 0; fi ;;
+esac
+rm -f "$f"
+echo "removed the stale $f (pid ${pid:-none})"
+EOF
+chmod 755 /usr/local/lib/vmsnap-test/pg-stale-pid
 mkdir -p "/etc/systemd/system/postgresql@$ver-main.service.d"
 pgbin=/usr/lib/postgresql/$ver/bin
 cat > "/etc/systemd/system/postgresql@$ver-main.service.d/vmsnap-test.conf" <<EOF
 [Service]
 User=postgres
 Group=postgres
+ExecStartPre=/usr/local/lib/vmsnap-test/pg-stale-pid /var/lib/postgresql/$ver/main
 ExecStart=
 ExecStart=$pgbin/pg_ctl start -w -t 3600 -s -D /var/lib/postgresql/$ver/main -l /var/log/postgresql/postgresql-$ver-main.log -o "-c config_file=/etc/postgresql/$ver/main/postgresql.conf"
 ExecStop=
