@@ -309,4 +309,3 @@ def refuse_unsynchronised_play(task):
             "this play runs with strategy %s, where each host goes at its own pace; a "
             "consistency group moves in step (arm, the snapshot step): use strategy linear "
             "(the default)" % strategy)
-
