@@ -132,3 +132,29 @@ def test_a_step_directory_used_before_is_not_taken_for_this_step(plugin, tmp_pat
     res = step(plugin, d, ["/bin/sh", "-c", "touch %s" % ran], not_before=time.time() + 0.2)
     assert res["failed"] and res["rc"] is None and "earlier group snapshot" in res["msg"], res
     assert not ran.exists()
+
+
+def test_the_step_is_stopped_when_the_worker_that_runs_it_dies(plugin, tmp_path):
+    """Ctrl-C of ansible-playbook: each worker passes the signal to its own
+    process group and exits; the snapshot command, in a session of its own
+    (for its timeout), gets SIGTERM when its worker is gone."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    pidfile = tmp_path / "pid"
+    argv = ["/bin/sh", "-c", "echo $$ > %s; exec sleep 300" % pidfile]
+    w = multiprocessing.get_context("fork").Process(target=step, args=(plugin, d, argv),
+                                                    kwargs={"timeout": 600})
+    w.start()
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "the step did not start"
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    os.kill(w.pid, 9)
+    w.join(10)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _alive(pid)
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, "the snapshot command outlived the worker that ran it"

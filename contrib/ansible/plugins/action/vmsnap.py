@@ -20,7 +20,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ctypes
 import datetime
+import functools
 import json
 import os
 import shlex
@@ -254,7 +256,8 @@ def run_step(argv, until, timeout=None):
     timed_out = False
     try:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=functools.partial(die_with_the_worker, os.getpid()))
     except OSError as exc:
         rc, out, err = 2, b"", to_text(exc).encode("utf-8")
     else:
@@ -309,3 +312,16 @@ def refuse_unsynchronised_play(task):
             "this play runs with strategy %s, where each host goes at its own pace; a "
             "consistency group moves in step (arm, the snapshot step): use strategy linear "
             "(the default)" % strategy)
+
+
+def die_with_the_worker(worker):
+    """In the snapshot step's process, before it starts: SIGTERM when the
+    worker that started it dies. The step has a session of its own (so that
+    its timeout stops all of it), and Ansible's workers pass SIGINT and
+    SIGTERM (Ctrl-C) to their own process group only."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != worker:   # gone already
+        os.kill(os.getpid(), signal.SIGTERM)
