@@ -88,6 +88,25 @@ def codes(res):
     return [e["code"] for e in res["errors"]]
 
 
+def descendants(pid):
+    """PID's processes, their children and so on (read from /proc)."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def assert_resumed(host):
     """Thawed, the application resumed by the post-script, vmsnap finished."""
     assert host.frozen() == "thawed", host.name
@@ -254,8 +273,16 @@ def test_controller_killed_mid_window_every_host_thaws_and_resumes(fleet):
     assert p.poll() is None, "ansible-playbook ended before the window"
     for h in fleet.hosts:
         assert h.frozen() == "frozen", h.name
+    # the controller dies: ansible-playbook and every worker (each has a
+    # session of its own, so a signal to the playbook's group misses them)
+    doomed = descendants(p.pid)
     t_kill = time.monotonic()
     os.killpg(p.pid, 9)
+    for pid in doomed:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
     p.wait()
     for h in fleet.hosts:
         wait_for(lambda h=h: host_result(h) is not None, lease + 30, "%s's run ends" % h.name)

@@ -4,6 +4,7 @@ group_step, one call per host's worker): pure Python, no playbook, no host."""
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,7 +128,8 @@ def test_a_step_directory_used_before_is_not_taken_for_this_step(plugin, tmp_pat
     with open(os.path.join(d, "step.lock"), "w") as f:
         f.write("%d\n" % p.pid)
     with open(os.path.join(d, "step.json"), "w") as f:
-        json.dump({"rc": 0, "end_epoch": earlier, "stdout": "", "stderr": ""}, f)
+        json.dump({"rc": 0, "end_epoch": earlier, "not_before": earlier - 2, "stdout": "",
+                   "stderr": ""}, f)
     ran = tmp_path / "ran"
     res = step(plugin, d, ["/bin/sh", "-c", "touch %s" % ran], not_before=time.time() + 0.2)
     assert res["failed"] and res["rc"] is None and "earlier group snapshot" in res["msg"], res
@@ -158,3 +160,131 @@ def test_the_step_is_stopped_when_the_worker_that_runs_it_dies(plugin, tmp_path)
     if alive:
         os.kill(pid, 9)
     assert not alive, "the snapshot command outlived the worker that ran it"
+
+
+def _ansible_like_worker(plugin, d, argv, mode):
+    """As ansible-core's WorkerProcess: a session of its own; on SIGINT or
+    SIGTERM (the playbook's Ctrl-C) it signals its own process group and
+    exits; a task timeout is an exception raised from a SIGALRM handler."""
+    os.setsid()
+
+    def term(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.killpg(os.getpid(), signum)
+        except OSError:
+            pass
+        os._exit(1)
+
+    signal.signal(signal.SIGINT, term)
+    signal.signal(signal.SIGTERM, term)
+    if mode == "alarm":
+        def task_timeout(signum, frame):
+            raise TimeoutError("The action did not complete within the task's timeout")
+        signal.signal(signal.SIGALRM, task_timeout)
+        signal.alarm(2)
+    try:
+        step(plugin, d, argv, timeout=60)
+    finally:
+        os._exit(3)
+
+
+def _wait_for_text(path, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        time.sleep(0.05)
+    raise TimeoutError(path)
+
+
+@pytest.mark.parametrize("mode", ["SIGTERM", "SIGINT", "alarm"])
+def test_stopping_the_worker_stops_the_snapshot_command(plugin, tmp_path, mode):
+    """Ctrl-C of ansible-playbook, or a task timeout: the snapshot command
+    (in a session of its own) is stopped with its worker, not left to take a
+    snapshot that nothing records after the hosts have thawed."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    pidfile = tmp_path / "cmd.pid"
+    argv = ["/bin/sh", "-c", "echo $$ > %s; exec sleep 120" % pidfile]
+    w = multiprocessing.get_context("fork").Process(target=_ansible_like_worker,
+                                                    args=(plugin, d, argv, mode))
+    w.start()
+    cmd = int(_wait_for_text(pidfile))
+    try:
+        if mode != "alarm":
+            os.kill(w.pid, getattr(signal, mode))
+        w.join(15)
+        deadline = time.monotonic() + 5
+        while _alive(cmd) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(cmd), "the snapshot command outlived its worker (%s)" % mode
+    finally:
+        try:
+            os.kill(cmd, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_the_step_ends_when_the_command_exits_whatever_it_left_running(plugin, tmp_path):
+    """A command that took the snapshot and exited, leaving a helper that
+    holds its output open: the step is over (the hosts thaw) at its exit."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    pidfile = tmp_path / "helper"
+    t = time.monotonic()
+    res = step(plugin, d, ["/bin/sh", "-c", "sleep 60 & echo $! > %s; echo snapshot-id-42"
+                           % pidfile], timeout=5)
+    took = time.monotonic() - t
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert not res.get("failed") and res["rc"] == 0, res
+    assert took < 3, "held %.1fs after the command exited" % took
+    assert "snapshot-id-42" in res["stdout"]
+
+
+def test_a_timed_out_step_stops_its_whole_session_and_keeps_its_output(plugin, tmp_path):
+    """coreutils timeout(1), common around a cloud CLI in a snapshot script,
+    makes a process group of its own: it and its child are stopped with the
+    step all the same, and what the command printed is kept."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    pidfile = tmp_path / "inner"
+    argv = ["/bin/sh", "-c", "echo snapshot-id-7; timeout 120 /bin/sh -c 'echo $$ $PPID > %s; "
+            "exec sleep 120'; echo after" % pidfile]
+    res = step(plugin, d, argv, timeout=2)
+    pids = [int(x) for x in _wait_for_text(pidfile, 1).split()]   # sleep, timeout(1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert res["failed"] and res.get("timed_out"), res
+    assert not left, "the timed-out command's children %s run on" % left
+    assert "snapshot-id-7" in res["stdout"], res
+
+
+def test_every_worker_takes_the_one_steps_result_across_a_clock_step(plugin, tmp_path):
+    """The controller's clock steps back 3 s while the step runs: the other
+    workers still take its result (a result is this step's by its not_before,
+    not by the wall clock), so every host is told the same outcome."""
+    d = tempfile.mkdtemp(dir=tmp_path)
+    out = tmp_path / "waiter"
+    not_before = time.time() + 0.5
+
+    def waiter():
+        time.sleep(0.2)
+        with open(out, "w") as f:
+            json.dump(step(plugin, d, ["true"], not_before=not_before), f)
+
+    w = multiprocessing.get_context("fork").Process(target=waiter)
+    w.start()
+    real = plugin.time.time
+    plugin.time.time = lambda: real() - 3   # the runner's wall clock, stepped back
+    try:
+        runner = step(plugin, d, ["/bin/sh", "-c", "sleep 0.3"], not_before=not_before)
+    finally:
+        plugin.time.time = real
+    w.join(20)
+    seen = json.loads(out.read_text())
+    assert runner["ran_here"] and not seen["ran_here"]
+    assert not runner.get("failed") and not seen.get("failed"), (runner, seen)
+
+
+def test_a_step_timeout_of_integer_zero_is_refused(plugin, tmp_path):
+    with pytest.raises(Exception, match="timeout must be more than 0"):
+        step(plugin, tempfile.mkdtemp(dir=tmp_path), ["true"], timeout=0)

@@ -350,3 +350,14 @@ def test_any_single_clock_step_is_caught(verdict, where):
                     [{"clock": {"offset": 0.0, "uncertainty": 0.005}}],
                     [released(T + 2.55 + c["end"])])
         assert v["broken_by"] == ["h0"], (where, d, v["hosts"]["h0"])
+
+
+def test_the_steps_own_epoch_times_are_read_before_its_local_time_stamps(verdict):
+    """In the hour a DST change repeats, the local-time stamps read back an
+    hour off; the role's step also gives its times in seconds since the
+    epoch, and those are what count."""
+    step = dict(snap(T + 3600, T + 3602), start_epoch=T, end_epoch=T + 2)
+    v = decide(verdict, [host()], snapshot=step)
+    assert (v["status"], v["consistency"], v["broken_by"]) == ("success", "application", []), v
+    v = decide(verdict, [host()], snapshot=snap(T + 3600, T + 3602))   # the stamps alone
+    assert v["broken_by"] == ["h0"]

@@ -29,6 +29,7 @@ import shlex
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 
 from ansible.errors import AnsibleActionFail
@@ -97,7 +98,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("step: dir %s must be a directory of this user's, mode 0700" % d)
         try:
             until = float(step.get("not_before") or 0)
-            bound = float(step.get("timeout") or 300)
+            bound = float(300 if step.get("timeout") in (None, "") else step["timeout"])
         except (TypeError, ValueError):
             raise AnsibleActionFail("step: not_before and timeout are numbers of seconds")
         if bound <= 0:
@@ -132,16 +133,12 @@ class ActionModule(ActionBase):
             except ValueError:
                 break
             else:
-                # a result from before this step's not_before is an earlier
-                # step's: the directory was used before (one per group snapshot)
-                try:
-                    fresh = float(res.get("end_epoch")) >= until - 1.0
-                except (AttributeError, TypeError, ValueError):
-                    fresh = False
-                if not fresh:
+                # a result for another not_before is an earlier step's: the
+                # directory was used before (one per group snapshot)
+                if not isinstance(res, dict) or res.get("not_before") != until:
                     return {"rc": None, "failed": True, "ran_here": False,
-                            "msg": "the step's result in %s ended before this step's not_before: "
-                                   "an earlier group snapshot's (a step directory serves one "
+                            "msg": "the step's result in %s is for another not_before: an "
+                                   "earlier group snapshot's (a step directory serves one "
                                    "group snapshot); released as failed" % d}
                 return dict(res, ran_here=False)
             if time.monotonic() - checked > 0.5:
@@ -244,52 +241,51 @@ def runner_alive(d):
 def run_step(argv, until, timeout=None):
     """Waits until UNTIL (epoch seconds, on the monotonic clock), runs ARGV;
     the result reads as ansible.builtin.command's (and vmsnap_snapshot_step's).
-    With TIMEOUT (seconds), a step still running then is stopped, with its
-    whole process group (SIGTERM, then SIGKILL 5 s later), and fails."""
+
+    The step is over when its process exits (its output goes to files: a
+    helper it leaves behind holding them open does not hold the hosts
+    frozen). It runs in a session of its own: with TIMEOUT (seconds), a step
+    still running then is stopped with every process of its session
+    (SIGTERM, then SIGKILL 5 s later) and fails; so it is when this worker
+    is stopped (Ctrl-C, a task timeout: any exception here) or dies."""
     t0 = time.monotonic()
     target = t0 + (until - time.time())
     now = t0
     while now < target:
         time.sleep(min(target - now, 1.0))
         now = time.monotonic()
-    start = datetime.datetime.now()
+    start, start_epoch = datetime.datetime.now(), time.time()
     timed_out = False
-    try:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True,
-                             preexec_fn=functools.partial(die_with_the_worker, os.getpid()))
-    except OSError as exc:
-        rc, out, err = 2, b"", to_text(exc).encode("utf-8")
-    else:
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
         try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            out, err = b"", b""
-            for sig in (signal.SIGTERM, signal.SIGKILL):
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f,
+                                 start_new_session=True,
+                                 preexec_fn=functools.partial(die_with_the_worker, os.getpid()))
+        except OSError as exc:
+            rc, err_f = 2, None
+            err = to_text(exc).encode("utf-8")
+        else:
+            try:
                 try:
-                    os.killpg(p.pid, sig)
-                except OSError:
-                    pass
-                try:
-                    out, err = p.communicate(timeout=5)
-                    break
+                    p.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    pass
-            else:   # a process that left its group holds the output open: not waited for
-                p.stdout.close()
-                p.stderr.close()
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-        rc = p.returncode
-    end = datetime.datetime.now()
+                    timed_out = True
+                    stop_session(p, grace=5)
+            except BaseException:
+                stop_session(p, grace=1)
+                raise
+            rc = p.returncode
+        out_f.seek(0)
+        out = out_f.read()
+        if err_f is not None:
+            err_f.seek(0)
+            err = err_f.read()
+    end, end_epoch = datetime.datetime.now(), time.time()
     res = dict(cmd=argv, rc=rc, stdout=to_text(out, errors="surrogate_or_replace"),
                stderr=to_text(err, errors="surrogate_or_replace"), changed=True,
                waited=now - t0, start=start.strftime(FMT), end=end.strftime(FMT),
-               delta=str(end - start),
-               end_epoch=time.mktime(end.timetuple()) + end.microsecond / 1e6)
+               delta=str(end - start), start_epoch=start_epoch, end_epoch=end_epoch,
+               not_before=until)
     if timed_out:
         res.update(failed=True, timed_out=True,
                    msg="the snapshot step did not end within %gs: stopped" % timeout)
@@ -325,3 +321,57 @@ def die_with_the_worker(worker):
         return
     if os.getppid() != worker:   # gone already
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def session_members(sid):
+    """The pids of the processes in session SID (one that called setsid
+    itself has left it)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def stop_session(p, grace):
+    """Stops the step P and every process of its session, process groups of
+    their own included (coreutils' timeout makes one): SIGTERM, GRACE seconds
+    for the step to exit, then SIGKILL to whatever of the session is left,
+    and waits (5 s at most) until none is. The session's id, P's pid, is not
+    reused while any process of the session is left."""
+    sid = p.pid
+    for pid in session_members(sid) or [sid]:
+        kill_quietly(pid, signal.SIGTERM)
+    try:
+        p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 5
+    while True:
+        left = session_members(sid)
+        if p.returncode is None:
+            left.append(sid)
+        for pid in left:
+            kill_quietly(pid, signal.SIGKILL)
+        if p.returncode is None:
+            try:
+                p.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
+def kill_quietly(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass

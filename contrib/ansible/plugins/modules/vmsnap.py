@@ -109,11 +109,13 @@ options:
       - Keys are C(argv) (the command, a list), C(not_before) (seconds since
         the epoch, the controller's clock), C(dir) (a directory of the
         controller user's, mode 0700, new for each group snapshot; a result
-        found there that ended before C(not_before) is an earlier one's, and
-        the hosts are released as failed) and
+        found there for another C(not_before) is an earlier one's, and the
+        hosts are released as failed) and
         C(timeout) (300 s by default; a step still running that long after
-        C(not_before) is stopped, its process group sent SIGTERM and SIGKILL
-        5 s later, and every host is released as failed).
+        C(not_before) is stopped, every process of its session sent SIGTERM
+        and SIGKILL 5 s later, and every host is released as failed; so it is
+        when the task's worker is stopped). The step is over when the
+        command exits, whatever it leaves running.
       - Refused in a play with strategy C(free) or C(host_pinned), as is
         C(arm), since a group moves in step.
     type: dict

@@ -149,10 +149,16 @@ def snapshot_facts(snap):
         return {"ran": False, "ok": False, "why": (snap or {}).get("skip_reason", "not run")
                 if isinstance(snap, dict) else "not run"}
     facts = {"ran": True, "rc": snap.get("rc"), "start": None, "end": None}
-    try:
-        facts["start"], facts["end"] = command_time(snap["start"]), command_time(snap["end"])
-    except (KeyError, TypeError, ValueError):
-        pass
+    epochs = (snap.get("start_epoch"), snap.get("end_epoch"))
+    if all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in epochs):
+        # the role's step says when it ran in seconds since the epoch: no local
+        # time to read back (in the hour a DST change repeats, that is an hour off)
+        facts["start"], facts["end"] = float(epochs[0]), float(epochs[1])
+    else:
+        try:
+            facts["start"], facts["end"] = command_time(snap["start"]), command_time(snap["end"])
+        except (KeyError, TypeError, ValueError):
+            pass
     facts["ok"] = (not snap.get("failed") and snap.get("rc") == 0
                    and facts["start"] is not None)
     return facts
