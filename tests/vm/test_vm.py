@@ -483,7 +483,9 @@ def test_a_stale_postmaster_pid_naming_another_process_does_not_stop_postgresql(
     does (the CI run that found it: PostgreSQL did not start after the kill)."""
     vm = guest.vm
     data = "/var/lib/postgresql/15/main"
-    vm.spawn("exec runuser -u postgres -- sleep 600")     # a postgres-owned non-postmaster
+    # a postgres-owned process that is not a postmaster, its command line
+    # naming postgres (as `psql -U postgres` does)
+    vm.spawn("exec runuser -u postgres -- bash -c 'exec -a postgres sleep 600'")
     _, other = vm.sh("for i in $(seq 50); do p=$(pgrep -u postgres -x sleep) && "
                      "{ echo $p; exit 0; }; sleep 0.1; done; exit 1")
     other = other.split()[0]

@@ -62,7 +62,7 @@ systemctl enable postgresql >/dev/null 2>&1
 # pg_ctlcluster does (the same configuration, log file and pid file): that
 # Perl wrapper took 10-20 s of each boot of an emulated guest.  Before the
 # start, as pg_ctlcluster does, a postmaster.pid left by a power cut is removed
-# unless its pid is a running postgres: after a reboot that pid may be another
+# unless its pid is a running postgres server: after a reboot that pid may be another
 # process's, and the postmaster may then refuse to start
 mkdir -p /usr/local/lib/vmsnap-test
 cat > /usr/local/lib/vmsnap-test/pg-stale-pid <<'EOF'
@@ -73,7 +73,7 @@ f=$1/postmaster.pid
 pid=$(head -n 1 "$f")
 case $pid in
     ''|*[!0-9]*) ;;
-    *) if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qw postgres; then exit 0; fi ;;
+    *) case $(readlink "/proc/$pid/exe" 2>/dev/null) in */bin/postgres) exit 0 ;; esac ;;
 esac
 rm -f "$f"
 echo "removed the stale $f (pid ${pid:-none})"
