@@ -265,6 +265,24 @@ def test_a_play_whose_hosts_do_not_move_in_step_is_refused(fleet, playbook, says
         assert events(h) == [], h.name     # no pre-script ran
 
 
+def test_a_hung_snapshot_command_is_stopped_before_the_leases_end(fleet):
+    """The snapshot command never ends: the role stops it (with what it
+    started) before the hosts' leases would thaw them, every host is released
+    as failed and resumes, and the play fails saying why, well before the
+    command's own 300 s."""
+    lease = 15
+    t = time.monotonic()
+    rc, out, report, step = group(fleet, lease=lease, sleep=300)
+    assert rc != 0 and time.monotonic() - t < 120, out[-3000:]
+    assert report["snapshot"].get("timed_out"), report["snapshot"]
+    assert "did not end within" in report["snapshot"]["msg"]
+    assert report["verdict"]["status"] == "failed"
+    for h in fleet.hosts:
+        assert_resumed(h)
+        # released by the role (the step failed), not thawed by its lease
+        assert codes(host_result(h)) == ["SnapshotFailed"], (h.name, host_result(h)["errors"])
+
+
 def test_controller_killed_mid_window_every_host_thaws_and_resumes(fleet):
     lease = 15
     p = group(fleet, lease=lease, sleep=300, background=True)
